@@ -1,0 +1,8 @@
+"""A user model factory, as `package.module:factory`, for tests."""
+
+from torch import nn
+
+
+def tiny_cnn(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(in_channels, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes))

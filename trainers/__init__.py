@@ -1,0 +1,15 @@
+"""Datasets, model zoo, training / fine-tuning / evaluation, and the Ray Tune trial function."""
+
+from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
+from .data import DataBundle, DataConfig, DatasetNotFoundError, load_data
+from .models import ModelNotFoundError, build_model, zoo_names
+from .pretrain import ModelConfig, PretrainResult, default_cache_dir, pretrain_dense
+from .train import EvalResult, TrainConfig, evaluate, fit, resolve_device, seed_everything
+
+__all__ = [
+    "CheckpointError", "DataBundle", "DataConfig", "DatasetNotFoundError", "EvalResult",
+    "ModelConfig", "ModelNotFoundError", "PretrainResult", "TrainConfig", "build_model",
+    "default_cache_dir", "evaluate", "fit", "load_checkpoint", "load_data",
+    "model_from_checkpoint", "pretrain_dense", "resolve_device", "save_checkpoint",
+    "seed_everything", "zoo_names",
+]

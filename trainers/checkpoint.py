@@ -1,0 +1,69 @@
+"""Explicit checkpoint dicts, written atomically and read with `weights_only=True`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "content_hash", "save_checkpoint",
+           "load_checkpoint", "model_from_checkpoint"]
+
+CHECKPOINT_FORMAT = "prunetune-dense/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable or not a prunetune checkpoint."""
+
+
+def content_hash(obj: Any, length: int = 16) -> str:
+    """Hex SHA-256 of the canonical JSON of `obj` (sorted keys); stable across processes."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> Path:
+    """Write `checkpoint` to `path` atomically (temp file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(checkpoint, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a prunetune checkpoint with `torch.load(..., weights_only=True)`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupted file, pickle with code in it, ...
+        raise CheckpointError(f"checkpoint {path} could not be read safely: {err}") from err
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a prunetune checkpoint (expected format "
+                              f"{CHECKPOINT_FORMAT!r}, got {ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt).__name__!r})")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
+    """Rebuild the dense model a checkpoint describes and load its weights."""
+    from .models import build_model
+
+    spec = ckpt["model"]
+    model = build_model(spec["name"], num_classes=spec["num_classes"],
+                        in_channels=spec["in_channels"], **spec.get("kwargs", {}))
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval()
