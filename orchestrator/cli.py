@@ -29,6 +29,102 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _search_overrides(args: argparse.Namespace) -> dict[str, object]:
+    return {"search.trials": args.trials, "search.max_concurrent": args.max_concurrent,
+            "search.searcher": args.searcher, "ray.address": args.address,
+            "tracking.uri": args.tracking_uri, "tracking.experiment": args.experiment,
+            "name": args.name, "workdir": args.workdir}
+
+
+def _run_search(cfg, resume: bool) -> int:  # type: ignore[no-untyped-def]
+    from .driver import run_search
+
+    summary = run_search(cfg, resume=resume)
+    if summary.trials_finished == 0:
+        print("prunetune search: no trial finished; see the errors above", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from .config import load_config
+
+    return _run_search(load_config(args.config, _search_overrides(args)), args.resume)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from .config import load_config
+    from .demo import DEMO_YAML
+
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        f.write(DEMO_YAML)
+    try:
+        cfg = load_config(f.name, {"workdir": args.workdir, "name": args.name})
+    finally:
+        import os
+
+        os.unlink(f.name)
+    return _run_search(cfg, args.resume)
+
+
+def _tracking_from(args: argparse.Namespace) -> tuple[str, str]:
+    from .config import load_config
+
+    cfg = load_config(args.config, {"tracking.uri": args.tracking_uri,
+                                    "tracking.experiment": args.experiment,
+                                    "workdir": args.workdir})
+    return cfg.tracking_uri(), cfg.tracking.experiment
+
+
+def _cmd_results(args: argparse.Namespace) -> int:
+    from mlflow.tracking import MlflowClient
+
+    from .results import find_search, format_table, pareto_front, search_trials
+
+    uri, experiment = _tracking_from(args)
+    client = MlflowClient(uri)
+    parent = find_search(client, experiment, args.search)
+    trials = search_trials(client, parent)
+    rows = [{"trial": t.trial_id, "status": t.status, **t.metrics} for t in trials]
+    finished = [r for r in rows if r["status"] == "finished"]
+    finished.sort(key=lambda r: r.get("accuracy", -1.0), reverse=True)
+    cols = ["trial", "accuracy", "accuracy_drop", "speedup", "latency_ms", "flops_ratio",
+            "params_ratio", "sparsity"]
+    if args.json:
+        print(json.dumps({"search": parent.data.tags.get("prunetune.search"),
+                          "parent_run_id": parent.info.run_id, "trials": rows,
+                          "pareto": pareto_front(finished)}, indent=2, default=str))
+        return 0
+    counts = {s: sum(r["status"] == s for r in rows) for s in sorted({r["status"] for r in rows})}
+    print(f"search {parent.data.tags.get('prunetune.search')} (parent run {parent.info.run_id}, "
+          f"{uri}): " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    print(f"\ntop {min(args.top, len(finished))} trials by accuracy:")
+    print(format_table(finished[: args.top], cols))
+    print("\nPareto front (accuracy vs latency_ms):")
+    print(format_table(pareto_front(finished), cols))
+    return 0
+
+
+def _cmd_ui(args: argparse.Namespace) -> int:
+    import os
+
+    uri, _ = _tracking_from(args)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
+           "--port", str(args.port)]
+    print(f"MLflow UI for {uri} at http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
+    os.execv(sys.executable, cmd)
+    return 0  # not reached
+
+
+def _add_tracking_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="a search config to take tracking settings from")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///runs/mlflow.db)")
+    p.add_argument("--experiment", help="MLflow experiment name (default: prunetune)")
+    p.add_argument("--workdir", help="workdir whose mlflow.db to use (default: runs)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from prunetune import __version__
 
@@ -46,6 +142,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="train even when the cache has it")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=_cmd_pretrain)
+
+    p = sub.add_parser("search", help="run a pruning-policy search (Ray Tune + MLflow)")
+    p.add_argument("config", help="YAML config (see examples/)")
+    p.add_argument("--trials", type=int, help="override search.trials")
+    p.add_argument("--max-concurrent", type=int, help="override search.max_concurrent")
+    p.add_argument("--searcher", help="override search.searcher (random, uniform, ...)")
+    p.add_argument("--address", help="Ray cluster: auto or HOST:PORT (default: local Ray)")
+    p.add_argument("--tracking-uri", help="override tracking.uri")
+    p.add_argument("--experiment", help="override tracking.experiment")
+    p.add_argument("--name", help="override the search name")
+    p.add_argument("--workdir", help="override workdir")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted search (the named one, else the newest)")
+    p.set_defaults(func=_cmd_search)
+
+    p = sub.add_parser("demo", help="the demo search: ResNet-20 on Fashion-MNIST, 16 trials")
+    p.add_argument("--workdir", help="override workdir (default: runs)")
+    p.add_argument("--name", help="override the search name")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted demo")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("results", help="best trials and Pareto front of a search, from MLflow")
+    p.add_argument("search", help="search name or MLflow parent run id")
+    p.add_argument("--top", type=int, default=10, help="rows of the top table (default 10)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    _add_tracking_args(p)
+    p.set_defaults(func=_cmd_results)
+
+    p = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 over the search store")
+    _add_tracking_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=5000)
+    p.set_defaults(func=_cmd_ui)
     return parser
 
 
@@ -53,14 +182,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     from prunetune.trainers import CheckpointError, DatasetNotFoundError, ModelNotFoundError
 
     from .config import ConfigError
+    from .driver import SearchError
+    from .results import SearchNotFoundError
+    from .searchers import SearcherError
 
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except (CLIError, ConfigError, DatasetNotFoundError, ModelNotFoundError,
-            CheckpointError) as err:
+    except (CLIError, ConfigError, DatasetNotFoundError, ModelNotFoundError, CheckpointError,
+            SearchError, SearchNotFoundError, SearcherError) as err:
         print(f"prunetune {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

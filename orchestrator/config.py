@@ -9,18 +9,93 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from prunetune.trainers import DataConfig, ModelConfig, TrainConfig
 
-__all__ = ["ConfigError", "PrunetuneConfig", "load_config", "apply_overrides"]
+__all__ = ["ConfigError", "PrunetuneConfig", "SpaceConfig", "BudgetConfig", "SearchConfig",
+           "SchedulerConfig", "RayConfig", "TrackingConfig", "load_config", "apply_overrides"]
+
+SCHEMES = ("channel", "block", "nm", "unstructured", "pattern")
 
 
 class ConfigError(ValueError):
     """The config file is missing, not YAML, or has fields with values that are not allowed."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BudgetConfig(_Section):
+    kind: Literal["flops", "params", "latency"] = "flops"
+    # Allowed fraction of the dense model's cost: 0.5 keeps at most half the FLOPs.
+    keep: float = Field(0.5, gt=0, le=1)
+
+
+class SpaceConfig(_Section):
+    # Schemes the search may use; the first applicable one is each unit's default.
+    schemes: list[Literal["channel", "block", "nm", "unstructured", "pattern"]] = Field(
+        default_factory=lambda: ["channel"], min_length=1)
+    # Per-unit pruning-ratio range the search vector is scaled into.
+    ratio_bounds: tuple[float, float] = (0.0, 0.8)
+    # Resource budget every decoded policy meets; null searches without one.
+    budget: BudgetConfig | None = Field(default_factory=BudgetConfig)
+    # Layer groups (search dimensions): an int, "auto" (chosen by clustering), or null (one
+    # dimension per prunable unit).
+    groups: int | Literal["auto"] | None = "auto"
+    # Search the scheme of each group as a categorical dimension.
+    scheme_search: bool = False
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> "SpaceConfig":
+        lo, hi = self.ratio_bounds
+        if not 0.0 <= lo <= hi < 1.0:
+            raise ValueError(f"ratio_bounds must satisfy 0 <= low <= high < 1, got {lo}, {hi}")
+        return self
+
+
+class SchedulerConfig(_Section):
+    # "asha" stops weak trials early (on validation accuracy per fine-tuning epoch).
+    kind: Literal["none", "asha"] = "none"
+    grace_period: int = Field(1, ge=1)  # epochs every trial gets before it may be stopped
+    reduction_factor: float = Field(2.0, gt=1)
+
+
+class SearchConfig(_Section):
+    # random | uniform | bo | rl, or any PolicySearcher subclass as "package.module:Class".
+    searcher: str = "random"
+    # Extra keyword arguments for the searcher's constructor.
+    searcher_options: dict[str, Any] = Field(default_factory=dict)
+    # constrained: maximise accuracy under the budget; pareto: accuracy vs latency.
+    objective: Literal["constrained", "pareto"] = "constrained"
+    trials: int = Field(16, ge=1)
+    max_concurrent: int = Field(2, ge=1)
+    cpus_per_trial: float = Field(1.0, gt=0)
+    gpus_per_trial: float = Field(0.0, ge=0)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    # Retries of a trial that raised (node lost, out of memory, ...).
+    max_failures: int = Field(1, ge=0)
+    # Threads PyTorch uses inside one trial (None: cpus_per_trial rounded up).
+    trial_threads: int | None = Field(None, ge=1)
+    # Latency measurement repeats per model (median taken).
+    latency_repeats: int = Field(20, ge=3)
+
+
+class RayConfig(_Section):
+    # None starts an embedded local Ray; "auto" or HOST:PORT joins an existing cluster.
+    address: str | None = None
+    # CPUs of the embedded local Ray (None: all of this machine's).
+    num_cpus: int | None = Field(None, ge=1)
+
+
+class TrackingConfig(_Section):
+    # MLflow tracking URI; None: sqlite:///<workdir>/mlflow.db. http:// for a tracking server.
+    uri: str | None = None
+    experiment: str = "prunetune"
 
 
 class PrunetuneConfig(BaseModel):
@@ -36,6 +111,25 @@ class PrunetuneConfig(BaseModel):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     pretrain: TrainConfig = Field(default_factory=TrainConfig)
+    space: SpaceConfig = Field(default_factory=SpaceConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    # Fine-tuning of each pruned candidate; epochs 0 scores the policy without fine-tuning.
+    finetune: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=1, lr=0.01,
+                                                                      warmup_epochs=0))
+    ray: RayConfig = Field(default_factory=RayConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    # Ray Tune's storage (experiment state for --resume); None: <workdir>/ray_results.
+    storage_path: str | None = None
+
+    def workdir_path(self) -> Path:
+        return Path(self.workdir).expanduser().resolve()
+
+    def tracking_uri(self) -> str:
+        return self.tracking.uri or f"sqlite:///{self.workdir_path() / 'mlflow.db'}"
+
+    def storage_dir(self) -> Path:
+        return Path(self.storage_path).expanduser().resolve() if self.storage_path else (
+            self.workdir_path() / "ray_results")
 
 
 def _format_errors(err: ValidationError, source: str) -> str:

@@ -5,11 +5,12 @@ from .data import DataBundle, DataConfig, DatasetNotFoundError, load_data
 from .models import ModelNotFoundError, build_model, zoo_names
 from .pretrain import ModelConfig, PretrainResult, default_cache_dir, pretrain_dense
 from .train import EvalResult, TrainConfig, evaluate, fit, resolve_device, seed_everything
+from .trial import FINAL_KEY, TrialSetup, evaluate_policy, run_trial
 
 __all__ = [
-    "CheckpointError", "DataBundle", "DataConfig", "DatasetNotFoundError", "EvalResult",
+    "FINAL_KEY", "CheckpointError", "DataBundle", "DataConfig", "DatasetNotFoundError", "EvalResult",
     "ModelConfig", "ModelNotFoundError", "PretrainResult", "TrainConfig", "build_model",
     "default_cache_dir", "evaluate", "fit", "load_checkpoint", "load_data",
     "model_from_checkpoint", "pretrain_dense", "resolve_device", "save_checkpoint",
-    "seed_everything", "zoo_names",
+    "seed_everything", "zoo_names", "TrialSetup", "evaluate_policy", "run_trial",
 ]

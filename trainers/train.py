@@ -26,7 +26,8 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    epochs: float = Field(10, gt=0)  # may be fractional: 0.5 trains on half an epoch of batches
+    # May be fractional (0.5 trains on half an epoch of batches); 0 trains nothing.
+    epochs: float = Field(10, ge=0)
     lr: float = Field(0.1, gt=0)  # peak learning rate of SGD
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = True
@@ -123,6 +124,8 @@ def fit(
     optimiser step (the pruning engine re-applies masks there, so pruned weights stay zero).
     `on_epoch_end(epoch, metrics)` sees train loss and, with `val_loader`, val accuracy / loss.
     """
+    if cfg.epochs == 0:
+        return {}
     device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

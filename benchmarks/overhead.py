@@ -1,0 +1,108 @@
+"""Orchestration overhead and concurrency scaling of a search.
+
+    python benchmarks/overhead.py [--trivial-trials 40] [--real-trials 8]
+
+1. Overhead per trial: a search of trivial trials (they report a final result at once)
+   through the full stack (Ray Tune, the RandomSearcher over a real PruningSpace, the MLflow
+   tracker on sqlite): wall time / trials.
+2. Trials per hour of real digits prune-finetune trials with 1 vs 2 concurrent trials on this
+   machine (1 CPU and 1 thread per trial).
+
+Writes benchmarks/results/overhead.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import machine_info  # noqa: E402
+
+import ray  # noqa: E402
+import yaml  # noqa: E402
+from ray import tune  # noqa: E402
+
+from prunetune.orchestrator.config import load_config  # noqa: E402
+from prunetune.orchestrator.driver import build_space, run_search  # noqa: E402
+from prunetune.orchestrator.searchers import make_searcher  # noqa: E402
+from prunetune.orchestrator.tracking import MLflowTracker  # noqa: E402
+from prunetune.trainers import build_model  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def trivial_trial(config: dict) -> None:
+    tune.report({"accuracy": 0.5, "latency_ms": 1.0, "flops_ratio": 0.5, "speedup": 2.0,
+                 "policy": config["policy"], "final": True})
+
+
+def overhead_per_trial(n: int, workdir: Path) -> dict:
+    import torch
+
+    cfg = load_config(None, {"workdir": str(workdir), "name": "overhead"})
+    model = build_model("resnet20", num_classes=10, in_channels=1)
+    space = build_space(cfg, model, torch.zeros(1, 1, 28, 28))
+    searcher = make_searcher("random", space=space, metric="accuracy", mode="max", seed=0)
+    tracker = MLflowTracker(tracking_uri=cfg.tracking_uri(), experiment="overhead",
+                            search_name="overhead", config={}, space_description={},
+                            dense_metrics={}, artifact_root=(workdir / "art").as_uri())
+    tuner = tune.Tuner(
+        tune.with_resources(trivial_trial, {"cpu": 1}),
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=n, max_concurrent_trials=2,
+                                    metric="accuracy", mode="max"),
+        run_config=tune.RunConfig(name="overhead", storage_path=str(workdir / "ray"),
+                                  callbacks=[tracker], verbose=0))
+    t0 = time.perf_counter()
+    tuner.fit()
+    wall = time.perf_counter() - t0
+    return {"trials": n, "wall_s": wall, "overhead_s_per_trial": wall / n,
+            "max_concurrent": 2}
+
+
+def real_throughput(n: int, concurrent: int, workdir: Path) -> dict:
+    raw = yaml.safe_load((ROOT / "examples" / "digits-smoke.yaml").read_text())
+    raw.update(name=f"throughput-{concurrent}", workdir=str(workdir))
+    raw["search"].update(trials=n, max_concurrent=concurrent, cpus_per_trial=1, trial_threads=1)
+    path = workdir / f"c{concurrent}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    cfg = load_config(path)
+    run_search(cfg, progress=False)  # warm: dense model cached, imports paid
+    cfg = load_config(path, {"name": f"throughput-{concurrent}-timed"})
+    t0 = time.perf_counter()
+    summary = run_search(cfg, progress=False)
+    wall = time.perf_counter() - t0
+    return {"trials": summary.trials_finished, "max_concurrent": concurrent, "wall_s": wall,
+            "trials_per_hour": 3600 * summary.trials_finished / wall}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--trivial-trials", type=int, default=40)
+    parser.add_argument("--real-trials", type=int, default=8)
+    args = parser.parse_args()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        overhead = overhead_per_trial(args.trivial_trials, work / "trivial")
+        one = real_throughput(args.real_trials, 1, work / "real1")
+        two = real_throughput(args.real_trials, 2, work / "real2")
+    result = {
+        "overhead": overhead,
+        "throughput": {"concurrent_1": one, "concurrent_2": two,
+                       "scaling": two["trials_per_hour"] / one["trials_per_hour"]},
+        "targets": {"overhead_s_per_trial": 0.5, "scaling": 1.8},
+        "machine": machine_info(),
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "overhead.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,213 @@
+"""The search driver: dense model, space, searcher, Ray Tune experiment, MLflow tracking."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from .config import PrunetuneConfig
+
+__all__ = ["SearchSummary", "SearchError", "run_search", "build_space", "search_name"]
+
+
+class SearchError(RuntimeError):
+    """A search could not be started or resumed (e.g. nothing to resume, cluster unreachable)."""
+
+
+@dataclass
+class SearchSummary:
+    name: str
+    parent_run_id: str
+    tracking_uri: str
+    experiment: str
+    trials_finished: int
+    trials_planned: int
+    best: dict[str, Any] | None  # final metrics of the best trial (policy JSON included)
+    storage_dir: Path
+
+
+def search_name(cfg: PrunetuneConfig) -> str:
+    if cfg.name:
+        return cfg.name
+    slug = cfg.model.name.replace(":", "-").replace("/", "-").replace(".", "-")
+    return f"{slug}-{cfg.data.name}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def build_space(cfg: PrunetuneConfig, model: Any, example_input: Any) -> Any:
+    """The PruningSpace the config describes, over `model`."""
+    from prunetune.search_spaces import Budget, PruningSpace
+
+    budget = None
+    if cfg.space.budget is not None:
+        if cfg.space.budget.kind == "latency":
+            raise SearchError("space.budget.kind 'latency' needs the kernels' latency table, "
+                              "which this version does not wire in yet; use 'flops' or 'params'")
+        budget = Budget(kind=cfg.space.budget.kind, keep=cfg.space.budget.keep)
+    return PruningSpace(model, example_input, schemes=tuple(cfg.space.schemes),
+                        ratio_bounds=tuple(cfg.space.ratio_bounds), budget=budget,
+                        n_groups=cfg.space.groups, scheme_search=cfg.space.scheme_search,
+                        seed=cfg.seed)
+
+
+def _init_ray(cfg: PrunetuneConfig) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    # Trials import prunetune from the driver's environment; on a cluster the nodes must
+    # have it installed (see clusters/).
+    env = {"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning"}}
+    try:
+        if cfg.ray.address:
+            ray.init(address=cfg.ray.address, runtime_env=env, log_to_driver=False)
+        else:
+            ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, runtime_env=env,
+                     log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        raise SearchError(f"cannot connect to the Ray cluster at {cfg.ray.address!r}: {err}. "
+                          "Check the address (auto, HOST:6379 of a running head) or leave "
+                          "ray.address empty for a local Ray.") from err
+
+
+def _progress_callback(total: int) -> Any:
+    from ray.tune import Callback
+
+    class ProgressPrinter(Callback):
+        """One line per finished trial: running count, metrics, best so far."""
+
+        def __init__(self) -> None:
+            self.done, self.best, self.t0 = 0, -math.inf, time.perf_counter()
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any,
+                              **info: Any) -> None:
+            res = trial.last_result or {}
+            self.done = sum(t.status == "TERMINATED" for t in trials)
+            if res.get("final"):
+                self.best = max(self.best, res.get("accuracy", -math.inf))
+                line = (f"accuracy {res['accuracy']:.4f}  flops x{res['flops_ratio']:.2f}  "
+                        f"speedup {res['speedup']:.2f}x  latency {res['latency_ms']:.2f} ms")
+            else:
+                line = f"stopped early at epoch {res.get('epoch', '?')}"
+            print(f"[search] {self.done}/{total} trial {trial.trial_id}: {line}  "
+                  f"(best {self.best:.4f}, {time.perf_counter() - self.t0:.0f}s)", flush=True)
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            print(f"[search] trial {trial.trial_id} failed: see {trial.error_file}", flush=True)
+
+    return ProgressPrinter()
+
+
+def _latest_experiment(storage: Path) -> str | None:
+    candidates = [p for p in storage.glob("*") if (p / "tuner.pkl").is_file()]
+    return max(candidates, key=lambda p: p.stat().st_mtime).name if candidates else None
+
+
+def run_search(cfg: PrunetuneConfig, *, resume: bool = False, progress: bool = True) -> SearchSummary:
+    """Run (or resume) a search as a Ray Tune experiment tracked in MLflow."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from prunetune.trainers import TrialSetup, evaluate, load_data, pretrain_dense, run_trial
+
+    from .searchers import make_searcher
+    from .tracking import MLflowTracker
+
+    storage = cfg.storage_dir()
+    storage.mkdir(parents=True, exist_ok=True)
+    if resume:
+        name = cfg.name or _latest_experiment(storage)
+        if name is None or not tune.Tuner.can_restore(str(storage / name)):
+            raise SearchError(f"nothing to resume: no search {cfg.name or ''} in {storage}. "
+                              "Give the search's name (config 'name') and the same storage_path.")
+    else:
+        name = search_name(cfg)
+        if (storage / name / "tuner.pkl").exists():
+            raise SearchError(f"a search named {name!r} already exists in {storage}; use "
+                              "--resume to continue it or choose another name")
+    workdir = cfg.workdir_path()
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    dense = pretrain_dense(cfg.model, cfg.data, cfg.pretrain, cache_dir=cfg.cache_dir,
+                           progress=progress)
+    data = load_data(cfg.data)
+    example = data.example_input(1)
+    dense_val = evaluate(dense.model, data.loader("val"))
+    dense_metrics = {"val_accuracy": dense_val.accuracy, "val_loss": dense_val.loss,
+                     **{k: v for k, v in dense.metrics.items() if k.startswith("test_")}}
+    space = build_space(cfg, dense.model, example)
+    if progress:
+        print(f"[search] {name}: {space.dim}-dimensional space over {len(space.units)} units, "
+              f"{cfg.search.trials} trials ({cfg.search.max_concurrent} at a time), searcher "
+              f"{cfg.search.searcher}; dense val accuracy {dense_val.accuracy:.4f}", flush=True)
+
+    threads = cfg.search.trial_threads or max(1, math.ceil(cfg.search.cpus_per_trial))
+    setup = TrialSetup(dense_checkpoint=dense.checkpoint, data=cfg.data, finetune=cfg.finetune,
+                       dense_val_accuracy=dense_val.accuracy, threads=threads,
+                       latency_repeats=cfg.search.latency_repeats)
+    resources = {"cpu": cfg.search.cpus_per_trial, "gpu": cfg.search.gpus_per_trial}
+    trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), resources)
+
+    _init_ray(cfg)
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    tracking_uri = cfg.tracking_uri()
+    artifact_root = (workdir / "mlartifacts").as_uri() if tracking_uri.startswith("sqlite") else None
+    tracker = MLflowTracker(tracking_uri=tracking_uri, experiment=cfg.tracking.experiment,
+                            search_name=name, config=cfg.model_dump(mode="json"),
+                            space_description=space.describe(), dense_metrics=dense_metrics,
+                            artifact_root=artifact_root)
+    callbacks = [tracker] + ([_progress_callback(cfg.search.trials)] if progress else [])
+
+    if resume:
+        tuner = tune.Tuner.restore(str(storage / name), trainable=trainable,
+                                   resume_unfinished=True, resume_errored=True)
+    else:
+        searcher = make_searcher(cfg.search.searcher, space=space, metric="accuracy",
+                                 mode="max", seed=cfg.seed, options=cfg.search.searcher_options)
+        scheduler = None
+        if cfg.search.scheduler.kind == "asha":
+            scheduler = ASHAScheduler(time_attr="training_iteration",
+                                      max_t=max(1, math.ceil(cfg.finetune.epochs)),
+                                      grace_period=cfg.search.scheduler.grace_period,
+                                      reduction_factor=cfg.search.scheduler.reduction_factor)
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
+                                        num_samples=cfg.search.trials,
+                                        max_concurrent_trials=cfg.search.max_concurrent,
+                                        metric="accuracy", mode="max"),
+            run_config=tune.RunConfig(name=name, storage_path=str(storage),
+                                      callbacks=callbacks, verbose=0,
+                                      failure_config=tune.FailureConfig(
+                                          max_failures=cfg.search.max_failures)),
+        )
+    grid = tuner.fit()
+
+    # On resume Tune runs the callbacks it pickled with the experiment; `start_search` finds
+    # the same parent run by its tags either way.
+    finals = [r.metrics for r in grid if r.metrics and r.metrics.get("final")]
+    best = max(finals, key=lambda m: m["accuracy"]) if finals else None
+    summary = SearchSummary(name=name, parent_run_id=tracker.start_search(),
+                            tracking_uri=tracking_uri, experiment=cfg.tracking.experiment,
+                            trials_finished=len(finals), trials_planned=cfg.search.trials,
+                            best=best, storage_dir=storage / name)
+    if progress:
+        _print_summary(summary)
+    return summary
+
+
+def _print_summary(s: SearchSummary) -> None:
+    print(f"\n[search] {s.name}: {s.trials_finished} trials finished "
+          f"(MLflow parent run {s.parent_run_id})")
+    if s.best:
+        b = s.best
+        print(f"[search] best: accuracy {b['accuracy']:.4f} (drop {b['accuracy_drop']:+.4f}), "
+              f"speedup {b['speedup']:.2f}x, FLOPs x{b['flops_ratio']:.2f}, params "
+              f"x{b['params_ratio']:.2f}")
+        print(f"[search] best policy: {b['policy']}")
+    print(f"[search] results: prunetune results {s.name} --tracking-uri {s.tracking_uri}")
+    print(f"[search] browse:  prunetune ui --tracking-uri {s.tracking_uri}")

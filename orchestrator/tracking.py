@@ -1,0 +1,247 @@
+"""MLflow tracking through a driver-side Ray Tune callback: the only MLflow writer.
+
+One parent run per search (config, space, dense baseline, and at the end the results CSV, the
+Pareto plot and the best policy) and one nested child run per trial (policy summary as params,
+the full policy JSON, per-epoch metrics, final metrics, status and node). Child runs are keyed
+by the Tune trial id, so a resumed search reuses them instead of logging duplicates.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from ray.tune import Callback
+
+from .results import TAG_ROLE, TAG_SEARCH, TAG_STATUS, TAG_TRIAL, pareto_front
+
+__all__ = ["MLflowTracker", "flatten", "get_or_create_experiment"]
+
+_FINAL_METRICS = ("accuracy", "val_loss", "accuracy_drop", "flops", "params", "flops_ratio",
+                  "params_ratio", "sparsity", "latency_ms", "dense_latency_ms", "speedup",
+                  "finetune_s")
+_EPOCH_METRICS = ("accuracy", "val_loss", "train_loss")
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested dict to dotted keys with string values (MLflow params are strings)."""
+    out: dict[str, str] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = json.dumps(value) if isinstance(value, (list, tuple, dict)) else str(value)
+    return out
+
+
+def get_or_create_experiment(client: MlflowClient, name: str,
+                             artifact_root: str | None = None) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    return client.create_experiment(name, artifact_location=artifact_root)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class MLflowTracker(Callback):
+    """Ray Tune callback logging a search to MLflow (parent run + one child run per trial)."""
+
+    def __init__(self, *, tracking_uri: str, experiment: str, search_name: str,
+                 config: dict[str, Any], space_description: dict[str, Any],
+                 dense_metrics: dict[str, float], artifact_root: str | None = None,
+                 maximize: str = "accuracy", minimize: str = "latency_ms") -> None:
+        self.tracking_uri = tracking_uri
+        self.experiment = experiment
+        self.search_name = search_name
+        self.config = config
+        self.space_description = space_description
+        self.dense_metrics = dense_metrics
+        self.artifact_root = artifact_root
+        self.maximize, self.minimize = maximize, minimize
+        self.parent_run_id: str | None = None
+        self._children: dict[str, str] = {}  # trial id -> run id
+        self._client: MlflowClient | None = None
+
+    # The client holds connections; a restored Tuner unpickles this callback without it.
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_client"] = None
+        return state
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(self.tracking_uri)
+        return self._client
+
+    # -- parent run ---------------------------------------------------------------------------
+    def start_search(self) -> str:
+        """Create the parent run, or find it again when the search is resumed."""
+        if self.parent_run_id is not None:
+            return self.parent_run_id
+        exp_id = get_or_create_experiment(self.client, self.experiment, self.artifact_root)
+        found = self.client.search_runs(
+            [exp_id], filter_string=(f"tags.`{TAG_ROLE}` = 'search' and "
+                                     f"tags.`{TAG_SEARCH}` = '{self.search_name}'"),
+            max_results=1)
+        if found:
+            self.parent_run_id = found[0].info.run_id
+            self.client.update_run(self.parent_run_id, status="RUNNING")
+            self._children = {r.data.tags[TAG_TRIAL]: r.info.run_id for r in self.client.search_runs(
+                [exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_run_id}'",
+                max_results=10000) if TAG_TRIAL in r.data.tags}
+            return self.parent_run_id
+        run = self.client.create_run(exp_id, run_name=self.search_name,
+                                     tags={TAG_ROLE: "search", TAG_SEARCH: self.search_name})
+        self.parent_run_id = run.info.run_id
+        params = flatten(self.config)
+        self.client.log_batch(self.parent_run_id,
+                              params=[Param(k, v[:6000]) for k, v in params.items()])
+        self.client.log_dict(self.parent_run_id, self.config, "config.json")
+        self.client.log_dict(self.parent_run_id, self.space_description, "space.json")
+        self._log_metrics(self.parent_run_id, {f"dense_{k}": v
+                                               for k, v in self.dense_metrics.items()})
+        return self.parent_run_id
+
+    def setup(self, **info: Any) -> None:
+        self.start_search()
+
+    # -- child runs ---------------------------------------------------------------------------
+    def _child(self, trial: Any) -> str:
+        run_id = self._children.get(trial.trial_id)
+        if run_id is not None:
+            return run_id
+        parent = self.start_search()
+        exp_id = self.client.get_run(parent).info.experiment_id
+        run = self.client.create_run(exp_id, run_name=trial.trial_id, tags={
+            "mlflow.parentRunId": parent, TAG_ROLE: "trial", TAG_SEARCH: self.search_name,
+            TAG_TRIAL: trial.trial_id, TAG_STATUS: "running"})
+        run_id = run.info.run_id
+        self._children[trial.trial_id] = run_id
+        config = trial.config or {}
+        params: dict[str, str] = {"stage": str(config.get("stage", 0))}
+        if "policy" in config:
+            from prunetune.search_spaces import Policy
+
+            policy = Policy.from_json(config["policy"])
+            params.update({f"policy.{k}": str(v) for k, v in policy.summary().items()})
+            self.client.log_text(run_id, config["policy"], "policy.json")
+        if "x" in config:
+            params["x"] = json.dumps([round(v, 4) for v in config["x"]])[:6000]
+        self.client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+        return run_id
+
+    def _log_metrics(self, run_id: str, metrics: dict[str, Any], step: int = 0) -> None:
+        ts = int(time.time() * 1000)
+        batch = [Metric(k, float(v), ts, step) for k, v in metrics.items() if _finite(v)]
+        if batch:
+            self.client.log_batch(run_id, metrics=batch)
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        run_id = self._child(trial)
+        self.client.update_run(run_id, status="RUNNING")
+        self.client.set_tag(run_id, TAG_STATUS, "running")
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        run_id = self._child(trial)
+        node = result.get("node_ip") or result.get("hostname")
+        tags = [RunTag(TAG_STATUS, "running")]
+        if node:
+            tags += [RunTag("node", str(node)), RunTag("hostname", str(result.get("hostname")))]
+        step = int(result.get("epoch", result.get("training_iteration", 0)) or 0)
+        keys = _FINAL_METRICS if result.get("final") else _EPOCH_METRICS
+        metrics = {k: result[k] for k in keys if k in result}
+        ts = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), ts, step)
+                                               for k, v in metrics.items() if _finite(v)],
+                              tags=tags)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        run_id = self._child(trial)
+        final = bool((trial.last_result or {}).get("final"))
+        # A trial that completes without its final report was stopped by the scheduler.
+        status = "finished" if final else "stopped"
+        self.client.set_tag(run_id, TAG_STATUS, status)
+        self.client.set_terminated(run_id, status="FINISHED" if final else "KILLED")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        run_id = self._child(trial)
+        self.client.set_tag(run_id, TAG_STATUS, "error")
+        error_file = getattr(trial, "error_file", None) or ""
+        if error_file and os.path.isfile(error_file):
+            self.client.log_text(run_id, Path(error_file).read_text()[-20000:], "error.txt")
+        self.client.set_terminated(run_id, status="FAILED")
+
+    # -- end of the search ----------------------------------------------------------------------
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        rows = []
+        for t in trials:
+            res = t.last_result or {}
+            if not res.get("final"):
+                continue
+            row = {"trial_id": t.trial_id, **{k: res[k] for k in _FINAL_METRICS if k in res}}
+            row["policy"] = res.get("policy", "")
+            rows.append(row)
+        self.finish_search(rows)
+
+    def finish_search(self, rows: list[dict[str, Any]]) -> None:
+        parent = self.start_search()
+        if rows:
+            best = max(rows, key=lambda r: r.get(self.maximize, -math.inf))
+            self.client.log_text(parent, best["policy"], "best_policy.json")
+            self._log_metrics(parent, {f"best_{k}": v for k, v in best.items()
+                                       if k not in ("trial_id", "policy")})
+            self.client.set_tag(parent, "best_trial_id", best["trial_id"])
+            self._log_results_csv(parent, rows)
+            front = pareto_front(rows, maximize=self.maximize, minimize=self.minimize)
+            self.client.log_dict(parent, [{k: v for k, v in r.items() if k != "policy"}
+                                          for r in front], "pareto_front.json")
+            self._log_pareto_plot(parent, rows, front)
+        self._log_metrics(parent, {"trials_finished": len(rows)})
+        self.client.set_terminated(parent, status="FINISHED")
+
+    def _log_results_csv(self, parent: str, rows: list[dict[str, Any]]) -> None:
+        columns = ["trial_id", *_FINAL_METRICS, "policy"]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        self.client.log_text(parent, buf.getvalue(), "results.csv")
+
+    def _log_pareto_plot(self, parent: str, rows: list[dict[str, Any]],
+                         front: list[dict[str, Any]]) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+        ax.scatter([r.get(self.minimize) for r in rows], [r.get(self.maximize) for r in rows],
+                   s=18, alpha=0.6, label="trials")
+        ax.plot([r[self.minimize] for r in front], [r[self.maximize] for r in front], "r-o",
+                ms=4, label="Pareto front")
+        ax.set_xlabel(self.minimize)
+        ax.set_ylabel(self.maximize)
+        ax.set_title(f"search {self.search_name}")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "pareto.png"
+            fig.savefig(path)
+            self.client.log_artifact(parent, str(path))
+        plt.close(fig)
