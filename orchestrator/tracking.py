@@ -132,7 +132,8 @@ class MLflowTracker(Callback):
         run_id = run.info.run_id
         self._children[trial.trial_id] = run_id
         config = trial.config or {}
-        params: dict[str, str] = {"stage": str(config.get("stage", 0))}
+        params: dict[str, str] = {"stage": str(config.get("stage", 0)),
+                                  "dim": str(config.get("dim", len(config.get("x", []))))}
         if "policy" in config:
             from prunetune.search_spaces import Policy
 
@@ -162,6 +163,8 @@ class MLflowTracker(Callback):
         tags = [RunTag(TAG_STATUS, "running")]
         if node:
             tags += [RunTag("node", str(node)), RunTag("hostname", str(result.get("hostname")))]
+        if result.get("node_id"):
+            tags.append(RunTag("node_id", str(result["node_id"])))
         step = int(result.get("epoch", result.get("training_iteration", 0)) or 0)
         keys = _FINAL_METRICS if result.get("final") else _EPOCH_METRICS
         metrics = {k: result[k] for k in keys if k in result}

@@ -103,6 +103,13 @@ def evaluate_policy(policy_json: str, setup: TrialSetup, *, report: Any = None,
 
 def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     """Ray Tune function trainable: `config` holds `policy` (JSON) from the searcher."""
+    import ray
     from ray import tune
 
-    evaluate_policy(config["policy"], setup, report=tune.report, seed=int(config.get("seed", 0)))
+    # Nodes of a cluster on one host share IP and hostname; the node id tells them apart.
+    node_id = ray.get_runtime_context().get_node_id()
+
+    def report(metrics: dict[str, Any]) -> None:
+        tune.report({**metrics, "node_id": node_id})
+
+    evaluate_policy(config["policy"], setup, report=report, seed=int(config.get("seed", 0)))

@@ -51,7 +51,8 @@ class PolicySearcher(Searcher, abc.ABC):
     """Base class: a Ray Tune `Searcher` over a `PruningSpace`'s vector.
 
     Suggested configs carry `x` (the point), `policy` (the decoded Policy as JSON: what the
-    trial applies and what is recorded) and `stage`.
+    trial applies and what is recorded), `stage` (which space the point belongs to; searchers
+    that refine the space, like BOCR's roll-back, bump it) and `dim`.
     """
 
     def __init__(self, *, space: Any, metric: str = "accuracy", mode: str = "max",
@@ -105,7 +106,8 @@ class PolicySearcher(Searcher, abc.ABC):
                                 f"{self.space.dim}-dimensional space")
         policy = self.space.decode(x)
         self._live[trial_id] = x.tolist()
-        return {"x": x.tolist(), "policy": policy.to_json(), "stage": self.stage}
+        return {"x": x.tolist(), "policy": policy.to_json(), "stage": self.stage,
+                "dim": self.space.dim}
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
