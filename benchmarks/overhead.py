@@ -21,10 +21,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import machine_info  # noqa: E402
-
 import ray  # noqa: E402
 import yaml  # noqa: E402
+from _machine import machine_info  # noqa: E402
 from ray import tune  # noqa: E402
 
 from prunetune.orchestrator.config import load_config  # noqa: E402

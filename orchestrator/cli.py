@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 __all__ = ["main", "build_parser"]
+
+
+from .cli_common import add_search_override_args, add_tracking_args, search_overrides, tracking_from
 
 
 class CLIError(Exception):
@@ -29,13 +32,6 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _search_overrides(args: argparse.Namespace) -> dict[str, object]:
-    return {"search.trials": args.trials, "search.max_concurrent": args.max_concurrent,
-            "search.searcher": args.searcher, "ray.address": args.address,
-            "tracking.uri": args.tracking_uri, "tracking.experiment": args.experiment,
-            "name": args.name, "workdir": args.workdir}
-
-
 def _run_search(cfg, resume: bool) -> int:  # type: ignore[no-untyped-def]
     from .driver import run_search
 
@@ -49,7 +45,7 @@ def _run_search(cfg, resume: bool) -> int:  # type: ignore[no-untyped-def]
 def _cmd_search(args: argparse.Namespace) -> int:
     from .config import load_config
 
-    return _run_search(load_config(args.config, _search_overrides(args)), args.resume)
+    return _run_search(load_config(args.config, search_overrides(args)), args.resume)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -69,21 +65,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return _run_search(cfg, args.resume)
 
 
-def _tracking_from(args: argparse.Namespace) -> tuple[str, str]:
-    from .config import load_config
-
-    cfg = load_config(args.config, {"tracking.uri": args.tracking_uri,
-                                    "tracking.experiment": args.experiment,
-                                    "workdir": args.workdir})
-    return cfg.tracking_uri(), cfg.tracking.experiment
-
-
 def _cmd_results(args: argparse.Namespace) -> int:
     from mlflow.tracking import MlflowClient
 
     from .results import find_search, format_table, pareto_front, search_trials
 
-    uri, experiment = _tracking_from(args)
+    uri, experiment = tracking_from(args)
     client = MlflowClient(uri)
     parent = find_search(client, experiment, args.search)
     trials = search_trials(client, parent)
@@ -110,19 +97,12 @@ def _cmd_results(args: argparse.Namespace) -> int:
 def _cmd_ui(args: argparse.Namespace) -> int:
     import os
 
-    uri, _ = _tracking_from(args)
+    uri, _ = tracking_from(args)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
            "--port", str(args.port)]
     print(f"MLflow UI for {uri} at http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
     os.execv(sys.executable, cmd)
     return 0  # not reached
-
-
-def _add_tracking_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="a search config to take tracking settings from")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///runs/mlflow.db)")
-    p.add_argument("--experiment", help="MLflow experiment name (default: prunetune)")
-    p.add_argument("--workdir", help="workdir whose mlflow.db to use (default: runs)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -145,13 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("search", help="run a pruning-policy search (Ray Tune + MLflow)")
     p.add_argument("config", help="YAML config (see examples/)")
-    p.add_argument("--trials", type=int, help="override search.trials")
-    p.add_argument("--max-concurrent", type=int, help="override search.max_concurrent")
-    p.add_argument("--searcher", help="override search.searcher (random, uniform, ...)")
-    p.add_argument("--address", help="Ray cluster: auto or HOST:PORT (default: local Ray)")
-    p.add_argument("--tracking-uri", help="override tracking.uri")
-    p.add_argument("--experiment", help="override tracking.experiment")
-    p.add_argument("--name", help="override the search name")
+    add_search_override_args(p)
+    p.add_argument("--address", dest="ray_address",
+                   help="Ray cluster: auto or HOST:PORT (default: a local Ray)")
     p.add_argument("--workdir", help="override workdir")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted search (the named one, else the newest)")
@@ -167,14 +143,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("search", help="search name or MLflow parent run id")
     p.add_argument("--top", type=int, default=10, help="rows of the top table (default 10)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    _add_tracking_args(p)
+    add_tracking_args(p)
     p.set_defaults(func=_cmd_results)
 
     p = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 over the search store")
-    _add_tracking_args(p)
+    add_tracking_args(p)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=5000)
     p.set_defaults(func=_cmd_ui)
+
+    from .cli_cluster import add_cluster_commands
+    from .cli_engine import add_engine_commands
+
+    add_engine_commands(sub)
+    add_cluster_commands(sub)
     return parser
 
 

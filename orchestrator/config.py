@@ -51,7 +51,7 @@ class SpaceConfig(_Section):
     scheme_search: bool = False
 
     @model_validator(mode="after")
-    def _check_bounds(self) -> "SpaceConfig":
+    def _check_bounds(self) -> SpaceConfig:
         lo, hi = self.ratio_bounds
         if not 0.0 <= lo <= hi < 1.0:
             raise ValueError(f"ratio_bounds must satisfy 0 <= low <= high < 1, got {lo}, {hi}")

@@ -107,7 +107,8 @@ def _latest_experiment(storage: Path) -> str | None:
     return max(candidates, key=lambda p: p.stat().st_mtime).name if candidates else None
 
 
-def run_search(cfg: PrunetuneConfig, *, resume: bool = False, progress: bool = True) -> SearchSummary:
+def run_search(cfg: PrunetuneConfig, *, resume: bool = False,
+               progress: bool = True) -> SearchSummary:
     """Run (or resume) a search as a Ray Tune experiment tracked in MLflow."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -155,7 +156,9 @@ def run_search(cfg: PrunetuneConfig, *, resume: bool = False, progress: bool = T
     _init_ray(cfg)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     tracking_uri = cfg.tracking_uri()
-    artifact_root = (workdir / "mlartifacts").as_uri() if tracking_uri.startswith("sqlite") else None
+    # A sqlite store keeps artifacts beside it; a tracking server decides for itself.
+    local_store = tracking_uri.startswith("sqlite")
+    artifact_root = (workdir / "mlartifacts").as_uri() if local_store else None
     tracker = MLflowTracker(tracking_uri=tracking_uri, experiment=cfg.tracking.experiment,
                             search_name=name, config=cfg.model_dump(mode="json"),
                             space_description=space.describe(), dense_metrics=dense_metrics,

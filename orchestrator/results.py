@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
@@ -81,14 +82,14 @@ def pareto_front(rows: Iterable[Any], *, maximize: str = "accuracy",
     Rows are `TrialRecord`s or dicts; rows missing either metric are ignored.
     """
     def value(row: Any, key: str) -> float:
-        v = row.get(key) if isinstance(row, dict) else row.get(key)
+        v = row.get(key)  # dicts and TrialRecords both answer get()
         return math.nan if v is None else float(v)
 
     pts = [(value(r, minimize), -value(r, maximize), r) for r in rows]
     pts = [p for p in pts if not (math.isnan(p[0]) or math.isnan(p[1]))]
     pts.sort(key=lambda p: (p[0], p[1]))
     front, best = [], math.inf
-    for cost, neg_gain, row in pts:
+    for _cost, neg_gain, row in pts:
         if neg_gain < best:
             front.append(row)
             best = neg_gain
@@ -104,7 +105,7 @@ def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
     cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)),
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)),
              "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
     return "\n".join(lines)

@@ -9,12 +9,12 @@ by the Tune trial id, so a resumed search reuses them instead of logging duplica
 from __future__ import annotations
 
 import csv
-import time
 import io
 import json
 import math
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -100,9 +100,11 @@ class MLflowTracker(Callback):
         if found:
             self.parent_run_id = found[0].info.run_id
             self.client.update_run(self.parent_run_id, status="RUNNING")
-            self._children = {r.data.tags[TAG_TRIAL]: r.info.run_id for r in self.client.search_runs(
+            children = self.client.search_runs(
                 [exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_run_id}'",
-                max_results=10000) if TAG_TRIAL in r.data.tags}
+                max_results=10000)
+            self._children = {r.data.tags[TAG_TRIAL]: r.info.run_id for r in children
+                              if TAG_TRIAL in r.data.tags}
             return self.parent_run_id
         run = self.client.create_run(exp_id, run_name=self.search_name,
                                      tags={TAG_ROLE: "search", TAG_SEARCH: self.search_name})
@@ -138,7 +140,7 @@ class MLflowTracker(Callback):
             from prunetune.search_spaces import Policy
 
             policy = Policy.from_json(config["policy"])
-            params.update({f"policy.{k}": str(v) for k, v in policy.summary().items()})
+            params.update({k: str(v) for k, v in policy.summary().items()})
             self.client.log_text(run_id, config["policy"], "policy.json")
         if "x" in config:
             params["x"] = json.dumps([round(v, 4) for v in config["x"]])[:6000]

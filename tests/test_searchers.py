@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from prunetune.orchestrator.searchers import (SEARCHERS, PolicySearcher, SearcherError,
-                                              make_searcher)
+from prunetune.orchestrator.searchers import SEARCHERS, PolicySearcher, SearcherError, make_searcher
 from prunetune.search_spaces import Budget, Policy, PruningSpace
 from prunetune.trainers import build_model
 

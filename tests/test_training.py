@@ -3,9 +3,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from prunetune.trainers import (CheckpointError, DataConfig, ModelConfig, TrainConfig, evaluate,
-                                fit, load_checkpoint, load_data, build_model, pretrain_dense,
-                                save_checkpoint, seed_everything)
+from prunetune.trainers import (
+    CheckpointError,
+    DataConfig,
+    ModelConfig,
+    TrainConfig,
+    build_model,
+    evaluate,
+    fit,
+    load_checkpoint,
+    load_data,
+    pretrain_dense,
+    save_checkpoint,
+    seed_everything,
+)
 
 DIGITS = DataConfig(name="digits", batch_size=32)
 
@@ -55,7 +66,8 @@ def test_checkpoint_rejects_foreign_and_unsafe_files(tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "foreign.pt")
     import argparse  # any class outside weights_only's allow-list stands for "code in a pickle"
 
-    torch.save({"format": "prunetune-dense/1", "obj": argparse.Namespace(a=1)}, tmp_path / "code.pt")
+    unsafe = {"format": "prunetune-dense/1", "obj": argparse.Namespace(a=1)}
+    torch.save(unsafe, tmp_path / "code.pt")
     with pytest.raises(CheckpointError, match="could not be read safely"):
         load_checkpoint(tmp_path / "code.pt")
     # Atomic save leaves no temp files behind.

@@ -8,9 +8,9 @@ from .train import EvalResult, TrainConfig, evaluate, fit, resolve_device, seed_
 from .trial import FINAL_KEY, TrialSetup, evaluate_policy, run_trial
 
 __all__ = [
-    "FINAL_KEY", "CheckpointError", "DataBundle", "DataConfig", "DatasetNotFoundError", "EvalResult",
-    "ModelConfig", "ModelNotFoundError", "PretrainResult", "TrainConfig", "build_model",
-    "default_cache_dir", "evaluate", "fit", "load_checkpoint", "load_data",
-    "model_from_checkpoint", "pretrain_dense", "resolve_device", "save_checkpoint",
-    "seed_everything", "zoo_names", "TrialSetup", "evaluate_policy", "run_trial",
+    "FINAL_KEY", "CheckpointError", "DataBundle", "DataConfig", "DatasetNotFoundError",
+    "EvalResult", "ModelConfig", "ModelNotFoundError", "PretrainResult", "TrainConfig",
+    "TrialSetup", "build_model", "default_cache_dir", "evaluate", "evaluate_policy", "fit",
+    "load_checkpoint", "load_data", "model_from_checkpoint", "pretrain_dense", "resolve_device",
+    "run_trial", "save_checkpoint", "seed_everything", "zoo_names",
 ]

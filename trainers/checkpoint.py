@@ -53,8 +53,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     except Exception as err:  # corrupted file, pickle with code in it, ...
         raise CheckpointError(f"checkpoint {path} could not be read safely: {err}") from err
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(f"{path} is not a prunetune checkpoint (expected format "
-                              f"{CHECKPOINT_FORMAT!r}, got {ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt).__name__!r})")
+                              f"{CHECKPOINT_FORMAT!r}, got {found!r})")
     return ckpt
 
 

@@ -117,7 +117,7 @@ class TensorImageDataset(Dataset):
                 x = x.flip(-1)
         return (x - self.mean) / self.std, self.labels[index]
 
-    def with_augment(self, augment: bool) -> "TensorImageDataset":
+    def with_augment(self, augment: bool) -> TensorImageDataset:
         return TensorImageDataset(self.images, self.labels, tuple(self.mean.flatten().tolist()),
                                   tuple(self.std.flatten().tolist()), augment=augment,
                                   pad=self.pad, flip=self.flip)
@@ -212,7 +212,8 @@ def _read_idx(path: Path) -> torch.Tensor:
 def _fmnist_candidates(root: str | None) -> list[Path]:
     candidates: list[Path] = []
     if root is not None:
-        candidates += [Path(root), Path(root) / "fashion-mnist", Path(root) / "FashionMNIST" / "raw"]
+        r = Path(root)
+        candidates += [r, r / "fashion-mnist", r / "FashionMNIST" / "raw"]
     env = os.environ.get("PRUNETUNE_DATA")
     if env:
         candidates += [Path(env) / "fashion-mnist", Path(env), Path(env) / "FashionMNIST" / "raw"]
@@ -222,7 +223,8 @@ def _fmnist_candidates(root: str | None) -> list[Path]:
 
 def _find_fmnist(root: str | None) -> Path | None:
     for folder in _fmnist_candidates(root):
-        if all((folder / f).is_file() or (folder / f[:-3]).is_file() for f in _FMNIST_FILES.values()):
+        names = _FMNIST_FILES.values()
+        if all((folder / f).is_file() or (folder / f[:-3]).is_file() for f in names):
             return folder
     return None
 

@@ -15,8 +15,13 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from .checkpoint import (CHECKPOINT_FORMAT, content_hash, load_checkpoint, model_from_checkpoint,
-                         save_checkpoint)
+from .checkpoint import (
+    CHECKPOINT_FORMAT,
+    content_hash,
+    load_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+)
 from .data import DataBundle, DataConfig, load_data
 from .models import build_model
 from .train import TrainConfig, evaluate, fit, resolve_device, seed_everything

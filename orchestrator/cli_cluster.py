@@ -1,0 +1,274 @@
+"""`prunetune` commands for clusters, jobs, the tracking server and the model registry.
+
+`add_cluster_commands(subparsers)` adds: submit, status, logs, stop (Ray Jobs API), server
+(MLflow tracking server), promote and load (model registry). Each command reports its own
+errors as one line on stderr and exit code 2, so the main CLI needs no extra wiring.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+__all__ = ["add_cluster_commands", "main", "user_errors"]
+
+
+from .cli_common import add_search_override_args, add_tracking_args, search_overrides, tracking_from
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions these commands report as one line and exit code 2."""
+    from prunetune.trainers import CheckpointError, DatasetNotFoundError, ModelNotFoundError
+
+    from .config import ConfigError
+    from .jobs import ClusterError, JobNotFoundError
+    from .registry import PromotionError, SelectionError
+    from .results import SearchNotFoundError
+
+    return (ClusterError, JobNotFoundError, ConfigError, SearchNotFoundError, SelectionError,
+            PromotionError, CheckpointError, DatasetNotFoundError, ModelNotFoundError)
+
+
+def _reports_errors(func: Callable[[argparse.Namespace], int]) -> Callable[
+        [argparse.Namespace], int]:
+    @functools.wraps(func)
+    def wrapper(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except user_errors() as err:
+            print(f"prunetune {args.command}: error: {err}", file=sys.stderr)
+            return 2
+
+    return wrapper
+
+
+def _quiet_downloads() -> None:
+    # MLflow draws a progress bar per artifact download; a command's output stays readable.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+# ---------------------------------------------------------------------------------------------
+# Jobs
+
+
+@_reports_errors
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .jobs import follow_logs, jobs_client, submit_search, wait_for_job
+
+    overrides = search_overrides(args)
+    load_config(args.config, overrides)  # a bad config fails before the cluster is contacted
+    client = jobs_client(args.address)
+    job = submit_search(args.config, args.address, overrides=overrides,
+                        submission_id=args.submission_id, client=client)
+    print(job.job_id, flush=True)
+    print(f"submitted to {job.address}: {job.entrypoint}\n  follow: prunetune logs {job.job_id} "
+          f"--address {job.address} --follow\n  status: prunetune status {job.job_id} --address "
+          f"{job.address}", file=sys.stderr, flush=True)
+    if not args.wait:
+        return 0
+    follow_logs(client, job.job_id, lambda s: print(s, end="", file=sys.stderr, flush=True))
+    status = wait_for_job(client, job.job_id)
+    print(f"job {job.job_id}: {status}", file=sys.stderr, flush=True)
+    return 0 if status == "SUCCEEDED" else 1
+
+
+@_reports_errors
+def _cmd_status(args: argparse.Namespace) -> int:
+    from .jobs import job_info, jobs_client
+
+    info = job_info(jobs_client(args.address), args.job)
+    fields = {"job": args.job, "status": str(info.status), "message": info.message,
+              "entrypoint": info.entrypoint, "start_time": info.start_time,
+              "end_time": info.end_time, "driver_node": getattr(info, "driver_node_id", None)}
+    if args.json:
+        print(json.dumps(fields, indent=2, default=str))
+    else:
+        for k, v in fields.items():
+            print(f"{k:12s} {v}")
+    return 0
+
+
+@_reports_errors
+def _cmd_logs(args: argparse.Namespace) -> int:
+    from .jobs import _call, follow_logs, jobs_client
+
+    client = jobs_client(args.address)
+    if args.follow:
+        follow_logs(client, args.job, lambda s: print(s, end="", flush=True))
+    else:
+        print(_call(client.get_job_logs, args.job), end="")
+    return 0
+
+
+@_reports_errors
+def _cmd_stop(args: argparse.Namespace) -> int:
+    from .jobs import job_info, jobs_client, stop_job, wait_for_job
+
+    client = jobs_client(args.address)
+    if stop_job(client, args.job):
+        status = wait_for_job(client, args.job, timeout_s=args.timeout)
+        print(f"job {args.job}: {status}")
+    else:
+        print(f"job {args.job} had already ended: {job_info(client, args.job).status}")
+    return 0
+
+
+def _add_address(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", help="the head's Jobs API, http://HEAD:8265 (default: "
+                                     "$RAY_API_SERVER_ADDRESS)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Tracking server and registry
+
+
+@_reports_errors
+def _cmd_server(args: argparse.Namespace) -> int:
+    from .jobs import quote_command, server_command, server_env
+
+    cmd = server_command(host=args.host, port=args.port,
+                         backend_store_uri=args.backend_store_uri,
+                         artifacts_destination=args.artifacts_destination, workdir=args.workdir)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"prunetune server: warning: binding {args.host} exposes the tracking server (no "
+              "authentication) beyond this machine", file=sys.stderr)
+    print(f"MLflow tracking server at http://{args.host}:{args.port} (Ctrl-C stops it); "
+          f"searches use it with --tracking-uri http://{args.host}:{args.port}\n"
+          f"  {quote_command(cmd)}", flush=True)
+    if args.dry_run:
+        return 0
+    os.execve(cmd[0], cmd, server_env())
+    return 0  # not reached
+
+
+@_reports_errors
+def _cmd_promote(args: argparse.Namespace) -> int:
+    from .registry import promote
+
+    _quiet_downloads()
+    uri, experiment = tracking_from(args)
+    # Progress and MLflow's own messages go to stderr: stdout is the JSON result alone.
+    with contextlib.redirect_stdout(sys.stderr):
+        result = promote(args.search, args.model_name, tracking_uri=uri, experiment=experiment,
+                         select=args.select, trial=args.trial,
+                         finetune_epochs=args.finetune_epochs, alias=args.alias,
+                         progress=not args.quiet)
+    print(json.dumps({"model": result.model_name, "version": result.version,
+                      "alias": result.alias, "uri": result.uri, "run_id": result.run_id,
+                      "search": result.search, "trial": result.trial_id,
+                      "metrics": result.metrics, "tracking_uri": uri}, indent=2))
+    return 0
+
+
+@_reports_errors
+def _cmd_load(args: argparse.Namespace) -> int:
+    import torch
+
+    from prunetune.search_spaces import count_cost
+
+    from .registry import load_promoted_with_spec
+
+    _quiet_downloads()
+    uri = tracking_from(args)[0]
+    with contextlib.redirect_stdout(sys.stderr):
+        model, spec = load_promoted_with_spec(args.model_uri, tracking_uri=uri,
+                                              device=args.device, sparse=args.sparse)
+    example = torch.zeros(1, *spec["input_shape"], device=args.device)
+    with torch.no_grad():
+        out = model(example)
+    cost = count_cost(model, example) if not args.sparse else None
+    summary: dict[str, Any] = {
+        "uri": args.model_uri, "class": type(model).__name__, "model": spec["model"]["name"],
+        "input_shape": spec["input_shape"], "output_shape": list(out.shape[1:]),
+        "flops": cost.effective_flops if cost else spec["cost"]["effective_flops"],
+        "params": cost.effective_params if cost else spec["cost"]["effective_params"],
+        "sparsity": spec["cost"]["sparsity"], "metrics": spec["metrics"], "source": spec["source"]}
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def add_cluster_commands(sub: Any) -> None:
+    """Add submit, status, logs, stop, server, promote and load to a subparsers object."""
+    p = sub.add_parser("submit", help="submit a search to a Ray cluster (Jobs API); prints the "
+                                      "job id")
+    p.add_argument("config", help="YAML config; it travels to the cluster with the job")
+    _add_address(p)
+    p.add_argument("--wait", action="store_true",
+                   help="stream the job's logs and wait; exit 0 only if it SUCCEEDED")
+    add_search_override_args(p)
+    p.add_argument("--submission-id", help="job id to use (default: generated)")
+    p.set_defaults(func=_cmd_submit)
+
+    p = sub.add_parser("status", help="status of a submitted job")
+    p.add_argument("job", help="job (submission) id")
+    _add_address(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("logs", help="logs of a submitted job")
+    p.add_argument("job", help="job (submission) id")
+    _add_address(p)
+    p.add_argument("--follow", action="store_true", help="stream until the job ends")
+    p.set_defaults(func=_cmd_logs)
+
+    p = sub.add_parser("stop", help="stop a submitted job")
+    p.add_argument("job", help="job (submission) id")
+    _add_address(p)
+    p.add_argument("--timeout", type=float, default=60.0,
+                   help="seconds to wait for it to stop (default 60)")
+    p.set_defaults(func=_cmd_stop)
+
+    p = sub.add_parser("server", help="start an MLflow tracking server (database backend, "
+                                      "served artifacts) on 127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=5000, help="port (default 5000)")
+    p.add_argument("--backend-store-uri",
+                   help="database URI (default sqlite:///<workdir>/mlflow-server.db)")
+    p.add_argument("--artifacts-destination",
+                   help="artifact root the server writes to (default <workdir>/mlartifacts)")
+    p.add_argument("--workdir", default="runs", help="folder for the defaults (default runs)")
+    p.add_argument("--dry-run", action="store_true", help="print the command, do not start it")
+    p.set_defaults(func=_cmd_server)
+
+    p = sub.add_parser("promote", help="register a search's best (or chosen) policy as a model "
+                                       "version with an alias")
+    p.add_argument("search", help="search name or MLflow parent run id")
+    p.add_argument("--model-name", required=True, help="registered model name")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--select", help="e.g. 'max accuracy where speedup >= 2' or 'min "
+                                        "latency_ms where accuracy >= 0.9' (default: max accuracy)")
+    which.add_argument("--trial", help="a trial id (or its MLflow run id) instead of --select")
+    p.add_argument("--finetune-epochs", type=float,
+                   help="fine-tuning before registering (default: as the search's trials; 0: none)")
+    p.add_argument("--alias", default="champion", help="alias to point at the new version "
+                                                       "(default champion)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    add_tracking_args(p)
+    p.set_defaults(func=_cmd_promote)
+
+    p = sub.add_parser("load", help="load a promoted model and print a summary")
+    p.add_argument("model_uri", help="models:/NAME@ALIAS or models:/NAME/VERSION")
+    p.add_argument("--device", default="cpu", help="device to load onto (default cpu)")
+    p.add_argument("--sparse", action="store_true",
+                   help="swap masked layers for the sparse kernel modules")
+    add_tracking_args(p)
+    p.set_defaults(func=_cmd_load)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """These commands alone (`python -m prunetune.orchestrator.cli_cluster ...`)."""
+    parser = argparse.ArgumentParser(prog="prunetune")
+    add_cluster_commands(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

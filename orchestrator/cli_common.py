@@ -1,0 +1,48 @@
+"""Command-line pieces shared by the `prunetune` commands (search, submit, results, promote)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+__all__ = ["add_search_override_args", "search_overrides", "add_tracking_args", "tracking_from"]
+
+
+def add_search_override_args(p: argparse.ArgumentParser) -> None:
+    """The config overrides every command that starts a search takes."""
+    p.add_argument("--name", help="override the search name")
+    p.add_argument("--trials", type=int, help="override search.trials")
+    p.add_argument("--max-concurrent", type=int, help="override search.max_concurrent")
+    p.add_argument("--searcher", help="override search.searcher (random, uniform, bo, ...)")
+    p.add_argument("--tracking-uri", help="override tracking.uri (http:// for a server)")
+    p.add_argument("--experiment", help="override tracking.experiment")
+
+
+def search_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Dotted config overrides from the parsed flags (unset flags are None and skipped)."""
+    return {"search.trials": args.trials, "search.max_concurrent": args.max_concurrent,
+            "search.searcher": args.searcher, "tracking.uri": args.tracking_uri,
+            "tracking.experiment": args.experiment, "name": args.name,
+            "ray.address": getattr(args, "ray_address", None),
+            "workdir": getattr(args, "workdir", None)}
+
+
+def add_tracking_args(p: argparse.ArgumentParser) -> None:
+    """Where to read a search from: a config, or the tracking URI / experiment / workdir."""
+    p.add_argument("--config", help="a search config to take tracking settings from")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, "
+                                          "else sqlite:///runs/mlflow.db)")
+    p.add_argument("--experiment", help="MLflow experiment name (default: prunetune)")
+    p.add_argument("--workdir", help="workdir whose mlflow.db to use (default: runs)")
+
+
+def tracking_from(args: argparse.Namespace) -> tuple[str, str]:
+    """(tracking URI, experiment) from the flags of `add_tracking_args`."""
+    import os
+
+    from .config import load_config
+
+    uri = args.tracking_uri or (None if args.config else os.environ.get("MLFLOW_TRACKING_URI"))
+    cfg = load_config(args.config, {"tracking.uri": uri, "tracking.experiment": args.experiment,
+                                    "workdir": args.workdir})
+    return cfg.tracking_uri(), cfg.tracking.experiment
