@@ -1,0 +1,84 @@
+"""Triton block-sparse kernels, the sparse layer modules that use them, latency measurement and
+the latency table (see docs/CONTRACTS.md for the mask contract these read).
+
+Ray is not imported here: the optional shared-table actor lives in
+`prunetune.kernels.ray_service` and imports Ray when used.
+"""
+
+from .bsr import (
+    KERNEL_BLOCKS,
+    BSRWeight,
+    bsr_to_dense,
+    choose_block,
+    conv_weight_to_taps,
+    dense_to_bsr,
+    stored_density,
+    taps_to_conv_weight,
+)
+from .latency import (
+    DeviceMeasurer,
+    LatencyMeasurement,
+    default_measurer,
+    device_name,
+    measure_latency,
+)
+from .layers import LayerSpec, build_layer, deploy, layer_specs
+from .modules import (
+    BlockSparseConv2d,
+    BlockSparseLinear,
+    SemiStructuredLinear,
+    is_nm_mask,
+    resolve_backend,
+    semi_structured_supported,
+    sparsify_model,
+)
+from .predict import (
+    LatencyPrediction,
+    LatencyPredictor,
+    model_latency_ms,
+    predict_latency,
+    skeleton,
+    speedup,
+)
+from .table import LatencyKey, LatencyTable, bucket_density
+from .triton_bsr import bsr_conv2d, bsr_linear, interpreter_enabled, triton_supported
+
+__all__ = [
+    "KERNEL_BLOCKS",
+    "BSRWeight",
+    "BlockSparseConv2d",
+    "BlockSparseLinear",
+    "DeviceMeasurer",
+    "LatencyKey",
+    "LatencyMeasurement",
+    "LatencyPrediction",
+    "LatencyPredictor",
+    "LatencyTable",
+    "LayerSpec",
+    "SemiStructuredLinear",
+    "bsr_conv2d",
+    "bsr_linear",
+    "bsr_to_dense",
+    "bucket_density",
+    "build_layer",
+    "choose_block",
+    "conv_weight_to_taps",
+    "default_measurer",
+    "dense_to_bsr",
+    "deploy",
+    "device_name",
+    "interpreter_enabled",
+    "is_nm_mask",
+    "layer_specs",
+    "measure_latency",
+    "model_latency_ms",
+    "predict_latency",
+    "resolve_backend",
+    "semi_structured_supported",
+    "skeleton",
+    "sparsify_model",
+    "speedup",
+    "stored_density",
+    "taps_to_conv_weight",
+    "triton_supported",
+]

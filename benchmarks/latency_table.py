@@ -1,0 +1,172 @@
+"""Predicted vs measured whole-model latency for random pruning policies (CPU).
+
+    python benchmarks/latency_table.py                       # ResNet-20/56, MobileNetV2, 50 each
+    python benchmarks/latency_table.py --smoke --out F.json  # 2 policies of ResNet-20 (plumbing)
+
+For each model: random points of the `PruningSpace` box are decoded to policies, applied
+(`apply_policy`), put in deployment form, and both predicted from the latency table (sum of
+per-layer entries measured on demand + the residual measured on the dense model) and measured
+as a whole. Layer entries are measured right before the whole model they belong to, so both
+see the same machine load. Both the median-based and the min-based predictions are scored
+against the measured median / min, and the predicted speedup over the dense model against the
+speedup measured with the dense model timed right next to each pruned one (immune to the
+machine's load drifting during the run). Timing: one thread, thread CPU clock, batch 1 by
+default. Writes `benchmarks/results/latency_table-cpu.json`.
+Target (issue 7): >= 90% of predictions within +-10%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import machine_info
+
+from prunetune.kernels import DeviceMeasurer, LatencyPredictor, LatencyTable
+from prunetune.trainers import build_model
+
+RESULTS = Path(__file__).resolve().parent / "results"
+WITHIN = 0.10
+
+
+def score(errors: list[float]) -> dict[str, float]:
+    """Share within +-10%, and the median / 90th-percentile absolute relative error."""
+    if not errors:
+        return {"n": 0}
+    absolute = sorted(abs(e) for e in errors)
+    return {"n": len(errors), "within_10pct": sum(a <= WITHIN for a in absolute) / len(errors),
+            "median_abs_err": statistics.median(absolute),
+            "p90_abs_err": absolute[min(len(absolute) - 1, int(0.9 * len(absolute)))],
+            "mean_err": statistics.fmean(errors)}
+
+
+def repeat_errors(rows: list[dict[str, Any]]) -> list[float]:
+    dense = [r["dense_measured_ms"] for r in rows]
+    middle = statistics.median(dense) if dense else 0.0
+    return [d / middle - 1.0 for d in dense]
+
+
+def make_space(model: torch.nn.Module, x: torch.Tensor, schemes: tuple[str, ...], seed: int,
+               ) -> Any:
+    """A PruningSpace for CPU without a budget (policies spread over the whole ratio range)."""
+    from prunetune.search_spaces import PruningSpace
+
+    return PruningSpace(model, x, schemes=schemes, budget=None, seed=seed, device="cpu")
+
+
+def run_model(name: str, args: argparse.Namespace, measurer: DeviceMeasurer,
+              ) -> dict[str, Any]:
+    from prunetune.search_spaces import apply_policy
+
+    gen = torch.Generator().manual_seed(args.seed)
+    dense = build_model(name).eval()
+    x = torch.randn(args.batch, 3, 32, 32, generator=gen)
+    table = LatencyTable()
+    started = time.time()
+    predictors = {stat: LatencyPredictor(dense, x, table, measurer=measurer,
+                                         repeats=args.repeats, statistic=stat)
+                  for stat in ("median", "min")}
+    dense_predicted = predictors["median"].predict(dense).total_ms
+    space = make_space(dense, x, tuple(args.schemes), args.seed)
+    rows = []
+    for i in range(args.policies):
+        policy = space.decode(torch.rand(space.dim, generator=gen, dtype=torch.float64))
+        pruned = apply_policy(dense, policy, x)
+        predicted = {stat: p.predict(pruned) for stat, p in predictors.items()}
+        measured = predictors["median"].measure(pruned, repeats=args.whole_repeats)
+        # The dense model measured right next to the pruned one: the speedup is then immune to
+        # the machine's load drifting between table entries and whole-model timings.
+        dense_now = predictors["median"].measure(dense, repeats=args.whole_repeats)
+        row = {
+            "policy": i,
+            "schemes": sorted({u.scheme for u in policy.units.values() if u.ratio > 0}),
+            "predicted_ms": predicted["median"].total_ms,
+            "layers_ms": predicted["median"].layers_ms,
+            "residual_ms": predicted["median"].residual_ms,
+            "measured_ms": measured.median_ms,
+            "measured_iqr_ms": [measured.p25_ms, measured.p75_ms],
+            "predicted_min_ms": predicted["min"].total_ms,
+            "measured_min_ms": measured.min_ms,
+            "dense_measured_ms": dense_now.median_ms,
+            "speedup_measured": dense_now.median_ms / measured.median_ms,
+            "speedup_predicted": dense_predicted / predicted["median"].total_ms,
+        }
+        row["err"] = row["predicted_ms"] / row["measured_ms"] - 1.0
+        row["err_min"] = row["predicted_min_ms"] / row["measured_min_ms"] - 1.0
+        row["err_speedup"] = row["speedup_predicted"] / row["speedup_measured"] - 1.0
+        rows.append(row)
+        print(f"{name} {i:3d} predicted {row['predicted_ms']:8.3f} measured "
+              f"{row['measured_ms']:8.3f} ms  err {100 * row['err']:+6.1f}%  "
+              f"(min {100 * row['err_min']:+6.1f}%, speedup {100 * row['err_speedup']:+6.1f}%)",
+              flush=True)
+    return {
+        "model": name, "batch": args.batch, "dense_predicted_ms": dense_predicted,
+        "residual_fit": {stat: {"c0_ms": p.c0_ms, "c1_ms_per_element": p.c1_ms_per_elem,
+                                "delta_ratio": p.delta_ratio} for stat, p in predictors.items()},
+        "table_entries": len(table), "wall_s": time.time() - started,
+        "median_based": score([r["err"] for r in rows]),
+        "min_based": score([r["err_min"] for r in rows]),
+        "speedup": score([r["err_speedup"] for r in rows]),
+        # The noise floor: the same dense model, re-measured next to every policy, against the
+        # median of those measurements. No prediction can beat the truth's own repeatability.
+        "dense_repeatability": score(repeat_errors(rows)),
+        "rows": rows,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=["resnet20", "resnet56", "mobilenetv2"])
+    parser.add_argument("--policies", type=int, default=50)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=15, help="timing blocks per layer entry")
+    parser.add_argument("--whole-repeats", type=int, default=21,
+                        help="timing blocks per whole-model measurement")
+    parser.add_argument("--schemes", nargs="+", default=["channel", "block"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--smoke", action="store_true", help="2 policies of ResNet-20, batch 2")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.models, args.policies, args.batch = ["resnet20"], 2, 2
+        args.repeats = args.whole_repeats = 3
+    torch.manual_seed(args.seed)
+    # Everything (shape passes, apply_policy) at the measured thread count: on a shared machine
+    # extra torch threads only wait for each other.
+    torch.set_num_threads(args.threads)
+    measurer = DeviceMeasurer("cpu", threads=args.threads)
+    load_before = os.getloadavg()
+    models = [run_model(name, args, measurer) for name in args.models]
+    result = {
+        "device": measurer.name, "smoke": args.smoke, "policies_per_model": args.policies,
+        "batch": args.batch, "threads": args.threads, "schemes": args.schemes,
+        "repeats": args.repeats, "whole_repeats": args.whole_repeats,
+        "load_average_before": load_before, "load_average_after": os.getloadavg(),
+        "machine": machine_info(),
+        "overall": {
+            "median_based": score([r["err"] for m in models for r in m["rows"]]),
+            "min_based": score([r["err_min"] for m in models for r in m["rows"]]),
+            "speedup": score([r["err_speedup"] for m in models for r in m["rows"]]),
+            "dense_repeatability": score([e for m in models for e in repeat_errors(m["rows"])]),
+        },
+        "models": models,
+    }
+    out = args.out or RESULTS / "latency_table-cpu.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result["overall"], indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()

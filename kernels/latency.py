@@ -1,0 +1,327 @@
+"""Measuring latency, one measurement at a time per device.
+
+`measure_latency` times a model or layer: on CUDA with events around each call, after a warm-up
+and with the L2 cache flushed before every call; on CPU with `torch.utils.benchmark.Timer` at a
+fixed thread count. Both report the median of the repeats.
+
+`DeviceMeasurer` serialises measurements per device across threads *and* processes (Ray workers
+included) with an `fcntl.flock` on a per-device lock file, so two measurements never overlap and
+concurrent trials do not add noise to each other's numbers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import fcntl
+import math
+import os
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "CLOCKS",
+    "DEFAULT_CPU_THREADS",
+    "DeviceMeasurer",
+    "LatencyMeasurement",
+    "default_measurer",
+    "device_name",
+    "measure_latency",
+    "resolve_clock",
+    "torch_threads",
+]
+
+CLOCKS = ("auto", "wall", "thread")
+# One thread by default on CPU: reproducible, and least disturbed by other jobs on the machine.
+DEFAULT_CPU_THREADS = 1
+# Each CPU timing block runs the callable often enough to last this long (timer resolution).
+_CPU_BLOCK_S = 2e-3
+# Bytes written to flush the GPU L2 cache before each timed call (larger than any L2 today).
+_L2_FLUSH_BYTES = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class LatencyMeasurement:
+    """One measurement: the median, quartiles and minimum over `repeats` timed runs, in ms.
+
+    The median is the default statistic; the minimum is the better estimate of the undisturbed
+    time on a machine shared with other jobs (interference only ever adds time).
+
+    `started_at` / `ended_at` are wall-clock (`time.time()`) bounds of the timed section, so
+    callers can check that measurements on one device never overlapped.
+    """
+
+    median_ms: float
+    p25_ms: float
+    p75_ms: float
+    min_ms: float
+    repeats: int
+    device: str
+    method: str
+    started_at: float
+    ended_at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _cpu_model_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def device_name(device: torch.device | str, threads: int | None = None,
+                clock: str = "auto") -> str:
+    """A stable name for the latency table: the GPU's name, or the CPU's model, thread count
+    and clock (entries timed differently are not mixed)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "cpu":
+        threads = threads or DEFAULT_CPU_THREADS
+        return f"{_cpu_model_name()} ({threads} threads, {resolve_clock(clock, threads)} clock)"
+    return device.type
+
+
+def _as_tuple(example_input: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    return (example_input,) if isinstance(example_input, torch.Tensor) else tuple(example_input)
+
+
+def _prepare(model: nn.Module, inputs: tuple[torch.Tensor, ...], device: torch.device,
+             dtype: torch.dtype | None) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """Model and inputs on `device` (and `dtype`), without moving the caller's model."""
+    first = next(iter(model.parameters()), None)
+    if first is None:
+        first = next(iter(model.buffers()), None)
+    same = first is None or (first.device == device and (dtype is None or first.dtype == dtype))
+    if not same:
+        model = copy.deepcopy(model).to(device=device, dtype=dtype)
+    model.eval()
+    moved = tuple(t.to(device=device, dtype=dtype if dtype is not None and t.is_floating_point()
+                       else t.dtype) for t in inputs)
+    return model, moved
+
+
+def _quartiles(times_ms: list[float]) -> tuple[float, float, float]:
+    if len(times_ms) < 2:
+        return times_ms[0], times_ms[0], times_ms[0]
+    q = statistics.quantiles(times_ms, n=4, method="inclusive")
+    return statistics.median(times_ms), q[0], q[2]
+
+
+def _time_cuda(fn: Callable[[], Any], device: torch.device, repeats: int,
+               warmup: int) -> list[float]:
+    with torch.cuda.device(device):
+        for _ in range(warmup):
+            fn()
+        flush = torch.empty(_L2_FLUSH_BYTES // 4, dtype=torch.int32, device=device)
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
+        for i in range(repeats):
+            flush.zero_()  # evict the previous call's data from L2: each run starts cold
+            starts[i].record()
+            fn()
+            ends[i].record()
+        torch.cuda.synchronize(device)
+        return [s.elapsed_time(e) for s, e in zip(starts, ends, strict=True)]
+
+
+def resolve_clock(clock: str, threads: int) -> str:
+    """'auto' -> 'thread' (CPU time of the calling thread) with one thread, else 'wall'."""
+    if clock not in CLOCKS:
+        raise ValueError(f"clock must be one of {CLOCKS}, got {clock!r}")
+    if clock == "thread" and threads != 1:
+        raise ValueError(f"clock='thread' counts only the calling thread, so it needs threads=1, "
+                         f"got threads={threads}; use clock='wall'")
+    if clock == "auto":
+        return "thread" if threads == 1 else "wall"
+    return clock
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run torch's CPU ops on `threads` threads inside the block. Shape passes and warm-ups use
+    it too: with other jobs on the cores, extra threads wait on each other and a single forward
+    pass can take 100x longer."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _time_cpu(fn: Callable[[], Any], repeats: int, warmup: int, threads: int,
+              clock: str) -> list[float]:
+    from torch.utils.benchmark import Timer
+
+    with torch_threads(threads):  # warm-up at the measured thread count too
+        start = time.perf_counter()
+        for _ in range(max(1, warmup)):
+            fn()
+        per_call = (time.perf_counter() - start) / max(1, warmup)
+    number = max(1, math.ceil(_CPU_BLOCK_S / max(per_call, 1e-9)))
+    timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads,
+                  timer=time.thread_time if clock == "thread" else time.perf_counter)
+    return [timer.timeit(number).median * 1e3 for _ in range(repeats)]
+
+
+def measure_latency(model_or_layer: nn.Module | Callable[..., Any],
+                    example_input: torch.Tensor | Sequence[torch.Tensor], *,
+                    device: torch.device | str = "cpu", repeats: int = 20, warmup: int = 5,
+                    threads: int | None = None, dtype: torch.dtype | None = None,
+                    clock: str = "auto") -> LatencyMeasurement:
+    """Median latency of one forward call (inference mode), in milliseconds.
+
+    `example_input`: a tensor or a sequence of tensors (the call's positional arguments).
+    `repeats`: timed runs (CPU: timing blocks of >= 2 ms each, per-call time reported).
+    `warmup`: untimed calls first. `threads`: CPU threads (default 1). `dtype`: cast the model
+    and floating inputs (default: as given). The caller's model is not moved or modified.
+    `clock` (CPU only): 'wall', or 'thread' = CPU time of the calling thread, which with one
+    thread is the undisturbed latency even while other jobs compete for the cores (time spent
+    waiting for a core is not counted); 'auto' picks 'thread' for one thread, else 'wall'.
+    This does not lock the device; use `DeviceMeasurer.measure` to serialise.
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, "
+                         f"warmup={warmup}")
+    device = torch.device(device)
+    threads = threads or DEFAULT_CPU_THREADS
+    inputs = _as_tuple(example_input)
+    if isinstance(model_or_layer, nn.Module):
+        model, inputs = _prepare(model_or_layer, inputs, device, dtype)
+    else:
+        model = model_or_layer
+        inputs = tuple(t.to(device) for t in inputs)
+
+    def call() -> Any:
+        with torch.inference_mode():
+            return model(*inputs)
+
+    started = time.time()
+    if device.type == "cuda":
+        times, method = _time_cuda(call, device, repeats, warmup), "cuda-events+l2-flush"
+    elif device.type == "cpu":
+        clock = resolve_clock(clock, threads)
+        times = _time_cpu(call, repeats, warmup, threads, clock)
+        method = f"torch-timer-{threads}t-{clock}"
+    else:
+        raise ValueError(f"device must be 'cpu' or 'cuda[:i]', got {device}")
+    ended = time.time()
+    median, p25, p75 = _quartiles(times)
+    return LatencyMeasurement(median_ms=median, p25_ms=p25, p75_ms=p75, min_ms=min(times),
+                              repeats=repeats, device=device_name(device, threads, clock),
+                              method=method,
+                              started_at=started, ended_at=ended)
+
+
+# --------------------------------------------------------------------------------------------
+# Serialising measurements per device
+
+
+def _default_lock_dir() -> Path:
+    return Path(os.environ.get("PRUNETUNE_LOCK_DIR")
+                or Path(tempfile.gettempdir()) / "prunetune-locks")
+
+
+# Per lock file: a re-entrant lock for the threads of this process, and each thread's nesting
+# depth (a second flock from the same thread on a new file handle would deadlock).
+_THREAD_LOCKS: dict[str, threading.RLock] = {}
+_DEPTH = threading.local()
+_REGISTRY_GUARD = threading.RLock()
+
+
+class DeviceMeasurer:
+    """Runs measurements on one device one at a time, across threads and processes.
+
+    The lock is an exclusive `fcntl.flock` on `<lock_dir>/<device>.lock` (default lock dir:
+    `$PRUNETUNE_LOCK_DIR`, else `<tmp>/prunetune-locks`, shared by every process of a node,
+    Ray workers included) plus a re-entrant in-process lock, so nested use in one thread is fine.
+    """
+
+    def __init__(self, device: torch.device | str = "cpu", *,
+                 lock_dir: str | os.PathLike[str] | None = None, threads: int | None = None,
+                 clock: str = "auto") -> None:
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.threads = threads or DEFAULT_CPU_THREADS
+        self.clock = resolve_clock(clock, self.threads)
+        self.lock_dir = Path(lock_dir) if lock_dir is not None else _default_lock_dir()
+        tag = str(self.device).replace(":", "-")
+        self.lock_path = self.lock_dir / f"{tag}.lock"
+        with _REGISTRY_GUARD:
+            self._rlock = _THREAD_LOCKS.setdefault(str(self.lock_path), threading.RLock())
+
+    def __getstate__(self) -> dict[str, Any]:  # picklable for Ray: locks are rebuilt
+        return {"device": str(self.device), "lock_dir": str(self.lock_dir),
+                "threads": self.threads, "clock": self.clock}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["device"], lock_dir=state["lock_dir"], threads=state["threads"],
+                      clock=state["clock"])
+
+    @property
+    def name(self) -> str:
+        return device_name(self.device, self.threads, self.clock)
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the device: no other measurement on it (any thread, any process) meanwhile."""
+        key = str(self.lock_path)
+        with self._rlock:
+            depths: dict[str, int] = _DEPTH.__dict__.setdefault("depths", {})
+            depth = depths.get(key, 0)
+            depths[key] = depth + 1
+            try:
+                if depth:
+                    yield
+                    return
+                self.lock_dir.mkdir(parents=True, exist_ok=True)
+                with open(self.lock_path, "a+") as handle:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+                    try:
+                        yield
+                    finally:
+                        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            finally:
+                depths[key] = depth
+
+    def measure(self, model_or_layer: nn.Module | Callable[..., Any],
+                example_input: torch.Tensor | Sequence[torch.Tensor], *, repeats: int = 20,
+                warmup: int = 5, dtype: torch.dtype | None = None) -> LatencyMeasurement:
+        """`measure_latency` on this device while holding it."""
+        with self.exclusive():
+            return measure_latency(model_or_layer, example_input, device=self.device,
+                                   repeats=repeats, warmup=warmup, threads=self.threads,
+                                   dtype=dtype, clock=self.clock)
+
+
+_MEASURERS: dict[tuple[str, int], DeviceMeasurer] = {}
+
+
+def default_measurer(device: torch.device | str = "cpu", threads: int | None = None,
+                     ) -> DeviceMeasurer:
+    """The process-wide measurer for a device (default lock directory)."""
+    key = (str(torch.device(device)), threads or DEFAULT_CPU_THREADS)
+    with _REGISTRY_GUARD:
+        if key not in _MEASURERS:
+            _MEASURERS[key] = DeviceMeasurer(device, threads=threads)
+        return _MEASURERS[key]

@@ -1,0 +1,289 @@
+"""Predicted model latency from the latency table, and the numbers trials report.
+
+A model is first put in its deployment form (`deploy`: masked layers that pay become
+block-sparse modules). Its prediction is the sum of its GEMM layers' table entries (a missing
+entry is measured on demand on a synthetic layer of the same key, and cached) plus a residual
+for everything else: normalisation, activations, additions, pooling and call overhead.
+
+The residual is measured once per dense model (and cached in the table):
+- the *skeleton* of the dense model — the model with every GEMM layer replaced by a stand-in that
+  returns a precomputed output — is timed at batch B and at a larger batch. That isolates the
+  non-GEMM work directly (no difference of two large noisy numbers) and gives `c0 + c1 * A`,
+  where `A` is the number of elements the GEMM layers output: channel pruning shrinks that
+  element-wise work, while the per-op overhead `c0` stays;
+- `delta` = whole dense model - sum of its layer entries - skeleton, at batch B: what running
+  the layers back to back costs beyond running each alone with warm caches. It is mostly weight
+  traffic: a layer timed alone keeps its weights in cache, inside a model whose weights exceed
+  the cache they come from memory (MobileNetV2 on CPU: 50-75% of the layer time; CIFAR ResNets:
+  0-10%). It is kept as a fraction of the layer time, `delta_ratio = delta / layers`, because it
+  shrinks with the layers when channels are pruned; a constant over-predicted pruned models by
+  15-30% (benchmarks/README.md, "latency table").
+Residual of a pruned model = `c0 + c1 * A_pruned + delta_ratio * layers_pruned`.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .latency import DeviceMeasurer, LatencyMeasurement, default_measurer, torch_threads
+from .layers import GEMM_TYPES, LayerSpec, build_layer, deploy, layer_specs
+from .modules import DEFAULT_MIN_DENSITY_GAIN, resolve_backend
+from .table import LatencyKey, LatencyTable
+
+__all__ = [
+    "STATISTICS",
+    "LatencyPrediction",
+    "LatencyPredictor",
+    "model_latency_ms",
+    "predict_latency",
+    "skeleton",
+    "speedup",
+]
+
+# Statistic -> (field of a layer entry / the residual's intercept, slope field, delta field).
+STATISTICS = {"median": ("ms", "per_element_ms", "delta_ratio"),
+              "min": ("min_ms", "min_per_element_ms", "min_delta_ratio")}
+# A negative delta is timing noise (layers cannot run faster inside a model than alone by much);
+# the floor keeps a noisy fit from halving every prediction.
+_MIN_DELTA_RATIO = -0.25
+_FIT_ROUNDS = 3
+
+
+@dataclass(frozen=True)
+class LatencyPrediction:
+    """`total_ms = layers_ms + residual_ms`; `per_layer` maps layer name -> ms."""
+
+    total_ms: float
+    layers_ms: float
+    residual_ms: float
+    per_layer: dict[str, float] = field(default_factory=dict)
+
+
+class _FixedOutput(nn.Module):
+    """Stands in for a GEMM layer in a skeleton: returns the outputs it recorded, in call
+    order (a layer called several times per forward pass replays each call's output)."""
+
+    def __init__(self, outputs: list[torch.Tensor]) -> None:
+        super().__init__()
+        self.outputs = outputs
+        self.calls = 0
+
+    def forward(self, *args: Any) -> torch.Tensor:
+        out = self.outputs[self.calls % len(self.outputs)]
+        self.calls += 1
+        return out
+
+
+def skeleton(model: nn.Module, example_input: torch.Tensor) -> nn.Module:
+    """A copy of `model` whose convolution / linear layers return precomputed outputs, so timing
+    it measures everything else."""
+    model = copy.deepcopy(model).eval()
+    outputs: dict[nn.Module, list[torch.Tensor]] = {}
+
+    def record(module: nn.Module, _args: Any, out: torch.Tensor) -> None:
+        outputs.setdefault(module, []).append(out.clone())
+
+    handles = [m.register_forward_hook(record) for m in model.modules()
+               if isinstance(m, GEMM_TYPES)]
+    try:
+        with torch.inference_mode():
+            model(example_input)
+    finally:
+        for h in handles:
+            h.remove()
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if child in outputs:
+                setattr(parent, name, _FixedOutput(outputs[child]))
+    return model
+
+
+def _fingerprint(specs: list[LayerSpec], example_input: torch.Tensor) -> int:
+    text = "/".join(s.key.to_str() for s in specs) + f"/{tuple(example_input.shape[1:])}"
+    return int(hashlib.sha1(text.encode()).hexdigest()[:12], 16)
+
+
+def _with_batch(example_input: torch.Tensor, batch: int) -> torch.Tensor:
+    reps = -(-batch // example_input.shape[0])
+    return example_input.repeat(reps, *([1] * (example_input.dim() - 1)))[:batch]
+
+
+class LatencyPredictor:
+    """Predicts the latency of pruned variants of one dense model on one device.
+
+    The residual is measured once from `dense_model` (and cached in the table); layer entries
+    are measured on demand. `predictor(model)` returns predicted ms. `statistic` picks which
+    number of each measurement is used: "median" (default) or "min"; the table keeps both.
+    """
+
+    def __init__(self, dense_model: nn.Module, example_input: torch.Tensor,
+                 table: LatencyTable | None = None, *, device: torch.device | str = "cpu",
+                 measurer: DeviceMeasurer | None = None, repeats: int = 15, warmup: int = 3,
+                 min_density_gain: float = DEFAULT_MIN_DENSITY_GAIN,
+                 residual_batch_factor: int = 4, statistic: str = "median") -> None:
+        if statistic not in STATISTICS:
+            raise ValueError(f"statistic must be one of {sorted(STATISTICS)}, got {statistic!r}")
+        if not isinstance(example_input, torch.Tensor):
+            raise TypeError("LatencyPredictor needs one example input tensor (batch first), got "
+                            f"{type(example_input).__name__}")
+        if residual_batch_factor < 2:
+            raise ValueError(f"residual_batch_factor must be >= 2, got {residual_batch_factor}")
+        self.device = torch.device(device)
+        self.measurer = measurer or default_measurer(self.device)
+        self.table = table if table is not None else LatencyTable()
+        self.example_input = example_input
+        self.repeats, self.warmup = repeats, warmup
+        self.min_density_gain = min_density_gain
+        self.backend = resolve_backend("auto", self.device)
+        self.statistic = statistic
+        self.c0_ms, self.c1_ms_per_elem, self.delta_ratio = self._residual_model(
+            dense_model, residual_batch_factor)
+
+    @property
+    def device_name(self) -> str:
+        return self.measurer.name
+
+    def _pick(self, m: LatencyMeasurement) -> float:
+        return m.min_ms if self.statistic == "min" else m.median_ms
+
+    def _specs(self, deployed: nn.Module, x: torch.Tensor) -> list[LayerSpec]:
+        with torch_threads(self.measurer.threads):
+            return layer_specs(deployed, x.to(self.device), device_name=self.device_name)
+
+    def _deploy(self, model: nn.Module) -> nn.Module:
+        return deploy(model, self.device, min_density_gain=self.min_density_gain)
+
+    # -- layers -----------------------------------------------------------------------------
+
+    def layer_ms(self, key: LatencyKey) -> float:
+        """The table entry for `key` in this predictor's statistic, measured first if missing."""
+        field_name = STATISTICS[self.statistic][0]
+        entry = self.table.entry(key)
+        if entry is None or field_name not in entry:
+            layer, x = build_layer(key, backend=self.backend)
+            m = self.measurer.measure(layer, x, repeats=self.repeats, warmup=self.warmup)
+            self.table.put(key, m.median_ms, repeats=m.repeats, p25_ms=m.p25_ms,
+                           p75_ms=m.p75_ms, min_ms=m.min_ms)
+            entry = self.table.entry(key)
+        return float(entry[field_name])
+
+    # -- residual ---------------------------------------------------------------------------
+
+    def _residual_model(self, dense_model: nn.Module,
+                        factor: int) -> tuple[float, float, float]:
+        deployed = self._deploy(dense_model)
+        specs = self._specs(deployed, self.example_input)
+        batch = int(self.example_input.shape[0])
+        key = LatencyKey(self.device_name, "residual", (_fingerprint(specs, self.example_input),),
+                         "dense", None, 1.0, specs[0].key.dtype if specs else "float32", batch)
+        entry = self.table.entry(key)
+        if entry is None or any(f not in entry for f in STATISTICS[self.statistic]):
+            entry = self._fit_residual(key, deployed, factor)
+        return tuple(float(entry[f]) for f in STATISTICS[self.statistic])  # type: ignore[return-value]
+
+    def _fit_residual(self, key: LatencyKey, deployed: nn.Module, factor: int,
+                      ) -> dict[str, Any]:
+        """Skeleton at batch B and factor*B -> (c0, c1); delta from the whole model at B.
+
+        The fit is made once per model and every prediction inherits its error, so the noisy
+        numbers (whole model, skeleton at B) are taken `_FIT_ROUNDS` times, interleaved, and the
+        median of each statistic is used."""
+        x1 = self.example_input.to(self.device)
+        xk = _with_batch(x1, x1.shape[0] * factor)
+        with torch_threads(self.measurer.threads):
+            skel1, skelk = skeleton(deployed, x1), skeleton(deployed, xk)
+        a1 = sum(sp.out_elements for sp in self._specs(deployed, x1))
+        ak = sum(sp.out_elements for sp in self._specs(deployed, xk))
+        specs = self._specs(deployed, x1)
+        for sp in specs:
+            self.layer_ms(sp.key)  # measured now if missing; an entry holds every statistic
+        sk = self.measure(skelk, xk, deployed=True)
+        rounds = [(self.measure(skel1, x1, deployed=True),
+                   self.measure(deployed, x1, deployed=True, repeats=2 * self.repeats))
+                  for _ in range(_FIT_ROUNDS)]
+        fits: dict[str, float] = {}
+        for name, (intercept, slope, delta) in STATISTICS.items():
+            pick = (lambda m: m.min_ms) if name == "min" else (lambda m: m.median_ms)
+            s1 = statistics.median(pick(s) for s, _ in rounds)
+            whole = statistics.median(pick(w) for _, w in rounds)
+            # A negative slope is timing noise: element-wise work cannot shrink as A grows.
+            c1 = max(0.0, (pick(sk) - s1) / (ak - a1)) if ak != a1 else 0.0
+            layers = sum(float(self.table.entry(sp.key)[STATISTICS[name][0]]) for sp in specs)
+            fits[intercept], fits[slope] = s1 - c1 * a1, c1
+            fits[delta] = max(_MIN_DELTA_RATIO, (whole - layers - s1) / layers) \
+                if layers > 0 else 0.0
+        self.table.put(key, fits.pop("ms"), repeats=self.repeats, **fits)
+        return self.table.entry(key)
+
+    # -- whole models -----------------------------------------------------------------------
+
+    def predict(self, model: nn.Module) -> LatencyPrediction:
+        """Predicted latency of `model` (its deployment form) for the example input."""
+        specs = self._specs(self._deploy(model), self.example_input)
+        per_layer: dict[str, float] = {}
+        for sp in specs:
+            per_layer[sp.name] = per_layer.get(sp.name, 0.0) + self.layer_ms(sp.key)
+        layers = sum(per_layer.values())
+        elements = sum(sp.out_elements for sp in specs)
+        # Clamped: the non-GEMM work cannot take negative time (a noisy fit can say so).
+        residual = max(0.0, self.c0_ms + self.c1_ms_per_elem * elements)
+        residual += self.delta_ratio * layers
+        return LatencyPrediction(layers + residual, layers, residual, per_layer)
+
+    def __call__(self, model: nn.Module) -> float:
+        return self.predict(model).total_ms
+
+    def predict_policy(self, dense_model: nn.Module, policy: Any,
+                       apply_fn: Callable[[nn.Module, Any, torch.Tensor], nn.Module]) -> float:
+        """Predicted ms of `apply_fn(dense_model, policy, example_input)` — e.g. with
+        `prunetune.search_spaces.apply_policy`, for a latency budget."""
+        return self(apply_fn(dense_model, policy, self.example_input))
+
+    def measure(self, model: nn.Module, x: torch.Tensor | None = None, *,
+                deployed: bool = False, repeats: int | None = None) -> LatencyMeasurement:
+        """Measured whole-model latency of the deployment form (serialised on the device)."""
+        model = model if deployed else self._deploy(model)
+        return self.measurer.measure(model, self.example_input if x is None else x,
+                                     repeats=repeats or self.repeats, warmup=self.warmup)
+
+    def measured_ms(self, model: nn.Module, *, repeats: int | None = None) -> float:
+        """Measured whole-model ms in this predictor's statistic (comparable to `predict`)."""
+        return self._pick(self.measure(model, repeats=repeats))
+
+
+def predict_latency(model: nn.Module, example_input: torch.Tensor, table: LatencyTable, *,
+                    device: torch.device | str = "cpu", dense_model: nn.Module | None = None,
+                    measurer: DeviceMeasurer | None = None) -> LatencyPrediction:
+    """Sum of per-layer table entries (measured on demand, cached in `table`) plus the residual
+    measured on `dense_model` (default: `model` itself)."""
+    predictor = LatencyPredictor(dense_model if dense_model is not None else model,
+                                 example_input, table, device=device, measurer=measurer)
+    return predictor.predict(model)
+
+
+def model_latency_ms(model: nn.Module, example_input: torch.Tensor, *,
+                     device: torch.device | str = "cpu", table: LatencyTable | None = None,
+                     dense_model: nn.Module | None = None, repeats: int = 20) -> float:
+    """Latency of `model`'s deployment form in ms: measured (serialised per device) when `table`
+    is None, else predicted from the table (pass `dense_model` so the residual comes from it)."""
+    if table is not None:
+        return predict_latency(model, example_input, table, device=device,
+                               dense_model=dense_model).total_ms
+    deployed = deploy(model, device)
+    return default_measurer(device).measure(deployed, example_input, repeats=repeats).median_ms
+
+
+def speedup(dense_ms: float, pruned_ms: float) -> float:
+    """Dense latency over pruned latency (same device): > 1 means the pruned model is faster."""
+    if not (dense_ms > 0 and pruned_ms > 0):
+        raise ValueError(f"latencies must be > 0 ms, got dense_ms={dense_ms}, "
+                         f"pruned_ms={pruned_ms}")
+    return dense_ms / pruned_ms
