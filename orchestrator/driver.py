@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -86,7 +87,7 @@ def _progress_callback(total: int) -> Any:
         def on_trial_complete(self, iteration: int, trials: list, trial: Any,
                               **info: Any) -> None:
             res = trial.last_result or {}
-            self.done = sum(t.status == "TERMINATED" for t in trials)
+            self.done += 1
             if res.get("final"):
                 self.best = max(self.best, res.get("accuracy", -math.inf))
                 line = (f"accuracy {res['accuracy']:.4f}  flops x{res['flops_ratio']:.2f}  "
@@ -182,7 +183,9 @@ def run_search(cfg: PrunetuneConfig, *, resume: bool = False,
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
                                         num_samples=cfg.search.trials,
                                         max_concurrent_trials=cfg.search.max_concurrent,
-                                        metric="accuracy", mode="max"),
+                                        metric="accuracy", mode="max",
+                                        # A fresh actor per trial costs a process start.
+                                        reuse_actors=True),
             run_config=tune.RunConfig(name=name, storage_path=str(storage),
                                       callbacks=callbacks, verbose=0,
                                       failure_config=tune.FailureConfig(
@@ -211,6 +214,9 @@ def _print_summary(s: SearchSummary) -> None:
         print(f"[search] best: accuracy {b['accuracy']:.4f} (drop {b['accuracy_drop']:+.4f}), "
               f"speedup {b['speedup']:.2f}x, FLOPs x{b['flops_ratio']:.2f}, params "
               f"x{b['params_ratio']:.2f}")
-        print(f"[search] best policy: {b['policy']}")
+        units = json.loads(b["policy"]).get("units", {})
+        shown = ", ".join(f"{name} {u.get('scheme')} {u.get('ratio', 0):.2f}"
+                          for name, u in units.items())
+        print(f"[search] best policy ({len(units)} units): {shown}")
     print(f"[search] results: prunetune results {s.name} --tracking-uri {s.tracking_uri}")
     print(f"[search] browse:  prunetune ui --tracking-uri {s.tracking_uri}")

@@ -1,0 +1,47 @@
+"""The pruning domain: model analysis, pruning schemes, policies, cost and the search space.
+
+Knows nothing of Ray or MLflow. See docs/CONTRACTS.md for the public API and the mask contract.
+"""
+
+from .analysis import ModelAnalysis, PrunableUnit, analyze
+from .apply import apply_policy
+from .clustering import cluster_units
+from .cost import Cost, CostModel, count_cost
+from .mapping import map_schemes, unit_template
+from .policy import IMPORTANCES, POLICY_SCHEMA, Policy, PolicyError, UnitPolicy
+from .schemes import (
+                      BLOCK_SHAPES,
+                      NM_M_VALUES,
+                      PATTERN_KINDS,
+                      SCHEMES,
+                      block_sparse_weight,
+                      enforce_masks,
+)
+from .space import Budget, BudgetError, PruningSpace
+
+__all__ = [
+                      "BLOCK_SHAPES",
+                      "IMPORTANCES",
+                      "NM_M_VALUES",
+                      "PATTERN_KINDS",
+                      "POLICY_SCHEMA",
+                      "SCHEMES",
+                      "Budget",
+                      "BudgetError",
+                      "Cost",
+                      "CostModel",
+                      "ModelAnalysis",
+                      "Policy",
+                      "PolicyError",
+                      "PrunableUnit",
+                      "PruningSpace",
+                      "UnitPolicy",
+                      "analyze",
+                      "apply_policy",
+                      "block_sparse_weight",
+                      "cluster_units",
+                      "count_cost",
+                      "enforce_masks",
+                      "map_schemes",
+                      "unit_template",
+]

@@ -1,0 +1,190 @@
+"""`prunetune analyze` and `prunetune apply`: the pruning engine from the command line.
+
+`analyze CONFIG` prints the model's prunable units (features and search group) as a table;
+`apply CONFIG --policy P.json` prunes the dense model with a policy file and prints the cost
+before / after and the validation accuracy (fine-tuning only with `--finetune-epochs`).
+Wire them in with `add_engine_commands(subparsers)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+__all__ = ["PRUNED_FORMAT", "add_engine_commands", "cmd_analyze", "cmd_apply", "format_units"]
+
+PRUNED_FORMAT = "prunetune-pruned/1"
+_COLUMNS = (("unit", "unit"), ("group", "group"), ("type", "type"), ("channels", "ch"),
+            ("in_channels", "in"), ("out_channels", "out"), ("kernel", "k"), ("stride", "s"),
+            ("groups", "g"), ("n_layers", "layers"), ("flops_share", "flops%"),
+            ("params", "params"), ("depth", "depth"), ("imp_cv", "imp_cv"),
+            ("schemes", "schemes"))
+
+
+def _error(message: str) -> Exception:
+    from .cli import CLIError
+
+    return CLIError(message)
+
+
+def _setup(args: argparse.Namespace, *, untrained: bool = False) -> tuple[Any, Any, Any, Any]:
+    """(config, data bundle, dense model, example input) for a config file."""
+    import torch
+
+    from prunetune.trainers import build_model, load_data, pretrain_dense
+
+    from .config import load_config
+
+    cfg = load_config(args.config, {"cache_dir": getattr(args, "cache_dir", None)})
+    data = load_data(cfg.data)
+    example = torch.zeros(1, data.in_channels, *data.image_size)
+    if untrained:
+        model = build_model(cfg.model.name, num_classes=data.num_classes,
+                            in_channels=data.in_channels, **cfg.model.kwargs)
+    else:
+        model = pretrain_dense(cfg.model, cfg.data, cfg.pretrain, cache_dir=cfg.cache_dir,
+                               data=data, progress=not getattr(args, "quiet", False)).model
+    return cfg, data, model.eval(), example
+
+
+def format_units(rows: list[dict[str, Any]]) -> str:
+    """A fixed-width text table of analysis rows (see `cmd_analyze`)."""
+    cells = [[head for _, head in _COLUMNS]]
+    for row in rows:
+        line = []
+        for key, _ in _COLUMNS:
+            v = row.get(key, "")
+            if key == "flops_share":
+                v = f"{100 * v:.1f}"
+            elif isinstance(v, float):
+                v = f"{v:.3g}"
+            line.append(str(v))
+        cells.append(line)
+    widths = [max(len(r[i]) for r in cells) for i in range(len(_COLUMNS))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in cells)
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    """Print the prunable units of the config's model with their features and group."""
+    from prunetune.search_spaces import PruningSpace, analyze
+
+    cfg, _, model, example = _setup(args, untrained=args.untrained)
+    analysis = analyze(model, example)
+    groups = cfg.space.groups if args.groups is None else (
+        args.groups if args.groups == "auto" else int(args.groups))
+    try:
+        space = PruningSpace(None, schemes=tuple(cfg.space.schemes),
+                             ratio_bounds=tuple(cfg.space.ratio_bounds), n_groups=groups,
+                             scheme_search=cfg.space.scheme_search, device=args.device,
+                             analysis=analysis)
+    except ValueError as err:
+        raise _error(f"cannot build the search space: {err}") from None
+    group_of = {n: i for i, g in enumerate(space.groups) for n in g}
+    rows = [{**row, "group": group_of.get(row["unit"], "-")} for row in analysis.table()]
+    if args.json:
+        print(json.dumps({"model": cfg.model.name, "dense_flops": analysis.dense_flops,
+                          "dense_params": analysis.dense_params,
+                          "protected": analysis.protected, "groups": space.groups,
+                          "units": rows}, indent=2))
+        return 0
+    print(format_units(rows))
+    print(f"\n{len(rows)} units in {space.k} groups; protected (feed the output): "
+          f"{', '.join(analysis.protected) or 'none'}; dense {analysis.dense_flops / 1e6:.2f} "
+          f"MFLOPs, {analysis.dense_params / 1e6:.3f} M params")
+    return 0
+
+
+def _save_pruned(path: Path, payload: dict[str, Any]) -> None:
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    """Prune the dense model with a policy file; print cost before / after and val accuracy."""
+    from prunetune.search_spaces import Policy, PolicyError, apply_policy, count_cost, enforce_masks
+    from prunetune.trainers import evaluate, fit, resolve_device
+
+    try:
+        policy = Policy.load(args.policy)
+    except PolicyError as err:
+        raise _error(str(err)) from None
+    cfg, data, dense, example = _setup(args)
+    try:
+        pruned = apply_policy(dense, policy, example)
+    except PolicyError as err:
+        raise _error(f"policy {args.policy} does not fit model {cfg.model.name}: {err}") from None
+    before, after = count_cost(dense, example), count_cost(pruned, example)
+    device = resolve_device(args.device or cfg.finetune.device)
+    val_loader = data.loader("val")
+    dense_acc = evaluate(dense.to(device), val_loader, device).accuracy
+    if args.finetune_epochs:
+        ft = cfg.finetune.model_copy(update={"epochs": args.finetune_epochs})
+        fit(pruned, data.loader("train", seed=cfg.seed), ft, after_step=enforce_masks,
+            progress=not args.quiet, desc="finetune")
+    val = evaluate(pruned.to(device), val_loader, device)
+    result = {
+        "model": cfg.model.name, "policy": str(args.policy),
+        "finetune_epochs": args.finetune_epochs or 0,
+        "before": before.to_dict(), "after": after.to_dict(),
+        "flops_ratio": after.effective_flops / before.flops,
+        "params_ratio": after.effective_params / before.params,
+        "dense_val_accuracy": dense_acc, "val_accuracy": val.accuracy, "val_loss": val.loss,
+    }
+    if args.out:
+        _save_pruned(Path(args.out), {"format": PRUNED_FORMAT, "model": pruned.cpu(),
+                                      "policy": policy.to_dict(), "result": result})
+        result["out"] = str(args.out)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"{'':16s}{'dense':>14s}{'pruned':>14s}{'ratio':>8s}")
+    for label, b, a in (("FLOPs (MACs)", before.flops, after.effective_flops),
+                        ("params", before.params, after.effective_params)):
+        print(f"{label:16s}{b:14,.0f}{a:14,.0f}{a / b:8.3f}")
+    print(f"{'sparsity':16s}{before.sparsity:14.3f}{after.sparsity:14.3f}")
+    print(f"{'val accuracy':16s}{dense_acc:14.4f}{val.accuracy:14.4f}")
+    if args.out:
+        print(f"pruned model saved to {args.out} (torch.load(path, weights_only=False)"
+              "['model'])")
+    return 0
+
+
+def add_engine_commands(subparsers: Any) -> None:
+    """Add `analyze` and `apply` to the `prunetune` sub-command parsers."""
+    p = subparsers.add_parser("analyze", help="list the model's prunable units and groups")
+    p.add_argument("config", help="YAML config (see examples/)")
+    p.add_argument("--groups", help="override space.groups: an integer or 'auto'")
+    p.add_argument("--device", choices=("gpu", "cpu"), default="gpu",
+                   help="target device of the rule-based scheme mapping")
+    p.add_argument("--untrained", action="store_true",
+                   help="analyse the freshly built model instead of the pretrained one")
+    p.add_argument("--cache-dir", help="override cache_dir")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--quiet", action="store_true", help="no pretraining progress output")
+    p.set_defaults(func=cmd_analyze)
+
+    p = subparsers.add_parser("apply", help="prune the dense model with a policy file")
+    p.add_argument("config", help="YAML config (see examples/)")
+    p.add_argument("--policy", required=True, help="policy JSON (schema 1)")
+    p.add_argument("--out", help="save the pruned model (torch.save of a dict) here")
+    p.add_argument("--finetune-epochs", type=float, default=0.0,
+                   help="fine-tune this many epochs with the config's finetune settings")
+    p.add_argument("--device", help="evaluation / fine-tuning device (default: finetune.device)")
+    p.add_argument("--cache-dir", help="override cache_dir")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_apply)

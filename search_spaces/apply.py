@@ -1,0 +1,81 @@
+"""`apply_policy`: turn a Policy into a new, smaller (channel) and / or sparser (masked) model."""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from .analysis import ModelAnalysis, graph_units
+from .channel import kept_channels, prune_channels
+from .cost import sparse_key
+from .graph import ChannelGraph
+from .policy import Policy, PolicyError, UnitPolicy
+from .schemes import attach_mask, block_mask, nm_mask, pattern_mask, unstructured_mask
+
+__all__ = ["apply_policy", "sparse_mask"]
+
+
+def sparse_mask(layer: nn.Module, up: UnitPolicy) -> torch.Tensor:
+    """The mask `up` gives one layer's weight (same shape as the weight)."""
+    w = layer.weight
+    if up.scheme == "unstructured":
+        return unstructured_mask(w, up.ratio)
+    if up.scheme == "block":
+        return block_mask(w, up.ratio, up.block)
+    if up.scheme == "nm":
+        return nm_mask(w, up.n, up.m)
+    if up.scheme == "pattern":
+        return pattern_mask(w, up.ratio, up.pattern)
+    raise PolicyError(f"scheme {up.scheme!r} is not a sparse scheme")
+
+
+def _prunes(up: UnitPolicy) -> bool:
+    return up.ratio > 0 and not (up.scheme == "nm" and up.n == up.m)
+
+
+def apply_policy(model: nn.Module, policy: Policy, example_input: Any, *,
+                 protect_output: bool = True) -> nn.Module:
+    """A pruned deep copy of `model`; `model` itself is never changed.
+
+    Channel units are removed first (the copy really shrinks), then sparse units get their
+    `weight_mask` buffers (and `prune_block` for block sparsity) on the shrunk layers. The same
+    policy on the same weights gives the same model. Raises PolicyError for a policy that does
+    not fit the model (unknown unit, scheme that does not apply, ratio out of range).
+    """
+    if not isinstance(policy, Policy):
+        raise PolicyError(f"apply_policy needs a Policy, got {type(policy).__name__}; load files "
+                          "with Policy.load(path)")
+    work = copy.deepcopy(model)
+    grad_flags = {n: p.requires_grad for n, p in work.named_parameters()}
+    graph = ChannelGraph(work, example_input, policy.importance)
+    gunits, protected = graph_units(graph, work, protect_output)
+    policy.validate(ModelAnalysis([g.unit for g in gunits], protected, 0.0, 0, None,
+                                  policy.importance))
+    by_name = {g.unit.name: g for g in gunits}
+    multiple = policy.round_to or 1
+    plan = []
+    for name, up in policy.units.items():
+        if up.scheme != "channel" or up.ratio <= 0:
+            continue
+        u = by_name[name].unit
+        mult = math.lcm(u.multiple, multiple)
+        plan.append((by_name[name].group, kept_channels(u.channels, u.ch_groups, up.ratio, mult),
+                     u.ch_groups))
+    if plan:
+        prune_channels(graph, plan)
+    modules = dict(work.named_modules())
+    for name, up in policy.units.items():
+        if up.scheme == "channel" or not _prunes(up):
+            continue
+        for layer_name in by_name[name].unit.sparse_layers[sparse_key(up.scheme, up.m)]:
+            layer = modules[layer_name]
+            attach_mask(layer, sparse_mask(layer, up),
+                        up.block if up.scheme == "block" else None)
+    for n, p in work.named_parameters():
+        p.requires_grad_(grad_flags.get(n, True))
+    work.train(model.training)
+    return work

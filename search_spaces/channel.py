@@ -1,0 +1,97 @@
+"""Channel pruning: structural removal of whole channels through Torch-Pruning.
+
+The dependency graph (`graph.ChannelGraph`, a `tp.DependencyGraph`) couples layers
+that must lose the same channels (residual adds, concatenations, depthwise convolutions). We
+decide the kept-channel count of every unit ourselves (`kept_channels`, shared with the analytic
+cost model so the space's budget arithmetic and the real pruned model agree exactly), rank the
+channels with a Torch-Pruning importance and let Torch-Pruning remove them group by group.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .graph import ChannelGraph, make_importance
+
+__all__ = ["kept_channels", "kept_channels_np", "max_channel_ratio", "prune_channels"]
+
+
+def kept_channels(channels: int, ch_groups: int, ratio: float, multiple: int = 1) -> int:
+    """Channels a unit keeps at `ratio`.
+
+    Torch-Pruning ranks channels within each of `ch_groups` channel groups (grouped convs) and
+    keeps `int(per_group * (1 - ratio))` per group; we round that down to `multiple` (round_to,
+    attention heads) and never below `multiple` or 1.
+    """
+    per_group = channels // ch_groups
+    kept = int(per_group * (1.0 - ratio))
+    if multiple > 1:
+        kept -= kept % multiple
+    kept = max(kept, min(multiple, per_group), 1)
+    return kept * ch_groups
+
+
+def kept_channels_np(channels: np.ndarray, ch_groups: np.ndarray, ratio: np.ndarray,
+                     multiple: np.ndarray) -> np.ndarray:
+    """Vectorised `kept_channels` (same float arithmetic, so the same integers)."""
+    per_group = channels // ch_groups
+    kept = np.floor(per_group * (1.0 - ratio))
+    kept = kept - np.where(multiple > 1, np.mod(kept, multiple), 0)
+    kept = np.maximum(kept, np.maximum(np.minimum(multiple, per_group), 1))
+    return kept * ch_groups
+
+
+def max_channel_ratio(channels: int, ch_groups: int, multiple: int, cap: float) -> float:
+    """The largest ratio that still removes nothing below the unit's minimum width."""
+    per_group = channels // ch_groups
+    return max(0.0, min(cap, (per_group - max(multiple, 1)) / per_group))
+
+
+def _fix_torchvision(model: nn.Module) -> None:
+    """Torchvision models that cache a width outside any layer need it updated after pruning."""
+    # Only a model built by torchvision can need this, and then torchvision is imported
+    # already: looking it up instead of importing it saves seconds for every other model.
+    vit = sys.modules.get("torchvision.models.vision_transformer")
+    if vit is None:
+        return
+    VisionTransformer = vit.VisionTransformer
+    for module in model.modules():
+        if isinstance(module, VisionTransformer):
+            module.hidden_dim = module.conv_proj.out_channels
+
+
+@torch.no_grad()
+def prune_channels(graph: ChannelGraph, plan: list[tuple[Any, int, int]]) -> None:
+    """Remove channels in place: `plan` lists (Torch-Pruning group, kept channels, ch_groups).
+
+    As in Torch-Pruning's own pruner, every group's channel importance is computed on the
+    unpruned model first; then each group loses its lowest-ranked channels (the same ones in
+    each of its `ch_groups` channel groups, so grouped convolutions stay valid).
+    """
+    fallback = make_importance("magnitude")
+    cuts = []
+    for group, kept, ch_groups in plan:
+        imp = graph.estimate_importance(group)
+        if imp is None:  # e.g. bn_scale on a unit without batch norm
+            imp = fallback(group)
+        per_group = len(imp) // ch_groups
+        score = imp.view(ch_groups, per_group).mean(0) if ch_groups > 1 else imp
+        n_cut = per_group - kept // ch_groups
+        if n_cut <= 0:
+            continue
+        order = torch.argsort(score.cpu(), stable=True)[:n_cut]
+        idxs = sorted(int(i) + g * per_group for g in range(ch_groups) for i in order)
+        cuts.append((group[0].dep.target.module, group[0].dep.handler, idxs))
+    dg = graph.dg
+    for root, handler, idxs in cuts:
+        group = dg.get_pruning_group(root, handler, idxs)
+        if not dg.check_pruning_group(group):
+            raise RuntimeError(f"Torch-Pruning refused to remove {len(idxs)} channels of "
+                               f"{dg._module2name.get(root, root)}: too few would remain")
+        group.prune()
+    _fix_torchvision(graph.model)

@@ -1,0 +1,221 @@
+"""Cost counting: dense FLOPs (MACs) and parameters, and effective (non-zero) ones for sparsity.
+
+Two counters share one definition of FLOPs (Torch-Pruning's `count_ops_and_params`: MACs of
+convolutions and linear layers plus the element-wise work of norms, activations and pooling,
+per sample):
+
+- `count_cost(model, example_input)` measures a real (pruned) model. A masked layer's weight
+  MACs count at the layer's density; everything else counts in full.
+- `CostModel` predicts the cost of a policy on the analysed model without building it: every
+  traced layer's cost scales with the kept fraction of its output channels and, for its weight
+  part, of its input channels, and with its density under a sparse scheme. It is exact for
+  convolutions, linear layers and norms; work it cannot attribute to a unit (activations,
+  pooling) is counted at its dense cost, so the prediction never under-estimates.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from .channel import kept_channels_np
+
+__all__ = ["SPARSE_KEYS", "Cost", "CostModel", "count_cost", "layer_costs", "sparse_key"]
+
+# Rows of the applicability table: N:M applicability depends on M.
+SPARSE_KEYS = ("block", "nm4", "nm8", "unstructured", "pattern")
+
+
+def sparse_key(scheme: str, m: int | None = None) -> str:
+    """Row of the applicability table for a sparse scheme (`nm` is split by its M)."""
+    return f"nm{m or 4}" if scheme == "nm" else scheme
+
+
+def _batch_size(example_input: Any) -> int:
+    if isinstance(example_input, torch.Tensor):
+        return max(1, example_input.shape[0]) if example_input.dim() else 1
+    values = (example_input.values() if isinstance(example_input, dict)
+              else example_input if isinstance(example_input, (list, tuple)) else [])
+    for v in values:
+        if isinstance(v, torch.Tensor) and v.dim():
+            return max(1, v.shape[0])
+    return 1
+
+
+def _is_weighted(module: nn.Module) -> bool:
+    return isinstance(module, (nn.Linear, nn.modules.conv._ConvNd))
+
+
+@torch.no_grad()
+def layer_costs(model: nn.Module, example_input: Any, sources: dict | None = None
+                ) -> tuple[float, int, dict[nn.Module, tuple[float, int, float]]]:
+    """(total FLOPs per sample, total params, {module: (FLOPs, params, weight FLOPs)}).
+
+    Per-module FLOPs are per sample; weight FLOPs are the MACs of a conv / linear weight alone
+    (without bias), the part that sparsity removes. Only modules Torch-Pruning counts appear.
+    sources: if given, filled with {module: the counted module whose output it consumed}, which
+    lets the cost model scale an activation or pooling layer with the layer feeding it.
+    """
+    batch = _batch_size(example_input)
+    weight_flops: dict[nn.Module, float] = {}
+    producer: dict[int, nn.Module] = {}
+    alive: list[torch.Tensor] = []  # keeps outputs alive so their ids stay unique
+
+    def hook(module: nn.Module, inputs: tuple, output: Any) -> None:
+        if not isinstance(output, torch.Tensor):
+            return
+        if sources is not None:
+            if inputs and isinstance(inputs[0], torch.Tensor) and id(inputs[0]) in producer:
+                sources.setdefault(module, producer[id(inputs[0])])
+            producer[id(output)] = module
+            alive.append(output)
+        if not _is_weighted(module):
+            return
+        if isinstance(module, nn.Linear):
+            per_out = module.in_features
+        else:
+            per_out = (module.in_channels // module.groups) * math.prod(module.kernel_size)
+        weight_flops[module] = weight_flops.get(module, 0.0) + output.numel() / batch * per_out
+
+    mapped = tuple(tp.utils.op_counter.MODULES_MAPPING)
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if _is_weighted(m) or (sources is not None and isinstance(m, mapped))]
+    was_training = model.training
+    try:
+        model.eval()
+        flops, params, lf, lp = tp.utils.count_ops_and_params(model, example_input,
+                                                              layer_wise=True)
+        _forward(model, example_input)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    table: dict[nn.Module, tuple[float, int, float]] = {}
+    counted = {type(m) for m in model.modules()} & set(tp.utils.op_counter.MODULES_MAPPING)
+    for m in model.modules():
+        if type(m) not in counted or lf.get(m) is None:
+            continue
+        table[m] = (float(lf[m]) / batch, int(lp[m] or 0), weight_flops.get(m, 0.0))
+    return float(flops), int(params), table
+
+
+def _forward(model: nn.Module, example_input: Any) -> Any:
+    if isinstance(example_input, dict):
+        return model(**example_input)
+    if isinstance(example_input, (list, tuple)):
+        return model(*example_input)
+    return model(example_input)
+
+
+@dataclass
+class Cost:
+    """Cost of one model on one input shape; FLOPs are MACs per sample.
+
+    per_layer: conv / linear module name -> {flops, params, effective_flops, effective_params,
+    density}; per_unit: the same summed over each unit's layers when `count_cost` was given an
+    analysis, else equal to per_layer.
+    """
+
+    flops: float
+    params: int
+    effective_flops: float
+    effective_params: float
+    sparsity: float
+    per_layer: dict[str, dict[str, float]] = field(default_factory=dict)
+    per_unit: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, float]:
+        return {"flops": self.flops, "params": float(self.params),
+                "effective_flops": self.effective_flops,
+                "effective_params": self.effective_params, "sparsity": self.sparsity}
+
+
+@torch.no_grad()
+def count_cost(model: nn.Module, example_input: Any, *, analysis: Any = None) -> Cost:
+    """Dense and effective FLOPs / params of `model` (pruned or not) on `example_input`."""
+    flops, params, table = layer_costs(model, example_input)
+    names = {m: n for n, m in model.named_modules()}
+    per_layer: dict[str, dict[str, float]] = {}
+    eff_flops, eff_params = flops, float(params)
+    for m, (f, p, wf) in table.items():
+        if not _is_weighted(m):
+            continue
+        mask = m._buffers.get("weight_mask")
+        numel = m.weight.numel()
+        removed_p = numel - int(torch.count_nonzero(mask)) if mask is not None else 0
+        density = 1.0 - removed_p / numel
+        removed_f = wf * removed_p / numel
+        eff_flops -= removed_f
+        eff_params -= removed_p
+        per_layer[names[m]] = {"flops": f, "params": float(p), "effective_flops": f - removed_f,
+                               "effective_params": p - removed_p, "density": density}
+    per_unit = per_layer
+    if analysis is not None:
+        per_unit = {}
+        for unit in analysis.units:
+            rows = [per_layer[n] for n in unit.layers if n in per_layer]
+            per_unit[unit.name] = {k: float(sum(r[k] for r in rows))
+                                   for k in ("flops", "params", "effective_flops",
+                                             "effective_params")}
+    sparsity = 1.0 - eff_params / params if params else 0.0
+    return Cost(flops, params, eff_flops, eff_params, sparsity, per_layer, per_unit)
+
+
+class CostModel:
+    """Analytic cost of a policy on the analysed model (see the module docstring).
+
+    Built by `analyze`; holds only numpy arrays so it pickles small. Shapes: M modelled
+    modules, U units. `w_*` / `o_*`: the weight part and the rest (bias, norm) of each module's
+    FLOPs / params; `w_out` / `w_in`: (M, U) share of the module's output / input channels that
+    belong to each unit; `owner`: (M,) unit whose sparse scheme prunes the module (-1: none);
+    `applies`: (len(SPARSE_KEYS), M) whether that scheme can prune the module.
+    """
+
+    def __init__(self, *, dense_flops: float, dense_params: float, w_flops: np.ndarray,
+                 o_flops: np.ndarray, w_params: np.ndarray, o_params: np.ndarray,
+                 w_out: np.ndarray, w_in: np.ndarray, owner: np.ndarray, applies: np.ndarray,
+                 channels: np.ndarray, ch_groups: np.ndarray, multiple: np.ndarray) -> None:
+        self.dense_flops = float(dense_flops)
+        self.dense_params = float(dense_params)
+        self.w_flops, self.o_flops = w_flops, o_flops
+        self.w_params, self.o_params = w_params, o_params
+        self.w_out, self.w_in = w_out, w_in
+        self.owner, self.applies = owner, applies
+        self.channels, self.ch_groups, self.multiple = channels, ch_groups, multiple
+        self.base_flops = self.dense_flops - float(w_flops.sum() + o_flops.sum())
+        self.base_params = self.dense_params - float(w_params.sum() + o_params.sum())
+
+    @property
+    def n_units(self) -> int:
+        return len(self.channels)
+
+    def evaluate(self, ratio: np.ndarray, channel: np.ndarray, sparse_row: np.ndarray,
+                 round_to: int | None = None) -> tuple[float, float]:
+        """(effective FLOPs, effective params) for per-unit `ratio` (U,).
+
+        channel: (U,) bool, unit is channel-pruned; sparse_row: (U,) int, row of SPARSE_KEYS of
+        the unit's sparse scheme or -1. A sparse unit's density is 1 - ratio.
+        """
+        mult = self.multiple if not round_to else np.lcm(self.multiple, int(round_to))
+        kept = kept_channels_np(self.channels, self.ch_groups, ratio, mult)
+        pruned = np.where(channel, 1.0 - kept / self.channels, 0.0)
+        f_out = 1.0 - self.w_out @ pruned
+        f_in = 1.0 - self.w_in @ pruned
+        density = np.where(sparse_row >= 0, 1.0 - ratio, 1.0)
+        has_owner = self.owner >= 0
+        owner = np.where(has_owner, self.owner, 0)
+        row = sparse_row[owner]
+        app = np.zeros(len(owner), dtype=bool)
+        sel = has_owner & (row >= 0)
+        app[sel] = self.applies[row[sel], np.nonzero(sel)[0]]
+        d = np.where(app, density[owner], 1.0)
+        scale_w = f_out * f_in * d
+        flops = self.base_flops + float(self.w_flops @ scale_w + self.o_flops @ f_out)
+        params = self.base_params + float(self.w_params @ scale_w + self.o_params @ f_out)
+        return flops, params

@@ -1,0 +1,259 @@
+"""`Policy`: for each prunable unit a scheme, a ratio and the scheme's parameters; JSON I/O.
+
+A policy is plain data: it names units by their stable names (see `analysis.py`) and can be
+checked against a `ModelAnalysis` with `Policy.validate`. Units a policy does not name stay
+dense. The JSON form carries a schema version so old files fail clearly, not silently.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .schemes import BLOCK_SHAPES, MAX_RATIO, NM_M_VALUES, PATTERN_KINDS, SCHEMES, nm_from_ratio
+
+if TYPE_CHECKING:
+    from .analysis import ModelAnalysis
+
+__all__ = ["IMPORTANCES", "POLICY_SCHEMA", "Policy", "PolicyError", "UnitPolicy"]
+
+POLICY_SCHEMA = 1
+# Channel importance criteria (Torch-Pruning): magnitude = group L2 norm.
+IMPORTANCES = ("magnitude", "l1", "bn_scale", "lamp", "fpgm")
+
+
+class PolicyError(ValueError):
+    """A policy that cannot be applied: unknown unit, ratio out of range, wrong scheme, bad file."""
+
+
+def _where(unit: str | None) -> str:
+    return f" for unit {unit!r}" if unit else ""
+
+
+@dataclass(frozen=True)
+class UnitPolicy:
+    """How to prune one unit.
+
+    ratio: fraction removed (channels for `channel`, weights for the sparse schemes).
+    block: `(bo, bi)` for `block` (default (8, 8)); n, m: N:M for `nm` (m defaults to 4 and n
+    follows from the ratio); pattern: `patdnn`, `row` or `col` for `pattern` (default patdnn).
+    """
+
+    scheme: str
+    ratio: float
+    block: tuple[int, int] | None = None
+    n: int | None = None
+    m: int | None = None
+    pattern: str | None = None
+
+    def __post_init__(self) -> None:
+        self._normalise(None)
+
+    def _normalise(self, unit: str | None) -> None:
+        set_ = object.__setattr__
+        where = _where(unit)
+        if self.scheme not in SCHEMES:
+            raise PolicyError(f"unknown scheme {self.scheme!r}{where}; use one of "
+                              f"{', '.join(SCHEMES)}")
+        if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)):
+            raise PolicyError(f"ratio must be a number{where}, got {self.ratio!r}")
+        ratio = float(self.ratio)
+        hi = MAX_RATIO[self.scheme]
+        if not math.isfinite(ratio) or not 0.0 <= ratio <= hi:
+            raise PolicyError(f"ratio must be in [0, {hi}]{where} (scheme {self.scheme!r}), "
+                              f"got {self.ratio!r}")
+        set_(self, "ratio", ratio)
+        for name, owner in (("block", "block"), ("n", "nm"), ("m", "nm"),
+                            ("pattern", "pattern")):
+            if getattr(self, name) is not None and self.scheme != owner:
+                raise PolicyError(f"{name!r} applies only to scheme {owner!r}{where}, not to "
+                                  f"{self.scheme!r}; remove it")
+        if self.scheme == "block":
+            block = (8, 8) if self.block is None else self.block
+            try:
+                block = (int(block[0]), int(block[1])) if len(block) == 2 else None
+            except (TypeError, ValueError):
+                block = None
+            if block not in BLOCK_SHAPES:
+                raise PolicyError(f"block must be one of {list(BLOCK_SHAPES)}{where}, got "
+                                  f"{self.block!r}")
+            set_(self, "block", block)
+        elif self.scheme == "nm":
+            m = 4 if self.m is None else self.m
+            if m not in NM_M_VALUES:
+                raise PolicyError(f"m must be one of {NM_M_VALUES}{where}, got {self.m!r}")
+            n = nm_from_ratio(ratio, m) if self.n is None else self.n
+            if not isinstance(n, int) or not 1 <= n <= m:
+                raise PolicyError(f"n must be an integer in [1, {m}]{where}, got {self.n!r}")
+            if abs(ratio - (1 - n / m)) > 1e-9:
+                raise PolicyError(f"ratio must equal 1 - n/m = {1 - n / m:g}{where} with "
+                                  f"{n}:{m}, got {ratio:g}; set ratio to that value or drop n")
+            set_(self, "n", n)
+            set_(self, "m", m)
+        elif self.scheme == "pattern":
+            pattern = "patdnn" if self.pattern is None else self.pattern
+            if pattern not in PATTERN_KINDS:
+                raise PolicyError(f"pattern must be one of {', '.join(PATTERN_KINDS)}{where}, "
+                                  f"got {self.pattern!r}")
+            set_(self, "pattern", pattern)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"scheme": self.scheme, "ratio": self.ratio}
+        if self.block is not None:
+            out["block"] = list(self.block)
+        if self.n is not None:
+            out["n"], out["m"] = self.n, self.m
+        if self.pattern is not None:
+            out["pattern"] = self.pattern
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: Any, unit: str | None = None) -> UnitPolicy:
+        where = _where(unit)
+        if not isinstance(raw, dict):
+            raise PolicyError(f"entry{where} must be an object like "
+                              f'{{"scheme": "channel", "ratio": 0.3}}, got {raw!r}')
+        allowed = {"scheme", "ratio", "block", "n", "m", "pattern"}
+        extra = sorted(set(raw) - allowed)
+        if extra:
+            raise PolicyError(f"unknown field(s) {extra}{where}; allowed: {sorted(allowed)}")
+        for key in ("scheme", "ratio"):
+            if key not in raw:
+                raise PolicyError(f"missing field {key!r}{where}")
+        block = raw.get("block")
+        obj = cls.__new__(cls)
+        for name in allowed:
+            value = raw.get(name)
+            if name == "block" and isinstance(block, list):
+                value = tuple(block)
+            object.__setattr__(obj, name, value)
+        obj._normalise(unit)
+        return obj
+
+
+@dataclass
+class Policy:
+    """A per-unit pruning policy; units not named stay dense.
+
+    importance: channel importance criterion (one of IMPORTANCES); round_to: channel counts of
+    channel-pruned units are rounded down to a multiple of it (hardware-friendly widths).
+    """
+
+    units: dict[str, UnitPolicy] = field(default_factory=dict)
+    importance: str = "magnitude"
+    round_to: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.units, dict):
+            raise PolicyError(f"units must be a mapping of unit name to UnitPolicy, got "
+                              f"{type(self.units).__name__}")
+        for name, up in self.units.items():
+            if not isinstance(name, str) or not isinstance(up, UnitPolicy):
+                raise PolicyError(f"units must map unit names to UnitPolicy, got {name!r}: "
+                                  f"{up!r}")
+        if self.importance not in IMPORTANCES:
+            raise PolicyError(f"importance must be one of {', '.join(IMPORTANCES)}, got "
+                              f"{self.importance!r}")
+        if self.round_to is not None and (isinstance(self.round_to, bool)
+                                          or not isinstance(self.round_to, int)
+                                          or self.round_to < 1):
+            raise PolicyError(f"round_to must be a positive integer or null, got "
+                              f"{self.round_to!r}")
+
+    # ---- JSON --------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": POLICY_SCHEMA, "importance": self.importance, "round_to": self.round_to,
+                "units": {k: v.to_dict() for k, v in self.units.items()}}
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> Policy:
+        if not isinstance(raw, dict):
+            raise PolicyError(f"a policy must be a JSON object, got {type(raw).__name__}")
+        schema = raw.get("schema")
+        if schema != POLICY_SCHEMA:
+            raise PolicyError(f"unsupported policy schema {schema!r}; this version reads schema "
+                              f"{POLICY_SCHEMA} (write \"schema\": {POLICY_SCHEMA})")
+        extra = sorted(set(raw) - {"schema", "importance", "round_to", "units"})
+        if extra:
+            raise PolicyError(f"unknown policy field(s) {extra}; allowed: schema, importance, "
+                              "round_to, units")
+        units = raw.get("units", {})
+        if not isinstance(units, dict):
+            raise PolicyError(f"'units' must map unit names to entries, got "
+                              f"{type(units).__name__}")
+        parsed = {str(k): UnitPolicy.from_dict(v, str(k)) for k, v in units.items()}
+        return cls(parsed, importance=raw.get("importance", "magnitude"),
+                   round_to=raw.get("round_to"))
+
+    @classmethod
+    def from_json(cls, text: str) -> Policy:
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise PolicyError(f"policy is not valid JSON: {err}") from None
+        return cls.from_dict(raw)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write atomically (temporary file in the same folder, then `os.replace`)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(self.to_json() + "\n")
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Policy:
+        path = Path(path)
+        if not path.is_file():
+            raise PolicyError(f"policy file {path} does not exist")
+        try:
+            return cls.from_json(path.read_text())
+        except PolicyError as err:
+            raise PolicyError(f"policy file {path}: {err}") from None
+
+    # ---- checks and summaries -------------------------------------------------------------
+    def validate(self, analysis: ModelAnalysis) -> None:
+        """Raise PolicyError unless every unit exists, takes its scheme and its ratio."""
+        units = {u.name: u for u in analysis.units}
+        for name, up in self.units.items():
+            unit = units.get(name)
+            if unit is None:
+                hint = (" (it is protected: it feeds the model output)"
+                        if name in analysis.protected else "")
+                close = sorted(units)[:8]
+                raise PolicyError(f"unknown unit {name!r}{hint}; units of this model are e.g. "
+                                  f"{', '.join(close)} (run `prunetune analyze` for all)")
+            unit.check(up)
+
+    def summary(self) -> dict[str, float | str]:
+        """Flat, MLflow-param friendly: unit counts per scheme and ratio statistics."""
+        out: dict[str, float | str] = {"policy.schema": float(POLICY_SCHEMA),
+                                       "policy.importance": self.importance,
+                                       "policy.round_to": str(self.round_to),
+                                       "policy.units": float(len(self.units))}
+        ratios = [u.ratio for u in self.units.values()]
+        if ratios:
+            out["policy.ratio.mean"] = sum(ratios) / len(ratios)
+            out["policy.ratio.min"] = min(ratios)
+            out["policy.ratio.max"] = max(ratios)
+            out["policy.pruned_units"] = float(sum(r > 0 for r in ratios))
+        for scheme in SCHEMES:
+            rs = [u.ratio for u in self.units.values() if u.scheme == scheme]
+            if rs:
+                out[f"policy.{scheme}.units"] = float(len(rs))
+                out[f"policy.{scheme}.ratio.mean"] = sum(rs) / len(rs)
+        return out

@@ -1,0 +1,408 @@
+"""`PruningSpace`: the box [0, 1]^d that searchers see, decoded into budget-meeting Policies.
+
+Encoding. Units are clustered into k groups (`clustering.py`). Dimension g (< k) is group g's
+position `s` in [0, 1]; unit u of the group gets ratio `lo_u + s * (hi_u - lo_u)`, where
+[lo_u, hi_u] is `ratio_bounds` clipped to what the unit allows. With `scheme_search`, dimension
+k + g picks group g's scheme among its options (rounded: option `floor(x * n_options)`), the
+first option being the rule-based mapping's choice; a unit the chosen scheme does not apply to
+keeps its mapped scheme.
+
+Budget projection (AMC's action wall, generalised). If a vector's policy costs more than the
+budget, every group position moves toward its upper bound by a common fraction t,
+`s + t * (1 - s)`, and t is the smallest (bisection) that meets the budget on the analytic cost
+model. Cost only falls as t grows, so this always terminates, is deterministic, and leaves
+vectors that already meet the budget untouched.
+
+Roll-back (BOCR). `refine` re-expresses every evaluated point in a finer grouping by its
+*projected* positions: these meet the budget, so the finer space decodes them to the very same
+policies; the returned bounds narrow the box to the range of the best points.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .analysis import ModelAnalysis, PrunableUnit, analyze
+from .clustering import cluster_units
+from .cost import SPARSE_KEYS, sparse_key
+from .mapping import map_schemes, unit_template
+from .policy import IMPORTANCES, Policy, UnitPolicy
+from .schemes import SCHEMES, nm_from_ratio
+
+__all__ = ["Budget", "BudgetError", "PruningSpace"]
+
+_BISECT_STEPS = 48  # t is found to 2**-48: far below one channel of any unit
+
+
+class BudgetError(ValueError):
+    """The budget cannot be met inside the space's ratio bounds."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Allowed cost as a fraction `keep` of the dense model's `kind` ("flops" or "params").
+    Sparse schemes count at their effective (non-zero) cost."""
+
+    kind: str = "flops"
+    keep: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("flops", "params"):
+            raise ValueError(f"budget kind must be 'flops' or 'params', got {self.kind!r} "
+                             "(latency budgets come with the kernels' latency table)")
+        if isinstance(self.keep, bool) or not isinstance(self.keep, (int, float)) \
+                or not 0.0 < float(self.keep) <= 1.0:
+            raise ValueError(f"budget keep must be in (0, 1] (fraction of the dense cost), "
+                             f"got {self.keep!r}")
+        object.__setattr__(self, "keep", float(self.keep))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "keep": self.keep}
+
+
+class PruningSpace:
+    """Search space over pruning policies of one model (see the module docstring).
+
+    model, example_input: the dense model and an input such as a `(1, 3, 32, 32)` tensor; only
+    their analysis is kept (no modules, no graph), so the space pickles small.
+    """
+
+    def __init__(self, model: nn.Module | None, example_input: Any = None, *,
+                 schemes: Sequence[str] = ("channel",),
+                 ratio_bounds: tuple[float, float] = (0.0, 0.8),
+                 budget: Budget | None = None, n_groups: int | str | None = None,
+                 scheme_search: bool = False, seed: int = 0, device: str = "gpu",
+                 importance: str = "magnitude", round_to: int | None = None,
+                 analysis: ModelAnalysis | None = None) -> None:
+        schemes = tuple(schemes)
+        if not schemes or any(s not in SCHEMES for s in schemes):
+            raise ValueError(f"schemes must be a non-empty subset of {list(SCHEMES)}, got "
+                             f"{list(schemes)}")
+        lo, hi = (float(v) for v in ratio_bounds)
+        if not 0.0 <= lo <= hi < 1.0:
+            raise ValueError(f"ratio_bounds must satisfy 0 <= low <= high < 1, got "
+                             f"{tuple(ratio_bounds)}")
+        if not (n_groups is None or n_groups == "auto"
+                or (isinstance(n_groups, int) and not isinstance(n_groups, bool)
+                    and n_groups >= 1)):
+            raise ValueError(f"n_groups must be None, 'auto' or an integer >= 1, got "
+                             f"{n_groups!r}")
+        if budget is not None and not isinstance(budget, Budget):
+            raise ValueError(f"budget must be a Budget or None, got {type(budget).__name__}")
+        if importance not in IMPORTANCES:
+            raise ValueError(f"importance must be one of {', '.join(IMPORTANCES)}, got "
+                             f"{importance!r}")
+        if analysis is None:
+            if model is None:
+                raise ValueError("PruningSpace needs a model and example_input (or analysis=)")
+            analysis = analyze(model, example_input, importance=importance)
+        self.analysis = analysis
+        self.schemes, self.ratio_bounds = schemes, (lo, hi)
+        self.budget, self.scheme_search, self.seed = budget, bool(scheme_search), int(seed)
+        self.device, self.importance, self.round_to = device, importance, round_to
+        self.templates = map_schemes(analysis, device, schemes)
+        self.units: list[PrunableUnit] = [u for u in analysis.units if u.name in self.templates]
+        if not self.units:
+            raise ValueError(f"none of the schemes {list(schemes)} applies to any unit of this "
+                             "model")
+        self.n_groups = n_groups
+        self._setup(cluster_units(self.units, n_groups))
+        self._check_feasible()
+
+    # ---- construction helpers -------------------------------------------------------------
+    def _setup(self, groups: list[list[str]], bounds: np.ndarray | None = None) -> None:
+        self.groups = groups
+        index = {u.name: i for i, u in enumerate(self.units)}
+        self._group_of = np.zeros(len(self.units), dtype=np.int64)
+        for g, names in enumerate(groups):
+            for n in names:
+                self._group_of[index[n]] = g
+        self._lo = np.zeros(len(self.units))
+        self._hi = np.zeros(len(self.units))
+        allowed = [self._unit_schemes(u) for u in self.units]
+        for i, (u, opts) in enumerate(zip(self.units, allowed, strict=True)):
+            cap = min(u.max_ratio(s) for s in opts)
+            self._hi[i] = min(self.ratio_bounds[1], cap)
+            self._lo[i] = min(self.ratio_bounds[0], self._hi[i])
+        # Scheme options per group: the most common mapped scheme first.
+        self._options: list[list[str]] = []
+        for names in groups:
+            mapped = [self.templates[n].scheme for n in names]
+            first = max(sorted(set(mapped)), key=mapped.count)
+            rest = [s for s in self.schemes if s != first and any(
+                s in self.analysis_unit(n).schemes for n in names)]
+            self._options.append([first, *rest])
+        pos = {u.name: i for i, u in enumerate(self.analysis.units)}
+        self._cost_index = np.array([pos[u.name] for u in self.units], dtype=np.int64)
+        d = self.dim
+        self._bounds = (np.stack([np.zeros(d), np.ones(d)]) if bounds is None
+                        else np.asarray(bounds, dtype=float))
+
+    def _unit_schemes(self, unit: PrunableUnit) -> list[str]:
+        """Schemes a unit can take in this space (its mapped one, plus searchable ones)."""
+        if not self.scheme_search:
+            return [self.templates[unit.name].scheme]
+        return [s for s in self.schemes if s in unit.schemes]
+
+    def analysis_unit(self, name: str) -> PrunableUnit:
+        return self.analysis.unit(name)
+
+    # ---- the box ------------------------------------------------------------------------------
+    @property
+    def k(self) -> int:
+        """Number of unit groups (ratio dimensions)."""
+        return len(self.groups)
+
+    @property
+    def dim(self) -> int:
+        return self.k * (2 if self.scheme_search else 1)
+
+    @property
+    def bounds(self) -> torch.Tensor:
+        """(2, dim) float64 tensor: lower and upper bounds inside [0, 1]."""
+        return torch.tensor(self._bounds, dtype=torch.float64)
+
+    def _vector(self, x: Any) -> np.ndarray:
+        if isinstance(x, torch.Tensor):
+            x = x.detach().cpu().double().numpy()
+        try:
+            arr = np.asarray(x, dtype=float).reshape(-1)
+        except (TypeError, ValueError):
+            raise ValueError(f"x must be a sequence of {self.dim} numbers, got {x!r}") from None
+        if arr.shape[0] != self.dim:
+            raise ValueError(f"x must have length {self.dim} (the space's dim), got "
+                             f"{arr.shape[0]}")
+        if not np.all(np.isfinite(arr)) or arr.min() < -1e-9 or arr.max() > 1 + 1e-9:
+            raise ValueError(f"x must lie in [0, 1]^{self.dim}, got values in "
+                             f"[{arr.min():g}, {arr.max():g}]")
+        return np.clip(arr, 0.0, 1.0)
+
+    # ---- decoding -----------------------------------------------------------------------------
+    def _schemes_for(self, cat: np.ndarray) -> list[UnitPolicy]:
+        """Template UnitPolicy (ratio 0) per space unit for categorical coordinates `cat`."""
+        if not self.scheme_search:
+            return [self.templates[u.name] for u in self.units]
+        chosen = []
+        for g, opts in enumerate(self._options):
+            chosen.append(opts[min(int(cat[g] * len(opts)), len(opts) - 1)])
+        out = []
+        for i, u in enumerate(self.units):
+            scheme = chosen[self._group_of[i]]
+            tmpl = self.templates[u.name]
+            out.append(tmpl if scheme == tmpl.scheme or scheme not in u.schemes
+                       else unit_template(u, scheme))
+        return out
+
+    def _ratios(self, s_unit: np.ndarray, tmpl: list[UnitPolicy]) -> np.ndarray:
+        r = self._lo + s_unit * (self._hi - self._lo)
+        for i, t in enumerate(tmpl):
+            if t.scheme == "nm":  # N:M only has the ratios 1 - n/m
+                r[i] = 1.0 - nm_from_ratio(r[i], t.m) / t.m
+        return r
+
+    def _costs(self, ratios: np.ndarray, tmpl: list[UnitPolicy]) -> tuple[float, float]:
+        """Analytic (effective FLOPs, effective params) of per-unit ratios and schemes."""
+        cm = self.analysis.cost_model
+        n = cm.n_units
+        full = np.zeros(n)
+        channel = np.zeros(n, dtype=bool)
+        row = np.full(n, -1, dtype=np.int64)
+        full[self._cost_index] = ratios
+        channel[self._cost_index] = [t.scheme == "channel" for t in tmpl]
+        row[self._cost_index] = [SPARSE_KEYS.index(sparse_key(t.scheme, t.m))
+                                 if t.scheme != "channel" else -1 for t in tmpl]
+        return cm.evaluate(full, channel, row, self.round_to)
+
+    def _cost(self, ratios: np.ndarray, tmpl: list[UnitPolicy]) -> float:
+        """The budgeted cost (FLOPs without a budget)."""
+        flops, params = self._costs(ratios, tmpl)
+        return params if self.budget is not None and self.budget.kind == "params" else flops
+
+    @property
+    def limit(self) -> float | None:
+        """The budget in absolute units (FLOPs or params), None without a budget."""
+        if self.budget is None:
+            return None
+        dense = (self.analysis.dense_flops if self.budget.kind == "flops"
+                 else self.analysis.dense_params)
+        return self.budget.keep * dense
+
+    def _project(self, s: np.ndarray, tmpl: list[UnitPolicy]) -> np.ndarray:
+        """Group positions moved toward 1 just enough to meet the budget."""
+        limit = self.limit
+        if limit is None:
+            return s
+        g = self._group_of
+        if self._cost(self._ratios(s[g], tmpl), tmpl) <= limit:
+            return s
+        if self._cost(self._ratios(np.ones(len(g)), tmpl), tmpl) > limit:
+            raise BudgetError(self._budget_message(tmpl))
+        lo, hi = 0.0, 1.0
+        for _ in range(_BISECT_STEPS):
+            mid = 0.5 * (lo + hi)
+            if self._cost(self._ratios((s + mid * (1.0 - s))[g], tmpl), tmpl) <= limit:
+                hi = mid
+            else:
+                lo = mid
+        return s + hi * (1.0 - s)
+
+    def _state(self, x: Any) -> tuple[np.ndarray, list[UnitPolicy]]:
+        """(projected group positions (k,), template per unit) of a vector."""
+        arr = self._vector(x)
+        tmpl = self._schemes_for(arr[self.k:])
+        return self._project(arr[:self.k], tmpl), tmpl
+
+    def _policy(self, s: np.ndarray, tmpl: list[UnitPolicy]) -> Policy:
+        ratios = self._ratios(s[self._group_of], tmpl)
+        units = {}
+        for u, t, r in zip(self.units, tmpl, ratios, strict=True):
+            r = float(min(max(r, 0.0), u.max_ratio(t.scheme)))
+            if t.scheme == "nm":
+                units[u.name] = UnitPolicy("nm", r, n=nm_from_ratio(r, t.m), m=t.m)
+            else:
+                units[u.name] = UnitPolicy(t.scheme, r, block=t.block, pattern=t.pattern)
+        return Policy(units, importance=self.importance, round_to=self.round_to)
+
+    def decode(self, x: Any) -> Policy:
+        """The budget-meeting Policy of a vector `x` in [0, 1]^dim (sequence, numpy, tensor)."""
+        s, tmpl = self._state(x)
+        return self._policy(s, tmpl)
+
+    def cost(self, x: Any) -> dict[str, float]:
+        """Analytic effective FLOPs / params (and their share of dense) of a vector's policy."""
+        s, tmpl = self._state(x)
+        flops, params = self._costs(self._ratios(s[self._group_of], tmpl), tmpl)
+        cm = self.analysis.cost_model
+        return {"flops": flops, "params": params, "flops_share": flops / cm.dense_flops,
+                "params_share": params / cm.dense_params}
+
+    def _check_feasible(self) -> None:
+        if self.limit is None:
+            return
+        tmpl = self._schemes_for(np.zeros(self.k))
+        if self.scheme_search:  # per group, the option that prunes least at full ratio
+            cat = np.zeros(self.k)
+            ones = np.ones(len(self.units))
+            for g, opts in enumerate(self._options):
+                costs = []
+                for j in range(len(opts)):
+                    trial = cat.copy()
+                    trial[g] = (j + 0.5) / len(opts)
+                    t = self._schemes_for(trial)
+                    costs.append(self._cost(self._ratios(ones, t), t))
+                cat[g] = (int(np.argmax(costs)) + 0.5) / len(opts)
+            tmpl = self._schemes_for(cat)
+        if self._cost(self._ratios(np.ones(len(self.units)), tmpl), tmpl) > self.limit:
+            raise BudgetError(self._budget_message(tmpl))
+
+    def _budget_message(self, tmpl: list[UnitPolicy]) -> str:
+        best = self._cost(self._ratios(np.ones(len(self.units)), tmpl), tmpl)
+        dense = self.limit / self.budget.keep
+        return (f"budget keep={self.budget.keep:g} of {self.budget.kind} cannot be met: the most "
+                f"pruning this space allows (ratio_bounds high={self.ratio_bounds[1]:g}, "
+                f"schemes {list(self.schemes)}) leaves {best / dense:.3f} of the dense cost; "
+                "raise budget.keep or ratio_bounds' high end, or allow more schemes")
+
+    # ---- encoding and roll-back ---------------------------------------------------------------
+    def _encode_state(self, s_unit: np.ndarray, schemes: list[str]) -> np.ndarray:
+        """Vector of this space whose (unprojected) state is per-unit positions `s_unit` and
+        per-unit schemes; raises ValueError when units of one group disagree."""
+        x = np.zeros(self.dim)
+        index = {u.name: i for i, u in enumerate(self.units)}
+        for g, names in enumerate(self.groups):
+            vals = {float(s_unit[index[n]]) for n in names}
+            if len(vals) != 1:
+                raise ValueError(f"group {g} mixes units at different positions; it cannot hold "
+                                 "this point exactly (refine to a finer grouping)")
+            x[g] = vals.pop()
+            if self.scheme_search:
+                opts = self._options[g]
+                for j in range(len(opts)):
+                    trial = x.copy()
+                    trial[self.k + g] = (j + 0.5) / len(opts)
+                    got = self._schemes_for(trial[self.k:])
+                    if all(got[index[n]].scheme == schemes[index[n]] for n in names):
+                        x[self.k + g] = trial[self.k + g]
+                        break
+                else:
+                    raise ValueError(f"group {g}: no scheme option reproduces the point's schemes "
+                                     f"{sorted({schemes[index[n]] for n in names})}")
+        return x
+
+    def refine(self, X: Any, y: Any, *, n_groups: int | None = None, top_n: int = 5,
+               maximize: bool = True, margin: float = 0.05) -> tuple[PruningSpace, Any]:
+        """BOCR roll-back: a finer space and every past point re-expressed in it.
+
+        X: (n, dim) evaluated points; y: (n,) their objective (higher is better unless
+        `maximize=False`). n_groups: the finer group count (None: one dimension per unit); the
+        new groups split the current ones. Every row of the returned X_new decodes in the new
+        space to the same Policy as the row of X in this one. The new bounds are the range of
+        the `top_n` best points' coordinates, widened by `margin` (scheme dimensions stay
+        [0, 1]). X_new is a tensor if X was one, else a numpy array.
+        """
+        as_tensor = isinstance(X, torch.Tensor)
+        xs = X.detach().cpu().double().numpy() if as_tensor else np.asarray(X, dtype=float)
+        ys = y.detach().cpu().double().numpy() if isinstance(y, torch.Tensor) else np.asarray(
+            y, dtype=float)
+        xs = xs.reshape(-1, self.dim)
+        ys = ys.reshape(-1)
+        if len(ys) != len(xs):
+            raise ValueError(f"X has {len(xs)} rows but y has {len(ys)} values")
+        if n_groups is not None and n_groups <= self.k:
+            raise ValueError(f"n_groups must exceed the current {self.k} groups (or be None for "
+                             f"one per unit), got {n_groups}")
+        new = self.__class__.__new__(self.__class__)
+        new.__dict__.update({k: v for k, v in self.__dict__.items() if not k.startswith("_")})
+        new.n_groups = n_groups
+        new._setup(cluster_units(self.units, n_groups, within=self.groups))
+        rows = []
+        for row in xs:
+            s, tmpl = self._state(row)
+            rows.append(new._encode_state(s[self._group_of], [t.scheme for t in tmpl]))
+        x_new = np.array(rows).reshape(-1, new.dim)
+        if len(x_new) and top_n > 0:
+            order = np.argsort(-ys if maximize else ys, kind="stable")[:top_n]
+            best = x_new[order]
+            lo = np.clip(best.min(0) - margin, 0.0, 1.0)
+            hi = np.clip(best.max(0) + margin, 0.0, 1.0)
+            lo[new.k:], hi[new.k:] = 0.0, 1.0
+            new._bounds = np.stack([lo, hi])
+        return new, (torch.tensor(x_new, dtype=torch.float64) if as_tensor else x_new)
+
+    def encode(self, policy: Policy) -> np.ndarray:
+        """A vector that decodes to `policy` when the policy fits this space's grouping (as
+        decoded policies do); raises ValueError otherwise."""
+        s_unit, schemes = np.zeros(len(self.units)), []
+        for i, u in enumerate(self.units):
+            up = policy.units.get(u.name, UnitPolicy(self.templates[u.name].scheme, 0.0)
+                                  if self.templates[u.name].scheme != "nm" else
+                                  UnitPolicy("nm", 0.0, m=self.templates[u.name].m))
+            span = self._hi[i] - self._lo[i]
+            s_unit[i] = 0.0 if span <= 0 else min(1.0, max(0.0, (up.ratio - self._lo[i]) / span))
+            schemes.append(up.scheme)
+        return self._encode_state(s_unit, schemes)
+
+    # ---- description and pickling -------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        """JSON-able summary: settings, groups, bounds, per-unit ranges and schemes."""
+        return {
+            "dim": self.dim, "n_groups": self.k, "requested_groups": self.n_groups,
+            "schemes": list(self.schemes), "scheme_search": self.scheme_search,
+            "ratio_bounds": list(self.ratio_bounds),
+            "budget": self.budget.to_dict() if self.budget else None,
+            "device": self.device, "importance": self.importance, "round_to": self.round_to,
+            "seed": self.seed, "groups": [list(g) for g in self.groups],
+            "options": [list(o) for o in self._options] if self.scheme_search else None,
+            "bounds": self._bounds.tolist(),
+            "dense": {"flops": self.analysis.dense_flops, "params": self.analysis.dense_params},
+            "units": {u.name: {"low": float(self._lo[i]), "high": float(self._hi[i]),
+                               "scheme": self.templates[u.name].scheme,
+                               "group": int(self._group_of[i])}
+                      for i, u in enumerate(self.units)},
+        }

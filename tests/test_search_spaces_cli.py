@@ -1,0 +1,74 @@
+"""`prunetune analyze` / `prunetune apply` (orchestrator/cli_engine.py) on scikit-learn digits."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+import torch
+
+from prunetune.orchestrator.cli import CLIError
+from prunetune.orchestrator.cli_engine import add_engine_commands
+from prunetune.search_spaces import Policy, UnitPolicy
+
+
+def _run(argv):
+    parser = argparse.ArgumentParser()
+    add_engine_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory):
+    root = tmp_path_factory.mktemp("engine-cli")
+    path = root / "cfg.yaml"
+    path.write_text(f"""
+model: {{name: resnet20}}
+data: {{name: digits, batch_size: 64}}
+pretrain: {{epochs: 0.3, lr: 0.05}}
+finetune: {{epochs: 0.2, lr: 0.01}}
+space: {{schemes: [channel, unstructured], groups: 3}}
+cache_dir: {root / 'cache'}
+""")
+    return path
+
+
+def test_analyze_prints_units_and_groups(config, capsys):
+    assert _run(["analyze", str(config), "--json", "--quiet"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["protected"] == ["fc"] and len(out["groups"]) == 3
+    assert {r["group"] for r in out["units"]} == {0, 1, 2}
+    assert _run(["analyze", str(config), "--groups", "2", "--untrained"]) == 0
+    table = capsys.readouterr().out
+    assert table.splitlines()[0].split()[:3] == ["unit", "group", "type"]
+    assert "12 units in 2 groups" in table
+
+
+def test_apply_prints_costs_and_saves(config, tmp_path, capsys):
+    policy = Policy({"layer1.0.conv1": UnitPolicy("channel", 0.5),
+                     "layer3.0.conv2": UnitPolicy("unstructured", 0.5)})
+    ppath = policy.save(tmp_path / "policy.json")
+    out = tmp_path / "pruned.pt"
+    assert _run(["apply", str(config), "--policy", str(ppath), "--out", str(out), "--json",
+                 "--finetune-epochs", "0.1", "--quiet"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["flops_ratio"] < 1 and result["after"]["sparsity"] > 0
+    assert 0 <= result["val_accuracy"] <= 1
+    saved = torch.load(out, weights_only=False)
+    assert Policy.from_dict(saved["policy"]) == policy
+    layer = dict(saved["model"].named_modules())["layer3.0.conv2"]
+    assert torch.all(layer.weight[layer.weight_mask == 0] == 0)  # fine-tuning kept the mask
+    assert _run(["apply", str(config), "--policy", str(ppath)]) == 0
+    assert "val accuracy" in capsys.readouterr().out
+
+
+def test_apply_bad_policy_is_a_clear_error(config, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"schema": 1, "units": {"nope": {"scheme": "channel",
+                                                               "ratio": 0.2}}}))
+    with pytest.raises(CLIError, match="unknown unit 'nope'"):
+        _run(["apply", str(config), "--policy", str(bad), "--quiet"])
+    with pytest.raises(CLIError, match="does not exist"):
+        _run(["apply", str(config), "--policy", str(tmp_path / "missing.json")])

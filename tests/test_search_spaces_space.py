@@ -1,0 +1,137 @@
+"""PruningSpace: budget projection, clustering, roll-back, pickling."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from prunetune.search_spaces import (
+    Budget,
+    BudgetError,
+    Policy,
+    PruningSpace,
+    analyze,
+    apply_policy,
+    cluster_units,
+    count_cost,
+)
+from prunetune.trainers import build_model
+
+X = torch.randn(1, 3, 32, 32)
+
+
+@pytest.fixture(scope="module")
+def resnet20():
+    model = build_model("resnet20").eval()
+    return model, analyze(model, X)
+
+
+@pytest.fixture(scope="module")
+def resnet56():
+    return analyze(build_model("resnet56").eval(), X)
+
+
+def test_1000_random_vectors_meet_a_half_flops_budget(resnet20):
+    model, analysis = resnet20
+    space = PruningSpace(model, X, budget=Budget("flops", 0.5), analysis=analysis)
+    assert space.dim == len(analysis.units) and space.bounds.shape == (2, space.dim)
+    rng = np.random.default_rng(0)
+    xs = rng.random((1000, space.dim))
+    shares = np.array([space.cost(x)["flops_share"] for x in xs])
+    assert shares.max() <= 0.5  # the analytic cost of every decoded policy meets the budget
+    light = [space.cost(x * 0.2)["flops_share"] for x in xs[:50]]  # all over budget unprojected
+    assert min(light) > 0.47  # the action wall stops just inside the budget, not far below
+    for x in xs[:4]:  # the real pruned model agrees within 1%
+        pruned = apply_policy(model, space.decode(x), X)
+        assert count_cost(pruned, X).effective_flops <= 0.5 * analysis.dense_flops * 1.01
+    assert space.decode(xs[0]) == space.decode(torch.tensor(xs[0]))  # deterministic
+
+
+def test_sparse_and_params_budget(resnet20):
+    model, analysis = resnet20
+    space = PruningSpace(model, X, schemes=("unstructured",), ratio_bounds=(0.0, 0.9),
+                         budget=Budget("params", 0.4), analysis=analysis)
+    x = np.full(space.dim, 0.1)
+    policy = space.decode(x)
+    assert {u.scheme for u in policy.units.values()} == {"unstructured"}
+    cost = count_cost(apply_policy(model, policy, X), X)
+    assert cost.effective_params <= 0.4 * analysis.dense_params * 1.01
+
+
+def test_infeasible_budget_and_bad_vectors(resnet20):
+    model, analysis = resnet20
+    with pytest.raises(BudgetError, match="budget keep=0.01 of flops cannot be met"):
+        PruningSpace(model, X, budget=Budget("flops", 0.01), analysis=analysis)
+    with pytest.raises(ValueError, match="budget kind must be 'flops' or 'params'"):
+        Budget("latency", 0.5)
+    space = PruningSpace(model, X, n_groups=3, analysis=analysis)
+    with pytest.raises(ValueError, match="x must have length 3"):
+        space.decode([0.1, 0.2])
+    with pytest.raises(ValueError, match=r"x must lie in \[0, 1\]\^3"):
+        space.decode([0.1, 0.2, 1.5])
+
+
+def test_refine_to_full_dimension_preserves_every_policy(resnet56):
+    space = PruningSpace(None, schemes=("channel",), budget=Budget("flops", 0.5), n_groups=4,
+                         analysis=resnet56)
+    assert space.dim == 4 and sum(len(g) for g in space.groups) == len(resnet56.units)
+    rng = np.random.default_rng(1)
+    xs, ys = rng.random((40, 4)), rng.random(40)
+    mid, xs_mid = space.refine(xs, ys, n_groups=9)
+    for g in mid.groups:  # the finer groups split the coarser ones
+        assert any(set(g) <= set(old) for old in space.groups)
+    full, xs_full = mid.refine(torch.tensor(xs_mid), torch.tensor(ys), top_n=5)
+    assert full.dim == len(resnet56.units) and isinstance(xs_full, torch.Tensor)
+    for x, x_mid, x_full in zip(xs, xs_mid, xs_full, strict=True):
+        policy = space.decode(x)
+        assert mid.decode(x_mid) == policy and full.decode(x_full) == policy
+    lo, hi = full.bounds
+    assert torch.all(lo <= hi) and torch.all((lo >= 0) & (hi <= 1))
+    assert torch.any(hi - lo < 1)  # narrowed around the best points
+    best = xs_full[np.argsort(-ys)[:5]]
+    assert torch.all((best >= lo) & (best <= hi))
+
+
+def test_scheme_search_space_refines_and_pickles(resnet56):
+    space = PruningSpace(None, schemes=("channel", "block", "unstructured", "pattern"),
+                         budget=Budget("flops", 0.6), n_groups="auto", scheme_search=True,
+                         analysis=resnet56)
+    assert space.dim == 2 * space.k
+    rng = np.random.default_rng(2)
+    xs, ys = rng.random((15, space.dim)), rng.random(15)
+    full, xs_full = space.refine(xs, ys)
+    schemes = set()
+    for x, x_full in zip(xs, xs_full, strict=True):
+        policy = space.decode(x)
+        schemes |= {u.scheme for u in policy.units.values()}
+        assert full.decode(x_full) == policy
+        assert space.cost(x)["flops_share"] <= 0.6
+    assert len(schemes) >= 3
+    clone = pickle.loads(pickle.dumps(space))
+    assert clone.decode(xs[0]) == space.decode(xs[0])
+    desc = json.loads(json.dumps(space.describe()))
+    assert desc["dim"] == space.dim and desc["options"][0][0] in ("channel", "pattern")
+    assert len(pickle.dumps(space)) < 1_000_000
+
+
+def test_clustering_is_nested_and_auto(resnet56):
+    units = resnet56.units
+    coarse = cluster_units(units, 3)
+    fine = cluster_units(units, 8)
+    assert len(coarse) == 3 and len(fine) == 8
+    assert all(any(set(f) <= set(c) for c in coarse) for f in fine)
+    auto = cluster_units(units, "auto")
+    assert 2 <= len(auto) <= 10
+    assert sorted(n for g in auto for n in g) == sorted(u.name for u in units)
+
+
+def test_encode_inverts_decode(resnet20):
+    model, analysis = resnet20
+    space = PruningSpace(model, X, budget=Budget("flops", 0.5), n_groups=2, analysis=analysis)
+    policy = space.decode([0.3, 0.9])
+    assert space.decode(space.encode(policy)) == policy
+    assert isinstance(Policy.from_json(policy.to_json()), Policy)
