@@ -14,6 +14,7 @@ __all__ = ["FINAL_KEY", "Observation", "PolicySearcher", "RandomSearcher", "Sear
 SEARCHERS: dict[str, str] = {
     "random": "prunetune.orchestrator.searchers._random:RandomSearcher",
     "uniform": "prunetune.orchestrator.searchers._random:UniformSearcher",
+    "bo": "prunetune.orchestrator.searchers._bo:BOSearcher",
 }
 
 

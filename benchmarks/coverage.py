@@ -1,0 +1,188 @@
+"""Coverage of the pruning engine over torchvision's classification models.
+
+    python benchmarks/coverage.py [--models a,b] [--jobs 2] [--timeout 900] [--max-gib 16]
+                                  [--out PATH] [--table]
+
+Every model in `torchvision.models.list_models(module=torchvision.models)` (untrained weights)
+is analysed and channel-pruned at ratio 0.3 on every unit, on a small input (64x64; 224x224
+where the architecture needs it). A model passes when the pruned model's forward works, its
+output shape is unchanged and its FLOPs fall. Each model runs in its own process with a time
+limit, so a hang or an out-of-memory kill is recorded as that model's failure.
+
+Writes benchmarks/results/coverage.json: {model: {"ok", "flops_ratio", "error", ...}} (also
+the input size, the number of pruned units and the seconds taken), rewritten after every model
+so a long run can be watched; the share of models that pass is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+RATIO = 0.3
+# Models whose forward checks the input size (ViT) or needs a large input (MaxViT's windows).
+SIZE_224 = ("vit_", "maxvit")
+SIZE_96 = ("inception",)
+
+
+def input_size(name: str) -> int:
+    if name.startswith(SIZE_224):
+        return 224
+    if name.startswith(SIZE_96):
+        return 96
+    return 64
+
+
+def run_one(name: str) -> dict[str, object]:
+    """Analyse and channel-prune one model in this process."""
+    import torch
+    import torchvision
+
+    from prunetune.search_spaces import Policy, UnitPolicy, analyze, apply_policy, count_cost
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    size = input_size(name)
+    model = torchvision.models.get_model(name, weights=None).eval()
+    x = torch.randn(1, 3, size, size)
+    with torch.no_grad():
+        dense_out = model(x)
+    analysis = analyze(model, x)
+    units = {u.name: UnitPolicy("channel", min(RATIO, u.max_ratio("channel")))
+             for u in analysis.units if "channel" in u.schemes}
+    if not units:
+        raise RuntimeError("no channel-prunable unit found")
+    pruned = apply_policy(model, Policy(units), x).eval()
+    with torch.no_grad():
+        out = pruned(x)
+    if out.shape != dense_out.shape:
+        raise RuntimeError(f"output shape changed: {tuple(dense_out.shape)} -> "
+                           f"{tuple(out.shape)}")
+    cost = count_cost(pruned, x)
+    ratio = cost.flops / analysis.dense_flops
+    if not ratio < 1.0:
+        raise RuntimeError(f"FLOPs did not fall (ratio {ratio:.3f})")
+    return {"ok": True, "flops_ratio": round(ratio, 4), "error": None, "units": len(units),
+            "input": size}
+
+
+def _child(name: str, max_gib: float) -> None:
+    # A cap on address space turns a runaway dependency graph into a MemoryError with a
+    # traceback instead of the kernel's out-of-memory kill.
+    resource.setrlimit(resource.RLIMIT_AS, (int(max_gib * 2**30), resource.RLIM_INFINITY))
+    try:
+        result = run_one(name)
+    except Exception as err:  # noqa: BLE001 - any failure is this model's result
+        last = traceback.extract_tb(err.__traceback__)[-1]
+        where = f"{Path(last.filename).name}:{last.lineno}"
+        result = {"ok": False, "flops_ratio": None,
+                  "error": f"{type(err).__name__}: {str(err).splitlines()[0][:300]} ({where})"}
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--models", help="comma-separated subset (default: all)")
+    parser.add_argument("--timeout", type=int, default=900, help="seconds per model")
+    parser.add_argument("--out", default=str(RESULTS / "coverage.json"))
+    parser.add_argument("--max-gib", type=float, default=16.0, help="memory cap per model")
+    parser.add_argument("--jobs", type=int, default=1, help="models analysed at once")
+    parser.add_argument("--table", action="store_true",
+                        help="print the markdown summary of --out (for benchmarks/README.md)")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # child mode
+    args = parser.parse_args()
+    if args.table:
+        print(markdown_table(json.loads(Path(args.out).read_text())))
+        return
+    if args.one:
+        _child(args.one, args.max_gib)
+        return
+    import torchvision
+
+    names = (args.models.split(",") if args.models
+             else torchvision.models.list_models(module=torchvision.models))
+    out = Path(args.out)
+    results: dict[str, dict] = {}
+    if out.is_file() and args.models:  # a subset run updates an existing file
+        results = json.loads(out.read_text())
+    lock = threading.Lock()
+
+    def one(name: str) -> None:
+        result = _run_child(name, args.timeout, args.max_gib)
+        with lock:
+            results[name] = result
+            print(f"{name:24s} {'ok ' if result['ok'] else 'FAIL'} {result.get('flops_ratio')} "
+                  f"{result['seconds']}s {result['error'] or ''}", flush=True)
+            _write(out, results)
+
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        list(pool.map(one, names))
+
+
+def _run_child(name: str, timeout: int, max_gib: float) -> dict[str, object]:
+    """Run one model in a child process (see `_child`) and read its result line."""
+    t0 = time.time()
+    try:
+        proc = subprocess.run([sys.executable, __file__, "--one", name, "--max-gib",
+                               str(max_gib)], capture_output=True, text=True, timeout=timeout,
+                              env=os.environ.copy(), check=False)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if lines:
+            result = json.loads(lines[-1][len("RESULT "):])
+        else:
+            tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            result = {"ok": False, "flops_ratio": None,
+                      "error": f"process exited {proc.returncode}: {tail[:300]}"}
+    except subprocess.TimeoutExpired:
+        result = {"ok": False, "flops_ratio": None,
+                  "error": f"timed out after {timeout} s on this 2-core CPU"}
+    result["seconds"] = round(time.time() - t0, 1)
+    return result
+
+
+def markdown_table(results: dict[str, dict]) -> str:
+    """Summary line, failures with their reasons, and FLOPs ratios by model family."""
+    ok = [k for k, r in results.items() if r["ok"]]
+    share = 100 * len(ok) / len(results)
+    head = f"{len(ok)} of {len(results)} models pass ({share:.1f}%), channel ratio {RATIO}"
+    lines = [head + " on every unit.", "", "| family | models | pass | FLOPs after / before |",
+             "|---|---|---|---|"]
+    families: dict[str, list[str]] = {}
+    for name in results:
+        families.setdefault(re.match(r"[a-z]+", name).group(0), []).append(name)
+    for fam, names in sorted(families.items()):
+        ratios = [results[n]["flops_ratio"] for n in names if results[n]["ok"]]
+        lo, hi = (f"{min(ratios):.2f}", f"{max(ratios):.2f}") if ratios else ("-", "-")
+        span = lo if lo == hi else f"{lo} - {hi}"
+        passed = sum(results[n]["ok"] for n in names)
+        lines.append(f"| {fam} | {len(names)} | {passed} | {span} |")
+    failed = [k for k in results if not results[k]["ok"]]
+    if failed:
+        lines += ["", "Failures:", ""]
+        lines += [f"- `{k}`: {results[k]['error']}" for k in failed]
+    return "\n".join(lines)
+
+
+def _write(out: Path, results: dict[str, dict]) -> None:
+    ok = sum(r["ok"] for r in results.values())
+    print(f"coverage: {ok}/{len(results)} models ok "
+          f"({100 * ok / max(1, len(results)):.1f}%)", flush=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(dict(sorted(results.items())), indent=1) + "\n")
+    os.replace(tmp, out)
+
+
+if __name__ == "__main__":
+    main()

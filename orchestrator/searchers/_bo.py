@@ -1,0 +1,483 @@
+"""BOCR: Bayesian optimisation over clustered layer groups with roll-back.
+
+Bayesian optimisation of a pruning policy stays sample-efficient on deep models by searching
+first over a few clusters of similar layers (the space's groups), then *rolling back* to finer
+groupings (a bridge grouping, then one dimension per unit), each time re-expressing every past
+observation in the finer space and narrowing the search box to the range of the best policies
+(BOCR, "Bayesian Optimization with Clustering and Rollback for CNN Auto Pruning", ECCV 2022).
+The space owns grouping, re-expression and narrowing (`PruningSpace.refine`); this searcher
+owns when to do it and the BO loop:
+
+- a scrambled Sobol initial design of `n_init` points;
+- one `SingleTaskGP` per objective (`Normalize` over the current box, `Standardize`),
+  hyper-parameters warm-started from the previous fit with capped L-BFGS iterations so that
+  `suggest` stays fast;
+- `qLogNoisyExpectedImprovement` (single objective) or `qLogNoisyExpectedHypervolumeImprovement`
+  over a `ModelListGP` (`objectives=("accuracy", "latency_ms")`), with the live trials as
+  `X_pending` so concurrent trials get different suggestions;
+- `optimize_acqf` over the current box with bounded restarts and raw samples.
+
+Every suggestion is a function of the saved state (the torch RNG is seeded from the searcher's
+seed and the number of suggestions so far; fitted GP hyper-parameters are part of the state),
+so `save` / `restore` resumes with the same next suggestion.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+from torch.quasirandom import SobolEngine
+
+from ._base import FINAL_KEY, Observation, PolicySearcher, SearcherError
+from ._bo_models import (
+    DTYPE,
+    AcqSettings,
+    GPSettings,
+    Hypers,
+    fit_gps,
+    pareto_mask,
+    propose_multi,
+    propose_single,
+    reference_point,
+    seeded,
+    torch_threads,
+)
+
+__all__ = ["OBJECTIVE_MODES", "AcqSettings", "BOSearcher", "GPSettings", "RollbackSchedule"]
+
+# Direction of the metrics trials report, for multi-objective searches.
+OBJECTIVE_MODES: dict[str, str] = {
+    "accuracy": "max", "speedup": "max", "latency_ms": "min", "flops_ratio": "min",
+    "params_ratio": "min", "flops": "min", "params": "min", "accuracy_drop": "min",
+}
+# Hypervolume reference values the dense model gives (raw units): a pruned model that is no
+# faster / smaller than the dense one adds nothing. latency_ms comes from the trials' reports.
+_DENSE_REFERENCE: dict[str, float] = {"flops_ratio": 1.0, "params_ratio": 1.0, "speedup": 1.0}
+_DENSE_KEYS: dict[str, str] = {"latency_ms": "dense_latency_ms"}
+
+
+@dataclass(frozen=True)
+class RollbackSchedule:
+    """When and how BOCR rolls back to a finer grouping.
+
+    A roll-back happens when the current stage has at least `min_trials` finished trials and
+    either the last `stall` finished trials brought no improvement (a stall; `None` disables)
+    or the search has `at[stage]` finished trials in all (scheduled; `()` disables).
+    `stages` lists the groupings to roll back to, in order: an int is a number of groups,
+    `"bridge"` the geometric mean of the current dimension and the number of units, `"full"`
+    one dimension per unit. `top_n`: the box is narrowed to the range of the best `top_n`
+    policies.
+    """
+
+    stall: int | None = 20
+    at: tuple[int, ...] = ()
+    stages: tuple[int | str, ...] = ("bridge", "full")
+    top_n: int = 5
+    min_trials: int = 10
+
+    def __post_init__(self) -> None:
+        for stage in self.stages:
+            if not (stage in ("bridge", "full") or (isinstance(stage, int) and stage >= 1)):
+                raise SearcherError(f"rollback.stages entries must be 'bridge', 'full' or a "
+                                    f"number of groups >= 1, got {stage!r}")
+        if self.stall is not None and self.stall < 1:
+            raise SearcherError(f"rollback.stall must be >= 1 or None, got {self.stall}")
+        if self.top_n < 1:
+            raise SearcherError(f"rollback.top_n must be >= 1, got {self.top_n}")
+        if list(self.at) != sorted(self.at):
+            raise SearcherError(f"rollback.at must be increasing trial counts, got {self.at}")
+        if self.stall is None and not self.at:
+            raise SearcherError("rollback needs a trigger: set rollback.stall (trials without "
+                                "improvement) and/or rollback.at (trial counts), or disable "
+                                "roll-back with rollback: false")
+
+
+def _settings(cls: type, value: Any, name: str) -> Any:
+    """Build a settings dataclass from an instance, a mapping (YAML) or None (defaults)."""
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, Mapping):
+        allowed = {f.name for f in fields(cls)}
+        unknown = set(value) - allowed
+        if unknown:
+            raise SearcherError(f"unknown {name} option(s) {sorted(unknown)}; allowed: "
+                                f"{sorted(allowed)}")
+        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
+        try:
+            return cls(**kwargs)
+        except (TypeError, ValueError) as err:
+            raise SearcherError(f"{name}: {err}") from err
+    raise SearcherError(f"{name} must be a {cls.__name__}, a mapping or None, got {value!r}")
+
+
+class BOSearcher(PolicySearcher):
+    """BOCR Bayesian optimisation as a Ray Tune `Searcher` (see the module docstring).
+
+    Keyword-only arguments beyond the base's: `n_init` Sobol points before BO; `rollback` a
+    `RollbackSchedule`, a mapping of its fields, or False / None for no roll-back (plain BO over
+    the space's groups); `objectives` None for single-objective on `metric`, or metric names
+    with `objectives[0] == metric` for multi-objective; `objective_modes` their directions
+    (default from `OBJECTIVE_MODES`); `ref_point` the hypervolume reference in raw units
+    (default: from the dense model where known, else inferred); `gp` / `acq` fitting and
+    acquisition budgets; `max_fit_points` caps the GP's training set (best half plus most
+    recent), keeping `suggest` fast on long searches; `threads` torch threads while
+    suggesting (None: leave torch's setting).
+    """
+
+    def __init__(self, *, space: Any, metric: str = "accuracy", mode: str = "max",
+                 seed: int = 0, n_init: int = 10,
+                 rollback: RollbackSchedule | Mapping[str, Any] | bool | None = True,
+                 objectives: Sequence[str] | None = None,
+                 objective_modes: Sequence[str] | None = None,
+                 ref_point: Sequence[float] | None = None,
+                 gp: GPSettings | Mapping[str, Any] | None = None,
+                 acq: AcqSettings | Mapping[str, Any] | None = None,
+                 max_fit_points: int | None = 300, threads: int | None = 1) -> None:
+        super().__init__(space=space, metric=metric, mode=mode, seed=seed)
+        if n_init < 1:
+            raise SearcherError(f"n_init must be >= 1, got {n_init}")
+        self.n_init = n_init
+        if rollback is True:
+            rollback = RollbackSchedule()
+        self.rollback: RollbackSchedule | None = (
+            None if rollback is False or rollback is None
+            else _settings(RollbackSchedule, rollback, "rollback"))
+        self.objectives, self.objective_modes = self._check_objectives(objectives,
+                                                                       objective_modes)
+        if ref_point is not None and len(ref_point) != len(self.objectives):
+            raise SearcherError(f"ref_point needs one value per objective {self.objectives}, "
+                                f"got {list(ref_point)}")
+        self.ref_point = None if ref_point is None else [float(v) for v in ref_point]
+        self.gp_settings: GPSettings = _settings(GPSettings, gp, "gp")
+        self.acq_settings: AcqSettings = _settings(AcqSettings, acq, "acq")
+        if max_fit_points is not None and max_fit_points < 4:
+            raise SearcherError(f"max_fit_points must be >= 4 or None, got {max_fit_points}")
+        self.max_fit_points = max_fit_points
+        self.threads = threads
+        self._root_space = space
+        self._n_suggested = 0
+        self._hypers: list[Hypers] | None = None
+        self._fit_key: list[int] | None = None
+        self._rollbacks: list[dict[str, Any]] = []
+        self._x_now: dict[str, list[float]] = {}
+        self._extra: dict[str, list[float]] = {}
+        self._dense: dict[str, float] = {}
+
+    def _check_objectives(self, objectives: Sequence[str] | None,
+                          modes: Sequence[str] | None) -> tuple[list[str], list[str]]:
+        if objectives is None:
+            return [self.metric], [self.mode]
+        objectives = list(objectives)
+        if not objectives or objectives[0] != self.metric:
+            raise SearcherError(f"objectives must start with the searched metric "
+                                f"{self.metric!r}, got {objectives}; e.g. objectives: "
+                                f"[{self.metric}, latency_ms]")
+        if modes is None:
+            unknown = [o for o in objectives[1:] if o not in OBJECTIVE_MODES]
+            if unknown:
+                raise SearcherError(f"no default direction for objective(s) {unknown}; give "
+                                    f"objective_modes (one 'max' / 'min' per objective)")
+            modes = [self.mode] + [OBJECTIVE_MODES[o] for o in objectives[1:]]
+        modes = list(modes)
+        if len(modes) != len(objectives) or any(m not in ("max", "min") for m in modes):
+            raise SearcherError(f"objective_modes must be one 'max' / 'min' per objective "
+                                f"{objectives}, got {modes}")
+        if modes[0] != self.mode:
+            raise SearcherError(f"objective_modes[0] must equal mode {self.mode!r}, got "
+                                f"{modes[0]!r}")
+        return objectives, modes
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    # -- data -------------------------------------------------------------------------------
+    def _finals(self) -> list[Observation]:
+        obs = [o for o in self.observations if o.status == "final"]
+        if self.multi_objective:
+            obs = [o for o in obs if o.trial_id in self._extra]
+        return obs
+
+    def _point(self, obs: Observation) -> list[float]:
+        """An observation's point in the current space (re-expressed if from an earlier one)."""
+        if obs.stage == self.stage and len(obs.x) == self.space.dim:
+            return obs.x
+        if obs.trial_id in self._x_now:
+            return self._x_now[obs.trial_id]
+        raise SearcherError(f"observation {obs.trial_id!r} of stage {obs.stage} was not "
+                            f"re-expressed in stage {self.stage}; the searcher state is "
+                            "inconsistent")
+
+    def _data(self) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """(trial ids, `n x d` points in the current space, `n x m` outcomes to maximise)."""
+        obs = self._finals()
+        d, m = self.space.dim, len(self.objectives)
+        if not obs:
+            return [], np.zeros((0, d)), np.zeros((0, m))
+        signs = np.array([1.0 if md == "max" else -1.0 for md in self.objective_modes])
+        rows = [[o.value] + self._extra.get(o.trial_id, []) for o in obs]
+        return ([o.trial_id for o in obs], np.asarray([self._point(o) for o in obs]),
+                np.asarray(rows, dtype=float) * signs)
+
+    def finished(self, stage: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Final observations as (`n x d` points, `n` rewards, sign-flipped for mode 'min').
+
+        With `stage=None` every observation is given in the current space (earlier ones
+        re-expressed by roll-back), unlike the base, whose points keep their own stage's
+        dimension."""
+        if stage is not None:
+            return super().finished(stage)
+        _, X, Y = self._data()
+        return X, Y[:, 0] if len(Y) else np.zeros(0)
+
+    def pareto(self) -> list[dict[str, Any]]:
+        """The non-dominated finished trials: [{"trial_id", objective name: raw value, ...}]."""
+        tids, _, Y = self._data()
+        if not tids:
+            return []
+        mask = pareto_mask(torch.as_tensor(Y, dtype=DTYPE)).numpy()
+        signs = [1.0 if md == "max" else -1.0 for md in self.objective_modes]
+        return [{"trial_id": t, **{k: float(v * s) for k, v, s in
+                                   zip(self.objectives, Y[i], signs, strict=True)}}
+                for i, t in enumerate(tids) if mask[i]]
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        # The base takes `metric` from the result; the other objectives are read here, before
+        # it, and a result lacking one is handed to the base as a failed one (NaN metric).
+        if (self.multi_objective and trial_id in self._live and not error
+                and result is not None and result.get(FINAL_KEY)):
+            values = [result.get(k) for k in self.objectives[1:]]
+            if all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+                self._extra[trial_id] = [float(v) for v in values]
+            else:
+                result = {**result, self.metric: float("nan")}
+            for objective, key in _DENSE_KEYS.items():
+                if isinstance(result.get(key), (int, float)) and objective not in self._dense:
+                    self._dense[objective] = float(result[key])
+        super().on_trial_complete(trial_id, result, error)
+
+    # -- proposing --------------------------------------------------------------------------
+    def _bounds(self) -> torch.Tensor:
+        b = torch.as_tensor(np.asarray(self.space.bounds, dtype=float), dtype=DTYPE)
+        if b.shape != (2, self.space.dim):
+            raise SearcherError(f"space.bounds must be 2 x {self.space.dim}, got "
+                                f"{tuple(b.shape)}")
+        return b
+
+    def _seed_for(self, salt: int) -> int:
+        return (self.seed * 1_000_003 + self._n_suggested * 7_919 + salt) % (2**31 - 1)
+
+    def _sobol(self) -> np.ndarray:
+        # One scrambled sequence per (seed, stage), indexed by the suggestion count, so the
+        # initial design is reproducible after restore without saving an engine.
+        engine = SobolEngine(self.space.dim, scramble=True, seed=self.seed + 7 * self.stage)
+        if self._n_suggested:
+            engine.fast_forward(self._n_suggested)
+        u = engine.draw(1, dtype=DTYPE).reshape(-1)
+        lo, hi = self._bounds()
+        return (lo + (hi - lo) * u).numpy()
+
+    def _subsample(self, X: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        cap = self.max_fit_points
+        if cap is None or len(X) <= cap:
+            return X, Y
+        # Best half by the first objective (where the optimum is) plus the most recent rest
+        # (what the current box looks like); an exact GP on all of them would cost O(n^3).
+        order = np.argsort(-Y[:, 0], kind="stable")
+        keep = set(order[: cap // 2].tolist())
+        for i in range(len(X) - 1, -1, -1):
+            if len(keep) >= cap:
+                break
+            keep.add(i)
+        idx = np.array(sorted(keep))
+        return X[idx], Y[idx]
+
+    def _reference(self, Y: torch.Tensor) -> torch.Tensor:
+        signs = [1.0 if md == "max" else -1.0 for md in self.objective_modes]
+        if self.ref_point is not None:
+            return torch.tensor([v * s for v, s in zip(self.ref_point, signs, strict=True)],
+                                dtype=DTYPE)
+        known = []
+        for name, s in zip(self.objectives, signs, strict=True):
+            value = self._dense.get(name, _DENSE_REFERENCE.get(name))
+            known.append(None if value is None else value * s)
+        return reference_point(Y, known)
+
+    def _categorical(self) -> dict[int, int] | None:
+        """Scheme-search columns of the space and their option counts ({column: options}):
+        with `scheme_search`, column k + g picks group g's scheme (see `PruningSpace`)."""
+        if not getattr(self.space, "scheme_search", False):
+            return None
+        options = self.space.describe()["options"]
+        k = len(self.space.groups)
+        return {k + g: len(opts) for g, opts in enumerate(options)}
+
+    def _bo_point(self, X: np.ndarray, Y: np.ndarray) -> np.ndarray:
+        X, Y = self._subsample(X, Y)
+        Xt, Yt = torch.as_tensor(X, dtype=DTYPE), torch.as_tensor(Y, dtype=DTYPE)
+        bounds = self._bounds()
+        # Refit when the space changed or the data grew enough (GPSettings.refit_growth);
+        # otherwise the GP is rebuilt from the saved hyper-parameters, exactly as it would be
+        # after a restore, so a suggestion does not depend on an in-memory model.
+        n = len(self._finals())
+        key = [self.stage, n]
+        refit = (self._hypers is None or self._fit_key is None
+                 or self._fit_key[0] != self.stage
+                 or n - self._fit_key[1] >= max(1.0, self.gp_settings.refit_growth
+                                                * self._fit_key[1]))
+        with seeded(self._seed_for(1)):
+            model, hypers = fit_gps(Xt, Yt, bounds, self._hypers, fit=refit,
+                                    settings=self.gp_settings,
+                                    categorical=self._categorical())
+        if refit:
+            self._hypers, self._fit_key = hypers, key
+        pending = torch.as_tensor(self.pending, dtype=DTYPE)
+        with seeded(self._seed_for(2)):
+            if self.multi_objective:
+                x = propose_multi(model, Xt, pending, bounds, self._reference(Yt),
+                                  self.acq_settings)
+            else:
+                x = propose_single(model, Xt, pending, bounds, self.acq_settings)
+        return x.numpy()
+
+    def _propose(self, trial_id: str) -> np.ndarray:
+        self._maybe_rollback()
+        _, X, Y = self._data()
+        need = 3 if self.multi_objective else 2
+        if self._n_suggested < self.n_init or len(X) < need:
+            x = self._sobol()
+        else:
+            with torch_threads(self.threads):
+                x = self._bo_point(X, Y)
+        self._n_suggested += 1
+        return x
+
+    # -- roll-back --------------------------------------------------------------------------
+    def _improvements(self, Y: np.ndarray) -> np.ndarray:
+        """Length-`n` booleans: did observation i improve on all before it? (single objective:
+        a new best; multi-objective: not dominated by any earlier one)."""
+        out = np.zeros(len(Y), dtype=bool)
+        for i in range(len(Y)):
+            if i == 0:
+                out[i] = True
+            elif Y.shape[1] == 1:
+                out[i] = Y[i, 0] > Y[:i, 0].max()
+            else:
+                out[i] = not np.any(np.all(Y[:i] >= Y[i], axis=1)
+                                    & np.any(Y[:i] > Y[i], axis=1))
+        return out
+
+    def _rollback_due(self, Y: np.ndarray) -> bool:
+        rb = self.rollback
+        if rb is None or self.stage >= len(rb.stages):
+            return False
+        since = self._rollbacks[-1]["n_final"] if self._rollbacks else 0
+        in_stage = len(Y) - since
+        if in_stage < rb.min_trials:
+            return False
+        if self.stage < len(rb.at) and len(Y) >= rb.at[self.stage]:
+            return True
+        return (rb.stall is not None and in_stage >= rb.stall
+                and not self._improvements(Y)[-rb.stall:].any())
+
+    def _target_groups(self, spec: int | str) -> int | None:
+        """The `n_groups` to pass to `space.refine` for a stage spec; None: one per unit."""
+        units, k = len(self.space.units), len(self.space.groups)
+        if spec == "bridge":
+            target = max(k + 1, round(math.sqrt(k * units)))
+        elif spec == "full":
+            target = units
+        else:
+            target = max(k + 1, int(spec))
+        return None if target >= units else target
+
+    def _score(self, Y: np.ndarray) -> np.ndarray:
+        """One number per observation for `refine`'s top-n (higher is better): the objective,
+        or for several objectives minus the Pareto rank, ties broken by the first one."""
+        if Y.shape[1] == 1:
+            return Y[:, 0]
+        rank = np.zeros(len(Y))
+        left = np.arange(len(Y))
+        level = 0
+        while len(left):
+            front = pareto_mask(torch.as_tensor(Y[left], dtype=DTYPE)).numpy()
+            rank[left[front]] = level
+            left = left[~front]
+            level += 1
+        span = np.ptp(Y[:, 0]) or 1.0
+        return -rank + 0.5 * (Y[:, 0] - Y[:, 0].min()) / span
+
+    def _maybe_rollback(self) -> None:
+        tids, X, Y = self._data()
+        if not self._rollback_due(Y):
+            return
+        if len(self.space.groups) >= len(self.space.units):
+            return  # already one dimension per unit: nothing finer to roll back to
+        score = self._score(Y)
+        live_ids = list(self._live)
+        live = np.asarray([self._live[t] for t in live_ids], dtype=float).reshape(
+            -1, self.space.dim)
+        # Live points are re-expressed along with the observations (they finish in the new
+        # space); they get the lowest score and top_n is capped at the observations, so they
+        # never shape the narrowed box.
+        record = {"n_final": len(tids), "n_groups": self._target_groups(
+                      self.rollback.stages[self.stage]),
+                  "top_n": min(self.rollback.top_n, len(tids)),
+                  "X": np.vstack([X, live]).tolist(),
+                  "y": np.concatenate([score, np.full(len(live), score.min() - 1.0)]).tolist()}
+        new_space, X_new = self._refine(self.space, record)
+        self._rollbacks.append(record)
+        self._x_now = dict(zip(tids, X_new[:len(tids)].tolist(), strict=True))
+        self._live = dict(zip(live_ids, X_new[len(tids):].tolist(), strict=True))
+        self.space = new_space
+        self.stage += 1
+
+    @staticmethod
+    def _refine(space: Any, record: dict[str, Any]) -> tuple[Any, np.ndarray]:
+        """Apply one recorded roll-back to `space`: the finer space and the recorded points
+        re-expressed in it (`n x d'`, each decoding to the same policy as before)."""
+        new_space, X_new = space.refine(np.asarray(record["X"], dtype=float),
+                                        np.asarray(record["y"], dtype=float),
+                                        n_groups=record["n_groups"], top_n=record["top_n"])
+        return new_space, np.asarray(X_new, dtype=float).reshape(-1, new_space.dim)
+
+    # -- persistence ------------------------------------------------------------------------
+    def _algorithm_state(self) -> dict[str, Any]:
+        return {
+            "n_suggested": self._n_suggested,
+            "hypers": self._hypers,
+            "fit_key": self._fit_key,
+            "rollbacks": self._rollbacks,
+            "x_now": self._x_now,
+            "extra": self._extra,
+            "dense": self._dense,
+            "settings": {"n_init": self.n_init, "objectives": self.objectives,
+                         "rollback": None if self.rollback is None else asdict(self.rollback)},
+        }
+
+    def _load_algorithm_state(self, state: dict[str, Any]) -> None:
+        saved = state["settings"]
+        if saved["objectives"] != self.objectives:
+            raise SearcherError(f"state was saved with objectives {saved['objectives']}, this "
+                                f"searcher has {self.objectives}; build it with the same "
+                                "objectives")
+        self._n_suggested = int(state["n_suggested"])
+        self._hypers, self._fit_key = state["hypers"], state["fit_key"]
+        self._rollbacks = list(state["rollbacks"])
+        self._x_now = {k: list(v) for k, v in state["x_now"].items()}
+        self._extra = {k: list(v) for k, v in state["extra"].items()}
+        self._dense = dict(state["dense"])
+        # The refined spaces are not saved: each roll-back is replayed from the recorded
+        # inputs, which is deterministic, so the space comes back exactly.
+        space = self._root_space
+        for record in self._rollbacks:
+            space, _ = self._refine(space, record)
+        self.space = space
