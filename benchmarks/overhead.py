@@ -1,6 +1,6 @@
 """Orchestration overhead and concurrency scaling of a search.
 
-    python benchmarks/overhead.py [--trivial-trials 40] [--real-trials 8]
+    python benchmarks/overhead.py [--trivial-trials 40] [--real-trials 16]
 
 1. Overhead per trial: a search of trivial trials (they report a final result at once)
    through the full stack (Ray Tune, the RandomSearcher over a real PruningSpace, the MLflow
@@ -85,7 +85,7 @@ def real_throughput(n: int, concurrent: int, workdir: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--trivial-trials", type=int, default=40)
-    parser.add_argument("--real-trials", type=int, default=8)
+    parser.add_argument("--real-trials", type=int, default=16)
     args = parser.parse_args()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     with tempfile.TemporaryDirectory() as tmp:
