@@ -1,9 +1,13 @@
-"""Describe the machine a benchmark ran on (committed with every result)."""
+"""Shared by the benchmark scripts: the machine a result ran on, and writing the result."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import tempfile
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -27,3 +31,13 @@ def machine_info() -> dict[str, object]:
     except OSError:
         pass
     return info
+
+
+def write_result(path: Path, result: dict[str, Any], *, show: Any = None) -> None:
+    """Write `result` as JSON to `path` atomically, then print `show` (default: all of it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(result, indent=1) + "\n")
+    os.replace(tmp, path)
+    print(json.dumps(result if show is None else show, indent=1))

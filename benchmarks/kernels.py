@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import machine_info
+from _machine import machine_info, write_result
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -227,9 +227,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "smoke": args.smoke, "machine": machine_info(), "summary": summarise(rows),
               "rows": rows}
     out = args.out or RESULTS / f"kernels-{device_slug(name)}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result["summary"], indent=1))
+    write_result(out, result, show=result["summary"])
     return result
 
 

@@ -18,7 +18,6 @@ Target (issue 7): >= 90% of predictions within +-10%.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -29,7 +28,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import machine_info
+from _machine import machine_info, write_result
 
 from prunetune.kernels import DeviceMeasurer, LatencyPredictor, LatencyTable
 from prunetune.trainers import build_model
@@ -162,9 +161,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "models": models,
     }
     out = args.out or RESULTS / "latency_table-cpu.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result["overall"], indent=1))
+    write_result(out, result, show=result["overall"])
     return result
 
 

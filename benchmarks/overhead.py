@@ -15,7 +15,6 @@ Writes benchmarks/results/overhead.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ray  # noqa: E402
 import yaml  # noqa: E402
-from _machine import machine_info  # noqa: E402
+from _machine import machine_info, write_result  # noqa: E402
 from ray import tune  # noqa: E402
 
 from prunetune.orchestrator.config import load_config  # noqa: E402
@@ -100,9 +99,7 @@ def main() -> None:
         "targets": {"overhead_s_per_trial": 0.5, "scaling": 1.8},
         "machine": machine_info(),
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "overhead.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(RESULTS / "overhead.json", result)
 
 
 if __name__ == "__main__":

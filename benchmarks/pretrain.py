@@ -8,13 +8,12 @@ Writes benchmarks/results/pretrain.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import machine_info  # noqa: E402
+from _machine import machine_info, write_result  # noqa: E402
 
 from prunetune.orchestrator.config import load_config  # noqa: E402
 from prunetune.trainers import pretrain_dense  # noqa: E402
@@ -48,9 +47,7 @@ def main() -> None:
         "config": args.config,
         "machine": machine_info(),
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "pretrain.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(RESULTS / "pretrain.json", result)
 
 
 if __name__ == "__main__":

@@ -291,7 +291,8 @@ def promote(search: str, model_name: str, *, tracking_uri: str, experiment: str 
         policy = Policy.from_json(_artifact_text(client, chosen.run_id, "policy.json",
                                                  f"trial {chosen.trial_id}"))
     except PolicyError as err:
-        raise PromotionError(f"the policy of trial {chosen.trial_id} does not load: {err}") from None
+        raise PromotionError(f"the policy of trial {chosen.trial_id} does not load: "
+                             f"{err}") from None
     if progress:
         print(f"[promote] search {name}: trial {chosen.trial_id} chosen by '{how}' (accuracy "
               f"{chosen.get('accuracy'):.4f}, speedup {chosen.get('speedup'):.2f}x)", flush=True)
