@@ -1,9 +1,16 @@
-"""Search efficiency: BOCR (BO with clustering and roll-back) against random search, the
-uniform-ratio baseline and plain BO, on real pruning.
+"""Search efficiency: BOCR (BO with clustering and roll-back) and the RL searcher against
+random search, the uniform-ratio baseline and plain BO, on real pruning.
 
     python benchmarks/search_efficiency.py [--seeds 0 1 2 3 4] [--trials 200]
         [--methods random,uniform,bo-full,bo-clustered,bo-rollback] [--val-subset 500]
         [--threads 1] [--report]
+    python benchmarks/search_efficiency.py --seeds 0 1 2 --methods rl,rl-transfer,rl-transfer-budget
+
+RL methods: `rl` (AMC's DDPG from scratch), `rl-transfer` (warm-started from an RL search on
+ResNet-20, same recipe) and `rl-transfer-budget` (from an RL search on this ResNet-56 at a 70%
+FLOPs budget). The source searches run once (seed 100, 200 episodes) and are kept in --work.
+The summary's "transfer" compares, per seed, the episodes each needs to reach 99% of plain
+RL's best reward.
 
 Objective (as AMC and BOCR): ResNet-56 pretrained on Fashion-MNIST, channel pruning under a
 50% FLOPs budget (every decoded policy meets it), reward = validation accuracy of the pruned
@@ -26,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import sys
@@ -66,10 +74,17 @@ PRETRAIN_DATA = DataConfig(name="fashion-mnist", train_subset=12000, val_subset=
 # Warm-up matters: without it ResNet-56 at lr 0.1 was still at 20% after an epoch.
 PRETRAIN_TRAIN = TrainConfig(epochs=3, lr=0.05, warmup_epochs=0.3)
 BUDGET = Budget(kind="flops", keep=0.5)
-# BOCR's schedule here: roll back on a stall of 15 trials, and at the latest at 60 / 120
-# finished trials; k groups ("auto") -> bridge grouping -> one dimension per unit.
-ROLLBACK = {"stall": 15, "at": [60, 120], "stages": ["bridge", "full"], "top_n": 5,
-            "min_trials": 10}
+# The clustered space's groups. The silhouette's choice ("auto") is 2 here (the 3 residual
+# units vs the 27 block-inner ones), a subspace too coarse to hold good policies: a first run
+# with it is kept in search_efficiency_auto_groups.json.
+CLUSTER_GROUPS = 6
+# BOCR's schedule here: roll back on a stall of 15 BO trials (at least 15 per stage), and at
+# the latest at 40 / 80 finished trials; 6 groups -> bridge grouping (13) -> one dimension
+# per unit (30). The box keeps a margin of 0.25 around the best 5 points: with 0.1 (and
+# roll-backs at 60 / 120) the final stage was boxed in near the coarse optimum and ended
+# below plain BO (0.644 vs 0.699 over 2 seeds).
+ROLLBACK = {"stall": 15, "at": [40, 80], "stages": ["bridge", "full"], "top_n": 5,
+            "margin": 0.25, "min_trials": 15}
 
 
 @dataclass(frozen=True)
@@ -77,9 +92,18 @@ class Method:
     """A benchmarked search method: searcher name, the space's grouping and options."""
 
     searcher: str
-    grouping: str  # "full": one dimension per unit; "clustered": the space's "auto" groups
+    grouping: str  # "full": one dimension per unit; "clustered": CLUSTER_GROUPS groups
     options: dict[str, Any] = field(default_factory=dict)
 
+
+# The RL searcher's transfer sources: an RL search of SOURCE_TRIALS episodes (seed
+# SOURCE_SEED) on another model or budget, run once and kept in --work. "resnet20": the same
+# recipe on ResNet-20 (another model); "resnet56-keep0.7": this model at a 70% FLOPs budget.
+SOURCES: dict[str, tuple[str, Budget]] = {
+    "resnet20": ("resnet20", BUDGET),
+    "resnet56-keep0.7": ("resnet56", Budget(kind="flops", keep=0.7)),
+}
+SOURCE_TRIALS, SOURCE_SEED = 200, 100
 
 METHODS: dict[str, Method] = {
     "random": Method("random", "full"),
@@ -87,7 +111,13 @@ METHODS: dict[str, Method] = {
     "bo-full": Method("bo", "full", {"rollback": False}),
     "bo-clustered": Method("bo", "clustered", {"rollback": False}),
     "bo-rollback": Method("bo", "clustered", {"rollback": ROLLBACK}),
+    "rl": Method("rl", "full"),
+    # "source:NAME" is replaced by the path of that source search's saved state
+    "rl-transfer": Method("rl", "full", {"warm_start": "source:resnet20"}),
+    "rl-transfer-budget": Method("rl", "full", {"warm_start": "source:resnet56-keep0.7"}),
 }
+DEFAULT_METHODS = ("random", "uniform", "bo-full", "bo-clustered", "bo-rollback")
+RL_METHODS = ("rl", "rl-transfer", "rl-transfer-budget")
 
 
 class Objective:
@@ -97,8 +127,10 @@ class Objective:
     trained on) is held as one normalised `N x 1 x 28 x 28` tensor; rewards of identical
     policies are cached (BO may propose a point twice once the box is narrow)."""
 
-    def __init__(self, val_subset: int, *, bn_calib: int = 256, cache_size: int = 4096) -> None:
-        pre = pretrain_dense(PRETRAIN_MODEL, PRETRAIN_DATA, PRETRAIN_TRAIN)
+    def __init__(self, val_subset: int, *, bn_calib: int = 256, cache_size: int = 4096,
+                 model: ModelConfig = PRETRAIN_MODEL) -> None:
+        self.model = model
+        pre = pretrain_dense(model, PRETRAIN_DATA, PRETRAIN_TRAIN)
         self.pretrain_metrics = pre.metrics
         self.dense = pre.model.eval()
         data = load_data(PRETRAIN_DATA.model_copy(update={"val_subset": val_subset}))
@@ -140,7 +172,7 @@ class Objective:
         return correct / len(self.labels)
 
     def space(self, grouping: str, budget: Budget | None = BUDGET) -> PruningSpace:
-        n_groups = None if grouping == "full" else "auto"
+        n_groups = None if grouping == "full" else CLUSTER_GROUPS
         return PruningSpace(None, budget=budget, n_groups=n_groups, analysis=self.analysis)
 
     def __call__(self, policy_json: str) -> float:
@@ -165,7 +197,7 @@ class Objective:
     def describe(self) -> dict[str, Any]:
         clustered = self.space("clustered")
         return {
-            "model": PRETRAIN_MODEL.name, "dataset": PRETRAIN_DATA.name,
+            "model": self.model.name, "dataset": PRETRAIN_DATA.name,
             "pretrain": {"data": PRETRAIN_DATA.model_dump(), "train": PRETRAIN_TRAIN.model_dump(),
                          "metrics": self.pretrain_metrics},
             "dense_val_accuracy": self.dense_accuracy,
@@ -210,12 +242,19 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def method_config(method: str) -> dict[str, Any]:
+    """What defines a method's runs; a run made with another definition is redone."""
+    m = METHODS[method]
+    return {"searcher": m.searcher, "grouping": m.grouping, "options": m.options,
+            "groups": None if m.grouping == "full" else CLUSTER_GROUPS}
+
+
 def _finished(out: Path, method: str, seed: int, trials: int) -> bool:
     if not out.is_file():
         return False
     runs = json.loads(out.read_text())["runs"]
     return any(r["method"] == method and r["seed"] == seed and len(r["rewards"]) >= trials
-               for r in runs)
+               and r.get("config") == method_config(method) for r in runs)
 
 
 def _update(out: Path, objective: dict[str, Any] | None, run: dict[str, Any] | None,
@@ -235,28 +274,70 @@ def _update(out: Path, objective: dict[str, Any] | None, run: dict[str, Any] | N
                     raise SystemExit(f"{out} holds runs of another objective ({old}); this one "
                                      f"is {new}. Use --out for a new file, or the same "
                                      "--val-subset.")
-            else:
-                results["objective"] = objective
+            results["objective"] = objective  # same objective: refresh methods, machine
         if run is not None:
             results["runs"] = [r for r in results["runs"]
                                if not (r["method"] == run["method"]
                                        and r["seed"] == run["seed"])] + [run]
-        results["summary"] = summarise(results["runs"], trials)
+        # Runs of an earlier definition of a method wait here until they are redone.
+        current = [r for r in results["runs"] if r["method"] not in METHODS
+                   or r.get("config") == method_config(r["method"])]
+        results["summary"] = summarise(current, trials)
         _write_json(out, results)
         if results["objective"] is not None:
-            plot(results["runs"], trials, results["objective"], out.with_suffix(".png"))
+            plot(current, trials, results["objective"], out.with_suffix(".png"))
     return results
+
+
+def source_search(name: str, obj: Objective, work: Path) -> tuple[Path, dict[str, Any]]:
+    """The saved state of transfer source `name` (see SOURCES), searched once and kept in
+    `work`; and a record of it (model, budget, rewards)."""
+    model_name, budget = SOURCES[name]
+    path = work / "sources" / f"rl-{name}-seed{SOURCE_SEED}-t{SOURCE_TRIALS}.json"
+    record_path = path.with_suffix(".record.json")
+    if path.is_file() and record_path.is_file():
+        return path, json.loads(record_path.read_text())
+    src = obj if model_name == obj.model.name else Objective(
+        obj.val_subset, bn_calib=0 if obj.calib is None else len(obj.calib),
+        model=ModelConfig(name=model_name))
+    searcher = make_searcher("rl", space=src.space("full", budget=budget), metric="accuracy",
+                             mode="max", seed=SOURCE_SEED)
+    print(f"transfer source {name}: RL on {model_name} at {budget.keep:.0%} {budget.kind}, "
+          f"{SOURCE_TRIALS} episodes", flush=True)
+    rewards = []
+    for i in range(SOURCE_TRIALS):
+        cfg = searcher.suggest(f"source-{i}")
+        rewards.append(src(cfg["policy"]))
+        searcher.on_trial_complete(f"source-{i}", {"accuracy": rewards[-1], "final": True})
+        if (i + 1) % 20 == 0:
+            print(f"  source {name}: {i + 1}/{SOURCE_TRIALS} best {max(rewards):.4f}", flush=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    searcher.save(str(path))
+    record = {"name": name, "model": model_name, "budget": budget.to_dict(),
+              "seed": SOURCE_SEED, "dense_val_accuracy": src.dense_accuracy,
+              "rewards": rewards}
+    _write_json(record_path, record)
+    return path, record
 
 
 def run_one(obj: Objective, method: str, seed: int, trials: int, work: Path,
             checkpoint_every: int = 5) -> dict[str, Any]:
     """One (method, seed) search of `trials` trials, resumed from `work` if checkpointed."""
     m = METHODS[method]
+    options, source = dict(m.options), None
+    if str(options.get("warm_start", "")).startswith("source:"):
+        path, source = source_search(options["warm_start"].split(":", 1)[1], obj, work)
+        options["warm_start"] = str(path)
     searcher = make_searcher(m.searcher, space=obj.space(m.grouping), metric="accuracy",
-                             mode="max", seed=seed, options=m.options)
-    part = work / f"{method}-seed{seed}.json"
-    run: dict[str, Any] = {"method": method, "seed": seed, "rewards": [], "suggest_s": [],
-                           "suggest_cpu_s": [], "dim": [], "stage": [], "wall_s": 0.0}
+                             mode="max", seed=seed, options=options)
+    config = method_config(method)
+    tag = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
+    part = work / f"{method}-{tag}-seed{seed}.json"
+    run: dict[str, Any] = {"method": method, "seed": seed, "config": config, "rewards": [],
+                           "suggest_s": [], "suggest_cpu_s": [], "dim": [], "stage": [],
+                           "wall_s": 0.0}
+    if source is not None:
+        run["source"] = source
     if part.is_file():
         saved = json.loads(part.read_text())
         searcher.set_state(saved.pop("searcher"))
@@ -345,6 +426,14 @@ def summarise(runs: list[dict[str, Any]], trials: int) -> dict[str, Any]:
     if "bo-rollback" in ms and "bo-full" in ms:
         targets["rollback_final_best_ge_bo_full_mean"] = bool(
             ms["bo-rollback"]["final_best_mean"] >= ms["bo-full"]["final_best_mean"])
+    for method in RL_METHODS[1:]:
+        if method in by and "rl" in by:
+            out.setdefault("transfer", {})[method] = transfer_speedup(by["rl"], by[method],
+                                                                      trials)
+    if out.get("transfer"):
+        targets["transfer_episodes_to_99pct_ge_1_5x_fewer"] = {
+            m: t["speedup"] is not None and t["speedup"] >= 1.5
+            for m, t in out["transfer"].items()}
     bo = [m for m in ms if m.startswith("bo-")]
     if bo:
         times = np.concatenate([np.asarray(r["suggest_s"][:trials]) for m in bo
@@ -360,6 +449,26 @@ def summarise(runs: list[dict[str, Any]], trials: int) -> dict[str, Any]:
             targets["bo_suggest_cpu_s_p95"] = float(np.percentile(cpu, 95))
     out["targets"] = targets
     return out
+
+
+def transfer_speedup(plain: dict[int, dict], transfer: dict[int, dict],
+                     trials: int) -> dict[str, Any]:
+    """Episodes to reach 99% of plain RL's best reward (its own, same seed), without and with
+    transfer; a run that never reaches it counts `trials`. Speedup: ratio of the means."""
+    def reach(run: dict, target: float) -> int:
+        hit = np.nonzero(_best_so_far(run["rewards"][:trials]) >= target)[0]
+        return int(hit[0]) + 1 if len(hit) else trials
+
+    rows = []
+    for seed in sorted(set(plain) & set(transfer)):
+        target = 0.99 * max(plain[seed]["rewards"][:trials])
+        rows.append({"seed": seed, "target": target, "rl": reach(plain[seed], target),
+                     "transfer": reach(transfer[seed], target)})
+    if not rows:
+        return {"seeds": [], "speedup": None}
+    rl, tr = np.mean([r["rl"] for r in rows]), np.mean([r["transfer"] for r in rows])
+    return {"seeds": rows, "rl_mean": float(rl), "transfer_mean": float(tr),
+            "speedup": float(rl / tr)}
 
 
 def plot(runs: list[dict[str, Any]], trials: int, objective: dict[str, Any],
@@ -439,7 +548,9 @@ def pareto_check(obj: Objective, trials: int, seed: int, out: Path) -> dict[str,
                    "uniform_accuracy": ref,
                    "dominates": bool(ok and ref is not None and max(ok) > ref)})
     result = {"objective": "accuracy (no fine-tuning) vs flops_ratio, no budget",
-              "trials": trials, "seed": seed, "uniform": uniform, "front": front,
+              "trials": trials, "seed": seed, "groups": CLUSTER_GROUPS, "rollback": ROLLBACK,
+              "bn_calib": 0 if obj.calib is None else len(obj.calib),
+              "val_subset": obj.val_subset, "uniform": uniform, "front": front,
               "runs": trials_out, "suggest_s": suggest_s, "budgets": at,
               "dominated_budget_points": sum(a["dominates"] for a in at),
               "target_met": sum(a["dominates"] for a in at) >= 3}
@@ -483,8 +594,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--trials", type=int, default=200)
-    parser.add_argument("--methods", default=",".join(METHODS),
-                        help=f"comma-separated, from {', '.join(METHODS)}")
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                        help=f"comma-separated, from {', '.join(METHODS)} (the RL ones: "
+                             f"{','.join(RL_METHODS)})")
     parser.add_argument("--val-subset", type=int, default=500,
                         help="validation images the reward is measured on")
     parser.add_argument("--bn-calib", type=int, default=256,

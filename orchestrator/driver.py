@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -108,6 +110,50 @@ def _latest_experiment(storage: Path) -> str | None:
     return max(candidates, key=lambda p: p.stat().st_mtime).name if candidates else None
 
 
+SEARCHER_ARTIFACT = "searcher/state.json"
+
+
+def _log_searcher_state(tracker: Any, parent: str, experiment_dir: Path) -> None:
+    """Keep the searcher's final state (Tune saved it with the experiment) with the search in
+    MLflow, so a later search can warm-start from it by name (the RL searcher's transfer)."""
+    states = sorted(experiment_dir.glob("searcher-state-*"), key=lambda p: p.stat().st_mtime)
+    if not states:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "state.json"
+        shutil.copyfile(states[-1], path)
+        tracker.client.log_artifact(parent, str(path), artifact_path="searcher")
+
+
+def _resolve_warm_start(cfg: PrunetuneConfig, workdir: Path,
+                        tracking_uri: str) -> dict[str, Any]:
+    """Searcher options with `warm_start` as a file: a path is kept, a search name is looked
+    up in MLflow and its saved searcher state downloaded."""
+    options = dict(cfg.search.searcher_options)
+    ref = options.get("warm_start")
+    if ref is None or Path(str(ref)).expanduser().exists():
+        return options
+    from mlflow import MlflowClient
+
+    from .results import SearchNotFoundError, find_search
+
+    client = MlflowClient(tracking_uri)
+    try:
+        parent = find_search(client, cfg.tracking.experiment, str(ref))
+    except SearchNotFoundError as err:
+        raise SearchError(f"searcher_options.warm_start {ref!r} is neither a file nor a search "
+                          f"in {tracking_uri}: {err}") from err
+    dest = workdir / "warm_start" / parent.info.run_id
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        options["warm_start"] = client.download_artifacts(parent.info.run_id, SEARCHER_ARTIFACT,
+                                                          str(dest))
+    except Exception as err:  # MLflow raises several types for a missing artifact
+        raise SearchError(f"search {ref!r} has no saved searcher state ({SEARCHER_ARTIFACT}): "
+                          f"it ran before searcher states were kept, or did not finish") from err
+    return options
+
+
 def run_search(cfg: PrunetuneConfig, *, resume: bool = False,
                progress: bool = True) -> SearchSummary:
     """Run (or resume) a search as a Ray Tune experiment tracked in MLflow."""
@@ -133,6 +179,8 @@ def run_search(cfg: PrunetuneConfig, *, resume: bool = False,
                               "--resume to continue it or choose another name")
     workdir = cfg.workdir_path()
     workdir.mkdir(parents=True, exist_ok=True)
+    # Before any training: a bad warm_start should fail in seconds, not after pretraining.
+    options = {} if resume else _resolve_warm_start(cfg, workdir, cfg.tracking_uri())
 
     dense = pretrain_dense(cfg.model, cfg.data, cfg.pretrain, cache_dir=cfg.cache_dir,
                            progress=progress)
@@ -171,7 +219,7 @@ def run_search(cfg: PrunetuneConfig, *, resume: bool = False,
                                    resume_unfinished=True, resume_errored=True)
     else:
         searcher = make_searcher(cfg.search.searcher, space=space, metric="accuracy",
-                                 mode="max", seed=cfg.seed, options=cfg.search.searcher_options)
+                                 mode="max", seed=cfg.seed, options=options)
         scheduler = None
         if cfg.search.scheduler.kind == "asha":
             scheduler = ASHAScheduler(time_attr="training_iteration",
@@ -197,7 +245,9 @@ def run_search(cfg: PrunetuneConfig, *, resume: bool = False,
     # the same parent run by its tags either way.
     finals = [r.metrics for r in grid if r.metrics and r.metrics.get("final")]
     best = max(finals, key=lambda m: m["accuracy"]) if finals else None
-    summary = SearchSummary(name=name, parent_run_id=tracker.start_search(),
+    parent = tracker.start_search()
+    _log_searcher_state(tracker, parent, storage / name)
+    summary = SearchSummary(name=name, parent_run_id=parent,
                             tracking_uri=tracking_uri, experiment=cfg.tracking.experiment,
                             trials_finished=len(finals), trials_planned=cfg.search.trials,
                             best=best, storage_dir=storage / name)

@@ -274,13 +274,47 @@ class PruningSpace:
         s, tmpl = self._state(x)
         return self._policy(s, tmpl)
 
-    def cost(self, x: Any) -> dict[str, float]:
-        """Analytic effective FLOPs / params (and their share of dense) of a vector's policy."""
-        s, tmpl = self._state(x)
+    def cost(self, x: Any, *, project: bool = True) -> dict[str, float]:
+        """Analytic effective FLOPs / params (and their share of dense) of a vector's policy;
+        `project=False`: of the vector as it is, before the budget projection."""
+        if project:
+            s, tmpl = self._state(x)
+        else:
+            arr = self._vector(x)
+            s, tmpl = arr[:self.k], self._schemes_for(arr[self.k:])
         flops, params = self._costs(self._ratios(s[self._group_of], tmpl), tmpl)
         cm = self.analysis.cost_model
         return {"flops": flops, "params": params, "flops_share": flops / cm.dense_flops,
                 "params_share": params / cm.dense_params}
+
+    def action_floor(self, x: Any, i: int) -> float:
+        """AMC's action wall for ratio dimension `i` (< k): the least value it may take so that
+        the budget can still be met once the dimensions after it take their upper bounds
+        (`x[:i]` and the scheme dimensions as given, `x[i:k]` ignored). The bound's lower end
+        without a budget; its upper end when even that does not meet the budget."""
+        if not 0 <= i < self.k:
+            raise ValueError(f"i must be a ratio dimension in [0, {self.k}), got {i}")
+        arr = self._vector(x)
+        tmpl = self._schemes_for(arr[self.k:])
+        lo_b, hi_b = self._bounds[0, :self.k], self._bounds[1, :self.k]
+        s = arr[:self.k].copy()
+        s[i + 1:] = hi_b[i + 1:]
+        limit = self.limit
+        g = self._group_of
+
+        def fits(v: float) -> bool:
+            s[i] = v
+            return self._cost(self._ratios(s[g], tmpl), tmpl) <= limit
+
+        if limit is None or fits(lo_b[i]):
+            return float(lo_b[i])
+        if not fits(hi_b[i]):
+            return float(hi_b[i])
+        lo, hi = float(lo_b[i]), float(hi_b[i])
+        for _ in range(30):  # 2**-30 of the range: finer than one channel
+            mid = 0.5 * (lo + hi)
+            lo, hi = (lo, mid) if fits(mid) else (mid, hi)
+        return hi
 
     def _check_feasible(self) -> None:
         if self.limit is None:

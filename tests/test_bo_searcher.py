@@ -74,8 +74,8 @@ def test_concurrent_suggestions_differ_and_use_pending(space: PruningSpace,
 
 
 def test_rollback_keeps_every_observation(space: PruningSpace) -> None:
-    s = _bo(space, n_init=20, rollback={"stall": None, "at": [6], "stages": ["full"],
-                                        "min_trials": 3, "top_n": 3})
+    s = _bo(space, n_init=3, rollback={"stall": None, "at": [6], "stages": ["full"],
+                                       "min_trials": 3, "top_n": 3})
     _run(s, 5)
     live = s.suggest("live")  # stays live across the roll-back
     _run(s, 1, start=5)
@@ -98,9 +98,9 @@ def test_rollback_keeps_every_observation(space: PruningSpace) -> None:
 
 
 def test_stall_triggers_bridge_then_full(space: PruningSpace) -> None:
-    s = _bo(space, n_init=50, rollback={"stall": 3, "min_trials": 3})
+    s = _bo(space, n_init=2, rollback={"stall": 3, "min_trials": 3})
     dims = []
-    for i in range(12):
+    for i in range(10):
         dims.append(s.suggest(f"t{i}")["dim"])
         s.on_trial_complete(f"t{i}", {"accuracy": 0.5, "final": True})  # never improves
     k, units = len(space.groups), len(space.units)
@@ -111,7 +111,7 @@ def test_stall_triggers_bridge_then_full(space: PruningSpace) -> None:
 
 def test_save_restore_after_rollback_resumes_identically(space: PruningSpace,
                                                          tmp_path: Path) -> None:
-    opts = {"rollback": {"stall": None, "at": [5], "stages": ["bridge"], "min_trials": 3}}
+    opts = {"rollback": {"stall": None, "at": [5], "stages": ["bridge"], "min_trials": 1}}
     s = _bo(space, seed=3, **opts)
     _run(s, 6)
     assert s.stage == 1

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+
 from prunetune.orchestrator.cli_cluster import main
 from prunetune.orchestrator.jobs import jobs_client
 from prunetune.orchestrator.results import find_search, search_trials

@@ -12,6 +12,7 @@ import pytest
 import ray
 import ray.autoscaler
 import yaml
+
 from prunetune.orchestrator.config import PrunetuneConfig
 
 CLUSTERS = Path(__file__).resolve().parents[1] / "clusters"

@@ -19,6 +19,7 @@ import torch
 import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+
 from prunetune.orchestrator.cli_cluster import main
 from prunetune.orchestrator.jobs import server_command, server_env, wait_for_http
 from prunetune.orchestrator.registry import (
@@ -151,6 +152,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def searched(server: str, tmp_path_factory: pytest.TempPathFactory) -> dict:
     import ray
+
     from prunetune.orchestrator.config import PrunetuneConfig
     from prunetune.orchestrator.driver import run_search
 

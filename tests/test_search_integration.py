@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from prunetune.orchestrator.cli import main
 from prunetune.orchestrator.config import load_config
-from prunetune.orchestrator.driver import run_search
+from prunetune.orchestrator.driver import SearchError, run_search
 from prunetune.orchestrator.results import find_search, search_trials
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,6 +105,36 @@ def test_asha_stopped_trials_are_not_final(local_ray, tmp_path: Path) -> None:
     assert {t for t, o in obs.items() if o["status"] == "stopped"} == stopped
     assert all(obs[t]["value"] is None for t in stopped)
     assert {t for t, o in obs.items() if o["status"] == "final"} == finished
+
+
+def test_rl_search_warm_starts_from_an_earlier_search_by_name(local_ray,
+                                                               tmp_path: Path) -> None:
+    source = load_config(_write_config(
+        tmp_path, "it-rl-source", finetune={"epochs": 0},
+        search={"searcher": "rl", "trials": 4, "searcher_options": {"warmup": 1}}))
+    run_search(source, progress=False)
+    client = MlflowClient(source.tracking_uri())
+    parent = find_search(client, "prunetune", "it-rl-source")
+    saved = json.loads(Path(client.download_artifacts(
+        parent.info.run_id, "searcher/state.json", str(tmp_path / "dl"))).read_text())
+    assert saved["searcher"] == "RLSearcher"
+    assert len(saved["algorithm"]["history"]) == 4  # every episode learned from
+
+    target = load_config(_write_config(
+        tmp_path, "it-rl-target", finetune={"epochs": 0},
+        search={"searcher": "rl", "trials": 2,
+                "searcher_options": {"warm_start": "it-rl-source"}}))
+    summary = run_search(target, progress=False)
+    assert summary.trials_finished == 2
+    state = json.loads(next(summary.storage_dir.glob("searcher-state-*")).read_text())
+    assert state["algorithm"]["warm_started"]
+    assert len(state["algorithm"]["source_history"]) == 4
+
+    bad = load_config(_write_config(
+        tmp_path, "it-rl-bad", search={"searcher": "rl", "trials": 1,
+                                       "searcher_options": {"warm_start": "no-such-search"}}))
+    with pytest.raises(SearchError, match="neither a file nor a search"):
+        run_search(bad, progress=False)
 
 
 def _finished_children(uri: str, name: str) -> int:

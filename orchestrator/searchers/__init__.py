@@ -15,6 +15,7 @@ SEARCHERS: dict[str, str] = {
     "random": "prunetune.orchestrator.searchers._random:RandomSearcher",
     "uniform": "prunetune.orchestrator.searchers._random:UniformSearcher",
     "bo": "prunetune.orchestrator.searchers._bo:BOSearcher",
+    "rl": "prunetune.orchestrator.searchers._rl:RLSearcher",
 }
 
 

@@ -65,20 +65,23 @@ _DENSE_KEYS: dict[str, str] = {"latency_ms": "dense_latency_ms"}
 class RollbackSchedule:
     """When and how BOCR rolls back to a finer grouping.
 
-    A roll-back happens when the current stage has at least `min_trials` finished trials and
-    either the last `stall` finished trials brought no improvement (a stall; `None` disables)
-    or the search has `at[stage]` finished trials in all (scheduled; `()` disables).
+    A roll-back happens when the current stage has at least `min_trials` finished trials (the
+    first stage counting from the end of the initial design) and either the last `stall`
+    finished trials brought no improvement (a stall; `None` disables) or the search has
+    `at[stage]` finished trials in all (scheduled; `()` disables).
     `stages` lists the groupings to roll back to, in order: an int is a number of groups,
     `"bridge"` the geometric mean of the current dimension and the number of units, `"full"`
-    one dimension per unit. `top_n`: the box is narrowed to the range of the best `top_n`
-    policies.
+    one dimension per unit. `top_n`, `margin`: the box is narrowed to the range of the best
+    `top_n` policies, widened by `margin` on each side (a wider margin leaves BO room to leave
+    the coarse stage's optimum, which matters when the coarse grouping was too coarse).
     """
 
     stall: int | None = 20
     at: tuple[int, ...] = ()
     stages: tuple[int | str, ...] = ("bridge", "full")
     top_n: int = 5
-    min_trials: int = 10
+    margin: float = 0.1
+    min_trials: int = 20
 
     def __post_init__(self) -> None:
         for stage in self.stages:
@@ -89,6 +92,8 @@ class RollbackSchedule:
             raise SearcherError(f"rollback.stall must be >= 1 or None, got {self.stall}")
         if self.top_n < 1:
             raise SearcherError(f"rollback.top_n must be >= 1, got {self.top_n}")
+        if not 0.0 <= self.margin <= 1.0:
+            raise SearcherError(f"rollback.margin must be in [0, 1], got {self.margin}")
         if list(self.at) != sorted(self.at):
             raise SearcherError(f"rollback.at must be increasing trial counts, got {self.at}")
         if self.stall is None and not self.at:
@@ -379,7 +384,9 @@ class BOSearcher(PolicySearcher):
         rb = self.rollback
         if rb is None or self.stage >= len(rb.stages):
             return False
-        since = self._rollbacks[-1]["n_final"] if self._rollbacks else 0
+        # A stage starts after the last roll-back, or after the initial design: a stall is
+        # counted over BO's own proposals, never over the Sobol points.
+        since = self._rollbacks[-1]["n_final"] if self._rollbacks else self.n_init
         in_stage = len(Y) - since
         if in_stage < rb.min_trials:
             return False
@@ -431,6 +438,7 @@ class BOSearcher(PolicySearcher):
         record = {"n_final": len(tids), "n_groups": self._target_groups(
                       self.rollback.stages[self.stage]),
                   "top_n": min(self.rollback.top_n, len(tids)),
+                  "margin": self.rollback.margin,
                   "X": np.vstack([X, live]).tolist(),
                   "y": np.concatenate([score, np.full(len(live), score.min() - 1.0)]).tolist()}
         new_space, X_new = self._refine(self.space, record)
@@ -446,7 +454,8 @@ class BOSearcher(PolicySearcher):
         re-expressed in it (`n x d'`, each decoding to the same policy as before)."""
         new_space, X_new = space.refine(np.asarray(record["X"], dtype=float),
                                         np.asarray(record["y"], dtype=float),
-                                        n_groups=record["n_groups"], top_n=record["top_n"])
+                                        n_groups=record["n_groups"], top_n=record["top_n"],
+                                        margin=record["margin"])
         return new_space, np.asarray(X_new, dtype=float).reshape(-1, new_space.dim)
 
     # -- persistence ------------------------------------------------------------------------

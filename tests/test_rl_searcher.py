@@ -1,0 +1,146 @@
+"""The RL searcher: budget-meeting episodes, learning, save / restore, transfer, GNN state."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from prunetune.orchestrator.searchers import SearcherError, make_searcher
+from prunetune.orchestrator.searchers._rl import RLSearcher, load_searcher_state
+from prunetune.search_spaces import Budget, Policy, PruningSpace, count_cost
+from prunetune.trainers import build_model
+
+KEEP = 0.5
+
+
+@pytest.fixture(scope="module")
+def model() -> torch.nn.Module:
+    return build_model("resnet20", num_classes=10, in_channels=1)
+
+
+@pytest.fixture(scope="module")
+def space(model: torch.nn.Module) -> PruningSpace:
+    return PruningSpace(model, torch.zeros(1, 1, 8, 8), schemes=("channel",),
+                        budget=Budget(kind="flops", keep=KEEP), seed=0)
+
+
+def _rl(space: PruningSpace, seed: int = 0, **options: object) -> RLSearcher:
+    s = make_searcher("rl", space=space, metric="accuracy", mode="max", seed=seed,
+                      options={"warmup": 3, **options})
+    assert isinstance(s, RLSearcher)
+    return s
+
+
+def _reward(x: list[float]) -> float:
+    """A smooth stand-in for accuracy: prune the early units, keep the late ones."""
+    x = np.asarray(x)
+    w = np.linspace(1.0, -1.0, len(x))
+    return float(0.5 + 0.1 * np.tanh(w @ x))
+
+
+def _run(s: RLSearcher, n: int, start: int = 0) -> list[float]:
+    rewards = []
+    for i in range(start, start + n):
+        cfg = s.suggest(f"t{i}")
+        r = _reward(cfg["x"])
+        s.on_trial_complete(f"t{i}", {"accuracy": r, "final": True})
+        rewards.append(r)
+    return rewards
+
+
+@pytest.mark.parametrize("gnn", [False, True])
+def test_every_episode_meets_the_budget_without_projection(space: PruningSpace,
+                                                           model: torch.nn.Module,
+                                                           gnn: bool) -> None:
+    s = _rl(space, gnn=gnn)
+    cfgs = [s.suggest(f"t{i}") for i in range(4)]  # warm-up (random) episodes
+    for i, c in enumerate(cfgs):
+        s.on_trial_complete(f"t{i}", {"accuracy": _reward(c["x"]), "final": True})
+    cfgs += [s.suggest(f"u{i}") for i in range(4)]  # the actor's, with exploration noise
+    limit = KEEP * space.analysis.dense_flops
+    example = torch.zeros(1, 1, 8, 8)
+    for c in cfgs:
+        # The action wall alone keeps the raw point within budget: the space's projection
+        # has nothing left to do.
+        assert space.cost(c["x"], project=False)["flops"] <= limit * (1 + 1e-9)
+        assert space.decode(c["x"]).to_json() == c["policy"]
+    # and the pruned model, counted on the real module, meets it too
+    from prunetune.search_spaces import apply_policy
+    pruned = apply_policy(model, Policy.from_json(cfgs[-1]["policy"]), example)
+    assert count_cost(pruned, example).effective_flops <= limit * 1.001
+
+
+@pytest.mark.parametrize("gnn", [False, True])
+def test_learns_and_beats_its_warmup(space: PruningSpace, gnn: bool) -> None:
+    s = _rl(space, seed=1, gnn=gnn, warmup=10, delta_decay=0.9)
+    rewards = _run(s, 50)
+    assert s.agent.buffer.size == 50 * space.k
+    assert np.mean(rewards[-10:]) > np.mean(rewards[:10])
+
+
+def test_save_restore_resumes_identically_after_learning(space: PruningSpace,
+                                                         tmp_path: Path) -> None:
+    s = _rl(space, seed=2, gnn=True)
+    _run(s, 6)
+    s.suggest("live")
+    s.save(str(tmp_path / "rl.json"))
+    nxt = s.suggest("next")
+    s.on_trial_complete("next", {"accuracy": 0.6, "final": True})
+    after = s.suggest("after")
+
+    fresh = _rl(space, seed=99, gnn=True)
+    fresh.restore(str(tmp_path / "rl.json"))
+    assert fresh.suggest("next") == nxt
+    fresh.on_trial_complete("next", {"accuracy": 0.6, "final": True})
+    assert fresh.suggest("after") == after  # the same learning step was taken
+    assert "live" in fresh._walks
+
+
+def test_transfer_from_another_model_and_budget(space: PruningSpace, tmp_path: Path) -> None:
+    small = build_model("resnet20", num_classes=10, in_channels=1)
+    source_space = PruningSpace(small, torch.zeros(1, 1, 8, 8), schemes=("channel",),
+                                budget=Budget(kind="flops", keep=0.7), n_groups=5, seed=0)
+    src = _rl(source_space, seed=3)
+    _run(src, 15)
+    src.save(str(tmp_path / "src.json"))
+
+    t = _rl(space, seed=4, warm_start=str(tmp_path / "src.json"))
+    assert t.warm_started and t.screen == 4
+    assert t.agent.buffer.size == src.agent.buffer.size  # source experience joined
+    assert len(t.source_history) == 15
+    # Transferred weights: the target's first actor action equals the source's on a state
+    for a, b in zip(t.agent.actor.parameters(), src.agent.actor.parameters(), strict=True):
+        assert torch.equal(a, b)
+    _run(t, 3)  # no warm-up: the actor (screened by the assistant) acts at once
+    assert t._assistant is not None
+    # A folder of saved states (a Tune experiment folder) works too
+    (tmp_path / "exp").mkdir()
+    src.save(str(tmp_path / "exp" / "searcher-state-2026.pkl"))
+    assert load_searcher_state(tmp_path / "exp")["searcher"] == "RLSearcher"
+
+
+def test_bad_warm_start_and_options(space: PruningSpace, tmp_path: Path) -> None:
+    rnd = make_searcher("random", space=space, metric="accuracy", mode="max", seed=0)
+    rnd.save(str(tmp_path / "random.json"))
+    with pytest.raises(SearcherError, match="warm_start needs the state of an RLSearcher"):
+        _rl(space, warm_start=str(tmp_path / "random.json"))
+    src = _rl(space, gnn=True)
+    src.save(str(tmp_path / "gnn.json"))
+    with pytest.raises(SearcherError, match="same gnn setting"):
+        _rl(space, warm_start=str(tmp_path / "gnn.json"))
+    with pytest.raises(SearcherError, match="no searcher-state"):
+        _rl(space, warm_start=str(tmp_path))
+    with pytest.raises(SearcherError, match="reward must be one of"):
+        _rl(space, reward="speed")
+
+
+def test_failed_trials_leave_nothing_behind(space: PruningSpace) -> None:
+    s = _rl(space)
+    s.suggest("a")
+    s.suggest("b")
+    s.on_trial_complete("a", None, error=True)
+    s.on_trial_complete("b", {"accuracy": 0.9, "final": False})
+    assert s._walks == {} and s.agent.buffer.size == 0
