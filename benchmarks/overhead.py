@@ -8,6 +8,9 @@
 2. Trials per hour of real prune-finetune trials (the demo's: ResNet-20 on a 12k Fashion-MNIST
    subset, one fine-tuning epoch) with 1 vs 2 concurrent trials on this machine (1 CPU and 1
    thread per trial).
+3. The hardware ceiling: the same training arithmetic in 1 process, then 2 at once, without
+   Ray or MLflow: what scaling this machine allows at all (shared-host VMs often lose
+   10-20% per core when both are busy).
 
 Writes benchmarks/results/overhead.json.
 """
@@ -19,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ray  # noqa: E402
@@ -81,11 +85,61 @@ def real_throughput(n: int, concurrent: int, workdir: Path) -> dict:
             "trials_per_hour": 3600 * summary.trials_finished / wall}
 
 
+def _train_steps(steps: int, start: Any, out: Any) -> None:
+    """One process: `steps` SGD steps of ResNet-20 on 128 Fashion-MNIST-sized images, one
+    thread: the arithmetic of a trial's fine-tuning, without Ray, MLflow or data loading."""
+    import torch
+
+    torch.set_num_threads(1)
+    model = build_model("resnet20", num_classes=10, in_channels=1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(128, 1, 28, 28), torch.randint(0, 10, (128,))
+    torch.nn.functional.cross_entropy(model(x), y).backward()  # warm-up
+    start.wait()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    out.put(time.perf_counter() - t0)
+
+
+def hardware_ceiling(steps: int) -> dict:
+    """The scaling this machine allows at all: the same training arithmetic in 1 process,
+    then in 2 processes at once (each on its own core, nothing else shared)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    times = {}
+    for n in (1, 2):
+        start, out = ctx.Event(), ctx.Queue()
+        procs = [ctx.Process(target=_train_steps, args=(steps, start, out)) for _ in range(n)]
+        for p in procs:
+            p.start()
+        time.sleep(5)  # every process has built its model and warmed up
+        start.set()
+        times[n] = [out.get() for _ in procs]
+        for p in procs:
+            p.join()
+    return {"steps": steps, "one_process_s": times[1][0], "two_processes_s": times[2],
+            "scaling": 2 * times[1][0] / max(times[2])}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--trivial-trials", type=int, default=40)
     parser.add_argument("--real-trials", type=int, default=16)
+    parser.add_argument("--ceiling-steps", type=int, default=300)
+    parser.add_argument("--ceiling-only", action="store_true",
+                        help="only (re)measure the hardware ceiling into overhead.json")
     args = parser.parse_args()
+    if args.ceiling_only:
+        import json
+
+        result = json.loads((RESULTS / "overhead.json").read_text())
+        result["hardware_ceiling"] = hardware_ceiling(args.ceiling_steps)
+        write_result(RESULTS / "overhead.json", result)
+        return
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -96,6 +150,7 @@ def main() -> None:
         "overhead": overhead,
         "throughput": {"concurrent_1": one, "concurrent_2": two,
                        "scaling": two["trials_per_hour"] / one["trials_per_hour"]},
+        "hardware_ceiling": hardware_ceiling(args.ceiling_steps),
         "targets": {"overhead_s_per_trial": 0.5, "scaling": 1.8},
         "machine": machine_info(),
     }
