@@ -78,13 +78,17 @@ BUDGET = Budget(kind="flops", keep=0.5)
 # units vs the 27 block-inner ones), a subspace too coarse to hold good policies: a first run
 # with it is kept in search_efficiency_auto_groups.json.
 CLUSTER_GROUPS = 6
-# BOCR's schedule here: roll back on a stall of 15 BO trials (at least 15 per stage), and at
-# the latest at 40 / 80 finished trials; 6 groups -> bridge grouping (13) -> one dimension
-# per unit (30). The box keeps a margin of 0.25 around the best 5 points: with 0.1 (and
-# roll-backs at 60 / 120) the final stage was boxed in near the coarse optimum and ended
-# below plain BO (0.644 vs 0.699 over 2 seeds).
-ROLLBACK = {"stall": 15, "at": [40, 80], "stages": ["bridge", "full"], "top_n": 5,
-            "margin": 0.25, "min_trials": 15}
+# BOCR's schedule here: roll back on a stall of 10 BO trials (at least 10 per stage), and at
+# the latest at 30 / 60 finished trials; 6 groups -> bridge grouping (13) -> one dimension
+# per unit (30). The box keeps a margin of 0.5 around the best 5 points. History (both runs
+# kept in the results as their own methods): margin 0.1 with roll-backs at 60 / 120 ended at
+# 0.644 (2 seeds), and "bo-rollback-narrow" (margin 0.25, 40 / 80, stall 15) at 0.656: each
+# boxed the final stage in near the coarse stages' optimum, below plain BO's 0.699, while
+# the final stage was still improving.
+ROLLBACK = {"stall": 10, "at": [30, 60], "stages": ["bridge", "full"], "top_n": 5,
+            "margin": 0.5, "min_trials": 10}
+ROLLBACK_NARROW = {"stall": 15, "at": [40, 80], "stages": ["bridge", "full"], "top_n": 5,
+                   "margin": 0.25, "min_trials": 15}
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,10 @@ SOURCES: dict[str, tuple[str, Budget]] = {
     "resnet56-keep0.7": ("resnet56", Budget(kind="flops", keep=0.7)),
 }
 SOURCE_TRIALS, SOURCE_SEED = 200, 100
+# The RL searcher's settings, written out so a change of its defaults makes a new method
+# definition (and new runs) rather than silently mixing runs of two agents.
+RL_OPTIONS = {"discount": 0.0, "min_delta": 0.05, "warmup": 20, "init_delta": 0.5,
+              "delta_decay": 0.95, "transfer_delta": 0.2, "gnn": False}
 
 METHODS: dict[str, Method] = {
     "random": Method("random", "full"),
@@ -111,10 +119,12 @@ METHODS: dict[str, Method] = {
     "bo-full": Method("bo", "full", {"rollback": False}),
     "bo-clustered": Method("bo", "clustered", {"rollback": False}),
     "bo-rollback": Method("bo", "clustered", {"rollback": ROLLBACK}),
-    "rl": Method("rl", "full"),
+    "bo-rollback-narrow": Method("bo", "clustered", {"rollback": ROLLBACK_NARROW}),
+    "rl": Method("rl", "full", RL_OPTIONS),
     # "source:NAME" is replaced by the path of that source search's saved state
-    "rl-transfer": Method("rl", "full", {"warm_start": "source:resnet20"}),
-    "rl-transfer-budget": Method("rl", "full", {"warm_start": "source:resnet56-keep0.7"}),
+    "rl-transfer": Method("rl", "full", {**RL_OPTIONS, "warm_start": "source:resnet20"}),
+    "rl-transfer-budget": Method("rl", "full", {**RL_OPTIONS,
+                                                "warm_start": "source:resnet56-keep0.7"}),
 }
 DEFAULT_METHODS = ("random", "uniform", "bo-full", "bo-clustered", "bo-rollback")
 RL_METHODS = ("rl", "rl-transfer", "rl-transfer-budget")
@@ -293,7 +303,8 @@ def source_search(name: str, obj: Objective, work: Path) -> tuple[Path, dict[str
     """The saved state of transfer source `name` (see SOURCES), searched once and kept in
     `work`; and a record of it (model, budget, rewards)."""
     model_name, budget = SOURCES[name]
-    path = work / "sources" / f"rl-{name}-seed{SOURCE_SEED}-t{SOURCE_TRIALS}.json"
+    tag = hashlib.sha256(json.dumps(RL_OPTIONS, sort_keys=True).encode()).hexdigest()[:8]
+    path = work / "sources" / f"rl-{name}-{tag}-seed{SOURCE_SEED}-t{SOURCE_TRIALS}.json"
     record_path = path.with_suffix(".record.json")
     if path.is_file() and record_path.is_file():
         return path, json.loads(record_path.read_text())
@@ -301,7 +312,7 @@ def source_search(name: str, obj: Objective, work: Path) -> tuple[Path, dict[str
         obj.val_subset, bn_calib=0 if obj.calib is None else len(obj.calib),
         model=ModelConfig(name=model_name))
     searcher = make_searcher("rl", space=src.space("full", budget=budget), metric="accuracy",
-                             mode="max", seed=SOURCE_SEED)
+                             mode="max", seed=SOURCE_SEED, options=RL_OPTIONS)
     print(f"transfer source {name}: RL on {model_name} at {budget.keep:.0%} {budget.kind}, "
           f"{SOURCE_TRIALS} episodes", flush=True)
     rewards = []
@@ -313,7 +324,7 @@ def source_search(name: str, obj: Objective, work: Path) -> tuple[Path, dict[str
             print(f"  source {name}: {i + 1}/{SOURCE_TRIALS} best {max(rewards):.4f}", flush=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     searcher.save(str(path))
-    record = {"name": name, "model": model_name, "budget": budget.to_dict(),
+    record = {"name": name, "model": model_name, "budget": budget.to_dict(), "options": RL_OPTIONS,
               "seed": SOURCE_SEED, "dense_val_accuracy": src.dense_accuracy,
               "rewards": rewards}
     _write_json(record_path, record)

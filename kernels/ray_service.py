@@ -62,7 +62,13 @@ def latency_service(table_path: str | None = None, *, device: str = "cpu",
     beside training trials). Needs `ray.init()` (or a Ray Tune run) first.
     """
     import ray  # lazily: kernels must not depend on Ray
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     actor = ray.remote(max_concurrency=1)(LatencyService)
-    return actor.options(name=f"{name}-{device}", get_if_exists=True,
-                         num_gpus=num_gpus).remote(table_path, device, repeats)
+    # Outside any placement group: a Tune trial that creates the actor must not have it
+    # counted against (and blocked by) the trial's own reserved resources. No CPU reserved:
+    # the actor only measures while the per-device lock is held.
+    return actor.options(name=f"{name}-{device}", get_if_exists=True, num_cpus=0,
+                         num_gpus=num_gpus,
+                         scheduling_strategy=PlacementGroupSchedulingStrategy(
+                             placement_group=None)).remote(table_path, device, repeats)

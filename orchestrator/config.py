@@ -83,6 +83,13 @@ class SearchConfig(_Section):
     trial_threads: int | None = Field(None, ge=1)
     # Latency measurement repeats per model (median taken).
     latency_repeats: int = Field(20, ge=3)
+    # How trials get latency_ms / speedup: "measured" times each whole model; "table"
+    # predicts it from a latency table of layer entries (measured once per layer shape, by
+    # one shared Ray actor per device, so measurements never overlap) plus a residual.
+    latency: Literal["measured", "table"] = "measured"
+    # The table's file for latency "table" (grown and saved by the search); None:
+    # <workdir>/latency_table.json.
+    latency_table: str | None = None
 
 
 class RayConfig(_Section):

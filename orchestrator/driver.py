@@ -113,6 +113,13 @@ def _latest_experiment(storage: Path) -> str | None:
 SEARCHER_ARTIFACT = "searcher/state.json"
 
 
+def _latency_table_path(cfg: PrunetuneConfig, workdir: Path) -> str | None:
+    if cfg.search.latency != "table":
+        return None
+    path = Path(cfg.search.latency_table or workdir / "latency_table.json").expanduser()
+    return str(path.resolve())
+
+
 def _log_searcher_state(tracker: Any, parent: str, experiment_dir: Path) -> None:
     """Keep the searcher's final state (Tune saved it with the experiment) with the search in
     MLflow, so a later search can warm-start from it by name (the RL searcher's transfer)."""
@@ -198,7 +205,8 @@ def run_search(cfg: PrunetuneConfig, *, resume: bool = False,
     threads = cfg.search.trial_threads or max(1, math.ceil(cfg.search.cpus_per_trial))
     setup = TrialSetup(dense_checkpoint=dense.checkpoint, data=cfg.data, finetune=cfg.finetune,
                        dense_val_accuracy=dense_val.accuracy, threads=threads,
-                       latency_repeats=cfg.search.latency_repeats)
+                       latency_repeats=cfg.search.latency_repeats,
+                       latency_table=_latency_table_path(cfg, workdir))
     resources = {"cpu": cfg.search.cpus_per_trial, "gpu": cfg.search.gpus_per_trial}
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), resources)
 

@@ -137,6 +137,26 @@ def test_rl_search_warm_starts_from_an_earlier_search_by_name(local_ray,
         run_search(bad, progress=False)
 
 
+def test_trials_take_latency_from_the_shared_latency_table(local_ray, tmp_path: Path) -> None:
+    table = tmp_path / "cpu-table.json"
+    cfg = load_config(_write_config(
+        tmp_path, "it-latency-table", finetune={"epochs": 0},
+        search={"trials": 3, "latency": "table", "latency_table": str(table)}))
+    summary = run_search(cfg, progress=False)
+    assert summary.trials_finished == 3
+    client = MlflowClient(cfg.tracking_uri())
+    trials = search_trials(client, find_search(client, "prunetune", "it-latency-table"))
+    dense = {t.metrics["dense_latency_ms"] for t in trials}
+    assert len(dense) == 1  # one dense prediction, shared by every trial through the table
+    dense_ms = dense.pop()
+    for t in trials:
+        assert t.metrics["latency_ms"] > 0
+        assert t.metrics["speedup"] == pytest.approx(dense_ms / t.metrics["latency_ms"])
+    table_file = json.loads(table.read_text())
+    assert table_file["format"] == "prunetune-latency-table"
+    assert table_file["entries"]  # the layer entries measured are kept for the next search
+
+
 def _finished_children(uri: str, name: str) -> int:
     try:
         client = MlflowClient(uri)

@@ -34,6 +34,9 @@ class TrialSetup:
     threads: int = 1
     latency_repeats: int = 20
     latency_batch: int = 1
+    # A latency table file: predict latency from it (via the shared per-device Ray actor when
+    # Ray runs) instead of timing whole models.
+    latency_table: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -77,8 +80,13 @@ def evaluate_policy(policy_json: str, setup: TrialSetup, *, report: Any = None,
     # Timed on the trial's own device, dense and pruned alike, so the speedup compares like
     # with like wherever the trial landed.
     batch = torch.zeros(setup.latency_batch, *shape)
-    dense_ms = model_latency_ms(dense, batch, device=str(device), repeats=setup.latency_repeats)
-    pruned_ms = model_latency_ms(pruned, batch, device=str(device), repeats=setup.latency_repeats)
+    if setup.latency_table is not None:
+        dense_ms, pruned_ms = _table_latency_ms(setup, dense, pruned, batch, str(device))
+    else:
+        dense_ms = model_latency_ms(dense, batch, device=str(device),
+                                    repeats=setup.latency_repeats)
+        pruned_ms = model_latency_ms(pruned, batch, device=str(device),
+                                     repeats=setup.latency_repeats)
     final = {
         "accuracy": val.accuracy,
         "val_loss": val.loss,
@@ -99,6 +107,28 @@ def evaluate_policy(policy_json: str, setup: TrialSetup, *, report: Any = None,
     if report is not None:
         report(final)
     return final
+
+
+def _table_latency_ms(setup: TrialSetup, dense: torch.nn.Module, pruned: torch.nn.Module,
+                      batch: torch.Tensor, device: str) -> tuple[float, float]:
+    """(dense, pruned) latency predicted from the search's latency table. Under Ray, one named
+    actor per device owns the table and measures missing entries one at a time; the table is
+    saved (merged into its file) after every trial."""
+    import ray
+
+    from prunetune.kernels.ray_service import LatencyService, latency_service
+
+    if ray.is_initialized():
+        svc = latency_service(setup.latency_table, device=device,
+                              repeats=setup.latency_repeats)
+        dense_ms = ray.get(svc.predict_ms.remote(dense, dense, batch))
+        pruned_ms = ray.get(svc.predict_ms.remote(pruned, dense, batch))
+        ray.get(svc.save.remote())
+        return dense_ms, pruned_ms
+    local = LatencyService(setup.latency_table, device=device, repeats=setup.latency_repeats)
+    out = local.predict_ms(dense, dense, batch), local.predict_ms(pruned, dense, batch)
+    local.save()
+    return out
 
 
 def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:

@@ -165,12 +165,12 @@ class DDPGAgent:
 
     AMC's reward assignment: every step of an episode gets the episode's reward minus a
     moving-average baseline, and the critic's target is `r + discount * (1 - done) * Q'(s',
-    mu'(s'))` with the target networks.
+    mu'(s'))` with the target networks (`discount=0`: the reward alone).
     """
 
     def __init__(self, *, state_dim: int, graph_dim: int, seed: int, hidden: int = 64,
                  gnn: bool = False, lr_actor: float = 1e-3, lr_critic: float = 2e-3,
-                 tau: float = 0.02, discount: float = 1.0, batch_size: int = 64,
+                 tau: float = 0.02, discount: float = 0.0, batch_size: int = 64,
                  buffer_size: int = 4000) -> None:
         torch.manual_seed(seed)  # the networks' initial weights follow the searcher's seed
         self.state_dim, self.graph_dim, self.gnn = state_dim, graph_dim, gnn
