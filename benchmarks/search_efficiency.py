@@ -125,9 +125,13 @@ METHODS: dict[str, Method] = {
     "rl-transfer": Method("rl", "full", {**RL_OPTIONS, "warm_start": "source:resnet20"}),
     "rl-transfer-budget": Method("rl", "full", {**RL_OPTIONS,
                                                 "warm_start": "source:resnet56-keep0.7"}),
+    # Transfer that explores as much as a fresh agent (sigma from 0.5, not 0.2): the
+    # transferred actor is only the starting mean.
+    "rl-transfer-explore": Method("rl", "full", {**RL_OPTIONS, "transfer_delta": 0.5,
+                                                 "warm_start": "source:resnet20"}),
 }
 DEFAULT_METHODS = ("random", "uniform", "bo-full", "bo-clustered", "bo-rollback")
-RL_METHODS = ("rl", "rl-transfer", "rl-transfer-budget")
+RL_METHODS = ("rl", "rl-transfer", "rl-transfer-budget", "rl-transfer-explore")
 
 
 class Objective:
