@@ -7,8 +7,9 @@ random search, the uniform-ratio baseline and plain BO, on real pruning.
     python benchmarks/search_efficiency.py --seeds 0 1 2 --methods rl,rl-transfer,rl-transfer-budget
 
 RL methods: `rl` (AMC's DDPG from scratch), `rl-transfer` (warm-started from an RL search on
-ResNet-20, same recipe) and `rl-transfer-budget` (from an RL search on this ResNet-56 at a 70%
-FLOPs budget). The source searches run once (seed 100, 200 episodes) and are kept in --work.
+ResNet-20, same recipe), `rl-transfer-budget` (from an RL search on this ResNet-56 at a 70%
+FLOPs budget), and `rl-transfer-explore` (from ResNet-20, exploring like a fresh agent). The
+source searches run once (seed 100, 200 episodes) and are kept in --work.
 The summary's "transfer" compares, per seed, the episodes each needs to reach 99% of plain
 RL's best reward.
 
