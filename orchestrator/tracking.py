@@ -73,6 +73,7 @@ class MLflowTracker(Callback):
         self.maximize, self.minimize = maximize, minimize
         self.parent_run_id: str | None = None
         self._children: dict[str, str] = {}  # trial id -> run id
+        self._finished: set[str] = set()  # trial ids whose final result is logged
         self._client: MlflowClient | None = None
 
     # The client holds connections; a restored Tuner unpickles this callback without it.
@@ -100,11 +101,7 @@ class MLflowTracker(Callback):
         if found:
             self.parent_run_id = found[0].info.run_id
             self.client.update_run(self.parent_run_id, status="RUNNING")
-            children = self.client.search_runs(
-                [exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_run_id}'",
-                max_results=10000)
-            self._children = {r.data.tags[TAG_TRIAL]: r.info.run_id for r in children
-                              if TAG_TRIAL in r.data.tags}
+            self._sync_children()
             return self.parent_run_id
         run = self.client.create_run(exp_id, run_name=self.search_name,
                                      tags={TAG_ROLE: "search", TAG_SEARCH: self.search_name})
@@ -118,8 +115,29 @@ class MLflowTracker(Callback):
                                                for k, v in self.dense_metrics.items()})
         return self.parent_run_id
 
+    def _sync_children(self) -> None:
+        """Re-read the child runs (and which trials finished) from MLflow: a resumed search's
+        callback was pickled at Tune's last checkpoint and may have missed the last results."""
+        exp_id = self.client.get_run(self.parent_run_id).info.experiment_id
+        children = self.client.search_runs(
+            [exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_run_id}'",
+            max_results=10000)
+        self._children = {r.data.tags[TAG_TRIAL]: r.info.run_id for r in children
+                          if TAG_TRIAL in r.data.tags}
+        self._finished = {r.data.tags[TAG_TRIAL] for r in children
+                          if r.data.tags.get(TAG_STATUS) == "finished"}
+
     def setup(self, **info: Any) -> None:
-        self.start_search()
+        if self.parent_run_id is None:
+            self.start_search()
+        else:  # a resumed search
+            self._sync_children()
+
+    def _done_before(self, trial: Any) -> bool:
+        """The trial's final result is already in MLflow. Tune re-runs a trial whose result
+        arrived just before an interruption but after its last checkpoint; MLflow keeps the
+        first completion, so each trial has exactly one final result."""
+        return trial.trial_id in self._finished
 
     # -- child runs ---------------------------------------------------------------------------
     def _child(self, trial: Any) -> str:
@@ -154,12 +172,16 @@ class MLflowTracker(Callback):
             self.client.log_batch(run_id, metrics=batch)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if self._done_before(trial):
+            return
         run_id = self._child(trial)
         self.client.update_run(run_id, status="RUNNING")
         self.client.set_tag(run_id, TAG_STATUS, "running")
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
+        if self._done_before(trial):
+            return
         run_id = self._child(trial)
         node = result.get("node_ip") or result.get("hostname")
         tags = [RunTag(TAG_STATUS, "running")]
@@ -176,14 +198,20 @@ class MLflowTracker(Callback):
                               tags=tags)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if self._done_before(trial):
+            return
         run_id = self._child(trial)
         final = bool((trial.last_result or {}).get("final"))
+        if final:
+            self._finished.add(trial.trial_id)
         # A trial that completes without its final report was stopped by the scheduler.
         status = "finished" if final else "stopped"
         self.client.set_tag(run_id, TAG_STATUS, status)
         self.client.set_terminated(run_id, status="FINISHED" if final else "KILLED")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if self._done_before(trial):
+            return
         run_id = self._child(trial)
         self.client.set_tag(run_id, TAG_STATUS, "error")
         error_file = getattr(trial, "error_file", None) or ""

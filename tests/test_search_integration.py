@@ -157,6 +157,40 @@ def test_trials_take_latency_from_the_shared_latency_table(local_ray, tmp_path: 
     assert table_file["entries"]  # the layer entries measured are kept for the next search
 
 
+def test_tracker_keeps_the_first_final_result_of_a_rerun_trial(tmp_path: Path) -> None:
+    """Tune re-runs a trial whose final result arrived after its last checkpoint; the resumed
+    search's tracker must not log a second final result into the trial's MLflow run."""
+    from types import SimpleNamespace
+
+    from prunetune.orchestrator.tracking import MLflowTracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    def tracker() -> MLflowTracker:
+        return MLflowTracker(tracking_uri=uri, experiment="prunetune", search_name="rerun",
+                             config={}, space_description={}, dense_metrics={},
+                             artifact_root=(tmp_path / "art").as_uri())
+
+    trial = SimpleNamespace(trial_id="t0", config={}, error_file=None,
+                            last_result={"accuracy": 0.8, "final": True})
+    first = tracker()
+    first.setup()
+    first.on_trial_start(0, [], trial)
+    first.on_trial_result(0, [], trial, {"accuracy": 0.8, "final": True, "epoch": 1})
+    first.on_trial_complete(0, [], trial)
+
+    resumed = tracker()  # a new process: it finds the parent and the finished child
+    resumed.setup()
+    trial.last_result = {"accuracy": 0.7, "final": True}
+    resumed.on_trial_start(0, [], trial)
+    resumed.on_trial_result(0, [], trial, {"accuracy": 0.7, "final": True, "epoch": 1})
+    resumed.on_trial_complete(0, [], trial)
+    client = MlflowClient(uri)
+    history = client.get_metric_history(first._children["t0"], "accuracy")
+    assert [m.value for m in history] == [0.8]
+    assert client.get_run(first._children["t0"]).info.status == "FINISHED"
+
+
 def _finished_children(uri: str, name: str) -> int:
     try:
         client = MlflowClient(uri)
