@@ -136,7 +136,7 @@ class MLflowTracker(Callback):
     def _done_before(self, trial: Any) -> bool:
         """The trial's final result is already in MLflow. Tune re-runs a trial whose result
         arrived just before an interruption but after its last checkpoint; MLflow keeps the
-        first completion, so each trial has exactly one final result."""
+        first final result, so each trial has exactly one."""
         return trial.trial_id in self._finished
 
     # -- child runs ---------------------------------------------------------------------------
@@ -190,20 +190,21 @@ class MLflowTracker(Callback):
         if result.get("node_id"):
             tags.append(RunTag("node_id", str(result["node_id"])))
         step = int(result.get("epoch", result.get("training_iteration", 0)) or 0)
-        keys = _FINAL_METRICS if result.get("final") else _EPOCH_METRICS
+        final = bool(result.get("final"))
+        keys = _FINAL_METRICS if final else _EPOCH_METRICS
         metrics = {k: result[k] for k in keys if k in result}
+        if final:  # marked at once: an interruption may come before on_trial_complete
+            tags[0] = RunTag(TAG_STATUS, "finished")
         ts = int(time.time() * 1000)
         self.client.log_batch(run_id, metrics=[Metric(k, float(v), ts, step)
                                                for k, v in metrics.items() if _finite(v)],
                               tags=tags)
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        if self._done_before(trial):
-            return
-        run_id = self._child(trial)
-        final = bool((trial.last_result or {}).get("final"))
         if final:
             self._finished.add(trial.trial_id)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        run_id = self._child(trial)
+        final = self._done_before(trial) or bool((trial.last_result or {}).get("final"))
         # A trial that completes without its final report was stopped by the scheduler.
         status = "finished" if final else "stopped"
         self.client.set_tag(run_id, TAG_STATUS, status)
