@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -126,10 +124,7 @@ def _log_searcher_state(tracker: Any, parent: str, experiment_dir: Path) -> None
     states = sorted(experiment_dir.glob("searcher-state-*"), key=lambda p: p.stat().st_mtime)
     if not states:
         return
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "state.json"
-        shutil.copyfile(states[-1], path)
-        tracker.client.log_artifact(parent, str(path), artifact_path="searcher")
+    tracker.client.log_text(parent, states[-1].read_text(), SEARCHER_ARTIFACT)
 
 
 def _resolve_warm_start(cfg: PrunetuneConfig, workdir: Path,

@@ -20,7 +20,7 @@ policies; the returned bounds narrow the box to the range of the best points.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,15 @@ from .schemes import SCHEMES, nm_from_ratio
 __all__ = ["Budget", "BudgetError", "PruningSpace"]
 
 _BISECT_STEPS = 48  # t is found to 2**-48: far below one channel of any unit
+
+
+def _least_fitting(fits: Callable[[float], bool], lo: float, hi: float, steps: int) -> float:
+    """Bisection for the least value in (lo, hi] that fits, when `fits` is monotone (false
+    below some point, true above), `fits(hi)` holds and `fits(lo)` does not."""
+    for _ in range(steps):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (lo, mid) if fits(mid) else (mid, hi)
+    return hi
 
 
 class BudgetError(ValueError):
@@ -243,14 +252,9 @@ class PruningSpace:
             return s
         if self._cost(self._ratios(np.ones(len(g)), tmpl), tmpl) > limit:
             raise BudgetError(self._budget_message(tmpl))
-        lo, hi = 0.0, 1.0
-        for _ in range(_BISECT_STEPS):
-            mid = 0.5 * (lo + hi)
-            if self._cost(self._ratios((s + mid * (1.0 - s))[g], tmpl), tmpl) <= limit:
-                hi = mid
-            else:
-                lo = mid
-        return s + hi * (1.0 - s)
+        t = _least_fitting(lambda t: self._cost(self._ratios((s + t * (1.0 - s))[g], tmpl),
+                                                tmpl) <= limit, 0.0, 1.0, _BISECT_STEPS)
+        return s + t * (1.0 - s)
 
     def _state(self, x: Any) -> tuple[np.ndarray, list[UnitPolicy]]:
         """(projected group positions (k,), template per unit) of a vector."""
@@ -310,11 +314,8 @@ class PruningSpace:
             return float(lo_b[i])
         if not fits(hi_b[i]):
             return float(hi_b[i])
-        lo, hi = float(lo_b[i]), float(hi_b[i])
-        for _ in range(30):  # 2**-30 of the range: finer than one channel
-            mid = 0.5 * (lo + hi)
-            lo, hi = (lo, mid) if fits(mid) else (mid, hi)
-        return hi
+        # 2**-30 of the range: finer than one channel
+        return _least_fitting(fits, float(lo_b[i]), float(hi_b[i]), 30)
 
     def _check_feasible(self) -> None:
         if self.limit is None:

@@ -172,7 +172,6 @@ class DDPGAgent:
                  gnn: bool = False, lr_actor: float = 1e-3, lr_critic: float = 2e-3,
                  tau: float = 0.02, discount: float = 0.0, batch_size: int = 64,
                  buffer_size: int = 4000) -> None:
-        torch.manual_seed(seed)  # the networks' initial weights follow the searcher's seed
         self.state_dim, self.graph_dim, self.gnn = state_dim, graph_dim, gnn
         self.tau, self.discount, self.batch_size = tau, discount, batch_size
         feat = graph_dim // 3
@@ -180,10 +179,14 @@ class DDPGAgent:
         def enc() -> GraphEncoder | None:
             return GraphEncoder(feat) if gnn else None
 
-        self.actor, self.critic = _Actor(state_dim, hidden, enc()), _Critic(state_dim, hidden,
-                                                                            enc())
-        self.actor_target = _Actor(state_dim, hidden, enc())
-        self.critic_target = _Critic(state_dim, hidden, enc())
+        # The networks' initial weights follow the searcher's seed, without reseeding the
+        # process's own generator (the driver's, or a test's).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.actor = _Actor(state_dim, hidden, enc())
+            self.critic = _Critic(state_dim, hidden, enc())
+            self.actor_target = _Actor(state_dim, hidden, enc())
+            self.critic_target = _Critic(state_dim, hidden, enc())
         self.actor_target.load_state_dict(self.actor.state_dict())
         self.critic_target.load_state_dict(self.critic.state_dict())
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=lr_actor)
