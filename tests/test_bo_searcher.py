@@ -109,6 +109,24 @@ def test_stall_triggers_bridge_then_full(space: PruningSpace) -> None:
     assert s.stage == 2
 
 
+def test_margin_per_stage_narrows_the_bridge_and_frees_the_full_stage(
+        space: PruningSpace) -> None:
+    s = _bo(space, n_init=3, rollback={"stall": None, "at": [6, 9], "min_trials": 3, "top_n": 2,
+                                       "margin": [0.0, 1.0]})
+    _run(s, 6)
+    s.suggest("bridge")
+    assert s.stage == 1 and len(space.groups) < s.space.dim < len(space.units)
+    lo, hi = (np.asarray(b) for b in s.space.bounds)
+    assert np.any(hi - lo < 1.0)  # margin 0: the range of the best 2 points
+    s.on_trial_complete("bridge", {"accuracy": 0.5, "final": True})
+    _run(s, 2, start=6)
+    s.suggest("full")
+    assert s.stage == 2 and s.space.dim == len(space.units)
+    lo, hi = (np.asarray(b) for b in s.space.bounds)
+    assert np.all(lo == 0.0) and np.all(hi == 1.0)  # margin 1: the whole box again
+    assert s.finished()[0].shape == (9, len(space.units))
+
+
 def test_save_restore_after_rollback_resumes_identically(space: PruningSpace,
                                                          tmp_path: Path) -> None:
     opts = {"rollback": {"stall": None, "at": [5], "stages": ["bridge"], "min_trials": 1}}
@@ -162,6 +180,8 @@ def test_scheme_search_columns_are_snapped(analysis: Any) -> None:
     ({"rollback": {"stages": ["coarse"]}}, "rollback.stages"),
     ({"rollback": {"stall": None, "at": []}}, "rollback needs a trigger"),
     ({"rollback": {"nope": 1}}, r"unknown rollback option\(s\) \['nope'\]"),
+    ({"rollback": {"margin": [0.1]}}, r"one number or one per stage \(2: \['bridge', 'full'\]\)"),
+    ({"rollback": {"margin": 1.5}}, r"rollback.margin must be in \[0, 1\]"),
     ({"objectives": ["latency_ms", "accuracy"]}, "objectives must start with"),
     ({"objectives": ["accuracy", "mystery"]}, "no default direction"),
     ({"gp": {"iters": 3}}, r"unknown gp option\(s\)"),

@@ -74,13 +74,15 @@ class RollbackSchedule:
     one dimension per unit. `top_n`, `margin`: the box is narrowed to the range of the best
     `top_n` policies, widened by `margin` on each side (a wider margin leaves BO room to leave
     the coarse stage's optimum, which matters when the coarse grouping was too coarse).
+    `margin` is one number for every roll-back or one per entry of `stages` (for example
+    narrow for the bridge stage and 1.0, the whole box, for the full one).
     """
 
     stall: int | None = 20
     at: tuple[int, ...] = ()
     stages: tuple[int | str, ...] = ("bridge", "full")
     top_n: int = 5
-    margin: float = 0.1
+    margin: float | tuple[float, ...] = 0.1
     min_trials: int = 20
 
     def __post_init__(self) -> None:
@@ -92,14 +94,25 @@ class RollbackSchedule:
             raise SearcherError(f"rollback.stall must be >= 1 or None, got {self.stall}")
         if self.top_n < 1:
             raise SearcherError(f"rollback.top_n must be >= 1, got {self.top_n}")
-        if not 0.0 <= self.margin <= 1.0:
-            raise SearcherError(f"rollback.margin must be in [0, 1], got {self.margin}")
+        margins = self.margin if isinstance(self.margin, tuple) else (self.margin,)
+        if isinstance(self.margin, tuple) and len(margins) != len(self.stages):
+            raise SearcherError(f"rollback.margin must be one number or one per stage "
+                                f"({len(self.stages)}: {list(self.stages)}), got "
+                                f"{list(self.margin)}")
+        if any(isinstance(m, bool) or not isinstance(m, (int, float)) or not 0.0 <= m <= 1.0
+               for m in margins):
+            raise SearcherError(f"rollback.margin must be in [0, 1] (one number or one per "
+                                f"stage), got {self.margin!r}")
         if list(self.at) != sorted(self.at):
             raise SearcherError(f"rollback.at must be increasing trial counts, got {self.at}")
         if self.stall is None and not self.at:
             raise SearcherError("rollback needs a trigger: set rollback.stall (trials without "
                                 "improvement) and/or rollback.at (trial counts), or disable "
                                 "roll-back with rollback: false")
+
+    def margin_at(self, stage: int) -> float:
+        """The margin of the roll-back into `stages[stage]`."""
+        return float(self.margin[stage] if isinstance(self.margin, tuple) else self.margin)
 
 
 def _settings(cls: type, value: Any, name: str) -> Any:
@@ -438,7 +451,7 @@ class BOSearcher(PolicySearcher):
         record = {"n_final": len(tids), "n_groups": self._target_groups(
                       self.rollback.stages[self.stage]),
                   "top_n": min(self.rollback.top_n, len(tids)),
-                  "margin": self.rollback.margin,
+                  "margin": self.rollback.margin_at(self.stage),
                   "X": np.vstack([X, live]).tolist(),
                   "y": np.concatenate([score, np.full(len(live), score.min() - 1.0)]).tolist()}
         new_space, X_new = self._refine(self.space, record)
