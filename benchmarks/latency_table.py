@@ -11,7 +11,9 @@ see the same machine load. Both the median-based and the min-based predictions a
 against the measured median / min, and the predicted speedup over the dense model against the
 speedup measured with the dense model timed right next to each pruned one (immune to the
 machine's load drifting during the run). Timing: one thread, thread CPU clock, batch 1 by
-default. Writes `benchmarks/results/latency_table-cpu.json`.
+default. The linear latency model a latency budget uses (`LatencyPredictor.linear_terms`) is
+scored too, against the min-based table prediction and the measured minimum. Writes
+`benchmarks/results/latency_table-cpu.json`.
 Target (issue 7): >= 90% of predictions within +-10%.
 """
 
@@ -55,11 +57,15 @@ def repeat_errors(rows: list[dict[str, Any]]) -> list[float]:
 
 
 def make_space(model: torch.nn.Module, x: torch.Tensor, schemes: tuple[str, ...], seed: int,
-               ) -> Any:
-    """A PruningSpace for CPU without a budget (policies spread over the whole ratio range)."""
-    from prunetune.search_spaces import PruningSpace
+               predictor: LatencyPredictor) -> Any:
+    """A PruningSpace for CPU without a budget (policies spread over the whole ratio range),
+    with the linear latency model a latency budget would use (`cost(x)["latency_ms"]`)."""
+    from prunetune.search_spaces import LatencyWeights, PruningSpace, analyze
 
-    return PruningSpace(model, x, schemes=schemes, budget=None, seed=seed, device="cpu")
+    analysis = analyze(model, x)
+    weights = LatencyWeights.from_layers(analysis.cost_model, *predictor.linear_terms(model))
+    return PruningSpace(None, schemes=schemes, budget=None, seed=seed, device="cpu",
+                        analysis=analysis, latency=weights)
 
 
 def run_model(name: str, args: argparse.Namespace, measurer: DeviceMeasurer,
@@ -75,10 +81,11 @@ def run_model(name: str, args: argparse.Namespace, measurer: DeviceMeasurer,
                                          repeats=args.repeats, statistic=stat)
                   for stat in ("median", "min")}
     dense_predicted = predictors["median"].predict(dense).total_ms
-    space = make_space(dense, x, tuple(args.schemes), args.seed)
+    space = make_space(dense, x, tuple(args.schemes), args.seed, predictors["min"])
     rows = []
     for i in range(args.policies):
-        policy = space.decode(torch.rand(space.dim, generator=gen, dtype=torch.float64))
+        vector = torch.rand(space.dim, generator=gen, dtype=torch.float64)
+        policy = space.decode(vector)
         pruned = apply_policy(dense, policy, x)
         predicted = {stat: p.predict(pruned) for stat, p in predictors.items()}
         measured = predictors["median"].measure(pruned, repeats=args.whole_repeats)
@@ -98,15 +105,19 @@ def run_model(name: str, args: argparse.Namespace, measurer: DeviceMeasurer,
             "dense_measured_ms": dense_now.median_ms,
             "speedup_measured": dense_now.median_ms / measured.median_ms,
             "speedup_predicted": dense_predicted / predicted["median"].total_ms,
+            # The latency budget's linear model (fitted on min-based entries).
+            "linear_ms": space.cost(vector)["latency_ms"],
         }
         row["err"] = row["predicted_ms"] / row["measured_ms"] - 1.0
         row["err_min"] = row["predicted_min_ms"] / row["measured_min_ms"] - 1.0
         row["err_speedup"] = row["speedup_predicted"] / row["speedup_measured"] - 1.0
+        row["err_linear_table"] = row["linear_ms"] / row["predicted_min_ms"] - 1.0
+        row["err_linear"] = row["linear_ms"] / row["measured_min_ms"] - 1.0
         rows.append(row)
         print(f"{name} {i:3d} predicted {row['predicted_ms']:8.3f} measured "
               f"{row['measured_ms']:8.3f} ms  err {100 * row['err']:+6.1f}%  "
-              f"(min {100 * row['err_min']:+6.1f}%, speedup {100 * row['err_speedup']:+6.1f}%)",
-              flush=True)
+              f"(min {100 * row['err_min']:+6.1f}%, speedup {100 * row['err_speedup']:+6.1f}%, "
+              f"linear {100 * row['err_linear_table']:+6.1f}% of table)", flush=True)
     return {
         "model": name, "batch": args.batch, "dense_predicted_ms": dense_predicted,
         "residual_fit": {stat: {"c0_ms": p.c0_ms, "c1_ms_per_element": p.c1_ms_per_elem,
@@ -115,6 +126,8 @@ def run_model(name: str, args: argparse.Namespace, measurer: DeviceMeasurer,
         "median_based": score([r["err"] for r in rows]),
         "min_based": score([r["err_min"] for r in rows]),
         "speedup": score([r["err_speedup"] for r in rows]),
+        "linear_vs_table": score([r["err_linear_table"] for r in rows]),
+        "linear_vs_measured_min": score([r["err_linear"] for r in rows]),
         # The noise floor: the same dense model, re-measured next to every policy, against the
         # median of those measurements. No prediction can beat the truth's own repeatability.
         "dense_repeatability": score(repeat_errors(rows)),
@@ -156,6 +169,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "median_based": score([r["err"] for m in models for r in m["rows"]]),
             "min_based": score([r["err_min"] for m in models for r in m["rows"]]),
             "speedup": score([r["err_speedup"] for m in models for r in m["rows"]]),
+            "linear_vs_table": score([r["err_linear_table"] for m in models for r in m["rows"]]),
+            "linear_vs_measured_min": score([r["err_linear"] for m in models
+                                             for r in m["rows"]]),
             "dense_repeatability": score([e for m in models for e in repeat_errors(m["rows"])]),
         },
         "models": models,

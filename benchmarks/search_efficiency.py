@@ -81,16 +81,17 @@ BUDGET = Budget(kind="flops", keep=0.5)
 CLUSTER_GROUPS = 6
 # BOCR's schedule here: roll back on a stall of 10 BO trials (at least 10 per stage), and at
 # the latest at 30 / 60 finished trials; 6 groups -> bridge grouping (13) -> one dimension
-# per unit (30). The bridge stage's box keeps a margin of 0.5 around the best 5 points; the
-# full stage searches the whole box (margin 1), with every earlier observation. History (each
-# kept in the results as its own method): margin 0.1 with roll-backs at 60 / 120 ended at
-# 0.644 (2 seeds), "bo-rollback-narrow" (margin 0.25, 40 / 80, stall 15) at 0.665 and
-# "bo-rollback-m0.5" (margin 0.5 for both stages) at 0.688 (5 seeds each): every narrowed
-# final stage ended below plain BO's 0.704 while it was still improving; the narrower the box,
-# the lower.
-ROLLBACK = {"stall": 10, "at": [30, 60], "stages": ["bridge", "full"], "top_n": 5,
-            "margin": [0.5, 1.0], "min_trials": 10}
-ROLLBACK_M05 = {**ROLLBACK, "margin": 0.5}
+# per unit (30). The box keeps a margin of 0.5 around the best 5 points, and each roll-back
+# starts with 5 Sobol points in the new box, so the GP sees the units of a group move
+# apart. History (each kept in the results as its own method, 5 seeds unless said): margin
+# 0.1 with roll-backs at 60 / 120 ended at 0.644 (2 seeds), "bo-rollback-narrow" (margin
+# 0.25, 40 / 80, stall 15) at 0.665, "bo-rollback-m0.5" (this schedule without the Sobol
+# points) at 0.688, "bo-rollback-wide" (that, with the whole box in the full stage) lower
+# still; plain BO ended at 0.704.
+ROLLBACK_M05 = {"stall": 10, "at": [30, 60], "stages": ["bridge", "full"], "top_n": 5,
+                "margin": 0.5, "min_trials": 10}
+ROLLBACK = {**ROLLBACK_M05, "design": 5}
+ROLLBACK_WIDE = {**ROLLBACK_M05, "margin": [0.5, 1.0]}
 ROLLBACK_NARROW = {"stall": 15, "at": [40, 80], "stages": ["bridge", "full"], "top_n": 5,
                    "margin": 0.25, "min_trials": 15}
 
@@ -124,6 +125,7 @@ METHODS: dict[str, Method] = {
     "bo-clustered": Method("bo", "clustered", {"rollback": False}),
     "bo-rollback": Method("bo", "clustered", {"rollback": ROLLBACK}),
     "bo-rollback-m0.5": Method("bo", "clustered", {"rollback": ROLLBACK_M05}),
+    "bo-rollback-wide": Method("bo", "clustered", {"rollback": ROLLBACK_WIDE}),
     "bo-rollback-narrow": Method("bo", "clustered", {"rollback": ROLLBACK_NARROW}),
     "rl": Method("rl", "full", RL_OPTIONS),
     # "source:NAME" is replaced by the path of that source search's saved state

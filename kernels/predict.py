@@ -19,6 +19,13 @@ The residual is measured once per dense model (and cached in the table):
   shrinks with the layers when channels are pruned; a constant over-predicted pruned models by
   15-30% (benchmarks/README.md, "latency table").
 Residual of a pruned model = `c0 + c1 * A_pruned + delta_ratio * layers_pruned`.
+
+`linear_terms` turns this into a model linear in the search space's per-layer scales (kept
+fraction of each layer's weight work and of its outputs), which a latency budget needs: the
+space's projection bisects on it thousands of times, far too often for table look-ups of
+shapes that do not exist yet. Each layer's entry is fitted as `overhead + slope * MACs` by
+least squares on three entries: its dense shape and its shape with 3/4 and 1/2 of the
+channels.
 """
 
 from __future__ import annotations
@@ -27,9 +34,10 @@ import copy
 import hashlib
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -55,6 +63,9 @@ STATISTICS = {"median": ("ms", "per_element_ms", "delta_ratio"),
 # the floor keeps a noisy fit from halving every prediction.
 _MIN_DELTA_RATIO = -0.25
 _FIT_ROUNDS = 3
+# Channel fractions a layer's latency line is fitted on (with the dense shape) for
+# `linear_terms`: the range pruned policies live in.
+_FIT_KEEPS = (0.75, 0.5)
 
 
 @dataclass(frozen=True)
@@ -121,16 +132,20 @@ class LatencyPredictor:
 
     The residual is measured once from `dense_model` (and cached in the table); layer entries
     are measured on demand. `predictor(model)` returns predicted ms. `statistic` picks which
-    number of each measurement is used: "median" (default) or "min"; the table keeps both.
+    number of each measurement is used, "median" or "min" (the table keeps both); "auto"
+    (default) is "min" on CPU, where other jobs only ever add time and the median of a shared
+    machine drifts with its load (benchmarks/README.md, "latency table"), and "median" on a
+    GPU, whose timings (CUDA events, L2 flushed) are steady.
     """
 
     def __init__(self, dense_model: nn.Module, example_input: torch.Tensor,
                  table: LatencyTable | None = None, *, device: torch.device | str = "cpu",
                  measurer: DeviceMeasurer | None = None, repeats: int = 15, warmup: int = 3,
                  min_density_gain: float = DEFAULT_MIN_DENSITY_GAIN,
-                 residual_batch_factor: int = 4, statistic: str = "median") -> None:
-        if statistic not in STATISTICS:
-            raise ValueError(f"statistic must be one of {sorted(STATISTICS)}, got {statistic!r}")
+                 residual_batch_factor: int = 4, statistic: str = "auto") -> None:
+        if statistic not in (*STATISTICS, "auto"):
+            raise ValueError(f"statistic must be 'auto' or one of {sorted(STATISTICS)}, got "
+                             f"{statistic!r}")
         if not isinstance(example_input, torch.Tensor):
             raise TypeError("LatencyPredictor needs one example input tensor (batch first), got "
                             f"{type(example_input).__name__}")
@@ -143,6 +158,8 @@ class LatencyPredictor:
         self.repeats, self.warmup = repeats, warmup
         self.min_density_gain = min_density_gain
         self.backend = resolve_backend("auto", self.device)
+        if statistic == "auto":
+            statistic = "min" if self.device.type == "cpu" else "median"
         self.statistic = statistic
         self.c0_ms, self.c1_ms_per_elem, self.delta_ratio = self._residual_model(
             dense_model, residual_batch_factor)
@@ -238,6 +255,33 @@ class LatencyPredictor:
         residual += self.delta_ratio * layers
         return LatencyPrediction(layers + residual, layers, residual, per_layer)
 
+    def linear_terms(self, dense_model: nn.Module) -> tuple[float, dict[str, tuple[float, float]]]:
+        """`(base_ms, {layer name: (weight-work ms, output-work ms)})` of `dense_model`, for
+        `prunetune.search_spaces.LatencyWeights.from_layers`: a pruned model's latency is
+        `base + sum(w * kept weight work + o * kept outputs)`. `base` holds the residual's
+        per-op overhead `c0` and each layer's fixed per-call cost; the layers' delta ratio
+        scales both layer parts. For the dense model the sum equals `predict(dense_model)`
+        (up to the residual's clamp at 0)."""
+        specs = self._specs(self._deploy(dense_model), self.example_input)
+        scale = 1.0 + self.delta_ratio
+        base = self.c0_ms
+        layers: dict[str, tuple[float, float]] = {}
+        for sp in specs:
+            full = self.layer_ms(sp.key)
+            points = [(1.0, full)] + [(share, self.layer_ms(k)) for k, share in filter(
+                None, (_narrowed(sp.key, keep) for keep in _FIT_KEEPS))]
+            slope = full
+            if len(points) > 1:  # least squares through (MACs share, ms)
+                xs, ys = np.array(points).T
+                slope = float(np.polyfit(xs, ys, 1)[0])
+                # Timing noise can tilt the line: the fixed part stays within [0, full].
+                slope = min(full, max(0.0, slope))
+            w_ms, o_ms = layers.get(sp.name, (0.0, 0.0))
+            layers[sp.name] = (w_ms + scale * slope,
+                               o_ms + self.c1_ms_per_elem * sp.out_elements)
+            base += scale * (full - slope)
+        return base, layers
+
     def __call__(self, model: nn.Module) -> float:
         return self.predict(model).total_ms
 
@@ -257,6 +301,33 @@ class LatencyPredictor:
     def measured_ms(self, model: nn.Module, *, repeats: int | None = None) -> float:
         """Measured whole-model ms in this predictor's statistic (comparable to `predict`)."""
         return self._pick(self.measure(model, repeats=repeats))
+
+
+def _narrowed(key: LatencyKey, keep: float) -> tuple[LatencyKey, float] | None:
+    """The key of the same layer with `keep` of its input and output channels, and its share
+    of the layer's MACs; None for a layer without one (grouped, sparse, one channel)."""
+    if key.scheme != "dense":
+        return None
+    shape = list(key.shape)
+
+    def cut(channels: int) -> int:
+        return max(1, round(channels * keep))
+
+    if key.op == "linear":
+        k, n = shape[0], shape[1]
+        shape[0], shape[1] = cut(k), cut(n)
+        share = shape[0] * shape[1] / (k * n)
+    else:
+        ci, co, groups = shape[0], shape[1], shape[10]
+        if groups == ci == co:  # depthwise: fewer channels, as many fewer groups
+            shape[0] = shape[1] = shape[10] = cut(co)
+            share = shape[1] / co
+        elif groups == 1:
+            shape[0], shape[1] = cut(ci), cut(co)
+            share = shape[0] * shape[1] / (ci * co)
+        else:
+            return None
+    return (replace(key, shape=tuple(shape)), share) if share < 1.0 else None
 
 
 def predict_latency(model: nn.Module, example_input: torch.Tensor, table: LatencyTable, *,

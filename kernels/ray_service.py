@@ -31,12 +31,20 @@ class LatencyService:
         self.measurer = DeviceMeasurer(device)
         self.device, self.repeats = device, repeats
 
+    def _predictor(self, dense_model: nn.Module, example_input: torch.Tensor,
+                   ) -> LatencyPredictor:
+        return LatencyPredictor(dense_model, example_input, self.table, device=self.device,
+                                measurer=self.measurer, repeats=self.repeats)
+
     def predict_ms(self, model: nn.Module, dense_model: nn.Module,
                    example_input: torch.Tensor) -> float:
         """Predicted latency of `model`, residual from `dense_model` (cached in the table)."""
-        predictor = LatencyPredictor(dense_model, example_input, self.table, device=self.device,
-                                     measurer=self.measurer, repeats=self.repeats)
-        return predictor(model)
+        return self._predictor(dense_model, example_input)(model)
+
+    def linear_terms(self, dense_model: nn.Module, example_input: torch.Tensor,
+                     ) -> tuple[float, dict[str, tuple[float, float]]]:
+        """`LatencyPredictor.linear_terms` of `dense_model`, for a latency budget."""
+        return self._predictor(dense_model, example_input).linear_terms(dense_model)
 
     def measure_ms(self, model: nn.Module, example_input: torch.Tensor) -> float:
         """Measured latency of `model`'s deployment form."""

@@ -39,20 +39,35 @@ def search_name(cfg: PrunetuneConfig) -> str:
     return f"{slug}-{cfg.data.name}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
-def build_space(cfg: PrunetuneConfig, model: Any, example_input: Any) -> Any:
-    """The PruningSpace the config describes, over `model`."""
-    from prunetune.search_spaces import Budget, PruningSpace
+def build_space(cfg: PrunetuneConfig, model: Any, example_input: Any,
+                workdir: Path | None = None) -> Any:
+    """The PruningSpace the config describes, over `model`. A latency budget is fitted from the
+    search's latency table (`search.latency_table`, else `<workdir>/latency_table.json`),
+    measuring missing layer entries on the trials' device now."""
+    from prunetune.search_spaces import Budget, LatencyWeights, PruningSpace, analyze
+    from prunetune.trainers import resolve_device
 
-    budget = None
+    budget = latency = None
+    analysis = analyze(model, example_input)
     if cfg.space.budget is not None:
-        if cfg.space.budget.kind == "latency":
-            raise SearchError("space.budget.kind 'latency' needs the kernels' latency table, "
-                              "which this version does not wire in yet; use 'flops' or 'params'")
         budget = Budget(kind=cfg.space.budget.kind, keep=cfg.space.budget.keep)
-    return PruningSpace(model, example_input, schemes=tuple(cfg.space.schemes),
+        if budget.kind == "latency":
+            from prunetune.kernels.ray_service import LatencyService
+
+            table = Path(cfg.search.latency_table
+                         or (workdir or cfg.workdir_path()) / "latency_table.json").expanduser()
+            table.parent.mkdir(parents=True, exist_ok=True)
+            device = str(resolve_device(cfg.finetune.device))
+            service = LatencyService(str(table), device=device,
+                                     repeats=cfg.search.latency_repeats)
+            base_ms, layers = service.linear_terms(model, example_input)
+            service.save()
+            latency = LatencyWeights.from_layers(analysis.cost_model, base_ms, layers,
+                                                 device=service.measurer.name)
+    return PruningSpace(None, schemes=tuple(cfg.space.schemes),
                         ratio_bounds=tuple(cfg.space.ratio_bounds), budget=budget,
                         n_groups=cfg.space.groups, scheme_search=cfg.space.scheme_search,
-                        seed=cfg.seed)
+                        seed=cfg.seed, analysis=analysis, latency=latency)
 
 
 def _init_ray(cfg: PrunetuneConfig) -> None:
@@ -191,7 +206,10 @@ def run_search(cfg: PrunetuneConfig, *, resume: bool = False,
     dense_val = evaluate(dense.model, data.loader("val"))
     dense_metrics = {"val_accuracy": dense_val.accuracy, "val_loss": dense_val.loss,
                      **{k: v for k, v in dense.metrics.items() if k.startswith("test_")}}
-    space = build_space(cfg, dense.model, example)
+    if progress and cfg.space.budget is not None and cfg.space.budget.kind == "latency":
+        print("[search] latency budget: fitting it from the latency table (measuring missing "
+              "layer entries)", flush=True)
+    space = build_space(cfg, dense.model, example, workdir)
     if progress:
         print(f"[search] {name}: {space.dim}-dimensional space over {len(space.units)} units, "
               f"{cfg.search.trials} trials ({cfg.search.max_concurrent} at a time), searcher "

@@ -6,7 +6,7 @@ Knows nothing of Ray or MLflow. See docs/CONTRACTS.md for the public API and the
 from .analysis import ModelAnalysis, PrunableUnit, analyze
 from .apply import apply_policy
 from .clustering import cluster_units
-from .cost import Cost, CostModel, count_cost
+from .cost import Cost, CostModel, LatencyWeights, count_cost
 from .mapping import map_schemes, unit_template
 from .policy import IMPORTANCES, POLICY_SCHEMA, Policy, PolicyError, UnitPolicy
 from .schemes import (
@@ -30,6 +30,7 @@ __all__ = [
                       "BudgetError",
                       "Cost",
                       "CostModel",
+                      "LatencyWeights",
                       "ModelAnalysis",
                       "Policy",
                       "PolicyError",

@@ -26,7 +26,8 @@ from torch import nn
 
 from .channel import kept_channels_np
 
-__all__ = ["SPARSE_KEYS", "Cost", "CostModel", "count_cost", "layer_costs", "sparse_key"]
+__all__ = ["SPARSE_KEYS", "Cost", "CostModel", "LatencyWeights", "count_cost", "layer_costs",
+           "sparse_key"]
 
 # Rows of the applicability table: N:M applicability depends on M.
 SPARSE_KEYS = ("block", "nm4", "nm8", "unstructured", "pattern")
@@ -174,13 +175,15 @@ class CostModel:
     modules, U units. `w_*` / `o_*`: the weight part and the rest (bias, norm) of each module's
     FLOPs / params; `w_out` / `w_in`: (M, U) share of the module's output / input channels that
     belong to each unit; `owner`: (M,) unit whose sparse scheme prunes the module (-1: none);
-    `applies`: (len(SPARSE_KEYS), M) whether that scheme can prune the module.
+    `applies`: (len(SPARSE_KEYS), M) whether that scheme can prune the module; `names`: (M,)
+    the modules' names in the model.
     """
 
     def __init__(self, *, dense_flops: float, dense_params: float, w_flops: np.ndarray,
                  o_flops: np.ndarray, w_params: np.ndarray, o_params: np.ndarray,
                  w_out: np.ndarray, w_in: np.ndarray, owner: np.ndarray, applies: np.ndarray,
-                 channels: np.ndarray, ch_groups: np.ndarray, multiple: np.ndarray) -> None:
+                 channels: np.ndarray, ch_groups: np.ndarray, multiple: np.ndarray,
+                 names: tuple[str, ...] = ()) -> None:
         self.dense_flops = float(dense_flops)
         self.dense_params = float(dense_params)
         self.w_flops, self.o_flops = w_flops, o_flops
@@ -188,6 +191,7 @@ class CostModel:
         self.w_out, self.w_in = w_out, w_in
         self.owner, self.applies = owner, applies
         self.channels, self.ch_groups, self.multiple = channels, ch_groups, multiple
+        self.names = tuple(names)
         self.base_flops = self.dense_flops - float(w_flops.sum() + o_flops.sum())
         self.base_params = self.dense_params - float(w_params.sum() + o_params.sum())
 
@@ -195,9 +199,10 @@ class CostModel:
     def n_units(self) -> int:
         return len(self.channels)
 
-    def evaluate(self, ratio: np.ndarray, channel: np.ndarray, sparse_row: np.ndarray,
-                 round_to: int | None = None) -> tuple[float, float]:
-        """(effective FLOPs, effective params) for per-unit `ratio` (U,).
+    def scales(self, ratio: np.ndarray, channel: np.ndarray, sparse_row: np.ndarray,
+               round_to: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Per module (M,): the kept fraction of its weight work (output x input channels x
+        density) and of its outputs, for per-unit `ratio` (U,).
 
         channel: (U,) bool, unit is channel-pruned; sparse_row: (U,) int, row of SPARSE_KEYS of
         the unit's sparse scheme or -1. A sparse unit's density is 1 - ratio.
@@ -215,7 +220,60 @@ class CostModel:
         sel = has_owner & (row >= 0)
         app[sel] = self.applies[row[sel], np.nonzero(sel)[0]]
         d = np.where(app, density[owner], 1.0)
-        scale_w = f_out * f_in * d
+        return f_out * f_in * d, f_out
+
+    def evaluate(self, ratio: np.ndarray, channel: np.ndarray, sparse_row: np.ndarray,
+                 round_to: int | None = None) -> tuple[float, float]:
+        """(effective FLOPs, effective params) for per-unit `ratio` (U,) (see `scales`)."""
+        return self.totals(*self.scales(ratio, channel, sparse_row, round_to))
+
+    def totals(self, scale_w: np.ndarray, f_out: np.ndarray) -> tuple[float, float]:
+        """(effective FLOPs, effective params) from the per-module `scales`."""
         flops = self.base_flops + float(self.w_flops @ scale_w + self.o_flops @ f_out)
         params = self.base_params + float(self.w_params @ scale_w + self.o_params @ f_out)
         return flops, params
+
+
+@dataclass(frozen=True)
+class LatencyWeights:
+    """A latency model linear in `CostModel.scales`, for latency budgets:
+    `ms = base_ms + w_ms @ scale_w + o_ms @ f_out`, all arrays (M,) in the cost model's module
+    order. `prunetune.kernels.LatencyPredictor.linear_terms` fits it from the latency table
+    (weight work per layer, per-call overhead and element-wise work); this package only
+    evaluates it, so it knows nothing of kernels or devices beyond the `device` label.
+    """
+
+    base_ms: float
+    w_ms: np.ndarray
+    o_ms: np.ndarray
+    device: str = ""
+
+    @property
+    def dense_ms(self) -> float:
+        return float(self.base_ms + self.w_ms.sum() + self.o_ms.sum())
+
+    def ms(self, scale_w: np.ndarray, f_out: np.ndarray) -> float:
+        return float(self.base_ms + self.w_ms @ scale_w + self.o_ms @ f_out)
+
+    @classmethod
+    def from_layers(cls, cost_model: CostModel, base_ms: float,
+                    layers: dict[str, tuple[float, float]], device: str = "") -> LatencyWeights:
+        """From per-layer `(weight-work ms, output-work ms)` keyed by module name. A layer the
+        cost model does not scale counts in full in `base_ms`, so the model never
+        under-estimates for it."""
+        if not cost_model.names:
+            raise ValueError("this cost model has no module names (an analysis from an older "
+                             "prunetune); run analyze() again")
+        index = {n: i for i, n in enumerate(cost_model.names)}
+        w, o = np.zeros(len(index)), np.zeros(len(index))
+        base = float(base_ms)
+        for name, (w_ms, o_ms) in layers.items():
+            if not (math.isfinite(w_ms) and math.isfinite(o_ms) and w_ms >= 0 and o_ms >= 0):
+                raise ValueError(f"latency terms must be finite and >= 0 ms, got {w_ms}, {o_ms} "
+                                 f"for layer {name!r}")
+            if name in index:
+                w[index[name]] += w_ms
+                o[index[name]] += o_ms
+            else:
+                base += w_ms + o_ms
+        return cls(base, w, o, device)

@@ -30,13 +30,14 @@ from torch import nn
 
 from .analysis import ModelAnalysis, PrunableUnit, analyze
 from .clustering import cluster_units
-from .cost import SPARSE_KEYS, sparse_key
+from .cost import SPARSE_KEYS, LatencyWeights, sparse_key
 from .mapping import map_schemes, unit_template
 from .policy import IMPORTANCES, Policy, UnitPolicy
 from .schemes import SCHEMES, nm_from_ratio
 
-__all__ = ["Budget", "BudgetError", "PruningSpace"]
+__all__ = ["BUDGET_KINDS", "Budget", "BudgetError", "PruningSpace"]
 
+BUDGET_KINDS = ("flops", "params", "latency")
 _BISECT_STEPS = 48  # t is found to 2**-48: far below one channel of any unit
 
 
@@ -55,16 +56,18 @@ class BudgetError(ValueError):
 
 @dataclass(frozen=True)
 class Budget:
-    """Allowed cost as a fraction `keep` of the dense model's `kind` ("flops" or "params").
-    Sparse schemes count at their effective (non-zero) cost."""
+    """Allowed cost as a fraction `keep` of the dense model's `kind`: "flops", "params" or
+    "latency". Sparse schemes count at their effective (non-zero) cost. A latency budget needs
+    the space's `latency` weights (fitted from a latency table by
+    `prunetune.kernels.LatencyPredictor.linear_terms`)."""
 
     kind: str = "flops"
     keep: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.kind not in ("flops", "params"):
-            raise ValueError(f"budget kind must be 'flops' or 'params', got {self.kind!r} "
-                             "(latency budgets come with the kernels' latency table)")
+        if self.kind not in BUDGET_KINDS:
+            raise ValueError(f"budget kind must be one of {', '.join(BUDGET_KINDS)}, got "
+                             f"{self.kind!r}")
         if isinstance(self.keep, bool) or not isinstance(self.keep, (int, float)) \
                 or not 0.0 < float(self.keep) <= 1.0:
             raise ValueError(f"budget keep must be in (0, 1] (fraction of the dense cost), "
@@ -80,6 +83,8 @@ class PruningSpace:
 
     model, example_input: the dense model and an input such as a `(1, 3, 32, 32)` tensor; only
     their analysis is kept (no modules, no graph), so the space pickles small.
+    latency: a linear latency model over the analysis's cost model (`LatencyWeights`); needed
+    by a latency budget, and with it `cost()` also reports `latency_ms`.
     """
 
     def __init__(self, model: nn.Module | None, example_input: Any = None, *,
@@ -88,7 +93,8 @@ class PruningSpace:
                  budget: Budget | None = None, n_groups: int | str | None = None,
                  scheme_search: bool = False, seed: int = 0, device: str = "gpu",
                  importance: str = "magnitude", round_to: int | None = None,
-                 analysis: ModelAnalysis | None = None) -> None:
+                 analysis: ModelAnalysis | None = None,
+                 latency: LatencyWeights | None = None) -> None:
         schemes = tuple(schemes)
         if not schemes or any(s not in SCHEMES for s in schemes):
             raise ValueError(f"schemes must be a non-empty subset of {list(SCHEMES)}, got "
@@ -112,6 +118,7 @@ class PruningSpace:
                 raise ValueError("PruningSpace needs a model and example_input (or analysis=)")
             analysis = analyze(model, example_input, importance=importance)
         self.analysis = analysis
+        self.latency = self._check_latency(latency, budget, analysis)
         self.schemes, self.ratio_bounds = schemes, (lo, hi)
         self.budget, self.scheme_search, self.seed = budget, bool(scheme_search), int(seed)
         self.device, self.importance, self.round_to = device, importance, round_to
@@ -125,6 +132,28 @@ class PruningSpace:
         self._check_feasible()
 
     # ---- construction helpers -------------------------------------------------------------
+    @staticmethod
+    def _check_latency(latency: LatencyWeights | None, budget: Budget | None,
+                       analysis: ModelAnalysis) -> LatencyWeights | None:
+        if latency is None:
+            if budget is not None and budget.kind == "latency":
+                raise ValueError("a latency budget needs latency= weights fitted from a latency "
+                                 "table (prunetune.kernels.LatencyPredictor.linear_terms, then "
+                                 "LatencyWeights.from_layers); or use budget kind 'flops'")
+            return None
+        if not isinstance(latency, LatencyWeights):
+            raise ValueError(f"latency must be LatencyWeights or None, got "
+                             f"{type(latency).__name__}")
+        n = len(analysis.cost_model.w_flops)
+        if latency.w_ms.shape != (n,) or latency.o_ms.shape != (n,):
+            raise ValueError(f"latency weights must have one entry per cost-model module ({n}), "
+                             f"got {latency.w_ms.shape} / {latency.o_ms.shape}: fit them on this "
+                             "model's analysis")
+        if not latency.dense_ms > 0:
+            raise ValueError(f"latency weights must give the dense model a latency > 0 ms, got "
+                             f"{latency.dense_ms}")
+        return latency
+
     def _setup(self, groups: list[list[str]], bounds: np.ndarray | None = None) -> None:
         self.groups = groups
         index = {u.name: i for i, u in enumerate(self.units)}
@@ -215,8 +244,9 @@ class PruningSpace:
                 r[i] = 1.0 - nm_from_ratio(r[i], t.m) / t.m
         return r
 
-    def _costs(self, ratios: np.ndarray, tmpl: list[UnitPolicy]) -> tuple[float, float]:
-        """Analytic (effective FLOPs, effective params) of per-unit ratios and schemes."""
+    def _costs(self, ratios: np.ndarray, tmpl: list[UnitPolicy]) -> dict[str, float]:
+        """Analytic effective FLOPs and params (and latency_ms with latency weights) of
+        per-unit ratios and schemes."""
         cm = self.analysis.cost_model
         n = cm.n_units
         full = np.zeros(n)
@@ -226,20 +256,24 @@ class PruningSpace:
         channel[self._cost_index] = [t.scheme == "channel" for t in tmpl]
         row[self._cost_index] = [SPARSE_KEYS.index(sparse_key(t.scheme, t.m))
                                  if t.scheme != "channel" else -1 for t in tmpl]
-        return cm.evaluate(full, channel, row, self.round_to)
+        scale_w, f_out = cm.scales(full, channel, row, self.round_to)
+        flops, params = cm.totals(scale_w, f_out)
+        out = {"flops": flops, "params": params}
+        if self.latency is not None:
+            out["latency"] = self.latency.ms(scale_w, f_out)
+        return out
 
     def _cost(self, ratios: np.ndarray, tmpl: list[UnitPolicy]) -> float:
         """The budgeted cost (FLOPs without a budget)."""
-        flops, params = self._costs(ratios, tmpl)
-        return params if self.budget is not None and self.budget.kind == "params" else flops
+        return self._costs(ratios, tmpl)[self.budget.kind if self.budget else "flops"]
 
     @property
     def limit(self) -> float | None:
-        """The budget in absolute units (FLOPs or params), None without a budget."""
+        """The budget in absolute units (FLOPs, params or ms), None without a budget."""
         if self.budget is None:
             return None
-        dense = (self.analysis.dense_flops if self.budget.kind == "flops"
-                 else self.analysis.dense_params)
+        dense = {"flops": self.analysis.dense_flops, "params": self.analysis.dense_params,
+                 "latency": self.latency.dense_ms if self.latency else None}[self.budget.kind]
         return self.budget.keep * dense
 
     def _project(self, s: np.ndarray, tmpl: list[UnitPolicy]) -> np.ndarray:
@@ -279,17 +313,23 @@ class PruningSpace:
         return self._policy(s, tmpl)
 
     def cost(self, x: Any, *, project: bool = True) -> dict[str, float]:
-        """Analytic effective FLOPs / params (and their share of dense) of a vector's policy;
+        """Analytic effective FLOPs / params (and their share of dense; with latency weights
+        also `latency_ms` / `latency_share`) of a vector's policy;
         `project=False`: of the vector as it is, before the budget projection."""
         if project:
             s, tmpl = self._state(x)
         else:
             arr = self._vector(x)
             s, tmpl = arr[:self.k], self._schemes_for(arr[self.k:])
-        flops, params = self._costs(self._ratios(s[self._group_of], tmpl), tmpl)
+        costs = self._costs(self._ratios(s[self._group_of], tmpl), tmpl)
         cm = self.analysis.cost_model
-        return {"flops": flops, "params": params, "flops_share": flops / cm.dense_flops,
-                "params_share": params / cm.dense_params}
+        out = {"flops": costs["flops"], "params": costs["params"],
+               "flops_share": costs["flops"] / cm.dense_flops,
+               "params_share": costs["params"] / cm.dense_params}
+        if self.latency is not None:
+            out["latency_ms"] = costs["latency"]
+            out["latency_share"] = costs["latency"] / self.latency.dense_ms
+        return out
 
     def action_floor(self, x: Any, i: int) -> float:
         """AMC's action wall for ratio dimension `i` (< k): the least value it may take so that

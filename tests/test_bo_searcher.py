@@ -127,6 +127,20 @@ def test_margin_per_stage_narrows_the_bridge_and_frees_the_full_stage(
     assert s.finished()[0].shape == (9, len(space.units))
 
 
+def test_rollback_design_draws_sobol_points_in_the_new_box(space: PruningSpace) -> None:
+    s = _bo(space, n_init=3, rollback={"stall": None, "at": [6], "stages": ["full"],
+                                       "min_trials": 3, "design": 2})
+    _run(s, 6)
+    engine = torch.quasirandom.SobolEngine(len(space.units), scramble=True, seed=0 + 7 * 1)
+    u = engine.draw(2, dtype=torch.float64).numpy()
+    cfgs = [s.suggest(f"d{i}") for i in range(3)]
+    assert s.stage == 1
+    lo, hi = (np.asarray(b) for b in s.space.bounds)
+    for i in range(2):  # the first two after the roll-back: the new stage's Sobol points
+        assert np.allclose(cfgs[i]["x"], lo + (hi - lo) * u[i])
+    assert not np.allclose(cfgs[2]["x"], lo + (hi - lo) * engine.draw(1).numpy()[0])
+
+
 def test_save_restore_after_rollback_resumes_identically(space: PruningSpace,
                                                          tmp_path: Path) -> None:
     opts = {"rollback": {"stall": None, "at": [5], "stages": ["bridge"], "min_trials": 1}}
@@ -182,6 +196,7 @@ def test_scheme_search_columns_are_snapped(analysis: Any) -> None:
     ({"rollback": {"nope": 1}}, r"unknown rollback option\(s\) \['nope'\]"),
     ({"rollback": {"margin": [0.1]}}, r"one number or one per stage \(2: \['bridge', 'full'\]\)"),
     ({"rollback": {"margin": 1.5}}, r"rollback.margin must be in \[0, 1\]"),
+    ({"rollback": {"design": -1}}, r"rollback.design must be an integer >= 0"),
     ({"objectives": ["latency_ms", "accuracy"]}, "objectives must start with"),
     ({"objectives": ["accuracy", "mystery"]}, "no default direction"),
     ({"gp": {"iters": 3}}, r"unknown gp option\(s\)"),

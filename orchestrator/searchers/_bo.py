@@ -76,6 +76,10 @@ class RollbackSchedule:
     the coarse stage's optimum, which matters when the coarse grouping was too coarse).
     `margin` is one number for every roll-back or one per entry of `stages` (for example
     narrow for the bridge stage and 1.0, the whole box, for the full one).
+    `design`: Sobol points drawn in the new box right after each roll-back, before BO resumes.
+    The re-expressed observations vary only group by group (the coarse stage moved a group's
+    units together), so they cannot tell the GP which of a group's units matter; a few
+    points that move every dimension on its own can.
     """
 
     stall: int | None = 20
@@ -84,6 +88,7 @@ class RollbackSchedule:
     top_n: int = 5
     margin: float | tuple[float, ...] = 0.1
     min_trials: int = 20
+    design: int = 0
 
     def __post_init__(self) -> None:
         for stage in self.stages:
@@ -94,6 +99,9 @@ class RollbackSchedule:
             raise SearcherError(f"rollback.stall must be >= 1 or None, got {self.stall}")
         if self.top_n < 1:
             raise SearcherError(f"rollback.top_n must be >= 1, got {self.top_n}")
+        if isinstance(self.design, bool) or not isinstance(self.design, int) or self.design < 0:
+            raise SearcherError(f"rollback.design must be an integer >= 0 (Sobol points after "
+                                f"each roll-back), got {self.design!r}")
         margins = self.margin if isinstance(self.margin, tuple) else (self.margin,)
         if isinstance(self.margin, tuple) and len(margins) != len(self.stages):
             raise SearcherError(f"rollback.margin must be one number or one per stage "
@@ -297,8 +305,9 @@ class BOSearcher(PolicySearcher):
         # One scrambled sequence per (seed, stage), indexed by the suggestion count, so the
         # initial design is reproducible after restore without saving an engine.
         engine = SobolEngine(self.space.dim, scramble=True, seed=self.seed + 7 * self.stage)
-        if self._n_suggested:
-            engine.fast_forward(self._n_suggested)
+        start = self._rollbacks[-1].get("n_suggested", 0) if self._rollbacks else 0
+        if self._n_suggested > start:  # a stage's design starts at its sequence's start
+            engine.fast_forward(self._n_suggested - start)
         u = engine.draw(1, dtype=DTYPE).reshape(-1)
         lo, hi = self._bounds()
         return (lo + (hi - lo) * u).numpy()
@@ -366,11 +375,18 @@ class BOSearcher(PolicySearcher):
                 x = propose_single(model, Xt, pending, bounds, self.acq_settings)
         return x.numpy()
 
+    def _in_rollback_design(self) -> bool:
+        """Whether the next suggestion is one of the Sobol points after the last roll-back."""
+        if not self._rollbacks or self.rollback is None:
+            return False
+        since = self._n_suggested - self._rollbacks[-1].get("n_suggested", self._n_suggested)
+        return since < self.rollback.design
+
     def _propose(self, trial_id: str) -> np.ndarray:
         self._maybe_rollback()
         _, X, Y = self._data()
         need = 3 if self.multi_objective else 2
-        if self._n_suggested < self.n_init or len(X) < need:
+        if self._n_suggested < self.n_init or len(X) < need or self._in_rollback_design():
             x = self._sobol()
         else:
             with torch_threads(self.threads):
@@ -448,7 +464,8 @@ class BOSearcher(PolicySearcher):
         # Live points are re-expressed along with the observations (they finish in the new
         # space); they get the lowest score and top_n is capped at the observations, so they
         # never shape the narrowed box.
-        record = {"n_final": len(tids), "n_groups": self._target_groups(
+        record = {"n_final": len(tids), "n_suggested": self._n_suggested,
+                  "n_groups": self._target_groups(
                       self.rollback.stages[self.stage]),
                   "top_n": min(self.rollback.top_n, len(tids)),
                   "margin": self.rollback.margin_at(self.stage),
