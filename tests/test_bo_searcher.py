@@ -75,7 +75,7 @@ def test_concurrent_suggestions_differ_and_use_pending(space: PruningSpace,
 
 def test_rollback_keeps_every_observation(space: PruningSpace) -> None:
     s = _bo(space, n_init=3, rollback={"stall": None, "at": [6], "stages": ["full"],
-                                       "min_trials": 3, "top_n": 3})
+                                       "min_trials": 3, "top_n": 3, "margin": 0.1})
     _run(s, 5)
     live = s.suggest("live")  # stays live across the roll-back
     _run(s, 1, start=5)

@@ -68,6 +68,9 @@ def test_linear_terms_match_the_table_prediction(resnet20: tuple) -> None:
     assert base > 0 and all(w >= 0 and o >= 0 for w, o in layers.values())
     weights = LatencyWeights.from_layers(analysis.cost_model, base, layers)
     assert weights.dense_ms == pytest.approx(predictor(model), rel=1e-9)
+    # Every layer landed on its cost-model module (none fell back into the fixed part).
+    assert set(layers) <= set(analysis.cost_model.names)
+    assert weights.base_ms == pytest.approx(base)
     space = _space(analysis, weights)
     gen = torch.Generator().manual_seed(0)
     for _ in range(5):

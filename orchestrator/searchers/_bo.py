@@ -86,9 +86,11 @@ class RollbackSchedule:
     at: tuple[int, ...] = ()
     stages: tuple[int | str, ...] = ("bridge", "full")
     top_n: int = 5
-    margin: float | tuple[float, ...] = 0.1
+    # Margin 0.5 and 5 Sobol points: the best of the schedules measured in
+    # benchmarks/search_efficiency.py (margins 0.1-0.5 and the whole box, with and without).
+    margin: float | tuple[float, ...] = 0.5
     min_trials: int = 20
-    design: int = 0
+    design: int = 5
 
     def __post_init__(self) -> None:
         for stage in self.stages:
