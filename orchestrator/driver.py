@@ -44,7 +44,13 @@ def build_space(cfg: PrunetuneConfig, model: Any, example_input: Any,
     """The PruningSpace the config describes, over `model`. A latency budget is fitted from the
     search's latency table (`search.latency_table`, else `<workdir>/latency_table.json`),
     measuring missing layer entries on the trials' device now."""
-    from prunetune.search_spaces import Budget, LatencyWeights, PruningSpace, analyze
+    from prunetune.search_spaces import (
+        Budget,
+        BudgetError,
+        LatencyWeights,
+        PruningSpace,
+        analyze,
+    )
     from prunetune.trainers import resolve_device
 
     budget = latency = None
@@ -64,10 +70,13 @@ def build_space(cfg: PrunetuneConfig, model: Any, example_input: Any,
             service.save()
             latency = LatencyWeights.from_layers(analysis.cost_model, base_ms, layers,
                                                  device=service.measurer.name)
-    return PruningSpace(None, schemes=tuple(cfg.space.schemes),
-                        ratio_bounds=tuple(cfg.space.ratio_bounds), budget=budget,
-                        n_groups=cfg.space.groups, scheme_search=cfg.space.scheme_search,
-                        seed=cfg.seed, analysis=analysis, latency=latency)
+    try:
+        return PruningSpace(None, schemes=tuple(cfg.space.schemes),
+                            ratio_bounds=tuple(cfg.space.ratio_bounds), budget=budget,
+                            n_groups=cfg.space.groups, scheme_search=cfg.space.scheme_search,
+                            seed=cfg.seed, analysis=analysis, latency=latency)
+    except BudgetError as err:  # a config problem: say so without a traceback
+        raise SearchError(f"space.budget: {err}") from err
 
 
 def _init_ray(cfg: PrunetuneConfig) -> None:

@@ -131,7 +131,7 @@ def test_rollback_keeps_the_latency_model(resnet20: tuple) -> None:
 
 def test_driver_fits_the_latency_budget_from_the_table(tmp_path: Path) -> None:
     from prunetune.orchestrator.config import PrunetuneConfig
-    from prunetune.orchestrator.driver import build_space
+    from prunetune.orchestrator.driver import SearchError, build_space
 
     table = tmp_path / "table.json"
     cfg = PrunetuneConfig.model_validate({
@@ -145,3 +145,9 @@ def test_driver_fits_the_latency_budget_from_the_table(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     assert all(space.cost(rng.random(space.dim))["latency_share"] <= 0.7 + 1e-9
                for _ in range(20))
+    # A budget below what the space can reach is a config error that says what to change.
+    tight = cfg.model_copy(update={"space": cfg.space.model_copy(
+        update={"budget": cfg.space.budget.model_copy(update={"keep": 0.05})})})
+    with pytest.raises(SearchError, match=r"space.budget: budget keep=0.05 of latency cannot "
+                                          r"be met.*raise budget.keep"):
+        build_space(tight, model, torch.zeros(1, 1, 8, 8), tmp_path)
