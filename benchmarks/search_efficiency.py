@@ -9,7 +9,8 @@ random search, the uniform-ratio baseline and plain BO, on real pruning.
 
 RL methods: `rl` (AMC's DDPG from scratch), `rl-transfer` (warm-started from an RL search on
 ResNet-20, same recipe), `rl-transfer-budget` (from an RL search on this ResNet-56 at a 70%
-FLOPs budget), and `rl-transfer-explore` (from ResNet-20, exploring like a fresh agent). The
+FLOPs budget), `rl-transfer-explore` (from ResNet-20, exploring like a fresh agent), and
+`rl-gnn` (from scratch, with the graph-network state). The
 source searches run once (seed 100, 200 episodes) and are kept in --work.
 The summary's "transfer" compares, per seed, the episodes each needs to reach 99% of plain
 RL's best reward (and reports two looser readings beside it, see `transfer_speedup`).
@@ -130,6 +131,8 @@ METHODS: dict[str, Method] = {
     "bo-rollback-wide": Method("bo", "clustered", {"rollback": ROLLBACK_WIDE}),
     "bo-rollback-narrow": Method("bo", "clustered", {"rollback": ROLLBACK_NARROW}),
     "rl": Method("rl", "full", RL_OPTIONS),
+    # The graph-aware state (AutoSculpt-style embeddings of the unit dependency graph).
+    "rl-gnn": Method("rl", "full", {**RL_OPTIONS, "gnn": True}),
     # "source:NAME" is replaced by the path of that source search's saved state
     "rl-transfer": Method("rl", "full", {**RL_OPTIONS, "warm_start": "source:resnet20"}),
     "rl-transfer-budget": Method("rl", "full", {**RL_OPTIONS,
