@@ -406,6 +406,12 @@ def _best_so_far(rewards: list[float]) -> np.ndarray:
     return np.maximum.accumulate(np.asarray(rewards, dtype=float))
 
 
+def _first_reach(curve: np.ndarray, target: float) -> int | None:
+    """The trial (1-based) at which a best-so-far curve first reaches `target`, or None."""
+    hit = np.nonzero(curve >= target)[0]
+    return int(hit[0]) + 1 if len(hit) else None
+
+
 def _median_reach(reach: list[int | None]) -> float | None:
     if not reach:
         return None
@@ -427,8 +433,7 @@ def summarise(runs: list[dict[str, Any]], trials: int) -> dict[str, Any]:
         reach = []
         for s, r in seeds.items():
             if s in random_best:
-                hit = np.nonzero(_best_so_far(r["rewards"][:trials]) >= random_best[s])[0]
-                reach.append(int(hit[0]) + 1 if len(hit) else None)
+                reach.append(_first_reach(_best_so_far(r["rewards"][:trials]), random_best[s]))
         times = np.concatenate([np.asarray(r["suggest_s"][:trials]) for r in seeds.values()])
         cpu = np.concatenate([np.asarray(r.get("suggest_cpu_s", [])[:trials])
                               for r in seeds.values()])
@@ -493,8 +498,7 @@ def transfer_speedup(plain: dict[int, dict], transfer: dict[int, dict],
     and `own_best` (each run against 99% of its own final best; this one also rewards a
     search that stops improving early)."""
     def reach(curve: np.ndarray, target: float) -> int:
-        hit = np.nonzero(curve >= target)[0]
-        return int(hit[0]) + 1 if len(hit) else trials
+        return _first_reach(curve, target) or trials
 
     seeds = sorted(set(plain) & set(transfer))
     if not seeds:

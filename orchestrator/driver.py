@@ -60,8 +60,7 @@ def build_space(cfg: PrunetuneConfig, model: Any, example_input: Any,
         if budget.kind == "latency":
             from prunetune.kernels.ray_service import LatencyService
 
-            table = Path(cfg.search.latency_table
-                         or (workdir or cfg.workdir_path()) / "latency_table.json").expanduser()
+            table = _latency_table_file(cfg, workdir or cfg.workdir_path())
             table.parent.mkdir(parents=True, exist_ok=True)
             device = str(resolve_device(cfg.finetune.device))
             service = LatencyService(str(table), device=device,
@@ -135,11 +134,15 @@ def _latest_experiment(storage: Path) -> str | None:
 SEARCHER_ARTIFACT = "searcher/state.json"
 
 
+def _latency_table_file(cfg: PrunetuneConfig, workdir: Path) -> Path:
+    """The search's latency table: `search.latency_table`, else `<workdir>/latency_table.json`
+    (shared by the latency budget's fit and the trials' predictions)."""
+    return Path(cfg.search.latency_table or workdir / "latency_table.json").expanduser().resolve()
+
+
 def _latency_table_path(cfg: PrunetuneConfig, workdir: Path) -> str | None:
-    if cfg.search.latency != "table":
-        return None
-    path = Path(cfg.search.latency_table or workdir / "latency_table.json").expanduser()
-    return str(path.resolve())
+    """The table trials predict latency from; None when they time whole models."""
+    return str(_latency_table_file(cfg, workdir)) if cfg.search.latency == "table" else None
 
 
 def _log_searcher_state(tracker: Any, parent: str, experiment_dir: Path) -> None:

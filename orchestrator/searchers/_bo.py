@@ -307,7 +307,7 @@ class BOSearcher(PolicySearcher):
         # One scrambled sequence per (seed, stage), indexed by the suggestion count, so the
         # initial design is reproducible after restore without saving an engine.
         engine = SobolEngine(self.space.dim, scramble=True, seed=self.seed + 7 * self.stage)
-        start = self._rollbacks[-1].get("n_suggested", 0) if self._rollbacks else 0
+        start = self._stage_start() or 0
         if self._n_suggested > start:  # a stage's design starts at its sequence's start
             engine.fast_forward(self._n_suggested - start)
         u = engine.draw(1, dtype=DTYPE).reshape(-1)
@@ -377,12 +377,17 @@ class BOSearcher(PolicySearcher):
                 x = propose_single(model, Xt, pending, bounds, self.acq_settings)
         return x.numpy()
 
+    def _stage_start(self) -> int | None:
+        """Suggestions made before the current stage began: 0 in the first stage; None after a
+        roll-back saved before searchers recorded it (such a stage gets no Sobol points)."""
+        return self._rollbacks[-1].get("n_suggested") if self._rollbacks else 0
+
     def _in_rollback_design(self) -> bool:
         """Whether the next suggestion is one of the Sobol points after the last roll-back."""
-        if not self._rollbacks or self.rollback is None:
+        start = self._stage_start()
+        if not self._rollbacks or self.rollback is None or start is None:
             return False
-        since = self._n_suggested - self._rollbacks[-1].get("n_suggested", self._n_suggested)
-        return since < self.rollback.design
+        return self._n_suggested - start < self.rollback.design
 
     def _propose(self, trial_id: str) -> np.ndarray:
         self._maybe_rollback()
