@@ -336,6 +336,16 @@ class PruningSpace:
         the budget can still be met once the dimensions after it take their upper bounds
         (`x[:i]` and the scheme dimensions as given, `x[i:k]` ignored). The bound's lower end
         without a budget; its upper end when even that does not meet the budget."""
+        return self._least_fitting_step(x, i, rest="upper")
+
+    def fair_share(self, x: Any, i: int) -> float:
+        """The least value that dimensions `i..k-1` could all take (each clipped to its
+        bounds) and meet the budget (`x[:i]` and the scheme dimensions as given): the step's
+        share of the pruning still owed. The bound's lower end without a budget (or when no
+        pruning is owed); its upper end when even the upper bounds do not meet it."""
+        return self._least_fitting_step(x, i, rest="same")
+
+    def _least_fitting_step(self, x: Any, i: int, rest: str) -> float:
         if not 0 <= i < self.k:
             raise ValueError(f"i must be a ratio dimension in [0, {self.k}), got {i}")
         arr = self._vector(x)
@@ -347,7 +357,11 @@ class PruningSpace:
         g = self._group_of
 
         def fits(v: float) -> bool:
-            s[i] = v
+            if rest == "same":  # v is a position in step i's bounds, the same for the rest
+                s[i:] = lo_b[i:] + (v - lo_b[i]) / max(hi_b[i] - lo_b[i], 1e-12) * (
+                    hi_b[i:] - lo_b[i:])
+            else:
+                s[i] = v
             return self._cost(self._ratios(s[g], tmpl), tmpl) <= limit
 
         if limit is None or fits(lo_b[i]):

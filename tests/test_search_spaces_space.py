@@ -135,3 +135,22 @@ def test_encode_inverts_decode(resnet20):
     policy = space.decode([0.3, 0.9])
     assert space.decode(space.encode(policy)) == policy
     assert isinstance(Policy.from_json(policy.to_json()), Policy)
+
+
+def test_fair_share_is_the_uniform_rest_that_meets_the_budget(resnet20):
+    model, analysis = resnet20
+    space = PruningSpace(model, X, budget=Budget("flops", 0.5), analysis=analysis)
+    x = np.zeros(space.dim)
+    x[:3] = [0.0, 0.9, 0.1]  # some pruning already chosen for the first steps
+    for i in (3, space.k // 2):
+        fair = space.fair_share(x, i)
+        assert space.action_floor(x, i) <= fair <= 1.0
+        rest = x.copy()
+        rest[i:space.k] = fair  # every remaining step at the fair share: just meets it
+        assert 0.49 < space.cost(rest, project=False)["flops_share"] <= 0.5 + 1e-9
+        rest[i:space.k] = fair - 0.01  # a little less pruning does not
+        assert space.cost(rest, project=False)["flops_share"] > 0.5
+    free = PruningSpace(model, X, analysis=analysis)  # no budget: nothing is owed
+    assert free.fair_share(np.zeros(free.dim), 0) == float(free.bounds[0, 0])
+    with pytest.raises(ValueError, match="ratio dimension"):
+        space.fair_share(x, space.k)
