@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +115,16 @@ def test_transfer_from_another_model_and_budget(space: PruningSpace, tmp_path: P
     # Transferred weights: the target's first actor action equals the source's on a state
     for a, b in zip(t.agent.actor.parameters(), src.agent.actor.parameters(), strict=True):
         assert torch.equal(a, b)
+    # ... acting at this tighter budget's level: actions scaled by the two budgets' levels
+    assert src.level is not None and t.level > src.level
+    assert t.agent.action_scale == pytest.approx(t.level / src.level)
+    state, graph = np.full(t.agent.state_dim, 0.3), t._graph[0]
+    assert t.agent.act(state, graph) == pytest.approx(
+        min(1.0, t.agent.action_scale * src.agent.act(state, graph)), rel=1e-6)
+    t.save(str(tmp_path / "t.json"))  # and a restored search keeps the scale
+    again = _rl(space, seed=4)
+    again.restore(str(tmp_path / "t.json"))
+    assert again.agent.action_scale == t.agent.action_scale
     _run(t, 3)  # no warm-up: the actor (screened by the assistant) acts at once
     assert t._assistant is not None
     # A folder of saved states (a Tune experiment folder) works too
@@ -144,3 +155,40 @@ def test_failed_trials_leave_nothing_behind(space: PruningSpace) -> None:
     s.on_trial_complete("a", None, error=True)
     s.on_trial_complete("b", {"accuracy": 0.9, "final": False})
     assert s._walks == {} and s.agent.buffer.size == 0
+
+
+def test_relative_actions_put_one_half_on_the_fair_share(space: PruningSpace,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    s = _rl(space, warmup=0, action="relative")
+    assert s._relative(0.5, 0.2, 0.6) == pytest.approx(0.6)
+    assert s._relative(0.0, 0.2, 0.6) == pytest.approx(0.2)  # the wall: the least allowed
+    assert s._relative(1.0, 0.2, 0.6) == pytest.approx(1.0)
+    # An actor that always says 0.5 ("this step's share") walks the uniform policy that
+    # just meets the budget, whatever the budget.
+    monkeypatch.setattr(s.agent, "act", lambda state, graph: 0.5)
+    x = np.asarray(s._walk(explore=False)["x"])
+    assert np.ptp(x) < 0.05  # channel counts round the shares a little
+    assert 0.49 < space.cost(x, project=False)["flops_share"] <= KEEP + 1e-9
+    absolute = _rl(space, warmup=0, action="absolute")
+    # AMC's absolute actions: an actor that prunes too little early is walled late
+    monkeypatch.setattr(absolute.agent, "act", lambda state, graph: 0.1)
+    x = np.asarray(absolute._walk(explore=False)["x"])
+    assert x[0] == pytest.approx(0.1) and x[space.k - 1] > 0.5
+
+
+def test_buffer_keeps_raw_rewards_and_states_say_their_format(space: PruningSpace,
+                                                              tmp_path: Path) -> None:
+    s = _rl(space, action="relative")
+    rewards = _run(s, 4)
+    stored = s.agent.buffer.data["r"][:s.agent.buffer.size, 0]
+    assert np.allclose(stored, np.repeat(rewards, space.k))  # every step: the episode's reward
+    s.save(str(tmp_path / "rl.json"))
+    state = load_searcher_state(tmp_path / "rl.json")
+    with pytest.raises(SearcherError, match="action='relative'"):
+        _rl(space, action="absolute", warm_start=str(tmp_path / "rl.json"))
+    del state["algorithm"]["agent"]["rewards"]  # as saved before rewards were kept raw
+    (tmp_path / "old.json").write_text(json.dumps(state))
+    with pytest.raises(SearcherError, match="baseline-relative rewards"):
+        _rl(space, action="relative", warm_start=str(tmp_path / "old.json"))
+    with pytest.raises(SearcherError, match="action must be one of"):
+        _rl(space, action="logit")

@@ -9,12 +9,19 @@ agent move from ResNet-20 to ResNet-56):
     FLOPs and params relative to the largest step, depth | FLOPs reduced so far, FLOPs left
     after this step (shares of dense), previous action, the budget's keep, the action wall
 
-and the action is the step's position in the space's bounds, clipped from below by AMC's
-action wall (`PruningSpace.action_floor`: the least pruning that still lets the budget be met
-if every later step prunes all it may), so every episode meets the budget by construction.
+and the action in [0, 1] never goes below AMC's action wall (`PruningSpace.action_floor`:
+the least pruning that still lets the budget be met if every later step prunes all it may),
+so every episode meets the budget by construction. `action="absolute"` (AMC, the default)
+takes the action as the step's position in the space's bounds, clipped at the wall.
+`action="relative"` spans [wall, upper bound] with a power curve that puts 0.5 on the step's
+fair share of the pruning still owed (`PruningSpace.fair_share`), so an action means the same
+at any budget. On the ResNet-56 benchmark it learned as well from scratch but transferred
+worse (from ResNet-20 and from another budget), hence not the default.
 Reward: the trial's metric ("metric", AMC's constrained mode) or `-error * log(FLOPs)`
-("error_log_flops"), minus a moving-average baseline, given to every step of the episode.
-Rewards are standardised by the spread of those seen so far. Because every step already
+("error_log_flops"), given to every step of the episode. The buffer keeps it raw; the critic
+learns it standardised by the search's reward mean and spread (source transitions by the
+source search's), so old and new transitions stay on one scale (AMC subtracts a moving
+baseline when storing, see `_reward_norm` for why not here). Because every step already
 carries the whole episode's reward, the critic's target is that reward (`discount=0`, the
 default); AMC's `discount=1` bootstraps a sum over the remaining steps through the target
 networks, and on the ResNet-56 benchmark (seed 0, 100 episodes) it collapsed onto a
@@ -31,7 +38,10 @@ one as source experience that is overwritten first (augmented transfer), the cri
 pre-trained on it, and an assistant reward model (a gradient-boosting regressor from an
 episode's action profile to its standardised reward, trained on the history of both searches)
 screens `screen` candidate episodes per suggestion and keeps the most promising one
-(assistant learning). Warm-up random episodes are skipped and exploration starts lower.
+(assistant learning). Warm-up random episodes are skipped and exploration starts lower. From
+a search at another budget, the actor's (absolute) actions are scaled by the ratio of the
+two budgets' uniform levels (`level`: the ratio every step could take and just meet the
+budget), so it starts at the new budget with the source's per-layer profile.
 
 Graph-aware state (AutoSculpt): `gnn=True` adds per-step embeddings of a graph network over
 the unit dependency graph (`_rl_agent.GraphEncoder`), trained through the critic and actor.
@@ -55,6 +65,7 @@ _STATIC = 10  # static features per step (see the module docstring)
 _STATE_DIM = _STATIC + 5  # + reduced so far, left after, previous action, keep, wall
 _PROFILE_BINS = 8  # the assistant's view of an episode: mean action per depth bin, + FLOPs
 _REWARDS = ("metric", "error_log_flops")
+_ACTIONS = ("relative", "absolute")
 
 
 def load_searcher_state(path: str | Path) -> dict[str, Any]:
@@ -107,11 +118,12 @@ class RLSearcher(PolicySearcher):
                  seed: int = 0, reward: str = "metric", warmup: int = 20,
                  init_delta: float = 0.5, delta_decay: float = 0.95,
                  min_delta: float = 0.05, hidden: int = 64,
-                 gnn: bool = False, discount: float = 0.0, baseline_alpha: float = 0.5,
+                 gnn: bool = False, discount: float = 0.0,
                  buffer_size: int = 4000, batch_size: int = 64,
                  updates_per_episode: int | None = None, warm_start: str | None = None,
                  transfer_delta: float = 0.2, critic_pretrain: int = 200,
-                 screen: int | str = "auto") -> None:
+                 screen: int | str = "auto", action: str = "absolute",
+                 lr_actor: float = 1e-3, lr_critic: float = 2e-3) -> None:
         super().__init__(space=space, metric=metric, mode=mode, seed=seed)
         if reward not in _REWARDS:
             raise SearcherError(f"reward must be one of {', '.join(_REWARDS)}, got {reward!r}")
@@ -120,12 +132,14 @@ class RLSearcher(PolicySearcher):
                                 f"got {warmup}, {init_delta}, {delta_decay}")
         if not (screen == "auto" or (isinstance(screen, int) and screen >= 1)):
             raise SearcherError(f"screen must be 'auto' or an integer >= 1, got {screen!r}")
-        self.reward, self.warmup = reward, warmup
+        if action not in _ACTIONS:
+            raise SearcherError(f"action must be one of {', '.join(_ACTIONS)}, got {action!r}")
+        self.reward, self.warmup, self.action = reward, warmup, action
         if not 0.0 <= min_delta <= init_delta:
             raise SearcherError(f"min_delta must be in [0, init_delta={init_delta}], got "
                                 f"{min_delta}")
         self.init_delta, self.delta_decay, self.min_delta = init_delta, delta_decay, min_delta
-        self.baseline_alpha, self.transfer_delta = baseline_alpha, transfer_delta
+        self.transfer_delta = transfer_delta
         self.updates_per_episode = updates_per_episode or space.k
         static, edges = _unit_graph(space)
         # FLOPs after each step (shares of dense); then FLOPs and params relative to the
@@ -136,10 +150,11 @@ class RLSearcher(PolicySearcher):
         self._graph = GraphEncoder.propagate(static, edges)
         self.agent = DDPGAgent(state_dim=_STATE_DIM, graph_dim=self._graph.shape[1], seed=seed,
                                hidden=hidden, gnn=gnn, discount=discount,
+                               lr_actor=lr_actor, lr_critic=lr_critic,
                                batch_size=batch_size, buffer_size=buffer_size)
+        self.level = self._budget_level()
         self._rng = np.random.default_rng(seed)
         self._episodes = 0  # episodes proposed (AMC's episode counter drives exploration)
-        self._baseline: float | None = None
         self._walks: dict[str, dict[str, list]] = {}  # live episodes by trial id
         self.history: list[dict[str, Any]] = []  # finished: action profile and raw reward
         self.source_history: list[dict[str, Any]] = []
@@ -185,12 +200,27 @@ class RLSearcher(PolicySearcher):
                 a = self.agent.act(s, self._graph[t])
                 if explore:
                     a = _truncated_normal(self._rng, a, delta)
-            a = float(min(1.0, max(a, wall)))
-            x[t] = lo[t] + a * span
+            if self.action == "relative":
+                x[t] = lo[t] + span * self._relative(a, wall, (sp.fair_share(x, t) - lo[t]) / span)
+            else:
+                a = float(min(1.0, max(a, wall)))
+                x[t] = lo[t] + a * span
             states.append(s.tolist())
             actions.append(a)
             prev = a
         return {"states": states, "actions": actions, "x": x.tolist()}
+
+    def _relative(self, a: float, wall: float, fair: float) -> float:
+        """A budget-relative action -> the step's position in its bounds: `a` in [0, 1] spans
+        [wall, 1] through the power curve that puts a = 0.5 on the step's fair share of the
+        pruning still owed (`PruningSpace.fair_share`). So 0.5 means "this step's share" at
+        any budget and on any model (meant for transfer to another budget; measured worse
+        there than scaled absolute actions, see the module docstring);
+        without a budget the curve is the identity."""
+        if self.space.budget is None or wall >= 1.0:
+            return min(1.0, max(a, wall))
+        q = min(0.98, max(0.02, (fair - wall) / (1.0 - wall)))
+        return wall + (1.0 - wall) * float(a) ** (math.log(q) / math.log(0.5))
 
     def _propose(self, trial_id: str) -> np.ndarray:
         n = self.screen if self._assistant is not None else 1
@@ -223,28 +253,35 @@ class RLSearcher(PolicySearcher):
         if walk is None:
             return
         R = self._episode_reward(x, value)
-        if self._baseline is None:
-            self._baseline = R
-        # Standardised by the spread of the rewards so far: accuracy differences of a few
-        # points would otherwise leave the critic fitting targets of ~0.01, and its action
-        # gradients (what trains the actor) drowned in noise.
-        seen = [h["reward"] for h in self.history] + [R]
-        scale = float(np.std(seen)) if len(seen) > 2 else 0.0
-        r = (R - self._baseline) / (scale if scale > 1e-8 else 1.0)
-        self._baseline = (1 - self.baseline_alpha) * self._baseline + self.baseline_alpha * R
         S, A = np.asarray(walk["states"]), walk["actions"]
         T = len(A)
         for t in range(T):
             last = t == T - 1
-            self.agent.buffer.add(s=S[t], g=self._graph[t], a=A[t], r=r,
+            self.agent.buffer.add(s=S[t], g=self._graph[t], a=A[t], r=R,
                                   s2=S[t] if last else S[t + 1],
                                   g2=self._graph[t] if last else self._graph[t + 1],
                                   done=float(last))
         self.history.append({"profile": self._profile(A, walk["x"]), "reward": R})
         if self.warm_started or len(self.history) > self.warmup:
+            norm = self._reward_norm()
             for _ in range(self.updates_per_episode):
-                self.agent.update(self._rng)
+                self.agent.update(self._rng, reward_norm=norm)
         self._fit_assistant()
+
+    def _reward_norm(self) -> tuple[tuple[float, float], tuple[float, float]]:
+        """(mean, std) of this search's episode rewards and of the source search's. The buffer
+        keeps raw rewards and the critic learns them standardised by these, so an old
+        transition and a new one are on one scale. Why not AMC's moving baseline: stored
+        baseline-relative rewards score every era of the search near zero, so after a
+        collapse onto a bad policy the critic could no longer tell it from the better ones
+        it had seen, and the actor never came back (seen on the ResNet-56 benchmark)."""
+        def stats(hist: list[dict[str, Any]]) -> tuple[float, float]:
+            r = np.array([h["reward"] for h in hist], dtype=float)
+            if len(r) < 2:
+                return (float(r[0]) if len(r) else 0.0), 1.0
+            return float(r.mean()), max(float(r.std()), 1e-8)
+
+        return stats(self.history), stats(self.source_history)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
@@ -278,29 +315,62 @@ class RLSearcher(PolicySearcher):
             raise SearcherError(f"warm_start needs the state of an {type(self).__name__} "
                                 f"search, got one of {state.get('searcher')!r}")
         alg = state["algorithm"]
+        self._check_action(alg, "warm_start")
         try:
             self.agent.load(alg["agent"], transfer=True)
         except ValueError as err:
             raise SearcherError(f"warm_start: {err}") from err
         self.source_history = alg["history"] + alg.get("source_history", [])
+        # An absolute actor learned at one budget prunes to that budget's level; at a tighter
+        # one the action wall then takes the last layers to the bound (measured: transfer from
+        # 70% to 50% FLOPs chance-level for 2 of 3 seeds). Scale its actions by the ratio of
+        # the two budgets' uniform levels so it starts at this budget with the source's profile.
+        src_level, src_scale = alg.get("level"), alg.get("action_scale", 1.0)
+        if self.action == "absolute" and src_level and self.level:
+            self.agent.action_scale = float(np.clip(src_scale * self.level / src_level,
+                                                    0.25, 4.0))
+        norm = ((0.0, 1.0), self._reward_norm()[1])  # only source transitions so far
         for _ in range(critic_pretrain):
-            self.agent.update(self._rng, actor=False)
+            self.agent.update(self._rng, actor=False, reward_norm=norm)
         self.warm_started = True
 
     # -- persistence -------------------------------------------------------------------------
     def _algorithm_state(self) -> dict[str, Any]:
         return {"rng": self._rng.bit_generator.state, "episodes": self._episodes,
-                "baseline": self._baseline, "walks": self._walks, "history": self.history,
+                "walks": self._walks, "history": self.history,
                 "source_history": self.source_history, "warm_started": self.warm_started,
-                "screen": self.screen, "agent": self.agent.state_dict()}
+                "screen": self.screen, "action": self.action, "level": self.level,
+                "action_scale": self.agent.action_scale, "agent": self.agent.state_dict()}
+
+    def _budget_level(self) -> float | None:
+        """The position in the first step's bounds that every step could take and just meet
+        the budget (None without one, or when nothing need be pruned)."""
+        sp = self.space
+        if sp.budget is None:
+            return None
+        lo, hi = (np.asarray(b, dtype=float) for b in sp.bounds)
+        x = lo.copy()
+        level = (sp.fair_share(x, 0) - lo[0]) / max(hi[0] - lo[0], 1e-12)
+        return float(level) if level > 0 else None
+
+    def _check_action(self, alg: dict[str, Any], what: str) -> None:
+        """An agent learned its actor in one action mode; read in another, its outputs would
+        mean other ratios. States saved before the option existed used absolute actions."""
+        saved = alg.get("action", "absolute")
+        if saved != self.action:
+            raise SearcherError(f"{what}: the saved agent acts with action={saved!r}, this "
+                                f"searcher with action={self.action!r}; set the option "
+                                f"action: {saved} to use it")
 
     def _load_algorithm_state(self, state: dict[str, Any]) -> None:
+        self._check_action(state, "restore")
         self._rng = np.random.default_rng()
         self._rng.bit_generator.state = state["rng"]
-        self._episodes, self._baseline = state["episodes"], state["baseline"]
+        self._episodes = state["episodes"]
         self._walks = {k: dict(v) for k, v in state["walks"].items()}
         self.history, self.source_history = state["history"], state["source_history"]
         self.warm_started, self.screen = state["warm_started"], state["screen"]
+        self.agent.action_scale = state.get("action_scale", 1.0)
         try:
             self.agent.load(state["agent"])
         except ValueError as err:

@@ -163,10 +163,13 @@ class DDPGAgent:
     """DDPG (Lillicrap et al., 2016) as AMC uses it: actor and critic MLPs with target
     networks updated by Polyak averaging, a replay buffer, Adam.
 
-    AMC's reward assignment: every step of an episode gets the episode's reward minus a
-    moving-average baseline, and the critic's target is `r + discount * (1 - done) * Q'(s',
-    mu'(s'))` with the target networks (`discount=0`: the reward alone).
+    AMC's reward assignment: every step of an episode gets the episode's reward, and the
+    critic's target is `r + discount * (1 - done) * Q'(s', mu'(s'))` with the target networks
+    (`discount=0`: the reward alone). The buffer keeps raw rewards; `update` standardises them
+    (AMC subtracts a moving baseline when storing, see `RLSearcher._reward_norm`).
     """
+
+    REWARDS = "raw"  # what the buffer's rewards are; states saved before it had no marker
 
     def __init__(self, *, state_dim: int, graph_dim: int, seed: int, hidden: int = 64,
                  gnn: bool = False, lr_actor: float = 1e-3, lr_critic: float = 2e-3,
@@ -192,6 +195,9 @@ class DDPGAgent:
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=lr_actor)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=lr_critic)
         self.buffer = ReplayBuffer(buffer_size, state_dim, graph_dim)
+        # Executed action = actor output x action_scale: 1 unless the actor was transferred
+        # from a search at another budget (see RLSearcher._warm_start).
+        self.action_scale = 1.0
 
     def _graph(self, g: np.ndarray | torch.Tensor) -> torch.Tensor | None:
         return torch.as_tensor(g, dtype=torch.float32) if self.gnn else None
@@ -201,7 +207,12 @@ class DDPGAgent:
         """The actor's action for one `s` state and `3f` graph row."""
         s = torch.as_tensor(state, dtype=torch.float32)[None]
         g = self._graph(np.asarray(graph)[None])
-        return float(self.actor(s, g)[0, 0])
+        return float(self._mu(self.actor, s, g)[0, 0])
+
+    def _mu(self, actor: _Actor, s: torch.Tensor, g: torch.Tensor | None) -> torch.Tensor:
+        """The executed action: the actor's output times `action_scale`, at most 1."""
+        out = actor(s, g)
+        return out if self.action_scale == 1.0 else torch.clamp(out * self.action_scale, max=1.0)
 
     @torch.no_grad()
     def q_value(self, states: np.ndarray, graphs: np.ndarray, actions: np.ndarray) -> np.ndarray:
@@ -210,22 +221,29 @@ class DDPGAgent:
         a = torch.as_tensor(actions, dtype=torch.float32).reshape(-1, 1)
         return self.critic(s, self._graph(graphs), a)[:, 0].numpy()
 
-    def update(self, rng: np.random.Generator, *, actor: bool = True) -> float:
+    def update(self, rng: np.random.Generator, *, actor: bool = True,
+               reward_norm: tuple[tuple[float, float], tuple[float, float]] = ((0.0, 1.0),
+                                                                               (0.0, 1.0)),
+               ) -> float:
         """One DDPG step on a minibatch; returns the critic loss. `actor=False` trains the
-        critic alone (pre-training it on transferred experience)."""
+        critic alone (pre-training it on transferred experience). `reward_norm`: (mean, std)
+        that standardise the stored raw rewards of own and of source transitions."""
         if self.buffer.size == 0:
             return 0.0
         b = self.buffer.sample(self.batch_size, rng)
         g, g2 = self._graph(b["g"]), self._graph(b["g2"])
+        (m_own, s_own), (m_src, s_src) = reward_norm
+        src = b["source"] > 0
+        r = torch.where(src, (b["r"] - m_src) / s_src, (b["r"] - m_own) / s_own)
         with torch.no_grad():
-            q_next = self.critic_target(b["s2"], g2, self.actor_target(b["s2"], g2))
-            target = b["r"] + self.discount * (1.0 - b["done"]) * q_next
+            q_next = self.critic_target(b["s2"], g2, self._mu(self.actor_target, b["s2"], g2))
+            target = r + self.discount * (1.0 - b["done"]) * q_next
         loss = nn.functional.mse_loss(self.critic(b["s"], g, b["a"]), target)
         self.critic_opt.zero_grad()
         loss.backward()
         self.critic_opt.step()
         if actor:
-            policy_loss = -self.critic(b["s"], g, self.actor(b["s"], g)).mean()
+            policy_loss = -self.critic(b["s"], g, self._mu(self.actor, b["s"], g)).mean()
             self.actor_opt.zero_grad()
             policy_loss.backward()
             self.actor_opt.step()
@@ -238,6 +256,7 @@ class DDPGAgent:
     # -- persistence ---------------------------------------------------------------------------
     def state_dict(self, *, buffer: bool = True) -> dict[str, Any]:
         out = {"state_dim": self.state_dim, "graph_dim": self.graph_dim, "gnn": self.gnn,
+               "rewards": self.REWARDS,
                "actor": _module_state(self.actor), "critic": _module_state(self.critic),
                "actor_target": _module_state(self.actor_target),
                "critic_target": _module_state(self.critic_target),
@@ -256,6 +275,10 @@ class DDPGAgent:
                              f"{state['graph_dim']}, gnn {state['gnn']}; this one has "
                              f"{self.state_dim}, {self.graph_dim}, {self.gnn}: warm-start only "
                              "from a search with the same gnn setting")
+        if state.get("rewards") != self.REWARDS:
+            raise ValueError("the saved agent's replay buffer holds baseline-relative rewards "
+                             "(saved by an earlier prunetune); this one keeps raw rewards: "
+                             "start a new search, or warm-start from one saved since")
         for name in ("actor", "critic", "actor_target", "critic_target"):
             _load_module_state(getattr(self, name), state[name])
         if not transfer:
