@@ -10,8 +10,11 @@ random search, the uniform-ratio baseline and plain BO, on real pruning.
 RL methods: `rl` (AMC's DDPG from scratch), `rl-transfer` (warm-started from an RL search on
 ResNet-20, same recipe), `rl-transfer-budget` (from an RL search on this ResNet-56 at a 70%
 FLOPs budget), `rl-transfer-explore` (from ResNet-20, exploring like a fresh agent), and
-`rl-gnn` (from scratch, with the graph-network state). The
-source searches run once (seed 100, 200 episodes) and are kept in --work.
+`rl-gnn` (from scratch, with the graph-network state); `rl-relative`, `rl-transfer-relative`
+and `rl-transfer-budget-relative` are the same with budget-relative actions. The source
+searches run once per recipe (seed 100, 200 episodes) and are kept in --work. Runs named
+`*-v1` in the results are of the agent up to commit 34d1dbe (AMC's moving-baseline rewards
+stored in the buffer), whose code is gone; they are kept as a record, not rerun.
 The summary's "transfer" compares, per seed, the episodes each needs to reach 99% of plain
 RL's best reward (and reports two looser readings beside it, see `transfer_speedup`).
 
@@ -39,6 +42,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -119,7 +123,11 @@ SOURCE_TRIALS, SOURCE_SEED = 200, 100
 # The RL searcher's settings, written out so a change of its defaults makes a new method
 # definition (and new runs) rather than silently mixing runs of two agents.
 RL_OPTIONS = {"discount": 0.0, "min_delta": 0.05, "warmup": 20, "init_delta": 0.5,
-              "delta_decay": 0.95, "transfer_delta": 0.2, "gnn": False}
+              "delta_decay": 0.95, "transfer_delta": 0.2, "gnn": False, "action": "absolute",
+              "lr_actor": 1e-3, "lr_critic": 2e-3}
+# The same agent with budget-relative actions (0.5 = the step's fair share of the pruning
+# still owed); its transfer sources are searched with it too.
+RL_RELATIVE = {**RL_OPTIONS, "action": "relative"}
 
 METHODS: dict[str, Method] = {
     "random": Method("random", "full"),
@@ -141,6 +149,11 @@ METHODS: dict[str, Method] = {
     # transferred actor is only the starting mean.
     "rl-transfer-explore": Method("rl", "full", {**RL_OPTIONS, "transfer_delta": 0.5,
                                                  "warm_start": "source:resnet20"}),
+    "rl-relative": Method("rl", "full", RL_RELATIVE),
+    "rl-transfer-relative": Method("rl", "full", {**RL_RELATIVE,
+                                                  "warm_start": "source:resnet20"}),
+    "rl-transfer-budget-relative": Method("rl", "full", {**RL_RELATIVE,
+                                                         "warm_start": "source:resnet56-keep0.7"}),
 }
 DEFAULT_METHODS = ("random", "uniform", "bo-full", "bo-clustered", "bo-rollback")
 RL_METHODS = ("rl", "rl-transfer", "rl-transfer-budget", "rl-transfer-explore")
@@ -318,11 +331,12 @@ def _update(out: Path, objective: dict[str, Any] | None, run: dict[str, Any] | N
     return results
 
 
-def source_search(name: str, obj: Objective, work: Path) -> tuple[Path, dict[str, Any]]:
-    """The saved state of transfer source `name` (see SOURCES), searched once and kept in
-    `work`; and a record of it (model, budget, rewards)."""
+def source_search(name: str, obj: Objective, work: Path,
+                  options: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+    """The saved state of transfer source `name` (see SOURCES), searched once with the RL
+    `options` and kept in `work`; and a record of it (model, budget, rewards)."""
     model_name, budget = SOURCES[name]
-    tag = hashlib.sha256(json.dumps(RL_OPTIONS, sort_keys=True).encode()).hexdigest()[:8]
+    tag = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:8]
     path = work / "sources" / f"rl-{name}-{tag}-seed{SOURCE_SEED}-t{SOURCE_TRIALS}.json"
     record_path = path.with_suffix(".record.json")
     if path.is_file() and record_path.is_file():
@@ -331,7 +345,7 @@ def source_search(name: str, obj: Objective, work: Path) -> tuple[Path, dict[str
         obj.val_subset, bn_calib=0 if obj.calib is None else len(obj.calib),
         model=ModelConfig(name=model_name))
     searcher = make_searcher("rl", space=src.space("full", budget=budget), metric="accuracy",
-                             mode="max", seed=SOURCE_SEED, options=RL_OPTIONS)
+                             mode="max", seed=SOURCE_SEED, options=options)
     print(f"transfer source {name}: RL on {model_name} at {budget.keep:.0%} {budget.kind}, "
           f"{SOURCE_TRIALS} episodes", flush=True)
     rewards = []
@@ -343,7 +357,7 @@ def source_search(name: str, obj: Objective, work: Path) -> tuple[Path, dict[str
             print(f"  source {name}: {i + 1}/{SOURCE_TRIALS} best {max(rewards):.4f}", flush=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     searcher.save(str(path))
-    record = {"name": name, "model": model_name, "budget": budget.to_dict(), "options": RL_OPTIONS,
+    record = {"name": name, "model": model_name, "budget": budget.to_dict(), "options": options,
               "seed": SOURCE_SEED, "dense_val_accuracy": src.dense_accuracy,
               "rewards": rewards}
     _write_json(record_path, record)
@@ -356,7 +370,8 @@ def run_one(obj: Objective, method: str, seed: int, trials: int, work: Path,
     m = METHODS[method]
     options, source = dict(m.options), None
     if str(options.get("warm_start", "")).startswith("source:"):
-        path, source = source_search(options["warm_start"].split(":", 1)[1], obj, work)
+        recipe = {k: v for k, v in options.items() if k != "warm_start"}
+        path, source = source_search(options["warm_start"].split(":", 1)[1], obj, work, recipe)
         options["warm_start"] = str(path)
     searcher = make_searcher(m.searcher, space=obj.space(m.grouping), metric="accuracy",
                              mode="max", seed=seed, options=options)
@@ -461,9 +476,10 @@ def summarise(runs: list[dict[str, Any]], trials: int) -> dict[str, Any]:
     if "bo-rollback" in ms and "bo-full" in ms:
         targets["rollback_final_best_ge_bo_full_mean"] = bool(
             ms["bo-rollback"]["final_best_mean"] >= ms["bo-full"]["final_best_mean"])
-    for method in RL_METHODS[1:]:
-        if method in by and "rl" in by:
-            out.setdefault("transfer", {})[method] = transfer_speedup(by["rl"], by[method],
+    for method in by:  # each transfer method against the same agent without transfer
+        plain = re.sub(r"-transfer(-budget|-explore)?", "", method)
+        if plain != method and plain in by:
+            out.setdefault("transfer", {})[method] = transfer_speedup(by[plain], by[method],
                                                                       trials)
     if out.get("transfer"):
         targets["transfer_episodes_to_99pct_ge_1_5x_fewer"] = {
