@@ -267,13 +267,14 @@ def _cost_model(model: nn.Module, gunits: list[_GraphUnit], flops: float, params
             src = sources.get(src)
     np.clip(w_out, 0.0, 1.0, out=w_out)
     np.clip(w_in, 0.0, 1.0, out=w_in)
+    name_of = {m: n for n, m in by_name.items()}
     return CostModel(
         dense_flops=flops, dense_params=params, w_flops=w_flops, o_flops=o_flops,
         w_params=w_params, o_params=o_params, w_out=w_out, w_in=w_in, owner=owner,
         applies=applies, channels=np.array([g.unit.channels for g in gunits], dtype=float),
         ch_groups=np.array([g.unit.ch_groups for g in gunits], dtype=float),
         multiple=np.array([g.unit.multiple for g in gunits], dtype=np.int64),
-        names=tuple({m: n for n, m in model.named_modules()}[m] for m in modules))
+        names=tuple(name_of[m] for m in modules))
 
 
 def analyze(model: nn.Module, example_input: Any, *, protect_output: bool = True,

@@ -339,10 +339,11 @@ class PruningSpace:
         return self._least_fitting_step(x, i, rest="upper")
 
     def fair_share(self, x: Any, i: int) -> float:
-        """The least value that dimensions `i..k-1` could all take (each clipped to its
-        bounds) and meet the budget (`x[:i]` and the scheme dimensions as given): the step's
-        share of the pruning still owed. The bound's lower end without a budget (or when no
-        pruning is owed); its upper end when even the upper bounds do not meet it."""
+        """The least value dimension `i` could take, with dimensions `i+1..k-1` at the same
+        relative position in their own bounds, and meet the budget (`x[:i]` and the scheme
+        dimensions as given): the step's share of the pruning still owed. The bound's lower
+        end without a budget (or when no pruning is owed); its upper end when even the upper
+        bounds do not meet it."""
         return self._least_fitting_step(x, i, rest="same")
 
     def _least_fitting_step(self, x: Any, i: int, rest: str) -> float:
