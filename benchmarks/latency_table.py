@@ -7,10 +7,11 @@ For each model: random points of the `PruningSpace` box are decoded to policies,
 (`apply_policy`), put in deployment form, and both predicted from the latency table (sum of
 per-layer entries measured on demand + the residual measured on the dense model) and measured
 as a whole. Layer entries are measured right before the whole model they belong to, so both
-see the same machine load. Both the median-based and the min-based predictions are scored
-against the measured median / min, and the predicted speedup over the dense model against the
-speedup measured with the dense model timed right next to each pruned one (immune to the
-machine's load drifting during the run). Timing: one thread, thread CPU clock, batch 1 by
+see the same machine load. A whole model is timed in bursts spread over a few seconds, in turn
+with the dense model (`measure_interleaved`): the host's speed drifts over seconds, so one burst
+is a snapshot of it. Both the median-based and the min-based predictions are scored against
+the measured median / min, and the predicted speedup over the dense model against the speedup
+measured from those interleaved timings. Timing: one thread, thread CPU clock, batch 1 by
 default. The linear latency model a latency budget uses (`LatencyPredictor.linear_terms`) is
 scored too, against the min-based table prediction and the measured minimum. Writes
 `benchmarks/results/latency_table-cpu.json`.
@@ -56,6 +57,14 @@ def repeat_errors(rows: list[dict[str, Any]]) -> list[float]:
     return [d / middle - 1.0 for d in dense]
 
 
+def drift_correlation(rows: list[dict[str, Any]]) -> float | None:
+    errors = [r["err_min"] for r in rows]
+    dense = [r["dense_measured_min_ms"] for r in rows]
+    if len(rows) < 3 or len(set(errors)) < 2 or len(set(dense)) < 2:
+        return None
+    return statistics.correlation(errors, dense)
+
+
 def make_space(model: torch.nn.Module, x: torch.Tensor, schemes: tuple[str, ...], seed: int,
                predictor: LatencyPredictor) -> Any:
     """A PruningSpace for CPU without a budget (policies spread over the whole ratio range),
@@ -89,10 +98,10 @@ def run_model(name: str, args: argparse.Namespace, measurer: DeviceMeasurer,
         policy = space.decode(vector)
         pruned = apply_policy(dense, policy, x)
         predicted = {stat: p.predict(pruned) for stat, p in predictors.items()}
-        measured = predictors["median"].measure(pruned, repeats=args.whole_repeats)
-        # The dense model measured right next to the pruned one: the speedup is then immune to
-        # the machine's load drifting between table entries and whole-model timings.
-        dense_now = predictors["median"].measure(dense, repeats=args.whole_repeats)
+        # Pruned and dense timed in turn, in bursts spread over a few seconds: the host's
+        # speed drifts over seconds, and the speedup is then immune to that drift.
+        measured, dense_now = predictors["median"].measure_interleaved(
+            [pruned, dense], bursts=args.bursts, repeats=args.whole_repeats)
         row = {
             "policy": i,
             "schemes": sorted({u.scheme for u in policy.units.values() if u.ratio > 0}),
@@ -137,6 +146,9 @@ def run_model(name: str, args: argparse.Namespace, measurer: DeviceMeasurer,
         # The noise floor: the same dense model, re-measured next to every policy, against the
         # median of those measurements. No prediction can beat the truth's own repeatability.
         "dense_repeatability": score(repeat_errors(rows)),
+        # How much of the min-based error follows the host's speed at the time (the dense
+        # model's latency measured next to each policy): near -1, the error is the host's drift.
+        "err_min_vs_dense_now_r": drift_correlation(rows),
         "rows": rows,
     }
 
@@ -149,7 +161,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=15, help="timing blocks per layer entry")
     parser.add_argument("--whole-repeats", type=int, default=21,
-                        help="timing blocks per whole-model measurement")
+                        help="timing blocks per burst of a whole-model measurement")
+    parser.add_argument("--bursts", type=int, default=6,
+                        help="bursts per whole-model measurement (interleaved with the dense "
+                             "model's)")
     parser.add_argument("--schemes", nargs="+", default=["channel", "block"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--smoke", action="store_true", help="2 policies of ResNet-20, batch 2")
@@ -158,6 +173,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.smoke:
         args.models, args.policies, args.batch = ["resnet20"], 2, 2
         args.repeats = args.whole_repeats = 3
+        args.bursts = 2
     torch.manual_seed(args.seed)
     # Everything (shape passes, apply_policy) at the measured thread count: on a shared machine
     # extra torch threads only wait for each other.
@@ -168,7 +184,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = {
         "device": measurer.name, "smoke": args.smoke, "policies_per_model": args.policies,
         "batch": args.batch, "threads": args.threads, "schemes": args.schemes,
-        "repeats": args.repeats, "whole_repeats": args.whole_repeats,
+        "repeats": args.repeats, "whole_repeats": args.whole_repeats, "bursts": args.bursts,
         "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "machine": machine_info(),
         "overall": {

@@ -20,6 +20,7 @@ from .latency import (
     LatencyMeasurement,
     default_measurer,
     device_name,
+    measure_interleaved,
     measure_latency,
 )
 from .layers import LayerSpec, build_layer, deploy, layer_specs
@@ -35,6 +36,7 @@ from .modules import (
 from .predict import (
     LatencyPrediction,
     LatencyPredictor,
+    measured_models_ms,
     model_latency_ms,
     predict_latency,
     skeleton,
@@ -70,7 +72,9 @@ __all__ = [
     "interpreter_enabled",
     "is_nm_mask",
     "layer_specs",
+    "measure_interleaved",
     "measure_latency",
+    "measured_models_ms",
     "model_latency_ms",
     "predict_latency",
     "resolve_backend",

@@ -2,7 +2,9 @@
 
 `measure_latency` times a model or layer: on CUDA with events around each call, after a warm-up
 and with the L2 cache flushed before every call; on CPU with `torch.utils.benchmark.Timer` at a
-fixed thread count. Both report the median of the repeats.
+fixed thread count. Both report the median of the repeats. `measure_interleaved` times several
+models in turn, in bursts spread over time: what a shared CPU needs to give steady numbers and
+drift-free speedups.
 
 `DeviceMeasurer` serialises measurements per device across threads *and* processes (Ray workers
 included) with an `fcntl.flock` on a per-device lock file, so two measurements never overlap and
@@ -35,6 +37,7 @@ __all__ = [
     "LatencyMeasurement",
     "default_measurer",
     "device_name",
+    "measure_interleaved",
     "measure_latency",
     "resolve_clock",
     "torch_threads",
@@ -183,6 +186,47 @@ def _time_cpu(fn: Callable[[], Any], repeats: int, warmup: int, threads: int,
     return [timer.timeit(number).median * 1e3 for _ in range(repeats)]
 
 
+def _validate_counts(repeats: int, warmup: int, bursts: int = 1) -> None:
+    if repeats < 1 or warmup < 0 or bursts < 1:
+        raise ValueError(f"repeats and bursts must be >= 1 and warmup >= 0, got "
+                         f"repeats={repeats}, warmup={warmup}, bursts={bursts}")
+
+
+def _caller(model_or_layer: nn.Module | Callable[..., Any],
+            example_input: torch.Tensor | Sequence[torch.Tensor], device: torch.device,
+            dtype: torch.dtype | None) -> Callable[[], Any]:
+    """A no-argument callable running one inference-mode forward call on `device`."""
+    inputs = _as_tuple(example_input)
+    if isinstance(model_or_layer, nn.Module):
+        model, inputs = _prepare(model_or_layer, inputs, device, dtype)
+    else:
+        model = model_or_layer
+        inputs = tuple(t.to(device) for t in inputs)
+
+    def call() -> Any:
+        with torch.inference_mode():
+            return model(*inputs)
+
+    return call
+
+
+def _sample(call: Callable[[], Any], device: torch.device, repeats: int, warmup: int,
+            threads: int, clock: str) -> tuple[list[float], str]:
+    """`repeats` timings of `call` in ms on a CUDA device or the CPU, and the method's name."""
+    if device.type == "cuda":
+        return _time_cuda(call, device, repeats, warmup), "cuda-events+l2-flush"
+    clock = resolve_clock(clock, threads)
+    return _time_cpu(call, repeats, warmup, threads, clock), f"torch-timer-{threads}t-{clock}"
+
+
+def _summary(times: list[float], device: torch.device, threads: int, clock: str, method: str,
+             started: float, ended: float) -> LatencyMeasurement:
+    median, p25, p75 = _quartiles(times)
+    return LatencyMeasurement(median_ms=median, p25_ms=p25, p75_ms=p75, min_ms=min(times),
+                              repeats=len(times), device=device_name(device, threads, clock),
+                              method=method, started_at=started, ended_at=ended)
+
+
 def measure_latency(model_or_layer: nn.Module | Callable[..., Any],
                     example_input: torch.Tensor | Sequence[torch.Tensor], *,
                     device: torch.device | str = "cpu", repeats: int = 20, warmup: int = 5,
@@ -199,37 +243,40 @@ def measure_latency(model_or_layer: nn.Module | Callable[..., Any],
     waiting for a core is not counted); 'auto' picks 'thread' for one thread, else 'wall'.
     This does not lock the device; use `DeviceMeasurer.measure` to serialise.
     """
-    if repeats < 1 or warmup < 0:
-        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, "
-                         f"warmup={warmup}")
+    return measure_interleaved([(model_or_layer, example_input)], device=device,
+                               repeats=repeats, warmup=warmup, bursts=1, threads=threads,
+                               dtype=dtype, clock=clock)[0]
+
+
+def measure_interleaved(items: Sequence[tuple[nn.Module | Callable[..., Any],
+                                              torch.Tensor | Sequence[torch.Tensor]]], *,
+                        device: torch.device | str = "cpu", repeats: int = 21,
+                        warmup: int = 3, bursts: int = 6, threads: int | None = None,
+                        dtype: torch.dtype | None = None,
+                        clock: str = "auto") -> list[LatencyMeasurement]:
+    """Time several models in turn, `bursts` times round: burst b of every item, then burst
+    b + 1. Returns one measurement per item (in order) over all its `bursts x repeats` runs.
+
+    Why: a shared CPU's speed drifts over seconds. Runs taken back to back all see one moment
+    of it, so 100 of them spread no less than 20 (benchmarks/README.md, "latency table");
+    bursts spread over time do, and interleaving times the items under the same conditions,
+    so their ratios (a speedup over the dense model) do not follow the drift either.
+    `repeats` and `warmup` are per burst; the other arguments are as for `measure_latency`.
+    """
+    _validate_counts(repeats, warmup, bursts)
     device = torch.device(device)
-    threads = threads or DEFAULT_CPU_THREADS
-    inputs = _as_tuple(example_input)
-    if isinstance(model_or_layer, nn.Module):
-        model, inputs = _prepare(model_or_layer, inputs, device, dtype)
-    else:
-        model = model_or_layer
-        inputs = tuple(t.to(device) for t in inputs)
-
-    def call() -> Any:
-        with torch.inference_mode():
-            return model(*inputs)
-
-    started = time.time()
-    if device.type == "cuda":
-        times, method = _time_cuda(call, device, repeats, warmup), "cuda-events+l2-flush"
-    elif device.type == "cpu":
-        clock = resolve_clock(clock, threads)
-        times = _time_cpu(call, repeats, warmup, threads, clock)
-        method = f"torch-timer-{threads}t-{clock}"
-    else:
+    if device.type not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu' or 'cuda[:i]', got {device}")
+    threads = threads or DEFAULT_CPU_THREADS
+    calls = [_caller(model, inputs, device, dtype) for model, inputs in items]
+    times: list[list[float]] = [[] for _ in calls]
+    started, method = time.time(), ""
+    for _ in range(bursts):
+        for call, sink in zip(calls, times, strict=True):
+            sample, method = _sample(call, device, repeats, warmup, threads, clock)
+            sink.extend(sample)
     ended = time.time()
-    median, p25, p75 = _quartiles(times)
-    return LatencyMeasurement(median_ms=median, p25_ms=p25, p75_ms=p75, min_ms=min(times),
-                              repeats=repeats, device=device_name(device, threads, clock),
-                              method=method,
-                              started_at=started, ended_at=ended)
+    return [_summary(t, device, threads, clock, method, started, ended) for t in times]
 
 
 # --------------------------------------------------------------------------------------------
@@ -312,6 +359,17 @@ class DeviceMeasurer:
             return measure_latency(model_or_layer, example_input, device=self.device,
                                    repeats=repeats, warmup=warmup, threads=self.threads,
                                    dtype=dtype, clock=self.clock)
+
+    def measure_interleaved(self, items: Sequence[tuple[nn.Module | Callable[..., Any],
+                                                        torch.Tensor | Sequence[torch.Tensor]]],
+                            *, repeats: int = 21, warmup: int = 3, bursts: int = 6,
+                            dtype: torch.dtype | None = None) -> list[LatencyMeasurement]:
+        """`measure_interleaved` on this device, holding it for all the bursts (so one
+        measurement's interval never overlaps another's)."""
+        with self.exclusive():
+            return measure_interleaved(items, device=self.device, repeats=repeats,
+                                       warmup=warmup, bursts=bursts, threads=self.threads,
+                                       dtype=dtype, clock=self.clock)
 
 
 _MEASURERS: dict[tuple[str, int], DeviceMeasurer] = {}

@@ -50,6 +50,7 @@ __all__ = [
     "STATISTICS",
     "LatencyPrediction",
     "LatencyPredictor",
+    "measured_models_ms",
     "model_latency_ms",
     "predict_latency",
     "skeleton",
@@ -62,7 +63,9 @@ STATISTICS = {"median": ("ms", "per_element_ms", "delta_ratio"),
 # A negative delta is timing noise (layers cannot run faster inside a model than alone by much);
 # the floor keeps a noisy fit from halving every prediction.
 _MIN_DELTA_RATIO = -0.25
-_FIT_ROUNDS = 3
+# The residual fit: rounds (median taken) and bursts per round (see `_fit_residual`).
+_FIT_ROUNDS = 5
+_FIT_BURSTS = 6
 # Channel fractions a layer's latency line is fitted on (with the dense shape) for
 # `linear_terms`: the range pruned policies live in.
 _FIT_KEEPS = (0.75, 0.5)
@@ -185,12 +188,21 @@ class LatencyPredictor:
         field_name = STATISTICS[self.statistic][0]
         entry = self.table.entry(key)
         if entry is None or field_name not in entry:
-            layer, x = build_layer(key, backend=self.backend)
-            m = self.measurer.measure(layer, x, repeats=self.repeats, warmup=self.warmup)
-            self.table.put(key, m.median_ms, repeats=m.repeats, p25_ms=m.p25_ms,
-                           p75_ms=m.p75_ms, min_ms=m.min_ms)
+            self._put_layer(key, [self._measure_layer(key)])
             entry = self.table.entry(key)
         return float(entry[field_name])
+
+    def _measure_layer(self, key: LatencyKey) -> LatencyMeasurement:
+        layer, x = build_layer(key, backend=self.backend)
+        return self.measurer.measure(layer, x, repeats=self.repeats, warmup=self.warmup)
+
+    def _put_layer(self, key: LatencyKey, measured: list[LatencyMeasurement]) -> None:
+        """A layer entry from one or more measurements (each statistic's median over them)."""
+        def mid(field_name: str) -> float:
+            return statistics.median(getattr(m, field_name) for m in measured)
+
+        self.table.put(key, mid("median_ms"), repeats=sum(m.repeats for m in measured),
+                       p25_ms=mid("p25_ms"), p75_ms=mid("p75_ms"), min_ms=mid("min_ms"))
 
     # -- residual ---------------------------------------------------------------------------
 
@@ -210,9 +222,12 @@ class LatencyPredictor:
                       ) -> dict[str, Any]:
         """Skeleton at batch B and factor*B -> (c0, c1); delta from the whole model at B.
 
-        The fit is made once per model and every prediction inherits its error, so the noisy
-        numbers (whole model, skeleton at B) are taken `_FIT_ROUNDS` times, interleaved, and the
-        median of each statistic is used."""
+        The fit is made once per model and every prediction inherits its error, and a shared
+        CPU's speed drifts over seconds. So it is made `_FIT_ROUNDS` times and each number is
+        the median of the rounds. A round measures the dense model's layer entries afresh, then
+        the two skeletons and the whole model in turn, in `_FIT_BURSTS` bursts
+        (`measure_interleaved`): delta compares layers and whole model taken moments apart.
+        The dense layers' entries keep the median of the rounds too."""
         x1 = self.example_input.to(self.device)
         xk = _with_batch(x1, x1.shape[0] * factor)
         with torch_threads(self.measurer.threads):
@@ -220,23 +235,28 @@ class LatencyPredictor:
         a1 = sum(sp.out_elements for sp in self._specs(deployed, x1))
         ak = sum(sp.out_elements for sp in self._specs(deployed, xk))
         specs = self._specs(deployed, x1)
-        for sp in specs:
-            self.layer_ms(sp.key)  # measured now if missing; an entry holds every statistic
-        sk = self.measure(skelk, xk, deployed=True)
-        rounds = [(self.measure(skel1, x1, deployed=True),
-                   self.measure(deployed, x1, deployed=True, repeats=2 * self.repeats))
-                  for _ in range(_FIT_ROUNDS)]
+        keys = list(dict.fromkeys(sp.key for sp in specs))
+        rounds = []
+        for _ in range(_FIT_ROUNDS):
+            layers = {k: self._measure_layer(k) for k in keys}
+            wholes = self.measurer.measure_interleaved(
+                [(skel1, x1), (skelk, xk), (deployed, x1)], repeats=self.repeats,
+                warmup=self.warmup, bursts=_FIT_BURSTS)
+            rounds.append((layers, *wholes))
+        for k in keys:
+            self._put_layer(k, [r[0][k] for r in rounds])
         fits: dict[str, float] = {}
         for name, (intercept, slope, delta) in STATISTICS.items():
             pick = (lambda m: m.min_ms) if name == "min" else (lambda m: m.median_ms)
-            s1 = statistics.median(pick(s) for s, _ in rounds)
-            whole = statistics.median(pick(w) for _, w in rounds)
-            # A negative slope is timing noise: element-wise work cannot shrink as A grows.
-            c1 = max(0.0, (pick(sk) - s1) / (ak - a1)) if ak != a1 else 0.0
-            layers = sum(float(self.table.entry(sp.key)[STATISTICS[name][0]]) for sp in specs)
-            fits[intercept], fits[slope] = s1 - c1 * a1, c1
-            fits[delta] = max(_MIN_DELTA_RATIO, (whole - layers - s1) / layers) \
-                if layers > 0 else 0.0
+            per_round: list[tuple[float, float, float]] = []
+            for layer_ms, s1, sk, whole in rounds:
+                # A negative slope is timing noise: element-wise work cannot shrink as A grows.
+                c1 = max(0.0, (pick(sk) - pick(s1)) / (ak - a1)) if ak != a1 else 0.0
+                total = sum(pick(layer_ms[sp.key]) for sp in specs)
+                d = (pick(whole) - total - pick(s1)) / total if total > 0 else 0.0
+                per_round.append((pick(s1) - c1 * a1, c1, max(_MIN_DELTA_RATIO, d)))
+            fits[intercept], fits[slope], fits[delta] = (
+                statistics.median(col) for col in zip(*per_round, strict=True))
         self.table.put(key, fits.pop("ms"), repeats=self.repeats, **fits)
         return self.table.entry(key)
 
@@ -298,6 +318,15 @@ class LatencyPredictor:
         return self.measurer.measure(model, self.example_input if x is None else x,
                                      repeats=repeats or self.repeats, warmup=self.warmup)
 
+    def measure_interleaved(self, models: list[nn.Module], *, bursts: int = 6,
+                            repeats: int | None = None) -> list[LatencyMeasurement]:
+        """Measured latency of each model's deployment form, timed in turn in `bursts` bursts
+        spread over time (`prunetune.kernels.measure_interleaved`): steadier on a shared CPU
+        than one measurement, and ratios between the models (speedups) free of its drift."""
+        return self.measurer.measure_interleaved(
+            [(self._deploy(m), self.example_input) for m in models],
+            repeats=repeats or self.repeats, warmup=self.warmup, bursts=bursts)
+
     def measured_ms(self, model: nn.Module, *, repeats: int | None = None) -> float:
         """Measured whole-model ms in this predictor's statistic (comparable to `predict`)."""
         return self._pick(self.measure(model, repeats=repeats))
@@ -350,6 +379,21 @@ def model_latency_ms(model: nn.Module, example_input: torch.Tensor, *,
                                dense_model=dense_model).total_ms
     deployed = deploy(model, device)
     return default_measurer(device).measure(deployed, example_input, repeats=repeats).median_ms
+
+
+def measured_models_ms(models: list[nn.Module], example_input: torch.Tensor, *,
+                       device: torch.device | str = "cpu", repeats: int = 20,
+                       bursts: int = 4) -> list[float]:
+    """Measured median latency (ms) of each model's deployment form, the models timed in turn in
+    `bursts` bursts of about `repeats / bursts` runs (`measure_interleaved`, serialised per
+    device): a dense and a pruned model timed so give a speedup free of the machine's drift."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    bursts = max(1, min(bursts, repeats))
+    items = [(deploy(m, device), example_input) for m in models]
+    measured = default_measurer(device).measure_interleaved(
+        items, repeats=-(-repeats // bursts), bursts=bursts)
+    return [m.median_ms for m in measured]
 
 
 def speedup(dense_ms: float, pruned_ms: float) -> float:

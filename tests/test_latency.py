@@ -23,7 +23,9 @@ from prunetune.kernels import (
     LatencyTable,
     bucket_density,
     build_layer,
+    measure_interleaved,
     measure_latency,
+    measured_models_ms,
     model_latency_ms,
     predict_latency,
     speedup,
@@ -89,6 +91,63 @@ def test_measurements_never_overlap_across_threads(tmp_path: Path) -> None:
     for t in threads:
         t.join(timeout=120)
     assert len(results) == 8
+    assert_disjoint([(r.started_at, r.ended_at) for r in results])
+
+
+class Busy:
+    """A callable that spins for `ms` of thread CPU time per call and logs its calls."""
+
+    def __init__(self, label: str, ms: float, log: list[str]) -> None:
+        self.label, self.ms, self.log = label, ms, log
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.log.append(self.label)
+        end = time.thread_time() + self.ms / 1e3
+        while time.thread_time() < end:
+            pass
+        return x
+
+
+def test_measure_interleaved_takes_turns_in_bursts() -> None:
+    log: list[str] = []
+    x = torch.zeros(1)
+    fast, slow = Busy("fast", 0.5, log), Busy("slow", 2.0, log)
+    out = measure_interleaved([(fast, x), (slow, x)], repeats=3, warmup=1, bursts=4)
+    assert [m.repeats for m in out] == [12, 12]  # bursts x repeats runs each
+    assert 2.0 < out[1].median_ms / out[0].median_ms < 6.0  # results in the items' order
+    assert all(m.min_ms <= m.p25_ms <= m.median_ms <= m.p75_ms for m in out)
+    assert out[0].started_at == out[1].started_at and out[0].ended_at == out[1].ended_at
+    # Calls come in runs, one per burst and item, alternating: fast, slow, fast, slow, ...
+    runs = [label for label, _ in itertools.groupby(log)]
+    assert runs == ["fast", "slow"] * 4
+    with pytest.raises(ValueError, match="bursts"):
+        measure_interleaved([(fast, x)], bursts=0)
+    with pytest.raises(ValueError, match="device"):
+        measure_interleaved([(fast, x)], device="meta")
+
+
+def test_interleaved_measurements_hold_the_device(tmp_path: Path) -> None:
+    measurer = DeviceMeasurer("cpu", lock_dir=tmp_path)
+    barrier = threading.Barrier(2)
+    results = []
+
+    def single() -> None:
+        barrier.wait()
+        for _ in range(3):
+            results.append(measurer.measure(sleepy, torch.zeros(1), repeats=2, warmup=1))
+
+    def interleaved() -> None:
+        barrier.wait()
+        results.append(measurer.measure_interleaved(
+            [(sleepy, torch.zeros(1)), (sleepy, torch.zeros(1))], repeats=2, warmup=1,
+            bursts=3)[0])
+
+    threads = [threading.Thread(target=single), threading.Thread(target=interleaved)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert len(results) == 4
     assert_disjoint([(r.started_at, r.ended_at) for r in results])
 
 
@@ -200,6 +259,13 @@ def test_model_latency_ms_and_speedup() -> None:
     predicted = model_latency_ms(block_pruned(dense), x, device="cpu", table=LatencyTable(),
                                  dense_model=dense)
     assert measured > 0 and predicted > 0
+    # A model 16x wider in its hidden layer measures slower when timed in turn with the small.
+    small = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64)).eval()
+    big = nn.Sequential(nn.Linear(64, 1024), nn.ReLU(), nn.Linear(1024, 64)).eval()
+    small_ms, big_ms = measured_models_ms([small, big], torch.randn(32, 64), repeats=8)
+    assert 0 < small_ms < big_ms
+    with pytest.raises(ValueError, match="repeats"):
+        measured_models_ms([small], torch.randn(1, 64), repeats=0)
     assert speedup(2.0, 1.0) == 2.0
     with pytest.raises(ValueError, match="> 0"):
         speedup(1.0, 0.0)

@@ -49,6 +49,10 @@ class MacsClock:
         now = time.time()
         return LatencyMeasurement(ms, ms, ms, ms, 1, self.name, "macs", now, now)
 
+    def measure_interleaved(self, items: list[tuple[Any, torch.Tensor]],
+                            **_: Any) -> list[LatencyMeasurement]:
+        return [self.measure(model, x) for model, x in items]
+
 
 @pytest.fixture(scope="module")
 def resnet20() -> tuple[nn.Module, Any]:

@@ -48,7 +48,7 @@ def evaluate_policy(policy_json: str, setup: TrialSetup, *, report: Any = None,
     fine-tuning epoch but the last, then the final metrics with `FINAL_KEY` set. Returns the
     final metrics.
     """
-    from prunetune.kernels import model_latency_ms, speedup
+    from prunetune.kernels import measured_models_ms, speedup
     from prunetune.search_spaces import Policy, apply_policy, count_cost, enforce_masks
 
     torch.set_num_threads(setup.threads)
@@ -77,16 +77,14 @@ def evaluate_policy(policy_json: str, setup: TrialSetup, *, report: Any = None,
     finetune_s = time.perf_counter() - t0
     val = evaluate(pruned.to(device), data.loader("val"), device)
     pruned.eval()
-    # Timed on the trial's own device, dense and pruned alike, so the speedup compares like
-    # with like wherever the trial landed.
+    # Timed on the trial's own device, dense and pruned alike (in turn, in bursts), so the
+    # speedup compares like with like wherever the trial landed, whatever the machine's drift.
     batch = torch.zeros(setup.latency_batch, *shape)
     if setup.latency_table is not None:
         dense_ms, pruned_ms = _table_latency_ms(setup, dense, pruned, batch, str(device))
     else:
-        dense_ms = model_latency_ms(dense, batch, device=str(device),
-                                    repeats=setup.latency_repeats)
-        pruned_ms = model_latency_ms(pruned, batch, device=str(device),
-                                     repeats=setup.latency_repeats)
+        dense_ms, pruned_ms = measured_models_ms([dense, pruned], batch, device=str(device),
+                                                 repeats=setup.latency_repeats)
     final = {
         "accuracy": val.accuracy,
         "val_loss": val.loss,
