@@ -10,6 +10,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -74,9 +75,18 @@ def test_measure_latency_cpu_fields() -> None:
         measure_latency(nn.Linear(2, 2), torch.randn(1, 2), repeats=0)
 
 
+def run_together(targets: list[Any]) -> None:
+    """Start one thread per target, then wait for them all."""
+    threads = [threading.Thread(target=t) for t in targets]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+
+
 def test_measurements_never_overlap_across_threads(tmp_path: Path) -> None:
     measurer = DeviceMeasurer("cpu", lock_dir=tmp_path)
-    barrier = threading.Barrier(4)
+    barrier = threading.Barrier(5)
     results = []
 
     def work() -> None:
@@ -85,12 +95,14 @@ def test_measurements_never_overlap_across_threads(tmp_path: Path) -> None:
             with measurer.exclusive():  # nested use in one thread must not deadlock
                 results.append(measurer.measure(sleepy, torch.zeros(1), repeats=2, warmup=1))
 
-    threads = [threading.Thread(target=work) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert len(results) == 8
+    def interleaved() -> None:  # holds the device for all its bursts
+        barrier.wait()
+        results.append(measurer.measure_interleaved(
+            [(sleepy, torch.zeros(1)), (sleepy, torch.zeros(1))], repeats=2, warmup=1,
+            bursts=3)[0])
+
+    run_together([work] * 4 + [interleaved])
+    assert len(results) == 9
     assert_disjoint([(r.started_at, r.ended_at) for r in results])
 
 
@@ -124,31 +136,6 @@ def test_measure_interleaved_takes_turns_in_bursts() -> None:
         measure_interleaved([(fast, x)], bursts=0)
     with pytest.raises(ValueError, match="device"):
         measure_interleaved([(fast, x)], device="meta")
-
-
-def test_interleaved_measurements_hold_the_device(tmp_path: Path) -> None:
-    measurer = DeviceMeasurer("cpu", lock_dir=tmp_path)
-    barrier = threading.Barrier(2)
-    results = []
-
-    def single() -> None:
-        barrier.wait()
-        for _ in range(3):
-            results.append(measurer.measure(sleepy, torch.zeros(1), repeats=2, warmup=1))
-
-    def interleaved() -> None:
-        barrier.wait()
-        results.append(measurer.measure_interleaved(
-            [(sleepy, torch.zeros(1)), (sleepy, torch.zeros(1))], repeats=2, warmup=1,
-            bursts=3)[0])
-
-    threads = [threading.Thread(target=single), threading.Thread(target=interleaved)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert len(results) == 4
-    assert_disjoint([(r.started_at, r.ended_at) for r in results])
 
 
 def test_measurements_never_overlap_across_processes(tmp_path: Path) -> None:
