@@ -186,12 +186,6 @@ def _time_cpu(fn: Callable[[], Any], repeats: int, warmup: int, threads: int,
     return [timer.timeit(number).median * 1e3 for _ in range(repeats)]
 
 
-def _validate_counts(repeats: int, warmup: int, bursts: int = 1) -> None:
-    if repeats < 1 or warmup < 0 or bursts < 1:
-        raise ValueError(f"repeats and bursts must be >= 1 and warmup >= 0, got "
-                         f"repeats={repeats}, warmup={warmup}, bursts={bursts}")
-
-
 def _caller(model_or_layer: nn.Module | Callable[..., Any],
             example_input: torch.Tensor | Sequence[torch.Tensor], device: torch.device,
             dtype: torch.dtype | None) -> Callable[[], Any]:
@@ -263,7 +257,9 @@ def measure_interleaved(items: Sequence[tuple[nn.Module | Callable[..., Any],
     so their ratios (a speedup over the dense model) do not follow the drift either.
     `repeats` and `warmup` are per burst; the other arguments are as for `measure_latency`.
     """
-    _validate_counts(repeats, warmup, bursts)
+    if repeats < 1 or warmup < 0 or bursts < 1:
+        raise ValueError(f"repeats and bursts must be >= 1 and warmup >= 0, got "
+                         f"repeats={repeats}, warmup={warmup}, bursts={bursts}")
     device = torch.device(device)
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu' or 'cuda[:i]', got {device}")

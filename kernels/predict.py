@@ -172,7 +172,7 @@ class LatencyPredictor:
         return self.measurer.name
 
     def _pick(self, m: LatencyMeasurement) -> float:
-        return m.min_ms if self.statistic == "min" else m.median_ms
+        return _pick(m, self.statistic)
 
     def _specs(self, deployed: nn.Module, x: torch.Tensor) -> list[LayerSpec]:
         with torch_threads(self.measurer.threads):
@@ -232,9 +232,9 @@ class LatencyPredictor:
         xk = _with_batch(x1, x1.shape[0] * factor)
         with torch_threads(self.measurer.threads):
             skel1, skelk = skeleton(deployed, x1), skeleton(deployed, xk)
-        a1 = sum(sp.out_elements for sp in self._specs(deployed, x1))
-        ak = sum(sp.out_elements for sp in self._specs(deployed, xk))
         specs = self._specs(deployed, x1)
+        a1 = sum(sp.out_elements for sp in specs)
+        ak = sum(sp.out_elements for sp in self._specs(deployed, xk))
         keys = list(dict.fromkeys(sp.key for sp in specs))
         rounds = []
         for _ in range(_FIT_ROUNDS):
@@ -247,14 +247,14 @@ class LatencyPredictor:
             self._put_layer(k, [r[0][k] for r in rounds])
         fits: dict[str, float] = {}
         for name, (intercept, slope, delta) in STATISTICS.items():
-            pick = (lambda m: m.min_ms) if name == "min" else (lambda m: m.median_ms)
             per_round: list[tuple[float, float, float]] = []
             for layer_ms, s1, sk, whole in rounds:
+                t1, tk = _pick(s1, name), _pick(sk, name)
                 # A negative slope is timing noise: element-wise work cannot shrink as A grows.
-                c1 = max(0.0, (pick(sk) - pick(s1)) / (ak - a1)) if ak != a1 else 0.0
-                total = sum(pick(layer_ms[sp.key]) for sp in specs)
-                d = (pick(whole) - total - pick(s1)) / total if total > 0 else 0.0
-                per_round.append((pick(s1) - c1 * a1, c1, max(_MIN_DELTA_RATIO, d)))
+                c1 = max(0.0, (tk - t1) / (ak - a1)) if ak != a1 else 0.0
+                total = sum(_pick(layer_ms[sp.key], name) for sp in specs)
+                d = (_pick(whole, name) - total - t1) / total if total > 0 else 0.0
+                per_round.append((t1 - c1 * a1, c1, max(_MIN_DELTA_RATIO, d)))
             fits[intercept], fits[slope], fits[delta] = (
                 statistics.median(col) for col in zip(*per_round, strict=True))
         self.table.put(key, fits.pop("ms"), repeats=self.repeats, **fits)
@@ -311,11 +311,9 @@ class LatencyPredictor:
         `prunetune.search_spaces.apply_policy`, for a latency budget."""
         return self(apply_fn(dense_model, policy, self.example_input))
 
-    def measure(self, model: nn.Module, x: torch.Tensor | None = None, *,
-                deployed: bool = False, repeats: int | None = None) -> LatencyMeasurement:
+    def measure(self, model: nn.Module, *, repeats: int | None = None) -> LatencyMeasurement:
         """Measured whole-model latency of the deployment form (serialised on the device)."""
-        model = model if deployed else self._deploy(model)
-        return self.measurer.measure(model, self.example_input if x is None else x,
+        return self.measurer.measure(self._deploy(model), self.example_input,
                                      repeats=repeats or self.repeats, warmup=self.warmup)
 
     def measure_interleaved(self, models: list[nn.Module], *, bursts: int = 6,
@@ -330,6 +328,11 @@ class LatencyPredictor:
     def measured_ms(self, model: nn.Module, *, repeats: int | None = None) -> float:
         """Measured whole-model ms in this predictor's statistic (comparable to `predict`)."""
         return self._pick(self.measure(model, repeats=repeats))
+
+
+def _pick(m: LatencyMeasurement, statistic: str) -> float:
+    """The number of a measurement that `statistic` ("min" or "median") names."""
+    return m.min_ms if statistic == "min" else m.median_ms
 
 
 def _narrowed(key: LatencyKey, keep: float) -> tuple[LatencyKey, float] | None:
