@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import os
 import platform
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from prunetune.files import atomic_write
 
 
 def machine_info() -> dict[str, object]:
@@ -35,9 +36,5 @@ def machine_info() -> dict[str, object]:
 
 def write_result(path: Path, result: dict[str, Any], *, show: Any = None) -> None:
     """Write `result` as JSON to `path` atomically, then print `show` (default: all of it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(result, indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(result, indent=1) + "\n")
     print(json.dumps(result if show is None else show, indent=1))

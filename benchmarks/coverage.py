@@ -29,6 +29,8 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from prunetune.files import atomic_write
+
 RESULTS = Path(__file__).resolve().parent / "results"
 RATIO = 0.3
 # Models whose forward checks the input size (ViT) or needs a large input (MaxViT's windows).
@@ -178,10 +180,7 @@ def _write(out: Path, results: dict[str, dict]) -> None:
     ok = sum(r["ok"] for r in results.values())
     print(f"coverage: {ok}/{len(results)} models ok "
           f"({100 * ok / max(1, len(results)):.1f}%)", flush=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(dict(sorted(results.items())), indent=1) + "\n")
-    os.replace(tmp, out)
+    atomic_write(out, json.dumps(dict(sorted(results.items())), indent=1) + "\n")
 
 
 if __name__ == "__main__":

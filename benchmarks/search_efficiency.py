@@ -37,27 +37,24 @@ script can be killed and started again with the same arguments.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import hashlib
 import json
-import os
 import re
 import sys
-import tempfile
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from filelock import FileLock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine_info
 
+from prunetune.files import atomic_write_json
 from prunetune.orchestrator.searchers import make_searcher
 from prunetune.search_spaces import Budget, Policy, PruningSpace, analyze, apply_policy, count_cost
 from prunetune.trainers import (
@@ -131,7 +128,8 @@ RL_RELATIVE = {**RL_OPTIONS, "action": "relative"}
 
 METHODS: dict[str, Method] = {
     "random": Method("random", "full"),
-    "uniform": Method("uniform", "full"),
+    # labelled "uniform" in the committed results: every group at one shared ratio
+    "uniform": Method("same_ratio", "full"),
     "bo-full": Method("bo", "full", {"rollback": False}),
     "bo-clustered": Method("bo", "clustered", {"rollback": False}),
     "bo-rollback": Method("bo", "clustered", {"rollback": ROLLBACK}),
@@ -260,28 +258,13 @@ class Objective:
 
 def _write_json(path: Path, data: Any) -> None:
     """Write atomically: a crash leaves the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_json(path, data, indent=1)
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def _locked(path: Path) -> FileLock:
     """Several benchmark processes (e.g. one per seed group) may share one results file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    return FileLock(path.with_name(f".{path.name}.lock"))
 
 
 def method_config(method: str) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """Triton block-sparse kernels, the sparse layer modules that use them, latency measurement and
 the latency table (see docs/CONTRACTS.md for the mask contract these read).
 
-Ray is not imported here: the optional shared-table actor lives in
-`prunetune.kernels.ray_service` and imports Ray when used.
+Ray is not imported here: `LatencyService` (`service.py`) is a plain object; the Ray actor that
+shares it between trials lives in `prunetune.trainers.latency_actor`.
 """
 
 from .bsr import (

@@ -7,15 +7,14 @@ models in turn, in bursts spread over time: what a shared CPU needs to give stea
 drift-free speedups.
 
 `DeviceMeasurer` serialises measurements per device across threads *and* processes (Ray workers
-included) with an `fcntl.flock` on a per-device lock file, so two measurements never overlap and
-concurrent trials do not add noise to each other's numbers.
+included) with a file lock (`filelock`) on a per-device lock file, so two measurements never
+overlap and concurrent trials do not add noise to each other's numbers.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import fcntl
 import math
 import os
 import statistics
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock
 from torch import nn
 
 __all__ = [
@@ -284,17 +284,17 @@ def _default_lock_dir() -> Path:
                 or Path(tempfile.gettempdir()) / "prunetune-locks")
 
 
-# Per lock file: a re-entrant lock for the threads of this process, and each thread's nesting
-# depth (a second flock from the same thread on a new file handle would deadlock).
-_THREAD_LOCKS: dict[str, threading.RLock] = {}
-_DEPTH = threading.local()
+# Per lock file, one pair shared by the process: a re-entrant lock for its threads, and the
+# file lock for other processes. Only the thread holding the first touches the second, and a
+# FileLock counts nested acquisitions, so nested use in one thread is fine.
+_LOCKS: dict[str, tuple[threading.RLock, FileLock]] = {}
 _REGISTRY_GUARD = threading.RLock()
 
 
 class DeviceMeasurer:
     """Runs measurements on one device one at a time, across threads and processes.
 
-    The lock is an exclusive `fcntl.flock` on `<lock_dir>/<device>.lock` (default lock dir:
+    The lock is an exclusive `filelock.FileLock` on `<lock_dir>/<device>.lock` (default lock dir:
     `$PRUNETUNE_LOCK_DIR`, else `<tmp>/prunetune-locks`, shared by every process of a node,
     Ray workers included) plus a re-entrant in-process lock, so nested use in one thread is fine.
     """
@@ -311,7 +311,9 @@ class DeviceMeasurer:
         tag = str(self.device).replace(":", "-")
         self.lock_path = self.lock_dir / f"{tag}.lock"
         with _REGISTRY_GUARD:
-            self._rlock = _THREAD_LOCKS.setdefault(str(self.lock_path), threading.RLock())
+            self._rlock, self._file_lock = _LOCKS.setdefault(
+                str(self.lock_path), (threading.RLock(), FileLock(self.lock_path,
+                                                                  thread_local=False)))
 
     def __getstate__(self) -> dict[str, Any]:  # picklable for Ray: locks are rebuilt
         return {"device": str(self.device), "lock_dir": str(self.lock_dir),
@@ -328,24 +330,10 @@ class DeviceMeasurer:
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
         """Hold the device: no other measurement on it (any thread, any process) meanwhile."""
-        key = str(self.lock_path)
         with self._rlock:
-            depths: dict[str, int] = _DEPTH.__dict__.setdefault("depths", {})
-            depth = depths.get(key, 0)
-            depths[key] = depth + 1
-            try:
-                if depth:
-                    yield
-                    return
-                self.lock_dir.mkdir(parents=True, exist_ok=True)
-                with open(self.lock_path, "a+") as handle:
-                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-                    try:
-                        yield
-                    finally:
-                        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-            finally:
-                depths[key] = depth
+            self.lock_dir.mkdir(parents=True, exist_ok=True)
+            with self._file_lock:
+                yield
 
     def measure(self, model_or_layer: nn.Module | Callable[..., Any],
                 example_input: torch.Tensor | Sequence[torch.Tensor], *, repeats: int = 20,

@@ -1,24 +1,25 @@
 """The latency table: measured per-layer latencies keyed by what determines them.
 
 A key is (device name, op, layer shape, scheme, block, density bucket, dtype, batch). Entries are
-JSON, written atomically (temporary file in the same folder + `os.replace`, under an exclusive
-`flock` on `<path>.lock`), and `save` merges with what is already on disk, so every trial of a
+JSON, written atomically (`prunetune.files.atomic_write`, under an exclusive `filelock` on
+`<path>.lock`), and `save` merges with what is already on disk, so every trial of a
 search can add to one shared table file without losing another trial's entries.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock
+
+from prunetune.files import atomic_write
 
 __all__ = ["DENSITY_BUCKET", "OPS", "SCHEMES", "LatencyKey", "LatencyTable", "bucket_density"]
 
@@ -173,25 +174,9 @@ class LatencyTable:
         with _file_lock(path):
             if merge and path.exists():
                 self.merge(LatencyTable.from_json(path.read_text()))
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            try:
-                with os.fdopen(fd, "w") as f:
-                    f.write(self.to_json())
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+            atomic_write(path, self.to_json())
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
+def _file_lock(path: Path) -> FileLock:
     """Exclusive lock on `<path>.lock` (a sibling, so the data file itself can be replaced)."""
-    with open(path.with_name(path.name + ".lock"), "a+") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    return FileLock(path.with_name(path.name + ".lock"))

@@ -5,16 +5,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+
+from prunetune.errors import EXIT_NO_RESULT, EXIT_OK
+
+from .cli_common import (
+    add_search_override_args,
+    add_tracking_args,
+    run_command,
+    search_overrides,
+    tracking_from,
+)
 
 __all__ = ["main", "build_parser"]
-
-
-from .cli_common import add_search_override_args, add_tracking_args, search_overrides, tracking_from
-
-
-class CLIError(Exception):
-    """An error shown to the user as one message and exit code 2, without a traceback."""
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
@@ -38,8 +41,8 @@ def _run_search(cfg, resume: bool) -> int:  # type: ignore[no-untyped-def]
     summary = run_search(cfg, resume=resume)
     if summary.trials_finished == 0:
         print("prunetune search: no trial finished; see the errors above", file=sys.stderr)
-        return 1
-    return 0
+        return EXIT_NO_RESULT
+    return EXIT_OK
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
@@ -161,25 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from prunetune.trainers import CheckpointError, DatasetNotFoundError, ModelNotFoundError
-
-    from .config import ConfigError
-    from .driver import SearchError
-    from .results import SearchNotFoundError
-    from .searchers import SearcherError
-
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    func: Callable[[argparse.Namespace], int] = args.func
-    try:
-        return func(args)
-    except (CLIError, ConfigError, DatasetNotFoundError, ModelNotFoundError, CheckpointError,
-            SearchError, SearchNotFoundError, SearcherError) as err:
-        print(f"prunetune {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"prunetune {args.command}: interrupted", file=sys.stderr)
-        return 130
+    """Run one `prunetune` command; exit codes as in `prunetune.errors` (README)."""
+    return run_command(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -1,51 +1,29 @@
 """`prunetune` commands for clusters, jobs, the tracking server and the model registry.
 
 `add_cluster_commands(subparsers)` adds: submit, status, logs, stop (Ray Jobs API), server
-(MLflow tracking server), promote and load (model registry). Each command reports its own
-errors as one line on stderr and exit code 2, so the main CLI needs no extra wiring.
+(MLflow tracking server), promote and load (model registry). Errors are reported by
+`cli_common.run_command`, as for every command.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["add_cluster_commands", "main", "user_errors"]
+from .cli_common import (
+    add_search_override_args,
+    add_tracking_args,
+    run_command,
+    search_overrides,
+    tracking_from,
+)
 
-
-from .cli_common import add_search_override_args, add_tracking_args, search_overrides, tracking_from
-
-
-def user_errors() -> tuple[type[BaseException], ...]:
-    """The exceptions these commands report as one line and exit code 2."""
-    from prunetune.trainers import CheckpointError, DatasetNotFoundError, ModelNotFoundError
-
-    from .config import ConfigError
-    from .jobs import ClusterError, JobNotFoundError
-    from .registry import PromotionError, SelectionError
-    from .results import SearchNotFoundError
-
-    return (ClusterError, JobNotFoundError, ConfigError, SearchNotFoundError, SelectionError,
-            PromotionError, CheckpointError, DatasetNotFoundError, ModelNotFoundError)
-
-
-def _reports_errors(func: Callable[[argparse.Namespace], int]) -> Callable[
-        [argparse.Namespace], int]:
-    @functools.wraps(func)
-    def wrapper(args: argparse.Namespace) -> int:
-        try:
-            return func(args)
-        except user_errors() as err:
-            print(f"prunetune {args.command}: error: {err}", file=sys.stderr)
-            return 2
-
-    return wrapper
+__all__ = ["add_cluster_commands", "main"]
 
 
 def _quiet_downloads() -> None:
@@ -57,7 +35,6 @@ def _quiet_downloads() -> None:
 # Jobs
 
 
-@_reports_errors
 def _cmd_submit(args: argparse.Namespace) -> int:
     from .config import load_config
     from .jobs import follow_logs, jobs_client, submit_search, wait_for_job
@@ -79,7 +56,6 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     return 0 if status == "SUCCEEDED" else 1
 
 
-@_reports_errors
 def _cmd_status(args: argparse.Namespace) -> int:
     from .jobs import job_info, jobs_client
 
@@ -95,7 +71,6 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-@_reports_errors
 def _cmd_logs(args: argparse.Namespace) -> int:
     from .jobs import _call, follow_logs, jobs_client
 
@@ -107,7 +82,6 @@ def _cmd_logs(args: argparse.Namespace) -> int:
     return 0
 
 
-@_reports_errors
 def _cmd_stop(args: argparse.Namespace) -> int:
     from .jobs import job_info, jobs_client, stop_job, wait_for_job
 
@@ -129,7 +103,6 @@ def _add_address(p: argparse.ArgumentParser) -> None:
 # Tracking server and registry
 
 
-@_reports_errors
 def _cmd_server(args: argparse.Namespace) -> int:
     from .jobs import quote_command, server_command, server_env
 
@@ -148,7 +121,6 @@ def _cmd_server(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
-@_reports_errors
 def _cmd_promote(args: argparse.Namespace) -> int:
     from .registry import promote
 
@@ -167,7 +139,6 @@ def _cmd_promote(args: argparse.Namespace) -> int:
     return 0
 
 
-@_reports_errors
 def _cmd_load(args: argparse.Namespace) -> int:
     import torch
 
@@ -266,8 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """These commands alone (`python -m prunetune.orchestrator.cli_cluster ...`)."""
     parser = argparse.ArgumentParser(prog="prunetune")
     add_cluster_commands(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return run_command(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -3,9 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["add_search_override_args", "search_overrides", "add_tracking_args", "tracking_from"]
+from prunetune.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, PrunetuneError
+
+__all__ = ["add_search_override_args", "search_overrides", "add_tracking_args", "run_command",
+           "tracking_from"]
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run a parsed command (`args.func`) under the exit-code scheme of `prunetune.errors`: a
+    `PrunetuneError` is one line on stderr and `EXIT_USER_ERROR`, never a traceback."""
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except PrunetuneError as err:
+        print(f"prunetune {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"prunetune {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def add_search_override_args(p: argparse.ArgumentParser) -> None:
@@ -13,7 +32,7 @@ def add_search_override_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="override the search name")
     p.add_argument("--trials", type=int, help="override search.trials")
     p.add_argument("--max-concurrent", type=int, help="override search.max_concurrent")
-    p.add_argument("--searcher", help="override search.searcher (random, uniform, bo, ...)")
+    p.add_argument("--searcher", help="override search.searcher (random, same_ratio, bo, rl, ...)")
     p.add_argument("--tracking-uri", help="override tracking.uri (http:// for a server)")
     p.add_argument("--experiment", help="override tracking.experiment")
 

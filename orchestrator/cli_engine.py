@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from prunetune.errors import CLIError
 
 __all__ = ["PRUNED_FORMAT", "add_engine_commands", "cmd_analyze", "cmd_apply", "format_units"]
 
@@ -23,12 +23,6 @@ _COLUMNS = (("unit", "unit"), ("group", "group"), ("type", "type"), ("channels",
             ("groups", "g"), ("n_layers", "layers"), ("flops_share", "flops%"),
             ("params", "params"), ("depth", "depth"), ("imp_cv", "imp_cv"),
             ("schemes", "schemes"))
-
-
-def _error(message: str) -> Exception:
-    from .cli import CLIError
-
-    return CLIError(message)
 
 
 def _setup(args: argparse.Namespace, *, untrained: bool = False) -> tuple[Any, Any, Any, Any]:
@@ -71,19 +65,16 @@ def format_units(rows: list[dict[str, Any]]) -> str:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     """Print the prunable units of the config's model with their features and group."""
-    from prunetune.search_spaces import PruningSpace, analyze
+    from prunetune.search_spaces import analyze
+
+    from .spaces import space_from_analysis
 
     cfg, _, model, example = _setup(args, untrained=args.untrained)
     analysis = analyze(model, example)
-    groups = cfg.space.groups if args.groups is None else (
-        args.groups if args.groups == "auto" else int(args.groups))
-    try:
-        space = PruningSpace(None, schemes=tuple(cfg.space.schemes),
-                             ratio_bounds=tuple(cfg.space.ratio_bounds), n_groups=groups,
-                             scheme_search=cfg.space.scheme_search, device=args.device,
-                             analysis=analysis)
-    except ValueError as err:
-        raise _error(f"cannot build the search space: {err}") from None
+    if args.groups is not None:
+        groups = args.groups if args.groups == "auto" else int(args.groups)
+        cfg = cfg.model_copy(update={"space": cfg.space.model_copy(update={"groups": groups})})
+    space = space_from_analysis(cfg, analysis, with_budget=False, mapping_device=args.device)
     group_of = {n: i for i, g in enumerate(space.groups) for n in g}
     rows = [{**row, "group": group_of.get(row["unit"], "-")} for row in analysis.table()]
     if args.json:
@@ -102,40 +93,32 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def _save_pruned(path: Path, payload: dict[str, Any]) -> None:
     import torch
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from prunetune.files import atomic_writer
+
+    with atomic_writer(path, "wb") as handle:
+        torch.save(payload, handle)
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
     """Prune the dense model with a policy file; print cost before / after and val accuracy."""
-    from prunetune.search_spaces import Policy, PolicyError, apply_policy, count_cost, enforce_masks
-    from prunetune.trainers import evaluate, fit, resolve_device
+    from prunetune.search_spaces import Policy, PolicyError
+    from prunetune.trainers import evaluate, prune_and_evaluate, resolve_device
 
     try:
         policy = Policy.load(args.policy)
     except PolicyError as err:
-        raise _error(str(err)) from None
-    cfg, data, dense, example = _setup(args)
-    try:
-        pruned = apply_policy(dense, policy, example)
-    except PolicyError as err:
-        raise _error(f"policy {args.policy} does not fit model {cfg.model.name}: {err}") from None
-    before, after = count_cost(dense, example), count_cost(pruned, example)
+        raise CLIError(str(err)) from None
+    cfg, data, dense, _ = _setup(args)
     device = resolve_device(args.device or cfg.finetune.device)
-    val_loader = data.loader("val")
-    dense_acc = evaluate(dense.to(device), val_loader, device).accuracy
-    if args.finetune_epochs:
-        ft = cfg.finetune.model_copy(update={"epochs": args.finetune_epochs})
-        fit(pruned, data.loader("train", seed=cfg.seed), ft, after_step=enforce_masks,
-            progress=not args.quiet, desc="finetune")
-    val = evaluate(pruned.to(device), val_loader, device)
+    ft = cfg.finetune.model_copy(update={"epochs": args.finetune_epochs or 0.0})
+    try:
+        pruned = prune_and_evaluate(dense, policy, data, ft, seed=cfg.seed, device=device,
+                                    progress=not args.quiet)
+    except PolicyError as err:
+        raise CLIError(f"policy {args.policy} does not fit model {cfg.model.name}: {err}") from None
+    dense_acc = evaluate(dense.to(device), data.loader("val"), device).accuracy
+    val = pruned.scores["val"]
+    before, after = pruned.dense_cost, pruned.cost
     result = {
         "model": cfg.model.name, "policy": str(args.policy),
         "finetune_epochs": args.finetune_epochs or 0,
@@ -145,7 +128,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         "dense_val_accuracy": dense_acc, "val_accuracy": val.accuracy, "val_loss": val.loss,
     }
     if args.out:
-        _save_pruned(Path(args.out), {"format": PRUNED_FORMAT, "model": pruned.cpu(),
+        _save_pruned(Path(args.out), {"format": PRUNED_FORMAT, "model": pruned.model.cpu(),
                                       "policy": policy.to_dict(), "result": result})
         result["out"] = str(args.out)
     if args.json:

@@ -1,8 +1,9 @@
 """The search config: one YAML file, validated by pydantic, every field defaulted.
 
-Sections: `model`, `data`, `pretrain` (dense training) here; the pruning space, searcher,
-fine-tuning, tracking and Ray sections join as their parts land. A bad field is a `ConfigError`
-naming the field, the value and what is allowed.
+Sections: `model`, `data` and `pretrain` (the dense model), `space` (what may be pruned, under
+which budget), `search` (searcher, trials, scheduler, latency), `finetune` (each candidate's
+fine-tuning), `ray` and `tracking`. A bad field is a `ConfigError` naming the field, the value
+and what is allowed.
 """
 
 from __future__ import annotations
@@ -14,17 +15,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from prunetune.errors import ConfigError
 from prunetune.trainers import DataConfig, ModelConfig, TrainConfig
 
 __all__ = ["ConfigError", "PrunetuneConfig", "SpaceConfig", "BudgetConfig", "SearchConfig",
            "SchedulerConfig", "RayConfig", "TrackingConfig", "load_config", "apply_overrides"]
-
-SCHEMES = ("channel", "block", "nm", "unstructured", "pattern")
-
-
-class ConfigError(ValueError):
-    """The config file is missing, not YAML, or has fields with values that are not allowed."""
-
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -66,12 +61,10 @@ class SchedulerConfig(_Section):
 
 
 class SearchConfig(_Section):
-    # random | uniform | bo | rl, or any PolicySearcher subclass as "package.module:Class".
+    # random | same_ratio | bo | rl, or any PolicySearcher subclass as "package.module:Class".
     searcher: str = "random"
     # Extra keyword arguments for the searcher's constructor.
     searcher_options: dict[str, Any] = Field(default_factory=dict)
-    # constrained: maximise accuracy under the budget; pareto: accuracy vs latency.
-    objective: Literal["constrained", "pareto"] = "constrained"
     trials: int = Field(16, ge=1)
     max_concurrent: int = Field(2, ge=1)
     cpus_per_trial: float = Field(1.0, gt=0)

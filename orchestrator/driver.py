@@ -11,13 +11,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from prunetune.errors import SearchError
+
 from .config import PrunetuneConfig
+from .spaces import build_space, latency_table_file
 
 __all__ = ["SearchSummary", "SearchError", "run_search", "build_space", "search_name"]
-
-
-class SearchError(RuntimeError):
-    """A search could not be started or resumed (e.g. nothing to resume, cluster unreachable)."""
 
 
 @dataclass
@@ -37,45 +36,6 @@ def search_name(cfg: PrunetuneConfig) -> str:
         return cfg.name
     slug = cfg.model.name.replace(":", "-").replace("/", "-").replace(".", "-")
     return f"{slug}-{cfg.data.name}-{datetime.now():%Y%m%d-%H%M%S}"
-
-
-def build_space(cfg: PrunetuneConfig, model: Any, example_input: Any,
-                workdir: Path | None = None) -> Any:
-    """The PruningSpace the config describes, over `model`. A latency budget is fitted from the
-    search's latency table (`search.latency_table`, else `<workdir>/latency_table.json`),
-    measuring missing layer entries on the trials' device now."""
-    from prunetune.search_spaces import (
-        Budget,
-        BudgetError,
-        LatencyWeights,
-        PruningSpace,
-        analyze,
-    )
-    from prunetune.trainers import resolve_device
-
-    budget = latency = None
-    analysis = analyze(model, example_input)
-    if cfg.space.budget is not None:
-        budget = Budget(kind=cfg.space.budget.kind, keep=cfg.space.budget.keep)
-        if budget.kind == "latency":
-            from prunetune.kernels.ray_service import LatencyService
-
-            table = _latency_table_file(cfg, workdir or cfg.workdir_path())
-            table.parent.mkdir(parents=True, exist_ok=True)
-            device = str(resolve_device(cfg.finetune.device))
-            service = LatencyService(str(table), device=device,
-                                     repeats=cfg.search.latency_repeats)
-            base_ms, layers = service.linear_terms(model, example_input)
-            service.save()
-            latency = LatencyWeights.from_layers(analysis.cost_model, base_ms, layers,
-                                                 device=service.measurer.name)
-    try:
-        return PruningSpace(None, schemes=tuple(cfg.space.schemes),
-                            ratio_bounds=tuple(cfg.space.ratio_bounds), budget=budget,
-                            n_groups=cfg.space.groups, scheme_search=cfg.space.scheme_search,
-                            seed=cfg.seed, analysis=analysis, latency=latency)
-    except BudgetError as err:  # a config problem: say so without a traceback
-        raise SearchError(f"space.budget: {err}") from err
 
 
 def _init_ray(cfg: PrunetuneConfig) -> None:
@@ -134,15 +94,9 @@ def _latest_experiment(storage: Path) -> str | None:
 SEARCHER_ARTIFACT = "searcher/state.json"
 
 
-def _latency_table_file(cfg: PrunetuneConfig, workdir: Path) -> Path:
-    """The search's latency table: `search.latency_table`, else `<workdir>/latency_table.json`
-    (shared by the latency budget's fit and the trials' predictions)."""
-    return Path(cfg.search.latency_table or workdir / "latency_table.json").expanduser().resolve()
-
-
 def _latency_table_path(cfg: PrunetuneConfig, workdir: Path) -> str | None:
     """The table trials predict latency from; None when they time whole models."""
-    return str(_latency_table_file(cfg, workdir)) if cfg.search.latency == "table" else None
+    return str(latency_table_file(cfg, workdir)) if cfg.search.latency == "table" else None
 
 
 def _log_searcher_state(tracker: Any, parent: str, experiment_dir: Path) -> None:
@@ -183,107 +137,156 @@ def _resolve_warm_start(cfg: PrunetuneConfig, workdir: Path,
     return options
 
 
-def run_search(cfg: PrunetuneConfig, *, resume: bool = False,
-               progress: bool = True) -> SearchSummary:
-    """Run (or resume) a search as a Ray Tune experiment tracked in MLflow."""
+@dataclass
+class _Dense:
+    """The dense model a search prunes, and its baseline."""
+
+    result: Any  # trainers.PretrainResult
+    example: Any  # a `1 x C x H x W` input
+    val_accuracy: float
+    metrics: dict[str, float]  # val and test accuracy / loss, logged on the parent run
+
+
+def _experiment_name(cfg: PrunetuneConfig, storage: Path, resume: bool) -> str:
+    """The Tune experiment (= search) name; refuses a resume with nothing to resume and a new
+    search over an existing one."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
-    from prunetune.trainers import TrialSetup, evaluate, load_data, pretrain_dense, run_trial
-
-    from .searchers import make_searcher
-    from .tracking import MLflowTracker
-
-    storage = cfg.storage_dir()
-    storage.mkdir(parents=True, exist_ok=True)
     if resume:
         name = cfg.name or _latest_experiment(storage)
         if name is None or not tune.Tuner.can_restore(str(storage / name)):
             raise SearchError(f"nothing to resume: no search {cfg.name or ''} in {storage}. "
                               "Give the search's name (config 'name') and the same storage_path.")
-    else:
-        name = search_name(cfg)
-        if (storage / name / "tuner.pkl").exists():
-            raise SearchError(f"a search named {name!r} already exists in {storage}; use "
-                              "--resume to continue it or choose another name")
-    workdir = cfg.workdir_path()
-    workdir.mkdir(parents=True, exist_ok=True)
-    # Before any training: a bad warm_start should fail in seconds, not after pretraining.
-    options = {} if resume else _resolve_warm_start(cfg, workdir, cfg.tracking_uri())
+        return name
+    name = search_name(cfg)
+    if (storage / name / "tuner.pkl").exists():
+        raise SearchError(f"a search named {name!r} already exists in {storage}; use "
+                          "--resume to continue it or choose another name")
+    return name
+
+
+def _dense_baseline(cfg: PrunetuneConfig, progress: bool) -> _Dense:
+    from prunetune.trainers import evaluate, load_data, pretrain_dense
 
     dense = pretrain_dense(cfg.model, cfg.data, cfg.pretrain, cache_dir=cfg.cache_dir,
                            progress=progress)
     data = load_data(cfg.data)
-    example = data.example_input(1)
-    dense_val = evaluate(dense.model, data.loader("val"))
-    dense_metrics = {"val_accuracy": dense_val.accuracy, "val_loss": dense_val.loss,
-                     **{k: v for k, v in dense.metrics.items() if k.startswith("test_")}}
-    if progress and cfg.space.budget is not None and cfg.space.budget.kind == "latency":
-        print("[search] latency budget: fitting it from the latency table (measuring missing "
-              "layer entries)", flush=True)
-    space = build_space(cfg, dense.model, example, workdir)
-    if progress:
-        print(f"[search] {name}: {space.dim}-dimensional space over {len(space.units)} units, "
-              f"{cfg.search.trials} trials ({cfg.search.max_concurrent} at a time), searcher "
-              f"{cfg.search.searcher}; dense val accuracy {dense_val.accuracy:.4f}", flush=True)
+    val = evaluate(dense.model, data.loader("val"))
+    metrics = {"val_accuracy": val.accuracy, "val_loss": val.loss,
+               **{k: v for k, v in dense.metrics.items() if k.startswith("test_")}}
+    return _Dense(dense, data.example_input(1), val.accuracy, metrics)
+
+
+def _trainable(cfg: PrunetuneConfig, dense: _Dense, workdir: Path) -> Any:
+    """The trial function with its setup (shipped once through the object store) and
+    resources."""
+    from ray import tune
+
+    from prunetune.trainers import TrialSetup, run_trial
 
     threads = cfg.search.trial_threads or max(1, math.ceil(cfg.search.cpus_per_trial))
-    setup = TrialSetup(dense_checkpoint=dense.checkpoint, data=cfg.data, finetune=cfg.finetune,
-                       dense_val_accuracy=dense_val.accuracy, threads=threads,
+    setup = TrialSetup(dense_checkpoint=dense.result.checkpoint, data=cfg.data,
+                       finetune=cfg.finetune, dense_val_accuracy=dense.val_accuracy,
+                       seed=cfg.seed, threads=threads,
                        latency_repeats=cfg.search.latency_repeats,
                        latency_table=_latency_table_path(cfg, workdir))
     resources = {"cpu": cfg.search.cpus_per_trial, "gpu": cfg.search.gpus_per_trial}
-    trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), resources)
+    return tune.with_resources(tune.with_parameters(run_trial, setup=setup), resources)
 
+
+def _tracker(cfg: PrunetuneConfig, name: str, space: Any, dense: _Dense,
+             workdir: Path) -> Any:
+    from .tracking import MLflowTracker
+
+    uri = cfg.tracking_uri()
+    # A sqlite store keeps artifacts beside it; a tracking server decides for itself.
+    artifact_root = (workdir / "mlartifacts").as_uri() if uri.startswith("sqlite") else None
+    return MLflowTracker(tracking_uri=uri, experiment=cfg.tracking.experiment,
+                         search_name=name, config=cfg.model_dump(mode="json"),
+                         space_description=space.describe(), dense_metrics=dense.metrics,
+                         artifact_root=artifact_root)
+
+
+def _new_tuner(cfg: PrunetuneConfig, name: str, storage: Path, trainable: Any, space: Any,
+               options: dict[str, Any], callbacks: list[Any]) -> Any:
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from .searchers import make_searcher
+
+    searcher = make_searcher(cfg.search.searcher, space=space, metric="accuracy", mode="max",
+                             seed=cfg.seed, options=options)
+    scheduler = None
+    if cfg.search.scheduler.kind == "asha":
+        scheduler = ASHAScheduler(time_attr="training_iteration",
+                                  max_t=max(1, math.ceil(cfg.finetune.epochs)),
+                                  grace_period=cfg.search.scheduler.grace_period,
+                                  reduction_factor=cfg.search.scheduler.reduction_factor)
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
+                                    num_samples=cfg.search.trials,
+                                    max_concurrent_trials=cfg.search.max_concurrent,
+                                    metric="accuracy", mode="max",
+                                    # A fresh actor per trial costs a process start.
+                                    reuse_actors=True),
+        run_config=tune.RunConfig(name=name, storage_path=str(storage), callbacks=callbacks,
+                                  verbose=0, failure_config=tune.FailureConfig(
+                                      max_failures=cfg.search.max_failures)))
+
+
+def run_search(cfg: PrunetuneConfig, *, resume: bool = False,
+               progress: bool = True) -> SearchSummary:
+    """Run (or resume) a search as a Ray Tune experiment tracked in MLflow."""
+    from ray import tune
+
+    from .searchers import check_options
+
+    storage = cfg.storage_dir()
+    storage.mkdir(parents=True, exist_ok=True)
+    name = _experiment_name(cfg, storage, resume)
+    workdir = cfg.workdir_path()
+    workdir.mkdir(parents=True, exist_ok=True)
+    # Before any training: a bad searcher, option or warm_start fails in seconds.
+    options = {} if resume else _resolve_warm_start(cfg, workdir, cfg.tracking_uri())
+    if not resume:
+        check_options(cfg.search.searcher, options)
+
+    dense = _dense_baseline(cfg, progress)
+    if progress and cfg.space.budget is not None and cfg.space.budget.kind == "latency":
+        print("[search] latency budget: fitting it from the latency table (measuring missing "
+              "layer entries)", flush=True)
+    space = build_space(cfg, dense.result.model, dense.example, workdir)
+    if progress:
+        print(f"[search] {name}: {space.dim}-dimensional space over {space.n_units} units, "
+              f"{cfg.search.trials} trials ({cfg.search.max_concurrent} at a time), searcher "
+              f"{cfg.search.searcher}; dense val accuracy {dense.val_accuracy:.4f}", flush=True)
+    trainable = _trainable(cfg, dense, workdir)
     _init_ray(cfg)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    tracking_uri = cfg.tracking_uri()
-    # A sqlite store keeps artifacts beside it; a tracking server decides for itself.
-    local_store = tracking_uri.startswith("sqlite")
-    artifact_root = (workdir / "mlartifacts").as_uri() if local_store else None
-    tracker = MLflowTracker(tracking_uri=tracking_uri, experiment=cfg.tracking.experiment,
-                            search_name=name, config=cfg.model_dump(mode="json"),
-                            space_description=space.describe(), dense_metrics=dense_metrics,
-                            artifact_root=artifact_root)
+    tracker = _tracker(cfg, name, space, dense, workdir)
     callbacks = [tracker] + ([_progress_callback(cfg.search.trials)] if progress else [])
-
     if resume:
         tuner = tune.Tuner.restore(str(storage / name), trainable=trainable,
                                    resume_unfinished=True, resume_errored=True)
     else:
-        searcher = make_searcher(cfg.search.searcher, space=space, metric="accuracy",
-                                 mode="max", seed=cfg.seed, options=options)
-        scheduler = None
-        if cfg.search.scheduler.kind == "asha":
-            scheduler = ASHAScheduler(time_attr="training_iteration",
-                                      max_t=max(1, math.ceil(cfg.finetune.epochs)),
-                                      grace_period=cfg.search.scheduler.grace_period,
-                                      reduction_factor=cfg.search.scheduler.reduction_factor)
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
-                                        num_samples=cfg.search.trials,
-                                        max_concurrent_trials=cfg.search.max_concurrent,
-                                        metric="accuracy", mode="max",
-                                        # A fresh actor per trial costs a process start.
-                                        reuse_actors=True),
-            run_config=tune.RunConfig(name=name, storage_path=str(storage),
-                                      callbacks=callbacks, verbose=0,
-                                      failure_config=tune.FailureConfig(
-                                          max_failures=cfg.search.max_failures)),
-        )
+        tuner = _new_tuner(cfg, name, storage, trainable, space, options, callbacks)
     grid = tuner.fit()
+    return _summarise(cfg, name, storage, grid, tracker, progress)
 
-    # On resume Tune runs the callbacks it pickled with the experiment; `start_search` finds
-    # the same parent run by its tags either way.
+
+def _summarise(cfg: PrunetuneConfig, name: str, storage: Path, grid: Any, tracker: Any,
+               progress: bool) -> SearchSummary:
+    # On resume Tune ran the callbacks it pickled with the experiment, not `tracker`; the
+    # parent run is found again by its tags, without reopening it.
     finals = [r.metrics for r in grid if r.metrics and r.metrics.get("final")]
     best = max(finals, key=lambda m: m["accuracy"]) if finals else None
-    parent = tracker.start_search()
+    parent = tracker.find_search()
     _log_searcher_state(tracker, parent, storage / name)
-    summary = SearchSummary(name=name, parent_run_id=parent,
-                            tracking_uri=tracking_uri, experiment=cfg.tracking.experiment,
-                            trials_finished=len(finals), trials_planned=cfg.search.trials,
-                            best=best, storage_dir=storage / name)
+    summary = SearchSummary(name=name, parent_run_id=parent, tracking_uri=cfg.tracking_uri(),
+                            experiment=cfg.tracking.experiment, trials_finished=len(finals),
+                            trials_planned=cfg.search.trials, best=best,
+                            storage_dir=storage / name)
     if progress:
         _print_summary(summary)
     return summary

@@ -22,6 +22,8 @@ from urllib.parse import urlparse
 
 import yaml
 
+from prunetune.errors import ClusterError, JobNotFoundError
+
 from .config import apply_overrides, load_config
 
 __all__ = [
@@ -45,14 +47,6 @@ __all__ = [
 TERMINAL_STATUSES = ("SUCCEEDED", "FAILED", "STOPPED")
 DEFAULT_DASHBOARD_PORT = 8265
 _ADDRESS_ENV = ("RAY_API_SERVER_ADDRESS", "RAY_DASHBOARD_ADDRESS")
-
-
-class ClusterError(RuntimeError):
-    """The Ray cluster's Jobs API cannot be reached or refused a request."""
-
-
-class JobNotFoundError(LookupError):
-    """No job with that id on the cluster."""
 
 
 @dataclass

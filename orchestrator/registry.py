@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prunetune.errors import NoMatchingTrialError, PromotionError, SelectionError
+
 from .results import TAG_ROLE, TAG_SEARCH, TAG_TRIAL, TrialRecord, find_search, search_trials
 
 __all__ = [
@@ -68,18 +70,6 @@ _SELECT_RE = re.compile(rf"^\s*(max|min)\s+({_NAME})\s*(?:\s(?i:where)\s+(.*))?$
 _COND_RE = re.compile(rf"^\s*({_NAME})\s*(>=|<=|==|!=|=|>|<)\s*({_NUMBER})\s*$")
 _SELECT_RULE = ("a selection reads 'max|min METRIC [where METRIC OP NUMBER [and ...]]' with OP "
                 "one of >= <= > < == !=, e.g. 'max accuracy where speedup >= 2'")
-
-
-class SelectionError(ValueError):
-    """A `--select` expression that does not parse, or a `--trial` that is not in the search."""
-
-
-class NoMatchingTrialError(SelectionError):
-    """No finished trial of the search satisfies the selection."""
-
-
-class PromotionError(RuntimeError):
-    """The chosen policy could not be rebuilt, logged or registered."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,37 +245,29 @@ def _tag(value: Any) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
-def promote(search: str, model_name: str, *, tracking_uri: str, experiment: str = "prunetune",
-            select: str | None = None, trial: str | None = None,
-            finetune_epochs: float | None = None, alias: str = "champion",
-            progress: bool = True) -> PromotionResult:
-    """Promote one trial of `search` to a new version of `model_name` with `alias`.
+@dataclass
+class _Chosen:
+    """The trial a promotion takes, with what rebuilding it needs."""
 
-    `finetune_epochs` None fine-tunes like the search's trials did (config `finetune`); 0
-    skips fine-tuning. Raises SearchNotFoundError, SelectionError, NoMatchingTrialError or
-    PromotionError, in each case before anything is registered.
-    """
-    import mlflow
-    import torch
-    from mlflow.tracking import MlflowClient
+    parent: Any  # the search's MLflow parent run
+    search: str  # the search's name
+    trial: TrialRecord
+    how: str  # the selection, as said in tags and descriptions
+    cfg: Any  # the search's PrunetuneConfig
+    policy: Any  # the trial's Policy
 
-    from prunetune.search_spaces import Policy, PolicyError, apply_policy, count_cost, enforce_masks
-    from prunetune.trainers import evaluate, fit, load_data, pretrain_dense, seed_everything
 
-    if select and trial:
-        raise SelectionError("give either --select or --trial, not both")
-    _check_names(model_name, alias)
+def _choose(client: Any, experiment: str, search: str, select: str | None,
+            trial: str | None) -> _Chosen:
+    """Find the search and its trial, and read back its config and policy (nothing written)."""
+    from prunetune.search_spaces import Policy, PolicyError
+
     selection = parse_select(select or DEFAULT_SELECT)
-    if finetune_epochs is not None and finetune_epochs < 0:
-        raise PromotionError(f"--finetune-epochs must be >= 0, got {finetune_epochs}")
-
-    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     parent = find_search(client, experiment, search)
     name = parent.data.tags.get(TAG_SEARCH, search)
     trials = [t for t in search_trials(client, parent) if t.tags.get(TAG_ROLE, "trial") == "trial"]
     chosen = (_trial_by_id(trials, trial, name) if trial
               else select_trial(trials, selection, search=name))
-    how = f"trial {trial}" if trial else str(selection)
     cfg = _rebuild_config(client, parent)
     try:
         policy = Policy.from_json(_artifact_text(client, chosen.run_id, "policy.json",
@@ -293,76 +275,99 @@ def promote(search: str, model_name: str, *, tracking_uri: str, experiment: str 
     except PolicyError as err:
         raise PromotionError(f"the policy of trial {chosen.trial_id} does not load: "
                              f"{err}") from None
-    if progress:
-        print(f"[promote] search {name}: trial {chosen.trial_id} chosen by '{how}' (accuracy "
-              f"{chosen.get('accuracy'):.4f}, speedup {chosen.get('speedup'):.2f}x)", flush=True)
+    return _Chosen(parent, name, chosen, f"trial {trial}" if trial else str(selection), cfg,
+                   policy)
 
-    dense = pretrain_dense(cfg.model, cfg.data, cfg.pretrain, cache_dir=cfg.cache_dir,
-                           progress=progress)
-    data = load_data(cfg.data)
-    example = data.example_input(1)
+
+def _check_reproduced(c: _Chosen, dense: Any, example: Any) -> None:
+    """The policy must give the trial's FLOPs on the rebuilt dense model, before any
+    fine-tuning or registration (else the dense checkpoint is not the search's)."""
+    from prunetune.search_spaces import PolicyError, apply_policy, count_cost
+
     try:
-        pruned = apply_policy(dense.model, policy, example)
+        cost = count_cost(apply_policy(dense, c.policy, example), example)
     except PolicyError as err:
-        raise PromotionError(f"trial {chosen.trial_id}'s policy does not fit the dense model "
+        raise PromotionError(f"trial {c.trial.trial_id}'s policy does not fit the dense model "
                              f"rebuilt from the search config: {err}") from None
-    dense_cost, cost = count_cost(dense.model, example), count_cost(pruned, example)
-    want = chosen.metrics.get("flops")
+    want = c.trial.metrics.get("flops")
     if want is not None and not _close(cost.effective_flops, want):
         raise PromotionError(
-            f"re-applying trial {chosen.trial_id}'s policy gives {cost.effective_flops:.6g} "
+            f"re-applying trial {c.trial.trial_id}'s policy gives {cost.effective_flops:.6g} "
             f"effective FLOPs but the trial reported {want:.6g}: the dense checkpoint differs from "
             "the one the search used (model.checkpoint / cache_dir in the search config must "
             "point at the same weights)")
 
-    epochs = cfg.finetune.epochs if finetune_epochs is None else finetune_epochs
-    tcfg = cfg.finetune.model_copy(update={"epochs": epochs})
-    if epochs > 0:
-        seed_everything(cfg.seed)
-        teacher = dense.model if tcfg.kd_alpha > 0 else None
-        fit(pruned, data.loader("train", seed=cfg.seed), tcfg, teacher=teacher,
-            after_step=enforce_masks, progress=progress, desc="promote")
-    pruned = pruned.cpu().eval()
-    enforce_masks(pruned)
-    test = evaluate(pruned, data.loader("test"))
-    metrics: dict[str, float] = {
-        "test_accuracy": test.accuracy, "test_loss": test.loss,
-        "flops": cost.effective_flops, "params": cost.effective_params,
-        "flops_ratio": cost.effective_flops / dense_cost.flops,
-        "params_ratio": cost.effective_params / dense_cost.params,
-        "sparsity": cost.sparsity, "dense_test_accuracy": float(
-            dense.metrics.get("test_accuracy", math.nan)),
-        "finetune_epochs": float(epochs)}
-    if len(data.val):
-        metrics["val_accuracy"] = evaluate(pruned, data.loader("val")).accuracy
-    trial_metrics = {f"trial_{k}": v for k, v in chosen.metrics.items()
-                     if isinstance(v, float) and math.isfinite(v)}
-    inputs = next(iter(data.loader("test", shuffle=False)))[0][:4].contiguous()
 
+@dataclass
+class _Rebuilt:
+    """A promoted trial's model, rebuilt: what the promote run logs."""
+
+    model: Any  # the pruned, fine-tuned nn.Module (CPU, eval mode)
+    metrics: dict[str, float]
+    inputs: Any  # the first test images (tensor): the logged model's input example
+    spec: dict[str, Any]  # prunetune_model.json, less its source
+
+
+def _rebuild(c: _Chosen, epochs: float, progress: bool) -> _Rebuilt:
+    """Re-apply the policy to the dense checkpoint, fine-tune it as the trial was (its own
+    seed), evaluate it on the test split."""
+    from prunetune.trainers import load_data, pretrain_dense, prune_and_evaluate
+
+    cfg = c.cfg
+    dense = pretrain_dense(cfg.model, cfg.data, cfg.pretrain, cache_dir=cfg.cache_dir,
+                           progress=progress)
+    data = load_data(cfg.data)
+    _check_reproduced(c, dense.model, data.example_input(1))
+    seed = int(c.trial.params.get("seed", cfg.seed))
+    splits = ("test", "val") if len(data.val) else ("test",)
+    pruned = prune_and_evaluate(dense.model, c.policy, data,
+                                cfg.finetune.model_copy(update={"epochs": epochs}), seed=seed,
+                                splits=splits, device="cpu", progress=progress, desc="promote")
+    test = pruned.scores["test"]
+    metrics: dict[str, float] = {
+        "test_accuracy": test.accuracy, "test_loss": test.loss, **pruned.cost_metrics(),
+        "dense_test_accuracy": float(dense.metrics.get("test_accuracy", math.nan)),
+        "finetune_epochs": float(epochs)}
+    if "val" in pruned.scores:
+        metrics["val_accuracy"] = pruned.scores["val"].accuracy
+    inputs = next(iter(data.loader("test", shuffle=False)))[0][:4].contiguous()
     spec = {"format": SPEC_FORMAT, "model": dense.checkpoint["model"],
-            "input_shape": list(example.shape[1:]), "dataset": cfg.data.name,
-            "policy": policy.to_dict(), "cost": cost.to_dict(), "metrics": metrics,
-            "source": {"search": name, "search_run_id": parent.info.run_id,
-                       "trial_id": chosen.trial_id, "trial_run_id": chosen.run_id,
-                       "selection": how, "tracking_uri": tracking_uri}}
-    source_tags = {f"{TAG_PREFIX}role": "promote", TAG_SEARCH: name,
-                   f"{TAG_PREFIX}search_run_id": parent.info.run_id,
-                   TAG_TRIAL: chosen.trial_id, f"{TAG_PREFIX}trial_run_id": chosen.run_id,
-                   f"{TAG_PREFIX}selection": how}
-    policy_json = policy.to_json(indent=None)
+            "input_shape": list(inputs.shape[1:]), "dataset": cfg.data.name,
+            "policy": c.policy.to_dict(), "cost": pruned.cost.to_dict(), "metrics": metrics}
+    return _Rebuilt(pruned.model, metrics, inputs, spec)
+
+
+def _register(c: _Chosen, r: _Rebuilt, *, model_name: str, alias: str, epochs: float,
+              tracking_uri: str, client: Any) -> tuple[int, str]:
+    """Log the promote run (model, spec, state dict), register a version, move the alias:
+    (version, promote run id)."""
+    import mlflow
+    import torch
+
+    source_tags = {f"{TAG_PREFIX}role": "promote", TAG_SEARCH: c.search,
+                   f"{TAG_PREFIX}search_run_id": c.parent.info.run_id,
+                   TAG_TRIAL: c.trial.trial_id, f"{TAG_PREFIX}trial_run_id": c.trial.run_id,
+                   f"{TAG_PREFIX}selection": c.how}
+    metrics = r.metrics
+    spec = {**r.spec, "source": {"search": c.search, "search_run_id": c.parent.info.run_id,
+                               "trial_id": c.trial.trial_id, "trial_run_id": c.trial.run_id,
+                               "selection": c.how, "tracking_uri": tracking_uri}}
+    trial_metrics = {f"trial_{k}": v for k, v in c.trial.metrics.items()
+                     if isinstance(v, float) and math.isfinite(v)}
+    policy_json = c.policy.to_json(indent=None)
     with tempfile.TemporaryDirectory() as tmp, _mlflow_uri(tracking_uri):
         spec_path, state_path = Path(tmp) / SPEC_FILE, Path(tmp) / STATE_FILE
         spec_path.write_text(json.dumps(spec, indent=2))
-        torch.save(pruned.state_dict(), state_path)
-        with mlflow.start_run(experiment_id=parent.info.experiment_id,
-                              run_name=f"promote-{name}-{chosen.trial_id}",
+        torch.save(r.model.state_dict(), state_path)
+        with mlflow.start_run(experiment_id=c.parent.info.experiment_id,
+                              run_name=f"promote-{c.search}-{c.trial.trial_id}",
                               tags=source_tags) as run:
-            mlflow.log_params({"model_name": model_name, "alias": alias, "selection": how,
-                               "finetune_epochs": epochs, "trial_id": chosen.trial_id})
+            mlflow.log_params({"model_name": model_name, "alias": alias, "selection": c.how,
+                               "finetune_epochs": epochs, "trial_id": c.trial.trial_id})
             mlflow.log_metrics({**metrics, **trial_metrics})
-            mlflow.log_text(policy.to_json(), "policy.json")
+            mlflow.log_text(c.policy.to_json(), "policy.json")
             info = mlflow.pytorch.log_model(
-                pruned, name="model", input_example=inputs.numpy(),
+                r.model, name="model", input_example=r.inputs.numpy(),
                 serialization_format="pt2", extra_files=[str(spec_path), str(state_path)],
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
                                   f"mlflow=={mlflow.__version__}"])
@@ -370,22 +375,53 @@ def promote(search: str, model_name: str, *, tracking_uri: str, experiment: str 
                             f"{TAG_PREFIX}policy": (policy_json if len(policy_json) <= 7500 else
                                                     "see the promote run's policy.json"),
                             **{f"metric.{k}": _tag(v) for k, v in metrics.items()},
-                            **{f"{TAG_PREFIX}{k}": _tag(v) for k, v in policy.summary().items()}}
+                            **{f"{TAG_PREFIX}{k}": _tag(v) for k, v in c.policy.summary().items()}}
             version_tags.pop(f"{TAG_PREFIX}role")
             mv = mlflow.register_model(info.model_uri, model_name, tags=version_tags)
             client.set_registered_model_alias(model_name, alias, mv.version)
             client.update_model_version(model_name, mv.version, description=(
-                f"Search {name}, trial {chosen.trial_id} ({how}): test accuracy "
-                f"{test.accuracy:.4f}, FLOPs x{metrics['flops_ratio']:.3f}, params "
+                f"Search {c.search}, trial {c.trial.trial_id} ({c.how}): test accuracy "
+                f"{metrics['test_accuracy']:.4f}, FLOPs x{metrics['flops_ratio']:.3f}, params "
                 f"x{metrics['params_ratio']:.3f}"))
             mlflow.set_tag(f"{TAG_PREFIX}registered", f"{model_name}/{mv.version}")
+    return int(mv.version), run.info.run_id
+
+
+def promote(search: str, model_name: str, *, tracking_uri: str, experiment: str = "prunetune",
+            select: str | None = None, trial: str | None = None,
+            finetune_epochs: float | None = None, alias: str = "champion",
+            progress: bool = True) -> PromotionResult:
+    """Promote one trial of `search` to a new version of `model_name` with `alias`.
+
+    `finetune_epochs` None fine-tunes like the search's trials did (config `finetune`, with
+    the trial's own seed); 0 skips fine-tuning. Raises SearchNotFoundError, SelectionError,
+    NoMatchingTrialError or PromotionError, in each case before anything is registered.
+    """
+    from mlflow.tracking import MlflowClient
+
+    if select and trial:
+        raise SelectionError("give either --select or --trial, not both")
+    _check_names(model_name, alias)
+    if finetune_epochs is not None and finetune_epochs < 0:
+        raise PromotionError(f"--finetune-epochs must be >= 0, got {finetune_epochs}")
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    c = _choose(client, experiment, search, select, trial)
     if progress:
-        print(f"[promote] registered {model_name} version {mv.version}, alias {alias}: test "
-              f"accuracy {test.accuracy:.4f}, FLOPs x{metrics['flops_ratio']:.3f}", flush=True)
-    return PromotionResult(model_name=model_name, version=int(mv.version), alias=alias,
-                           uri=f"models:/{model_name}@{alias}", run_id=run.info.run_id,
-                           search=name, trial_id=chosen.trial_id, metrics=metrics, model=pruned,
-                           example_input=inputs)
+        print(f"[promote] search {c.search}: trial {c.trial.trial_id} chosen by '{c.how}' "
+              f"(accuracy {c.trial.get('accuracy'):.4f}, speedup "
+              f"{c.trial.get('speedup'):.2f}x)", flush=True)
+    epochs = c.cfg.finetune.epochs if finetune_epochs is None else finetune_epochs
+    rebuilt = _rebuild(c, epochs, progress)
+    version, run_id = _register(c, rebuilt, model_name=model_name, alias=alias, epochs=epochs,
+                                tracking_uri=tracking_uri, client=client)
+    m = rebuilt.metrics
+    if progress:
+        print(f"[promote] registered {model_name} version {version}, alias {alias}: test "
+              f"accuracy {m['test_accuracy']:.4f}, FLOPs x{m['flops_ratio']:.3f}", flush=True)
+    return PromotionResult(model_name=model_name, version=version, alias=alias,
+                           uri=f"models:/{model_name}@{alias}", run_id=run_id, search=c.search,
+                           trial_id=c.trial.trial_id, metrics=m, model=rebuilt.model,
+                           example_input=rebuilt.inputs)
 
 
 # ---------------------------------------------------------------------------------------------

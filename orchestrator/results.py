@@ -10,6 +10,8 @@ from typing import Any
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
+from prunetune.errors import SearchNotFoundError
+
 __all__ = ["SearchNotFoundError", "TrialRecord", "find_search", "search_trials", "pareto_front",
            "format_table", "TAG_ROLE", "TAG_SEARCH", "TAG_TRIAL", "TAG_STATUS"]
 
@@ -17,10 +19,6 @@ TAG_ROLE = "prunetune.role"  # "search" (parent) or "trial" (child)
 TAG_SEARCH = "prunetune.search"  # the search name, on parent and children
 TAG_TRIAL = "prunetune.trial_id"  # Ray Tune trial id, on children
 TAG_STATUS = "prunetune.status"  # running | finished | stopped | error
-
-
-class SearchNotFoundError(LookupError):
-    """No search with that name or parent run id in the tracking store."""
 
 
 @dataclass

@@ -22,6 +22,8 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
+from prunetune.errors import SearchError
+
 from .results import TAG_ROLE, TAG_SEARCH, TAG_STATUS, TAG_TRIAL, pareto_front
 
 __all__ = ["MLflowTracker", "flatten", "get_or_create_experiment"]
@@ -94,12 +96,9 @@ class MLflowTracker(Callback):
         if self.parent_run_id is not None:
             return self.parent_run_id
         exp_id = get_or_create_experiment(self.client, self.experiment, self.artifact_root)
-        found = self.client.search_runs(
-            [exp_id], filter_string=(f"tags.`{TAG_ROLE}` = 'search' and "
-                                     f"tags.`{TAG_SEARCH}` = '{self.search_name}'"),
-            max_results=1)
-        if found:
-            self.parent_run_id = found[0].info.run_id
+        found = self._find_parent(exp_id)
+        if found is not None:
+            self.parent_run_id = found
             self.client.update_run(self.parent_run_id, status="RUNNING")
             self._sync_children()
             return self.parent_run_id
@@ -113,6 +112,25 @@ class MLflowTracker(Callback):
         self.client.log_dict(self.parent_run_id, self.space_description, "space.json")
         self._log_metrics(self.parent_run_id, {f"dense_{k}": v
                                                for k, v in self.dense_metrics.items()})
+        return self.parent_run_id
+
+    def _find_parent(self, exp_id: str) -> str | None:
+        found = self.client.search_runs(
+            [exp_id], filter_string=(f"tags.`{TAG_ROLE}` = 'search' and "
+                                     f"tags.`{TAG_SEARCH}` = '{self.search_name}'"),
+            max_results=1)
+        return found[0].info.run_id if found else None
+
+    def find_search(self) -> str:
+        """The parent run's id, without changing its status (a resumed search's driver holds a
+        fresh tracker: Tune ran the one it pickled with the experiment)."""
+        if self.parent_run_id is None:
+            exp = self.client.get_experiment_by_name(self.experiment)
+            found = None if exp is None else self._find_parent(exp.experiment_id)
+            if found is None:
+                raise SearchError(f"search {self.search_name!r} has no parent run in "
+                                  f"{self.tracking_uri} (experiment {self.experiment!r})")
+            self.parent_run_id = found
         return self.parent_run_id
 
     def _sync_children(self) -> None:
@@ -154,6 +172,8 @@ class MLflowTracker(Callback):
         config = trial.config or {}
         params: dict[str, str] = {"stage": str(config.get("stage", 0)),
                                   "dim": str(config.get("dim", len(config.get("x", []))))}
+        if "seed" in config:  # the trial's fine-tuning seed, which promote reuses
+            params["seed"] = str(config["seed"])
         if "policy" in config:
             from prunetune.search_spaces import Policy
 

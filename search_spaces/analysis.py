@@ -24,7 +24,7 @@ from torch import nn
 from .channel import max_channel_ratio
 from .cost import SPARSE_KEYS, CostModel, layer_costs
 from .graph import ChannelGraph
-from .policy import PolicyError, UnitPolicy
+from .policy import Policy, PolicyError, UnitPolicy
 from .schemes import MAX_RATIO, SCHEMES, layer_applies
 
 __all__ = ["ModelAnalysis", "PrunableUnit", "analyze"]
@@ -94,6 +94,20 @@ class ModelAnalysis:
             if u.name == name:
                 return u
         raise PolicyError(f"unknown unit {name!r}; units are: {', '.join(self.names)}")
+
+    def validate(self, policy: Policy) -> None:
+        """Raise PolicyError unless every unit of `policy` exists, takes its scheme and its
+        ratio."""
+        units = {u.name: u for u in self.units}
+        for name, up in policy.units.items():
+            unit = units.get(name)
+            if unit is None:
+                hint = (" (it is protected: it feeds the model output)"
+                        if name in self.protected else "")
+                close = sorted(units)[:8]
+                raise PolicyError(f"unknown unit {name!r}{hint}; units of this model are e.g. "
+                                  f"{', '.join(close)} (run `prunetune analyze` for all)")
+            unit.check(up)
 
     def table(self) -> list[dict[str, Any]]:
         """One flat row per unit (name, schemes, features) for printing."""

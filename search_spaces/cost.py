@@ -183,7 +183,7 @@ class CostModel:
                  o_flops: np.ndarray, w_params: np.ndarray, o_params: np.ndarray,
                  w_out: np.ndarray, w_in: np.ndarray, owner: np.ndarray, applies: np.ndarray,
                  channels: np.ndarray, ch_groups: np.ndarray, multiple: np.ndarray,
-                 names: tuple[str, ...] = ()) -> None:
+                 names: tuple[str, ...]) -> None:
         self.dense_flops = float(dense_flops)
         self.dense_params = float(dense_params)
         self.w_flops, self.o_flops = w_flops, o_flops
@@ -261,9 +261,6 @@ class LatencyWeights:
         """From per-layer `(weight-work ms, output-work ms)` keyed by module name. A layer the
         cost model does not scale counts in full in `base_ms`, so the model never
         under-estimates for it."""
-        if not cost_model.names:
-            raise ValueError("this cost model has no module names (an analysis from an older "
-                             "prunetune); run analyze() again")
         index = {n: i for i, n in enumerate(cost_model.names)}
         w, o = np.zeros(len(index)), np.zeros(len(index))
         base = float(base_ms)

@@ -23,26 +23,26 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from .policy import IMPORTANCES
-
-__all__ = ["ChannelGraph", "make_importance"]
+__all__ = ["IMPORTANCES", "ChannelGraph", "make_importance"]
 
 _OPT = tp.ops.OPTYPE
 
+# Channel importance criteria by name (Torch-Pruning's): magnitude = group L2 norm.
+_IMPORTANCE_FACTORIES = {
+    "magnitude": lambda: tp.importance.MagnitudeImportance(p=2),
+    "l1": lambda: tp.importance.MagnitudeImportance(p=1),
+    "bn_scale": lambda: tp.importance.BNScaleImportance(),
+    "lamp": lambda: tp.importance.LAMPImportance(p=2),
+    "fpgm": lambda: tp.importance.FPGMImportance(p=2),
+}
+IMPORTANCES = tuple(_IMPORTANCE_FACTORIES)
+
 
 def make_importance(name: str) -> Any:
-    """Torch-Pruning importance criterion by name (see `policy.IMPORTANCES`)."""
-    if name == "magnitude":
-        return tp.importance.MagnitudeImportance(p=2)
-    if name == "l1":
-        return tp.importance.MagnitudeImportance(p=1)
-    if name == "bn_scale":
-        return tp.importance.BNScaleImportance()
-    if name == "lamp":
-        return tp.importance.LAMPImportance(p=2)
-    if name == "fpgm":
-        return tp.importance.FPGMImportance(p=2)
-    raise ValueError(f"unknown importance {name!r}; use one of {', '.join(IMPORTANCES)}")
+    """Torch-Pruning importance criterion by name (one of `IMPORTANCES`)."""
+    if name not in _IMPORTANCE_FACTORIES:
+        raise ValueError(f"unknown importance {name!r}; use one of {', '.join(IMPORTANCES)}")
+    return _IMPORTANCE_FACTORIES[name]()
 
 
 class _CompatGradFn:

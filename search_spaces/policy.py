@@ -10,25 +10,20 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from prunetune.errors import PolicyError
+from prunetune.files import atomic_write
+
+from .graph import IMPORTANCES
 from .schemes import BLOCK_SHAPES, MAX_RATIO, NM_M_VALUES, PATTERN_KINDS, SCHEMES, nm_from_ratio
 
-if TYPE_CHECKING:
-    from .analysis import ModelAnalysis
-
-__all__ = ["IMPORTANCES", "POLICY_SCHEMA", "Policy", "PolicyError", "UnitPolicy"]
+__all__ = ["IMPORTANCES", "POLICY_SCHEMA", "Policy", "PolicyError", "PolicyValidator",
+           "UnitPolicy"]
 
 POLICY_SCHEMA = 1
-# Channel importance criteria (Torch-Pruning): magnitude = group L2 norm.
-IMPORTANCES = ("magnitude", "l1", "bn_scale", "lamp", "fpgm")
-
-
-class PolicyError(ValueError):
-    """A policy that cannot be applied: unknown unit, ratio out of range, wrong scheme, bad file."""
 
 
 def _where(unit: str | None) -> str:
@@ -136,6 +131,13 @@ class UnitPolicy:
         return obj
 
 
+class PolicyValidator(Protocol):
+    """What can say whether a policy fits a model: a `ModelAnalysis` (`analysis.py`)."""
+
+    def validate(self, policy: Policy) -> None:
+        """Raise PolicyError unless `policy` can be applied."""
+
+
 @dataclass
 class Policy:
     """A per-unit pruning policy; units not named stay dense.
@@ -202,18 +204,8 @@ class Policy:
         return cls.from_dict(raw)
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write atomically (temporary file in the same folder, then `os.replace`)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(self.to_json() + "\n")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        """Write atomically (`prunetune.files.atomic_write`)."""
+        return atomic_write(path, self.to_json() + "\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Policy:
@@ -226,18 +218,10 @@ class Policy:
             raise PolicyError(f"policy file {path}: {err}") from None
 
     # ---- checks and summaries -------------------------------------------------------------
-    def validate(self, analysis: ModelAnalysis) -> None:
-        """Raise PolicyError unless every unit exists, takes its scheme and its ratio."""
-        units = {u.name: u for u in analysis.units}
-        for name, up in self.units.items():
-            unit = units.get(name)
-            if unit is None:
-                hint = (" (it is protected: it feeds the model output)"
-                        if name in analysis.protected else "")
-                close = sorted(units)[:8]
-                raise PolicyError(f"unknown unit {name!r}{hint}; units of this model are e.g. "
-                                  f"{', '.join(close)} (run `prunetune analyze` for all)")
-            unit.check(up)
+    def validate(self, analysis: PolicyValidator) -> None:
+        """Raise PolicyError unless the model `analysis` describes can take this policy: every
+        unit exists, takes its scheme and its ratio (`ModelAnalysis.validate`)."""
+        analysis.validate(self)
 
     def summary(self) -> dict[str, float | str]:
         """Flat, MLflow-param friendly: unit counts per scheme and ratio statistics."""

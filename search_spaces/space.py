@@ -1,5 +1,7 @@
 """`PruningSpace`: the box [0, 1]^d that searchers see, decoded into budget-meeting Policies.
 
+It implements the `SearchSpace` protocol searchers are typed against (`protocol.py`).
+
 Encoding. Units are clustered into k groups (`clustering.py`). Dimension g (< k) is group g's
 position `s` in [0, 1]; unit u of the group gets ratio `lo_u + s * (hi_u - lo_u)`, where
 [lo_u, hi_u] is `ratio_bounds` clipped to what the unit allows. With `scheme_search`, dimension
@@ -28,14 +30,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from prunetune.errors import BudgetError, SpaceError
+
 from .analysis import ModelAnalysis, PrunableUnit, analyze
 from .clustering import cluster_units
 from .cost import SPARSE_KEYS, LatencyWeights, sparse_key
 from .mapping import map_schemes, unit_template
 from .policy import IMPORTANCES, Policy, UnitPolicy
+from .protocol import StepFeatures, step_features_of
 from .schemes import SCHEMES, nm_from_ratio
 
-__all__ = ["BUDGET_KINDS", "Budget", "BudgetError", "PruningSpace"]
+__all__ = ["BUDGET_KINDS", "Budget", "BudgetError", "PruningSpace", "SpaceError"]
 
 BUDGET_KINDS = ("flops", "params", "latency")
 _BISECT_STEPS = 48  # t is found to 2**-48: far below one channel of any unit
@@ -50,10 +55,6 @@ def _least_fitting(fits: Callable[[float], bool], lo: float, hi: float, steps: i
     return hi
 
 
-class BudgetError(ValueError):
-    """The budget cannot be met inside the space's ratio bounds."""
-
-
 @dataclass(frozen=True)
 class Budget:
     """Allowed cost as a fraction `keep` of the dense model's `kind`: "flops", "params" or
@@ -66,11 +67,11 @@ class Budget:
 
     def __post_init__(self) -> None:
         if self.kind not in BUDGET_KINDS:
-            raise ValueError(f"budget kind must be one of {', '.join(BUDGET_KINDS)}, got "
+            raise SpaceError(f"budget kind must be one of {', '.join(BUDGET_KINDS)}, got "
                              f"{self.kind!r}")
         if isinstance(self.keep, bool) or not isinstance(self.keep, (int, float)) \
                 or not 0.0 < float(self.keep) <= 1.0:
-            raise ValueError(f"budget keep must be in (0, 1] (fraction of the dense cost), "
+            raise SpaceError(f"budget keep must be in (0, 1] (fraction of the dense cost), "
                              f"got {self.keep!r}")
         object.__setattr__(self, "keep", float(self.keep))
 
@@ -97,25 +98,25 @@ class PruningSpace:
                  latency: LatencyWeights | None = None) -> None:
         schemes = tuple(schemes)
         if not schemes or any(s not in SCHEMES for s in schemes):
-            raise ValueError(f"schemes must be a non-empty subset of {list(SCHEMES)}, got "
+            raise SpaceError(f"schemes must be a non-empty subset of {list(SCHEMES)}, got "
                              f"{list(schemes)}")
         lo, hi = (float(v) for v in ratio_bounds)
         if not 0.0 <= lo <= hi < 1.0:
-            raise ValueError(f"ratio_bounds must satisfy 0 <= low <= high < 1, got "
+            raise SpaceError(f"ratio_bounds must satisfy 0 <= low <= high < 1, got "
                              f"{tuple(ratio_bounds)}")
         if not (n_groups is None or n_groups == "auto"
                 or (isinstance(n_groups, int) and not isinstance(n_groups, bool)
                     and n_groups >= 1)):
-            raise ValueError(f"n_groups must be None, 'auto' or an integer >= 1, got "
+            raise SpaceError(f"n_groups must be None, 'auto' or an integer >= 1, got "
                              f"{n_groups!r}")
         if budget is not None and not isinstance(budget, Budget):
-            raise ValueError(f"budget must be a Budget or None, got {type(budget).__name__}")
+            raise SpaceError(f"budget must be a Budget or None, got {type(budget).__name__}")
         if importance not in IMPORTANCES:
-            raise ValueError(f"importance must be one of {', '.join(IMPORTANCES)}, got "
+            raise SpaceError(f"importance must be one of {', '.join(IMPORTANCES)}, got "
                              f"{importance!r}")
         if analysis is None:
             if model is None:
-                raise ValueError("PruningSpace needs a model and example_input (or analysis=)")
+                raise SpaceError("PruningSpace needs a model and example_input (or analysis=)")
             analysis = analyze(model, example_input, importance=importance)
         self.analysis = analysis
         self.latency = self._check_latency(latency, budget, analysis)
@@ -125,7 +126,7 @@ class PruningSpace:
         self.templates = map_schemes(analysis, device, schemes)
         self.units: list[PrunableUnit] = [u for u in analysis.units if u.name in self.templates]
         if not self.units:
-            raise ValueError(f"none of the schemes {list(schemes)} applies to any unit of this "
+            raise SpaceError(f"none of the schemes {list(schemes)} applies to any unit of this "
                              "model")
         self.n_groups = n_groups
         self._setup(cluster_units(self.units, n_groups))
@@ -137,20 +138,20 @@ class PruningSpace:
                        analysis: ModelAnalysis) -> LatencyWeights | None:
         if latency is None:
             if budget is not None and budget.kind == "latency":
-                raise ValueError("a latency budget needs latency= weights fitted from a latency "
+                raise SpaceError("a latency budget needs latency= weights fitted from a latency "
                                  "table (prunetune.kernels.LatencyPredictor.linear_terms, then "
                                  "LatencyWeights.from_layers); or use budget kind 'flops'")
             return None
         if not isinstance(latency, LatencyWeights):
-            raise ValueError(f"latency must be LatencyWeights or None, got "
+            raise SpaceError(f"latency must be LatencyWeights or None, got "
                              f"{type(latency).__name__}")
         n = len(analysis.cost_model.w_flops)
         if latency.w_ms.shape != (n,) or latency.o_ms.shape != (n,):
-            raise ValueError(f"latency weights must have one entry per cost-model module ({n}), "
+            raise SpaceError(f"latency weights must have one entry per cost-model module ({n}), "
                              f"got {latency.w_ms.shape} / {latency.o_ms.shape}: fit them on this "
                              "model's analysis")
         if not latency.dense_ms > 0:
-            raise ValueError(f"latency weights must give the dense model a latency > 0 ms, got "
+            raise SpaceError(f"latency weights must give the dense model a latency > 0 ms, got "
                              f"{latency.dense_ms}")
         return latency
 
@@ -202,6 +203,23 @@ class PruningSpace:
         return self.k * (2 if self.scheme_search else 1)
 
     @property
+    def n_units(self) -> int:
+        """Prunable units the space searches (`k == n_units`: one dimension per unit)."""
+        return len(self.units)
+
+    def categorical_dims(self) -> dict[int, int]:
+        """`{column: n_options}` of the scheme dimensions: with `scheme_search`, column k + g
+        picks group g's scheme among its options (empty without scheme search)."""
+        if not self.scheme_search:
+            return {}
+        return {self.k + g: len(opts) for g, opts in enumerate(self._options)}
+
+    def step_features(self) -> StepFeatures:
+        """Features of the ratio dimensions (layer groups) and the dependencies between
+        them, for sequential searchers (see `protocol.StepFeatures`)."""
+        return step_features_of(self.groups, self.units)
+
+    @property
     def bounds(self) -> torch.Tensor:
         """(2, dim) float64 tensor: lower and upper bounds inside [0, 1]."""
         return torch.tensor(self._bounds, dtype=torch.float64)
@@ -212,12 +230,12 @@ class PruningSpace:
         try:
             arr = np.asarray(x, dtype=float).reshape(-1)
         except (TypeError, ValueError):
-            raise ValueError(f"x must be a sequence of {self.dim} numbers, got {x!r}") from None
+            raise SpaceError(f"x must be a sequence of {self.dim} numbers, got {x!r}") from None
         if arr.shape[0] != self.dim:
-            raise ValueError(f"x must have length {self.dim} (the space's dim), got "
+            raise SpaceError(f"x must have length {self.dim} (the space's dim), got "
                              f"{arr.shape[0]}")
         if not np.all(np.isfinite(arr)) or arr.min() < -1e-9 or arr.max() > 1 + 1e-9:
-            raise ValueError(f"x must lie in [0, 1]^{self.dim}, got values in "
+            raise SpaceError(f"x must lie in [0, 1]^{self.dim}, got values in "
                              f"[{arr.min():g}, {arr.max():g}]")
         return np.clip(arr, 0.0, 1.0)
 
@@ -348,7 +366,7 @@ class PruningSpace:
 
     def _least_fitting_step(self, x: Any, i: int, rest: str) -> float:
         if not 0 <= i < self.k:
-            raise ValueError(f"i must be a ratio dimension in [0, {self.k}), got {i}")
+            raise SpaceError(f"i must be a ratio dimension in [0, {self.k}), got {i}")
         arr = self._vector(x)
         tmpl = self._schemes_for(arr[self.k:])
         lo_b, hi_b = self._bounds[0, :self.k], self._bounds[1, :self.k]
@@ -402,13 +420,13 @@ class PruningSpace:
     # ---- encoding and roll-back ---------------------------------------------------------------
     def _encode_state(self, s_unit: np.ndarray, schemes: list[str]) -> np.ndarray:
         """Vector of this space whose (unprojected) state is per-unit positions `s_unit` and
-        per-unit schemes; raises ValueError when units of one group disagree."""
+        per-unit schemes; raises SpaceError when units of one group disagree."""
         x = np.zeros(self.dim)
         index = {u.name: i for i, u in enumerate(self.units)}
         for g, names in enumerate(self.groups):
             vals = {float(s_unit[index[n]]) for n in names}
             if len(vals) != 1:
-                raise ValueError(f"group {g} mixes units at different positions; it cannot hold "
+                raise SpaceError(f"group {g} mixes units at different positions; it cannot hold "
                                  "this point exactly (refine to a finer grouping)")
             x[g] = vals.pop()
             if self.scheme_search:
@@ -421,7 +439,7 @@ class PruningSpace:
                         x[self.k + g] = trial[self.k + g]
                         break
                 else:
-                    raise ValueError(f"group {g}: no scheme option reproduces the point's schemes "
+                    raise SpaceError(f"group {g}: no scheme option reproduces the point's schemes "
                                      f"{sorted({schemes[index[n]] for n in names})}")
         return x
 
@@ -443,9 +461,9 @@ class PruningSpace:
         xs = xs.reshape(-1, self.dim)
         ys = ys.reshape(-1)
         if len(ys) != len(xs):
-            raise ValueError(f"X has {len(xs)} rows but y has {len(ys)} values")
+            raise SpaceError(f"X has {len(xs)} rows but y has {len(ys)} values")
         if n_groups is not None and n_groups <= self.k:
-            raise ValueError(f"n_groups must exceed the current {self.k} groups (or be None for "
+            raise SpaceError(f"n_groups must exceed the current {self.k} groups (or be None for "
                              f"one per unit), got {n_groups}")
         new = self.__class__.__new__(self.__class__)
         new.__dict__.update({k: v for k, v in self.__dict__.items() if not k.startswith("_")})
@@ -467,7 +485,7 @@ class PruningSpace:
 
     def encode(self, policy: Policy) -> np.ndarray:
         """A vector that decodes to `policy` when the policy fits this space's grouping (as
-        decoded policies do); raises ValueError otherwise."""
+        decoded policies do); raises SpaceError otherwise."""
         s_unit, schemes = np.zeros(len(self.units)), []
         for i, u in enumerate(self.units):
             up = policy.units.get(u.name, UnitPolicy(self.templates[u.name].scheme, 0.0)

@@ -139,12 +139,6 @@ def test_rollback_design_draws_sobol_points_in_the_new_box(space: PruningSpace) 
     for i in range(2):  # the first two after the roll-back: the new stage's Sobol points
         assert np.allclose(cfgs[i]["x"], lo + (hi - lo) * u[i])
     assert not np.allclose(cfgs[2]["x"], lo + (hi - lo) * engine.draw(1).numpy()[0])
-    # A roll-back restored from a state saved before the count was recorded gets no design
-    # points (rather than Sobol points forever).
-    s._rollbacks[-1]["n_suggested"] = s._n_suggested
-    assert s._in_rollback_design()
-    del s._rollbacks[-1]["n_suggested"]
-    assert not s._in_rollback_design()
 
 
 def test_save_restore_after_rollback_resumes_identically(space: PruningSpace,
@@ -190,10 +184,10 @@ def test_scheme_search_columns_are_snapped(analysis: Any) -> None:
     space = PruningSpace(None, schemes=("channel", "unstructured"), budget=Budget("flops", 0.6),
                          n_groups=2, scheme_search=True, analysis=analysis)
     s = _bo(space, n_init=3)
-    assert s._categorical() == {space.k + g: len(o)
-                                for g, o in enumerate(space.describe()["options"])}
+    assert space.categorical_dims() == {space.k + g: len(o)
+                                        for g, o in enumerate(space.describe()["options"])}
     _run(s, 4)
-    assert len(s.observations) == 4 and s._n_suggested == 4
+    assert len(s.observations) == 4 and s.n_suggested == 4
 
 
 @pytest.mark.parametrize("options, match", [

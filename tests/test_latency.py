@@ -31,7 +31,7 @@ from prunetune.kernels import (
     predict_latency,
     speedup,
 )
-from prunetune.kernels.ray_service import LatencyService
+from prunetune.kernels.service import LatencyService
 
 
 def tiny_net() -> nn.Module:
@@ -270,7 +270,7 @@ def test_latency_service_without_ray(tmp_path: Path) -> None:
 def test_latency_service_ray_actor(tmp_path: Path) -> None:
     """The named actor is shared (get_if_exists) and answers predictions and measurements."""
     ray = pytest.importorskip("ray")
-    from prunetune.kernels.ray_service import latency_service
+    from prunetune.trainers.latency_actor import latency_service
 
     started_here = not ray.is_initialized()
     if started_here:

@@ -176,8 +176,8 @@ def test_relative_actions_put_one_half_on_the_fair_share(space: PruningSpace,
     assert x[0] == pytest.approx(0.1) and x[space.k - 1] > 0.5
 
 
-def test_buffer_keeps_raw_rewards_and_states_say_their_format(space: PruningSpace,
-                                                              tmp_path: Path) -> None:
+def test_buffer_keeps_raw_rewards_and_states_say_their_version(space: PruningSpace,
+                                                               tmp_path: Path) -> None:
     s = _rl(space, action="relative")
     rewards = _run(s, 4)
     stored = s.agent.buffer.data["r"][:s.agent.buffer.size, 0]
@@ -186,9 +186,11 @@ def test_buffer_keeps_raw_rewards_and_states_say_their_format(space: PruningSpac
     state = load_searcher_state(tmp_path / "rl.json")
     with pytest.raises(SearcherError, match="action='relative'"):
         _rl(space, action="absolute", warm_start=str(tmp_path / "rl.json"))
-    del state["algorithm"]["agent"]["rewards"]  # as saved before rewards were kept raw
+    state["schema"] = 0  # a state of another layout version is refused, not guessed at
     (tmp_path / "old.json").write_text(json.dumps(state))
-    with pytest.raises(SearcherError, match="baseline-relative rewards"):
+    with pytest.raises(SearcherError, match="schema 0; this prunetune reads schema 1"):
         _rl(space, action="relative", warm_start=str(tmp_path / "old.json"))
+    with pytest.raises(SearcherError, match="restore: the searcher state has schema 0"):
+        _rl(space, action="relative").restore(str(tmp_path / "old.json"))
     with pytest.raises(SearcherError, match="action must be one of"):
         _rl(space, action="logit")

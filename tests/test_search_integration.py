@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import ray
 import yaml
@@ -47,6 +48,8 @@ def test_search_tracks_every_trial_in_mlflow(local_ray, tmp_path: Path,
     cfg = load_config(_write_config(tmp_path, "it-basic"))
     summary = run_search(cfg, progress=False)
     assert summary.trials_finished == 6
+    finals = _final_reports(summary.storage_dir)
+    assert len(finals) == 6 and set(finals.values()) == {1}  # each trial ran once
 
     client = MlflowClient(cfg.tracking_uri())
     parent = find_search(client, "prunetune", "it-basic")
@@ -63,6 +66,10 @@ def test_search_tracks_every_trial_in_mlflow(local_ray, tmp_path: Path,
         assert t.tags.get("node")
         assert any(k.startswith("policy.") for k in t.params)
         assert "policy.json" in {a.path for a in client.list_artifacts(t.run_id)}
+    # Each trial fine-tunes with its own seed, derived from the config's `seed` (0 here).
+    derived = {int(np.random.SeedSequence([cfg.seed, i]).generate_state(1)[0]) for i in range(6)}
+    assert {int(t.params["seed"]) for t in trials} == derived
+    assert summary.best["seed"] in derived
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"results.csv", "pareto.png", "best_policy.json", "config.json",
             "space.json"} <= artifacts
@@ -137,12 +144,28 @@ def test_rl_search_warm_starts_from_an_earlier_search_by_name(local_ray,
         run_search(bad, progress=False)
 
 
+def _reachable_latency_share(cfg_path: Path) -> float:
+    """The least latency share the config's space can reach on this machine (fixed per-layer
+    costs dominate digits' 8 x 8 inputs, so it differs from machine to machine)."""
+    import numpy as np
+    import torch
+
+    from prunetune.orchestrator.spaces import build_space
+    from prunetune.trainers import build_model
+
+    cfg = load_config(cfg_path, {"space.budget.keep": 1.0})
+    model = build_model(cfg.model.name, num_classes=10, in_channels=1).eval()
+    space = build_space(cfg, model, torch.zeros(1, 1, 8, 8))
+    return space.cost(np.ones(space.dim))["latency_share"]
+
+
 def test_trials_take_latency_from_the_shared_latency_table(local_ray, tmp_path: Path) -> None:
     table = tmp_path / "cpu-table.json"
-    cfg = load_config(_write_config(
-        tmp_path, "it-latency-table", finetune={"epochs": 0},
-        space={"budget": {"kind": "latency", "keep": 0.7}},
-        search={"trials": 3, "latency": "table", "latency_table": str(table)}))
+    path = _write_config(tmp_path, "it-latency-table", finetune={"epochs": 0},
+                         space={"budget": {"kind": "latency", "keep": 1.0}},
+                         search={"trials": 3, "latency": "table", "latency_table": str(table)})
+    keep = 0.5 * (1.0 + _reachable_latency_share(path))  # halfway to the floor
+    cfg = load_config(path, {"space.budget.keep": keep})
     summary = run_search(cfg, progress=False)
     assert summary.trials_finished == 3
     client = MlflowClient(cfg.tracking_uri())
@@ -155,7 +178,7 @@ def test_trials_take_latency_from_the_shared_latency_table(local_ray, tmp_path: 
         assert t.metrics["speedup"] == pytest.approx(dense_ms / t.metrics["latency_ms"])
         # The latency budget holds on the space's linear model; the table's own prediction
         # (pruned shapes measured later, under the trials' load) is within a loose margin.
-        assert t.metrics["latency_ms"] <= 0.7 * 1.3 * dense_ms
+        assert t.metrics["latency_ms"] <= keep * 1.3 * dense_ms
     table_file = json.loads(table.read_text())
     assert table_file["format"] == "prunetune-latency-table"
     assert table_file["entries"]  # the layer entries measured are kept for the next search
@@ -204,6 +227,15 @@ def _finished_children(uri: str, name: str) -> int:
         return 0
 
 
+def _final_reports(experiment: Path) -> dict[str, int]:
+    """Final reports per trial in Tune's result.json files (one line per reported result)."""
+    counts = {}
+    for result in experiment.glob("*/result.json"):
+        rows = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        counts[result.parent.name] = sum(bool(r.get("final")) for r in rows)
+    return counts
+
+
 def test_interrupted_search_resumes_without_rerunning(tmp_path: Path) -> None:
     path = _write_config(tmp_path, "it-resume", search={"trials": 8, "max_concurrent": 1})
     uri = load_config(path).tracking_uri()
@@ -228,6 +260,10 @@ def test_interrupted_search_resumes_without_rerunning(tmp_path: Path) -> None:
     trials = search_trials(client, find_search(client, "prunetune", "it-resume"))
     assert len(trials) == 8 and len({t.trial_id for t in trials}) == 8
     assert all(t.status == "finished" for t in trials)
-    # No trial ran twice: each logged its final accuracy exactly once.
+    # No trial ran twice. MLflow keeps a trial's first final result whatever happens, so the
+    # witness is Tune's own record: every run of a trial appends its reports to the trial's
+    # result.json.
+    finals = _final_reports(load_config(path).storage_dir() / "it-resume")
+    assert sum(finals.values()) == 8 and set(finals.values()) == {1}, finals
     for t in trials:
         assert len(client.get_metric_history(t.run_id, "accuracy")) == 1

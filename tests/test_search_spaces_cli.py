@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from prunetune.orchestrator.cli import CLIError
+from prunetune.errors import CLIError
 from prunetune.orchestrator.cli_engine import add_engine_commands
 from prunetune.search_spaces import Policy, UnitPolicy
 

@@ -1,92 +1,128 @@
-"""Conformance suite every PolicySearcher must pass, plus the registry."""
+"""The conformance suite (`prunetune.orchestrator.searchers.testing`) on every built-in
+searcher and on a toy searcher a user would write, plus the registry."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
-from prunetune.orchestrator.searchers import SEARCHERS, PolicySearcher, SearcherError, make_searcher
-from prunetune.search_spaces import Budget, Policy, PruningSpace
-from prunetune.trainers import build_model
+from prunetune.orchestrator import searchers as searchers_pkg
+from prunetune.orchestrator.searchers import (
+    SEARCHERS,
+    PolicySearcher,
+    SameRatioSearcher,
+    SearcherError,
+    make_searcher,
+)
+from prunetune.orchestrator.searchers.testing import (
+    SearcherConformance,
+    TuneConformance,
+    small_space,
+)
+from prunetune.search_spaces import PruningSpace, SearchSpace
+
+
+class _ByName(SearcherConformance):
+    name = ""
+
+    def make_searcher(self, space: SearchSpace, *, metric: str = "accuracy",
+                      mode: str = "max", seed: int = 0) -> PolicySearcher:
+        return make_searcher(self.name, space=space, metric=metric, mode=mode, seed=seed)
+
+
+class TestRandom(_ByName, TuneConformance):
+    name = "random"
+
+
+class TestSameRatio(_ByName, TuneConformance):
+    name = "same_ratio"
+
+
+class TestBO(_ByName, TuneConformance):
+    name = "bo"
+
+
+class TestRL(_ByName, TuneConformance):
+    name = "rl"
+
+
+class JitterSearcher(PolicySearcher):
+    """What a user might write: the box's centre, jittered, and the best point seen so far
+    kept as its state."""
+
+    def __init__(self, *, space: SearchSpace, metric: str = "accuracy", mode: str = "max",
+                 seed: int = 0) -> None:
+        super().__init__(space=space, metric=metric, mode=mode, seed=seed)
+        self.best: list[float] | None = None
+
+    def _propose(self, trial_id: str) -> np.ndarray:
+        lo, hi = (np.asarray(b, dtype=float) for b in self.space.bounds)
+        rng = np.random.default_rng([self.seed, self.n_suggested])
+        centre = np.asarray(self.best) if self.best else (lo + hi) / 2
+        return np.clip(centre + 0.1 * rng.standard_normal(self.space.dim), lo, hi)
+
+    def _observe(self, trial_id: str, x: np.ndarray, values: Any) -> None:
+        _, y = self.finished()
+        if y.max() == (1.0 if self.mode == "max" else -1.0) * values[self.metric]:
+            self.best = x.tolist()
+
+    def _algorithm_state(self) -> dict[str, Any]:
+        return {"best": self.best}
+
+    def _load_algorithm_state(self, state: dict[str, Any]) -> None:
+        self.best = state["best"]
+
+
+class TestUserSearcher(SearcherConformance, TuneConformance):
+    def make_searcher(self, space: SearchSpace, *, metric: str = "accuracy",
+                      mode: str = "max", seed: int = 0) -> PolicySearcher:
+        return JitterSearcher(space=space, metric=metric, mode=mode, seed=seed)
+
+
+def test_every_named_searcher_is_covered() -> None:
+    assert sorted(SEARCHERS) == sorted(c.name for c in (TestRandom, TestSameRatio, TestBO,
+                                                        TestRL))
+
+
+def test_every_builtin_searcher_is_exported() -> None:
+    for target in SEARCHERS.values():
+        cls_name = target.partition(":")[2]
+        assert cls_name in searchers_pkg.__all__
+        assert issubclass(getattr(searchers_pkg, cls_name), PolicySearcher)
+    for extra in ("RollbackSchedule", "GPSettings", "AcqSettings"):
+        assert getattr(searchers_pkg, extra).__name__ == extra
 
 
 @pytest.fixture(scope="module")
 def space() -> PruningSpace:
-    model = build_model("resnet20", num_classes=10, in_channels=1)
-    return PruningSpace(model, torch.zeros(1, 1, 8, 8), schemes=("channel",),
-                        budget=Budget(kind="flops", keep=0.6), n_groups=4, seed=0)
+    return small_space()
 
 
-def _make(name: str, space: PruningSpace, seed: int = 0) -> PolicySearcher:
-    return make_searcher(name, space=space, metric="accuracy", mode="max", seed=seed)
+def test_unknown_searcher_options_and_bad_state(space: PruningSpace, tmp_path: Path) -> None:
+    def make(name: str, **options: Any) -> PolicySearcher:
+        return make_searcher(name, space=space, metric="accuracy", mode="max", seed=0,
+                             options=options)
 
-
-def _final(acc: float) -> dict:
-    return {"accuracy": acc, "final": True}
-
-
-@pytest.mark.parametrize("name", sorted(SEARCHERS))
-class TestConformance:
-    def test_suggestions_lie_in_bounds_and_decode(self, name: str, space: PruningSpace) -> None:
-        s = _make(name, space)
-        lo, hi = (np.asarray(b) for b in space.bounds)
-        for i in range(5):
-            cfg = s.suggest(f"t{i}")
-            assert cfg is not None
-            x = np.asarray(cfg["x"])
-            assert x.shape == (space.dim,) and np.all(x >= lo - 1e-9) and np.all(x <= hi + 1e-9)
-            assert Policy.from_json(cfg["policy"]).to_json() == cfg["policy"]
-        assert s.pending.shape == (5, space.dim)
-
-    def test_completion_protocol(self, name: str, space: PruningSpace) -> None:
-        s = _make(name, space)
-        for t in ("a", "b", "c", "d"):
-            s.suggest(t)
-        s.on_trial_complete("a", _final(0.9))
-        s.on_trial_complete("a", _final(0.1))  # a second completion is ignored
-        s.on_trial_complete("b", {"accuracy": 0.99, "final": False})  # stopped early
-        s.on_trial_complete("c", None, error=True)
-        s.on_trial_complete("d", {"accuracy": float("nan"), "final": True})
-        s.on_trial_complete("never-suggested", _final(1.0))
-        status = {o.trial_id: (o.status, o.value) for o in s.observations}
-        assert status == {"a": ("final", 0.9), "b": ("stopped", None), "c": ("error", None),
-                          "d": ("error", None)}
-        X, y = s.finished()
-        assert X.shape == (1, space.dim) and y.tolist() == [0.9]
-        assert s.pending.shape == (0, space.dim)
-
-    def test_save_restore_gives_same_next_suggestion(self, name: str, space: PruningSpace,
-                                                     tmp_path: Path) -> None:
-        s = _make(name, space, seed=7)
-        for i in range(3):
-            s.suggest(f"t{i}")
-            s.on_trial_complete(f"t{i}", _final(0.5 + 0.1 * i))
-        s.suggest("live")
-        s.save(str(tmp_path / "state.json"))
-        nxt = s.suggest("t-next")
-        fresh = _make(name, space, seed=123)
-        fresh.restore(str(tmp_path / "state.json"))
-        assert fresh.suggest("t-next") == nxt
-        assert [o.trial_id for o in fresh.observations] == ["t0", "t1", "t2"]
-        assert fresh.pending.shape == (2, space.dim)
-
-
-def test_unknown_searcher_and_bad_state(space: PruningSpace, tmp_path: Path) -> None:
     with pytest.raises(SearcherError, match="unknown searcher 'nope'"):
-        _make("nope", space)
+        make("nope")
     with pytest.raises(SearcherError, match="cannot import"):
-        _make("no.such.module:Searcher", space)
+        make("no.such.module:Searcher")
+    with pytest.raises(SearcherError, match="not a PolicySearcher subclass"):
+        make("numpy:ndarray")
+    with pytest.raises(SearcherError, match=r"\['n_inti'\] not options of searcher 'bo'; "
+                                            r"its options are .*n_init"):
+        make("bo", n_inti=5)
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(SearcherError, match="cannot read searcher state"):
-        _make("random", space).restore(str(tmp_path / "bad.json"))
-    _make("random", space).save(str(tmp_path / "r.json"))
+        make("random").restore(str(tmp_path / "bad.json"))
+    make("random").save(str(tmp_path / "r.json"))
     with pytest.raises(SearcherError, match="saved by 'RandomSearcher'"):
-        _make("uniform", space).restore(str(tmp_path / "r.json"))
+        make("same_ratio").restore(str(tmp_path / "r.json"))
 
 
-def test_uniform_baseline_uses_one_value(space: PruningSpace) -> None:
-    x = np.asarray(_make("uniform", space).suggest("t")["x"])
+def test_same_ratio_baseline_uses_one_value(space: PruningSpace) -> None:
+    x = np.asarray(SameRatioSearcher(space=space).suggest("t")["x"])
     assert np.allclose(x, x[0])

@@ -4,13 +4,36 @@ from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint,
 from .data import DataBundle, DataConfig, DatasetNotFoundError, load_data
 from .models import ModelNotFoundError, build_model, zoo_names
 from .pretrain import ModelConfig, PretrainResult, default_cache_dir, pretrain_dense
+from .prune import PrunedModel, prune_and_evaluate
 from .train import EvalResult, TrainConfig, evaluate, fit, resolve_device, seed_everything
 from .trial import FINAL_KEY, TrialSetup, evaluate_policy, run_trial
 
 __all__ = [
-    "FINAL_KEY", "CheckpointError", "DataBundle", "DataConfig", "DatasetNotFoundError",
-    "EvalResult", "ModelConfig", "ModelNotFoundError", "PretrainResult", "TrainConfig",
-    "TrialSetup", "build_model", "default_cache_dir", "evaluate", "evaluate_policy", "fit",
-    "load_checkpoint", "load_data", "model_from_checkpoint", "pretrain_dense", "resolve_device",
-    "run_trial", "save_checkpoint", "seed_everything", "zoo_names",
+    "CheckpointError",
+    "DataBundle",
+    "DataConfig",
+    "DatasetNotFoundError",
+    "EvalResult",
+    "FINAL_KEY",
+    "ModelConfig",
+    "ModelNotFoundError",
+    "PretrainResult",
+    "PrunedModel",
+    "TrainConfig",
+    "TrialSetup",
+    "build_model",
+    "default_cache_dir",
+    "evaluate",
+    "evaluate_policy",
+    "fit",
+    "load_checkpoint",
+    "load_data",
+    "model_from_checkpoint",
+    "pretrain_dense",
+    "prune_and_evaluate",
+    "resolve_device",
+    "run_trial",
+    "save_checkpoint",
+    "seed_everything",
+    "zoo_names",
 ]

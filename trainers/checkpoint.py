@@ -5,21 +5,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from prunetune.errors import CheckpointError
+from prunetune.files import atomic_writer
+
 __all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "content_hash", "save_checkpoint",
            "load_checkpoint", "model_from_checkpoint"]
 
 CHECKPOINT_FORMAT = "prunetune-dense/1"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, unreadable or not a prunetune checkpoint."""
 
 
 def content_hash(obj: Any, length: int = 16) -> str:
@@ -29,18 +27,10 @@ def content_hash(obj: Any, length: int = 16) -> str:
 
 
 def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> Path:
-    """Write `checkpoint` to `path` atomically (temp file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(checkpoint, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write `checkpoint` to `path` atomically (`prunetune.files.atomic_writer`)."""
+    with atomic_writer(path, "wb") as handle:
+        torch.save(checkpoint, handle)
+    return Path(path)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

@@ -18,6 +18,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from prunetune.errors import DatasetNotFoundError
+
 __all__ = [
     "DataConfig",
     "DataBundle",
@@ -41,10 +43,6 @@ _STATS = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "imagefolder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """A dataset's files were not found; the message lists where we looked and how to get it."""
 
 
 class DataConfig(BaseModel):

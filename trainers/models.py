@@ -15,12 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunetune.errors import ModelNotFoundError
+
 __all__ = ["build_model", "zoo_names", "ModelNotFoundError", "ResNetCifar", "VGGCifar",
            "MobileNetV2Cifar"]
-
-
-class ModelNotFoundError(ValueError):
-    """The model name is not in the zoo and is not an importable factory."""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,14 +7,15 @@ one writer). Dense weights arrive through the Ray object store via `tune.with_pa
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from .checkpoint import model_from_checkpoint
 from .data import DataConfig, load_data
-from .train import TrainConfig, evaluate, fit, resolve_device, seed_everything
+from .prune import prune_and_evaluate
+from .train import TrainConfig, resolve_device
 
 __all__ = ["FINAL_KEY", "TrialSetup", "run_trial", "evaluate_policy"]
 
@@ -31,37 +32,33 @@ class TrialSetup:
     data: DataConfig
     finetune: TrainConfig
     dense_val_accuracy: float
+    # The search's seed: a trial fine-tunes with the seed its searcher gave it (derived from
+    # this one), or with this one when the searcher gives none (a plain Ray Tune searcher).
+    seed: int = 0
     threads: int = 1
     latency_repeats: int = 20
     latency_batch: int = 1
     # A latency table file: predict latency from it (via the shared per-device Ray actor when
     # Ray runs) instead of timing whole models.
     latency_table: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def evaluate_policy(policy_json: str, setup: TrialSetup, *, report: Any = None,
                     seed: int = 0) -> dict[str, Any]:
-    """Apply a policy to the dense model, fine-tune, evaluate and time it.
+    """Apply a policy to the dense model, fine-tune (seeded by `seed`), evaluate and time it.
 
     `report(metrics)` (e.g. `ray.tune.report`) receives intermediate metrics after each
     fine-tuning epoch but the last, then the final metrics with `FINAL_KEY` set. Returns the
     final metrics.
     """
     from prunetune.kernels import measured_models_ms, speedup
-    from prunetune.search_spaces import Policy, apply_policy, count_cost, enforce_masks
+    from prunetune.search_spaces import Policy
 
     torch.set_num_threads(setup.threads)
-    seed_everything(seed)
     t0 = time.perf_counter()
     policy = Policy.from_json(policy_json)
     data = load_data(setup.data)
-    shape = (data.in_channels, *data.image_size)
-    example = torch.zeros(1, *shape)
     dense = model_from_checkpoint(setup.dense_checkpoint)
-    pruned = apply_policy(dense, policy, example)
-    device = resolve_device(setup.finetune.device)
-    dense_cost, cost = count_cost(dense, example), count_cost(pruned, example)
     epochs = setup.finetune.epochs
     last_epoch = int(-(-epochs // 1)) if epochs else 0
 
@@ -70,16 +67,14 @@ def evaluate_policy(policy_json: str, setup: TrialSetup, *, report: Any = None,
             report({"accuracy": metrics["val_accuracy"], "val_loss": metrics["val_loss"],
                     "train_loss": metrics["train_loss"], "epoch": epoch, FINAL_KEY: False})
 
-    teacher = dense if setup.finetune.kd_alpha > 0 else None
-    fit(pruned, data.loader("train", seed=seed), setup.finetune, val_loader=data.loader("val"),
-        teacher=teacher, after_step=enforce_masks, on_epoch_end=on_epoch_end, progress=False,
-        desc="finetune")
+    result = prune_and_evaluate(dense, policy, data, setup.finetune, seed=seed,
+                                on_epoch_end=on_epoch_end)
     finetune_s = time.perf_counter() - t0
-    val = evaluate(pruned.to(device), data.loader("val"), device)
-    pruned.eval()
+    val, pruned = result.scores["val"], result.model
+    device = resolve_device(setup.finetune.device)
     # Timed on the trial's own device, dense and pruned alike (in turn, in bursts), so the
     # speedup compares like with like wherever the trial landed, whatever the machine's drift.
-    batch = torch.zeros(setup.latency_batch, *shape)
+    batch = data.example_input(setup.latency_batch)
     if setup.latency_table is not None:
         dense_ms, pruned_ms = _table_latency_ms(setup, dense, pruned, batch, str(device))
     else:
@@ -89,16 +84,13 @@ def evaluate_policy(policy_json: str, setup: TrialSetup, *, report: Any = None,
         "accuracy": val.accuracy,
         "val_loss": val.loss,
         "accuracy_drop": setup.dense_val_accuracy - val.accuracy,
-        "flops": cost.effective_flops,
-        "params": cost.effective_params,
-        "flops_ratio": cost.effective_flops / dense_cost.flops,
-        "params_ratio": cost.effective_params / dense_cost.params,
-        "sparsity": cost.sparsity,
+        **result.cost_metrics(),
         "latency_ms": pruned_ms,
         "dense_latency_ms": dense_ms,
         "speedup": speedup(dense_ms, pruned_ms),
         "epoch": last_epoch,
         "finetune_s": finetune_s,
+        "seed": seed,
         "policy": policy.to_json(),
         FINAL_KEY: True,
     }
@@ -114,7 +106,9 @@ def _table_latency_ms(setup: TrialSetup, dense: torch.nn.Module, pruned: torch.n
     saved (merged into its file) after every trial."""
     import ray
 
-    from prunetune.kernels.ray_service import LatencyService, latency_service
+    from prunetune.kernels.service import LatencyService
+
+    from .latency_actor import latency_service
 
     if ray.is_initialized():
         svc = latency_service(setup.latency_table, device=device,
@@ -130,7 +124,8 @@ def _table_latency_ms(setup: TrialSetup, dense: torch.nn.Module, pruned: torch.n
 
 
 def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
-    """Ray Tune function trainable: `config` holds `policy` (JSON) from the searcher."""
+    """Ray Tune function trainable: `config` holds `policy` (JSON) and `seed` from the
+    searcher (a searcher that gives no seed leaves the search's own)."""
     import ray
     from ray import tune
 
@@ -140,4 +135,5 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     def report(metrics: dict[str, Any]) -> None:
         tune.report({**metrics, "node_id": node_id})
 
-    evaluate_policy(config["policy"], setup, report=report, seed=int(config.get("seed", 0)))
+    evaluate_policy(config["policy"], setup, report=report,
+                    seed=int(config.get("seed", setup.seed)))

@@ -1,27 +1,55 @@
-"""Searchers: Ray Tune `Searcher`s over a `PruningSpace`, one algorithm per private module."""
+"""Searchers: Ray Tune `Searcher`s over a `SearchSpace`, one algorithm per private module.
+
+Every built-in searcher is importable from here (`from prunetune.orchestrator.searchers import
+BOSearcher`); the BoTorch- and torch-based ones load on first use, so importing this package
+stays cheap. `make_searcher` builds one by its config name. The conformance suite a searcher
+must pass ships as pytest mixins in `prunetune.orchestrator.searchers.testing`.
+"""
 
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Any
 
-from ._base import FINAL_KEY, Observation, PolicySearcher, SearcherError
-from ._random import RandomSearcher, UniformSearcher
+from prunetune.search_spaces import SearchSpace
 
-__all__ = ["FINAL_KEY", "Observation", "PolicySearcher", "RandomSearcher", "SearcherError",
-           "UniformSearcher", "make_searcher", "SEARCHERS"]
+from ._base import (
+    FINAL_KEY,
+    SEARCHER_STATE_SCHEMA,
+    Observation,
+    PolicySearcher,
+    SearcherError,
+    TrialOutcome,
+)
+from ._random import RandomSearcher, SameRatioSearcher
 
+__all__ = ["FINAL_KEY", "SEARCHERS", "SEARCHER_STATE_SCHEMA", "AcqSettings", "BOSearcher",
+           "GPSettings", "Observation", "PolicySearcher", "RLSearcher", "RandomSearcher",
+           "RollbackSchedule", "SameRatioSearcher", "SearcherError", "TrialOutcome",
+           "check_options", "make_searcher", "searcher_class"]
+
+# Config names (`search.searcher`) of the built-in searchers.
 SEARCHERS: dict[str, str] = {
     "random": "prunetune.orchestrator.searchers._random:RandomSearcher",
-    "uniform": "prunetune.orchestrator.searchers._random:UniformSearcher",
+    "same_ratio": "prunetune.orchestrator.searchers._random:SameRatioSearcher",
     "bo": "prunetune.orchestrator.searchers._bo:BOSearcher",
     "rl": "prunetune.orchestrator.searchers._rl:RLSearcher",
 }
+# Names exported lazily, by the private module that defines them.
+_LAZY = {"BOSearcher": "_bo", "RollbackSchedule": "_bo", "GPSettings": "_bo_models",
+         "AcqSettings": "_bo_models", "RLSearcher": "_rl"}
 
 
-def make_searcher(name: str, *, space: Any, metric: str, mode: str, seed: int,
-                  options: dict[str, Any] | None = None) -> PolicySearcher:
-    """Build a searcher by short name (`random`, `uniform`, ...) or `package.module:Class`."""
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def searcher_class(name: str) -> type[PolicySearcher]:
+    """The class behind a searcher name: a config name (`random`, `same_ratio`, `bo`, `rl`) or
+    `package.module:Class`. Raises SearcherError for an unknown or unimportable name."""
     target = SEARCHERS.get(name, name)
     if ":" not in target:
         raise SearcherError(f"unknown searcher {name!r}; use one of {', '.join(SEARCHERS)} or "
@@ -32,4 +60,29 @@ def make_searcher(name: str, *, space: Any, metric: str, mode: str, seed: int,
     except (ImportError, AttributeError) as err:
         raise SearcherError(f"searcher {name!r}: cannot import {attr!r} from {module_name!r} "
                             f"({err})") from err
+    if not (isinstance(cls, type) and issubclass(cls, PolicySearcher)):
+        raise SearcherError(f"searcher {name!r} is {cls!r}, not a PolicySearcher subclass")
+    return cls
+
+
+def check_options(name: str, options: dict[str, Any] | None) -> type[PolicySearcher]:
+    """The searcher class of `name`, once its constructor is known to take `options` (so a
+    misspelt option fails before any training, not after)."""
+    cls = searcher_class(name)
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return cls
+    allowed = sorted(n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY
+                     and n not in ("space", "metric", "mode", "seed"))
+    unknown = sorted(set(options or {}) - set(allowed))
+    if unknown:
+        raise SearcherError(f"search.searcher_options: {unknown} not options of searcher "
+                            f"{name!r}; its options are {', '.join(allowed) or 'none'}")
+    return cls
+
+
+def make_searcher(name: str, *, space: SearchSpace, metric: str, mode: str, seed: int,
+                  options: dict[str, Any] | None = None) -> PolicySearcher:
+    """Build a searcher by config name or `package.module:Class` (see `searcher_class`)."""
+    cls = check_options(name, options)
     return cls(space=space, metric=metric, mode=mode, seed=seed, **(options or {}))

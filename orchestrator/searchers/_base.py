@@ -1,68 +1,111 @@
 """The narrow base every prunetune searcher shares.
 
-A searcher proposes points `x` in the pruning space's box `[0, 1]^d`; the space decodes each
-point into a `Policy` that meets the resource budget. Subclasses implement three methods:
+A searcher proposes points `x` in a `SearchSpace`'s box `[0, 1]^d`; the space decodes each
+point into a `Policy` that meets the resource budget. The base owns the Ray Tune protocol
+(`suggest`, `on_trial_complete`, `save` / `restore`), following Ray's own `OptunaSearch`: a map
+from Tune trial id to the live point, each completion mapped to one `TrialOutcome`, a second
+completion of the same trial ignored (and logged), and explicit JSON state written atomically.
+Algorithms fill in hooks instead of overriding the protocol (as Optuna's samplers fill in
+`after_trial`):
 
 - `_propose(trial_id) -> np.ndarray | None`: the next `d` vector (None: not ready, ask later);
-- `_observe(trial_id, x, value) -> None`: a trial finished normally with reward `value`;
-- `_algorithm_state() / _load_algorithm_state(state)`: the algorithm's own explicit state.
+- `_observe(trial_id, x, values)`: a trial ended with its final result; `values` holds every
+  finite number it reported (each of `objectives` among them);
+- `_discard(trial_id, outcome)`: a trial ended without one (stopped early, or failed);
+- `objectives`: the metrics a final result must carry, finite, to count (default: `metric`);
+- `_algorithm_state()` / `_load_algorithm_state(state)`: the algorithm's own explicit state.
 
-The base owns the Ray Tune protocol, following Ray's own `OptunaSearch` recipe: a map from Tune
-trial id to the live point, a result taken as final only when the trial function marked it
-`final` (trials stopped early by a scheduler such as ASHA reach `on_trial_complete` with an
-intermediate result: those are recorded as "stopped", never as observations), errors
-recorded as such, a second completion of the same trial ignored, and `save` / `restore` of
-explicit JSON state written atomically.
+A result is final when the trial marked it `final` (prunetune's trial function does on its
+last report): a trial stopped early by a scheduler such as ASHA reaches `on_trial_complete`
+with an intermediate result, which is recorded as stopped, never learned from.
 """
 
 from __future__ import annotations
 
 import abc
+import enum
 import json
+import logging
 import math
-import os
-import tempfile
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from ray.tune.search import Searcher
 
+from prunetune.errors import SearcherError
+from prunetune.files import atomic_write_json
+from prunetune.search_spaces import SearchSpace
 from prunetune.trainers.trial import FINAL_KEY
 
-__all__ = ["PolicySearcher", "Observation", "FINAL_KEY", "SearcherError"]
+__all__ = ["FINAL_KEY", "SEARCHER_STATE_SCHEMA", "Observation", "PolicySearcher",
+           "SearcherError", "TrialOutcome", "check_state_schema"]
+
+logger = logging.getLogger(__name__)
+
+# Version of the saved state's layout; a state of another version is refused, not guessed at.
+SEARCHER_STATE_SCHEMA = 1
 
 
+class TrialOutcome(enum.StrEnum):
+    """How a trial ended, as the searcher sees it."""
 
-class SearcherError(RuntimeError):
-    """A searcher was used in a way it does not support (bad state file, unknown metric, ...)."""
+    FINAL = "final"  # its final result, carrying every objective: learned from
+    STOPPED = "stopped"  # ended early by a scheduler: its result is an intermediate one
+    ERROR = "error"  # raised, or its final result lacks a finite objective value
 
 
 @dataclass
 class Observation:
     trial_id: str
     x: list[float]  # the point in the space of its `stage`
-    value: float | None  # reward (None unless status == "final")
-    status: str  # "final" | "stopped" | "error"
+    value: float | None  # the metric's value (None unless status is FINAL)
+    status: TrialOutcome
     stage: int = 0  # index of the space the point was proposed in (BO roll-back)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"trial_id": self.trial_id, "x": self.x, "value": self.value,
+                "status": self.status.value, "stage": self.stage}
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> Observation:
+        return cls(raw["trial_id"], list(raw["x"]), raw["value"], TrialOutcome(raw["status"]),
+                   int(raw["stage"]))
+
+
+def check_state_schema(state: Mapping[str, Any], what: str) -> None:
+    """Refuse a saved searcher state of another layout version (`SEARCHER_STATE_SCHEMA`)."""
+    if state.get("schema") != SEARCHER_STATE_SCHEMA:
+        raise SearcherError(f"{what}: the searcher state has schema {state.get('schema')!r}; "
+                            f"this prunetune reads schema {SEARCHER_STATE_SCHEMA}. Start a new "
+                            "search (a state saved by another version cannot be read)")
+
+
+def _numbers(result: Mapping[str, Any]) -> dict[str, float]:
+    """The finite numbers of a Tune result (booleans and non-numbers left out)."""
+    return {k: float(v) for k, v in result.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
 
 
 class PolicySearcher(Searcher, abc.ABC):
-    """Base class: a Ray Tune `Searcher` over a `PruningSpace`'s vector.
+    """Base class: a Ray Tune `Searcher` over a `SearchSpace`'s vector.
 
     Suggested configs carry `x` (the point), `policy` (the decoded Policy as JSON: what the
     trial applies and what is recorded), `stage` (which space the point belongs to; searchers
-    that refine the space, like BOCR's roll-back, bump it) and `dim`.
+    that refine the space, like BOCR's roll-back, bump it), `dim` and `seed` (the trial's own
+    seed, derived from the searcher's `seed` and the suggestion's index).
     """
 
-    def __init__(self, *, space: Any, metric: str = "accuracy", mode: str = "max",
+    def __init__(self, *, space: SearchSpace, metric: str = "accuracy", mode: str = "max",
                  seed: int = 0) -> None:
         if mode not in ("max", "min"):
             raise SearcherError(f"mode must be 'max' or 'min', got {mode!r}")
         super().__init__(metric=metric, mode=mode)
-        self.space = space
+        self.space: SearchSpace = space
         self.seed = seed
         self.stage = 0
+        self.n_suggested = 0  # suggestions made so far (the next one's index)
         self._live: dict[str, list[float]] = {}
         self.observations: list[Observation] = []
 
@@ -71,8 +114,16 @@ class PolicySearcher(Searcher, abc.ABC):
     def _propose(self, trial_id: str) -> np.ndarray | None:
         """The next point, a length-`d` array in `[0, 1]^d`, or None when not ready."""
 
-    def _observe(self, trial_id: str, x: np.ndarray, value: float) -> None:
-        """A trial finished normally: learn from it (no-op for model-free searchers)."""
+    def _observe(self, trial_id: str, x: np.ndarray, values: Mapping[str, float]) -> None:
+        """A trial ended with its final result (no-op for model-free searchers)."""
+
+    def _discard(self, trial_id: str, outcome: TrialOutcome) -> None:
+        """A trial ended without a final result (`STOPPED` or `ERROR`)."""
+
+    @property
+    def objectives(self) -> tuple[str, ...]:
+        """The metrics a final result must carry (finite) to count; `metric` first."""
+        return (self.metric,)
 
     def _algorithm_state(self) -> dict[str, Any]:
         """The algorithm's own state, JSON-able. The base saves observations itself."""
@@ -96,6 +147,11 @@ class PolicySearcher(Searcher, abc.ABC):
         pts = [x for x in self._live.values() if len(x) == self.space.dim]
         return np.asarray(pts, dtype=float).reshape(-1, self.space.dim)
 
+    def trial_seed(self, index: int) -> int:
+        """The seed of the `index`-th suggested trial: distinct per trial, a function of the
+        searcher's `seed` (so a search with the same seed fine-tunes its trials alike)."""
+        return int(np.random.SeedSequence([self.seed, index]).generate_state(1)[0])
+
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         x = self._propose(trial_id)
         if x is None:
@@ -106,32 +162,40 @@ class PolicySearcher(Searcher, abc.ABC):
                                 f"{self.space.dim}-dimensional space")
         policy = self.space.decode(x)
         self._live[trial_id] = x.tolist()
+        seed = self.trial_seed(self.n_suggested)
+        self.n_suggested += 1
         return {"x": x.tolist(), "policy": policy.to_json(), "stage": self.stage,
-                "dim": self.space.dim}
+                "dim": self.space.dim, "seed": seed}
+
+    def _outcome(self, result: dict | None, error: bool) -> tuple[TrialOutcome, dict]:
+        if error or result is None:
+            return TrialOutcome.ERROR, {}
+        if not result.get(FINAL_KEY):
+            return TrialOutcome.STOPPED, {}
+        values = _numbers(result)
+        if any(name not in values for name in self.objectives):
+            return TrialOutcome.ERROR, {}
+        return TrialOutcome.FINAL, values
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
         x = self._live.pop(trial_id, None)
-        if x is None:  # unknown trial or a second completion: Tune can call twice
+        if x is None:  # Tune can complete a trial twice; a trial never suggested is foreign
+            logger.debug("%s: ignoring the completion of trial %s (not live: completed "
+                         "already, or never suggested here)", type(self).__name__, trial_id)
             return
-        if error or result is None:
-            self.observations.append(Observation(trial_id, x, None, "error", self.stage))
-            return
-        if not result.get(FINAL_KEY):
-            # Stopped early by a scheduler: its accuracy is an intermediate one.
-            self.observations.append(Observation(trial_id, x, None, "stopped", self.stage))
-            return
-        value = result.get(self.metric)
-        if value is None or not math.isfinite(float(value)):
-            self.observations.append(Observation(trial_id, x, None, "error", self.stage))
-            return
-        self.observations.append(Observation(trial_id, x, float(value), "final", self.stage))
-        self._observe(trial_id, np.asarray(x), float(value))
+        outcome, values = self._outcome(result, error)
+        value = values[self.metric] if outcome is TrialOutcome.FINAL else None
+        self.observations.append(Observation(trial_id, x, value, outcome, self.stage))
+        if outcome is TrialOutcome.FINAL:
+            self._observe(trial_id, np.asarray(x), values)
+        else:
+            self._discard(trial_id, outcome)
 
     # -- helpers for subclasses --------------------------------------------------------------
     def finished(self, stage: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Final observations as (`n x d` points, `n` rewards), sign-flipped for mode 'min'."""
-        obs = [o for o in self.observations if o.status == "final"
+        obs = [o for o in self.observations if o.status is TrialOutcome.FINAL
                and (stage is None or o.stage == stage)]
         if not obs:
             return np.zeros((0, self.space.dim)), np.zeros(0)
@@ -142,37 +206,32 @@ class PolicySearcher(Searcher, abc.ABC):
     # -- persistence -------------------------------------------------------------------------
     def get_state(self) -> dict[str, Any]:
         return {
+            "schema": SEARCHER_STATE_SCHEMA,
             "searcher": type(self).__name__,
             "metric": self.metric,
             "mode": self.mode,
             "seed": self.seed,
             "stage": self.stage,
+            "n_suggested": self.n_suggested,
             "live": self._live,
-            "observations": [asdict(o) for o in self.observations],
+            "observations": [o.to_dict() for o in self.observations],
             "algorithm": self._algorithm_state(),
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
+        check_state_schema(state, "restore")
         if state.get("searcher") != type(self).__name__:
             raise SearcherError(f"state was saved by {state.get('searcher')!r}, cannot restore "
                                 f"it into {type(self).__name__}")
         self._metric, self._mode = state["metric"], state["mode"]
         self.seed, self.stage = state["seed"], state["stage"]
+        self.n_suggested = int(state["n_suggested"])
         self._live = {k: list(v) for k, v in state["live"].items()}
-        self.observations = [Observation(**o) for o in state["observations"]]
+        self.observations = [Observation.from_dict(o) for o in state["observations"]]
         self._load_algorithm_state(state["algorithm"])
 
     def save(self, checkpoint_path: str) -> None:
-        folder = os.path.dirname(os.path.abspath(checkpoint_path))
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".searcher-", suffix=".json")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.get_state(), f)
-            os.replace(tmp, checkpoint_path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write_json(checkpoint_path, self.get_state())
 
     def restore(self, checkpoint_path: str) -> None:
         try:
@@ -180,4 +239,7 @@ class PolicySearcher(Searcher, abc.ABC):
                 state = json.load(f)
         except (OSError, json.JSONDecodeError) as err:
             raise SearcherError(f"cannot read searcher state {checkpoint_path}: {err}") from err
+        if not isinstance(state, dict):
+            raise SearcherError(f"searcher state {checkpoint_path} holds a "
+                                f"{type(state).__name__}, not a state object")
         self.set_state(state)

@@ -33,7 +33,9 @@ import numpy as np
 import torch
 from torch.quasirandom import SobolEngine
 
-from ._base import FINAL_KEY, Observation, PolicySearcher, SearcherError
+from prunetune.search_spaces import SearchSpace
+
+from ._base import Observation, PolicySearcher, SearcherError, TrialOutcome
 from ._bo_models import (
     DTYPE,
     AcqSettings,
@@ -159,7 +161,7 @@ class BOSearcher(PolicySearcher):
     suggesting (None: leave torch's setting).
     """
 
-    def __init__(self, *, space: Any, metric: str = "accuracy", mode: str = "max",
+    def __init__(self, *, space: SearchSpace, metric: str = "accuracy", mode: str = "max",
                  seed: int = 0, n_init: int = 10,
                  rollback: RollbackSchedule | Mapping[str, Any] | bool | None = True,
                  objectives: Sequence[str] | None = None,
@@ -177,11 +179,11 @@ class BOSearcher(PolicySearcher):
         self.rollback: RollbackSchedule | None = (
             None if rollback is False or rollback is None
             else _settings(RollbackSchedule, rollback, "rollback"))
-        self.objectives, self.objective_modes = self._check_objectives(objectives,
-                                                                       objective_modes)
+        self._objectives, self.objective_modes = self._check_objectives(objectives,
+                                                                        objective_modes)
         if ref_point is not None and len(ref_point) != len(self.objectives):
-            raise SearcherError(f"ref_point needs one value per objective {self.objectives}, "
-                                f"got {list(ref_point)}")
+            raise SearcherError(f"ref_point needs one value per objective "
+                                f"{list(self.objectives)}, got {list(ref_point)}")
         self.ref_point = None if ref_point is None else [float(v) for v in ref_point]
         self.gp_settings: GPSettings = _settings(GPSettings, gp, "gp")
         self.acq_settings: AcqSettings = _settings(AcqSettings, acq, "acq")
@@ -190,7 +192,6 @@ class BOSearcher(PolicySearcher):
         self.max_fit_points = max_fit_points
         self.threads = threads
         self._root_space = space
-        self._n_suggested = 0
         self._hypers: list[Hypers] | None = None
         self._fit_key: list[int] | None = None
         self._rollbacks: list[dict[str, Any]] = []
@@ -223,12 +224,16 @@ class BOSearcher(PolicySearcher):
         return objectives, modes
 
     @property
+    def objectives(self) -> tuple[str, ...]:
+        return tuple(self._objectives)
+
+    @property
     def multi_objective(self) -> bool:
         return len(self.objectives) > 1
 
     # -- data -------------------------------------------------------------------------------
     def _finals(self) -> list[Observation]:
-        obs = [o for o in self.observations if o.status == "final"]
+        obs = [o for o in self.observations if o.status is TrialOutcome.FINAL]
         if self.multi_objective:
             obs = [o for o in obs if o.trial_id in self._extra]
         return obs
@@ -276,21 +281,15 @@ class BOSearcher(PolicySearcher):
                                    zip(self.objectives, Y[i], signs, strict=True)}}
                 for i, t in enumerate(tids) if mask[i]]
 
-    def on_trial_complete(self, trial_id: str, result: dict | None = None,
-                          error: bool = False) -> None:
-        # The base takes `metric` from the result; the other objectives are read here, before
-        # it, and a result lacking one is handed to the base as a failed one (NaN metric).
-        if (self.multi_objective and trial_id in self._live and not error
-                and result is not None and result.get(FINAL_KEY)):
-            values = [result.get(k) for k in self.objectives[1:]]
-            if all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
-                self._extra[trial_id] = [float(v) for v in values]
-            else:
-                result = {**result, self.metric: float("nan")}
-            for objective, key in _DENSE_KEYS.items():
-                if isinstance(result.get(key), (int, float)) and objective not in self._dense:
-                    self._dense[objective] = float(result[key])
-        super().on_trial_complete(trial_id, result, error)
+    def _observe(self, trial_id: str, x: np.ndarray, values: Mapping[str, float]) -> None:
+        # The base checked that every objective is there; the GP reads the metric from the
+        # observation and the other objectives from here.
+        if not self.multi_objective:
+            return
+        self._extra[trial_id] = [values[k] for k in self.objectives[1:]]
+        for objective, key in _DENSE_KEYS.items():
+            if key in values and objective not in self._dense:
+                self._dense[objective] = values[key]
 
     # -- proposing --------------------------------------------------------------------------
     def _bounds(self) -> torch.Tensor:
@@ -301,15 +300,15 @@ class BOSearcher(PolicySearcher):
         return b
 
     def _seed_for(self, salt: int) -> int:
-        return (self.seed * 1_000_003 + self._n_suggested * 7_919 + salt) % (2**31 - 1)
+        return (self.seed * 1_000_003 + self.n_suggested * 7_919 + salt) % (2**31 - 1)
 
     def _sobol(self) -> np.ndarray:
         # One scrambled sequence per (seed, stage), indexed by the suggestion count, so the
         # initial design is reproducible after restore without saving an engine.
         engine = SobolEngine(self.space.dim, scramble=True, seed=self.seed + 7 * self.stage)
-        start = self._stage_start() or 0
-        if self._n_suggested > start:  # a stage's design starts at its sequence's start
-            engine.fast_forward(self._n_suggested - start)
+        start = self._stage_start()
+        if self.n_suggested > start:  # a stage's design starts at its sequence's start
+            engine.fast_forward(self.n_suggested - start)
         u = engine.draw(1, dtype=DTYPE).reshape(-1)
         lo, hi = self._bounds()
         return (lo + (hi - lo) * u).numpy()
@@ -340,15 +339,6 @@ class BOSearcher(PolicySearcher):
             known.append(None if value is None else value * s)
         return reference_point(Y, known)
 
-    def _categorical(self) -> dict[int, int] | None:
-        """Scheme-search columns of the space and their option counts ({column: options}):
-        with `scheme_search`, column k + g picks group g's scheme (see `PruningSpace`)."""
-        if not getattr(self.space, "scheme_search", False):
-            return None
-        options = self.space.describe()["options"]
-        k = len(self.space.groups)
-        return {k + g: len(opts) for g, opts in enumerate(options)}
-
     def _bo_point(self, X: np.ndarray, Y: np.ndarray) -> np.ndarray:
         X, Y = self._subsample(X, Y)
         Xt, Yt = torch.as_tensor(X, dtype=DTYPE), torch.as_tensor(Y, dtype=DTYPE)
@@ -365,7 +355,7 @@ class BOSearcher(PolicySearcher):
         with seeded(self._seed_for(1)):
             model, hypers = fit_gps(Xt, Yt, bounds, self._hypers, fit=refit,
                                     settings=self.gp_settings,
-                                    categorical=self._categorical())
+                                    categorical=self.space.categorical_dims() or None)
         if refit:
             self._hypers, self._fit_key = hypers, key
         pending = torch.as_tensor(self.pending, dtype=DTYPE)
@@ -377,29 +367,24 @@ class BOSearcher(PolicySearcher):
                 x = propose_single(model, Xt, pending, bounds, self.acq_settings)
         return x.numpy()
 
-    def _stage_start(self) -> int | None:
-        """Suggestions made before the current stage began: 0 in the first stage; None after a
-        roll-back saved before searchers recorded it (such a stage gets no Sobol points)."""
-        return self._rollbacks[-1].get("n_suggested") if self._rollbacks else 0
+    def _stage_start(self) -> int:
+        """Suggestions made before the current stage began (0 in the first stage)."""
+        return self._rollbacks[-1]["n_suggested"] if self._rollbacks else 0
 
     def _in_rollback_design(self) -> bool:
         """Whether the next suggestion is one of the Sobol points after the last roll-back."""
-        start = self._stage_start()
-        if not self._rollbacks or self.rollback is None or start is None:
+        if not self._rollbacks or self.rollback is None:
             return False
-        return self._n_suggested - start < self.rollback.design
+        return self.n_suggested - self._stage_start() < self.rollback.design
 
     def _propose(self, trial_id: str) -> np.ndarray:
         self._maybe_rollback()
         _, X, Y = self._data()
         need = 3 if self.multi_objective else 2
-        if self._n_suggested < self.n_init or len(X) < need or self._in_rollback_design():
-            x = self._sobol()
-        else:
-            with torch_threads(self.threads):
-                x = self._bo_point(X, Y)
-        self._n_suggested += 1
-        return x
+        if self.n_suggested < self.n_init or len(X) < need or self._in_rollback_design():
+            return self._sobol()
+        with torch_threads(self.threads):
+            return self._bo_point(X, Y)
 
     # -- roll-back --------------------------------------------------------------------------
     def _improvements(self, Y: np.ndarray) -> np.ndarray:
@@ -433,7 +418,7 @@ class BOSearcher(PolicySearcher):
 
     def _target_groups(self, spec: int | str) -> int | None:
         """The `n_groups` to pass to `space.refine` for a stage spec; None: one per unit."""
-        units, k = len(self.space.units), len(self.space.groups)
+        units, k = self.space.n_units, self.space.k
         if spec == "bridge":
             target = max(k + 1, round(math.sqrt(k * units)))
         elif spec == "full":
@@ -462,7 +447,7 @@ class BOSearcher(PolicySearcher):
         tids, X, Y = self._data()
         if not self._rollback_due(Y):
             return
-        if len(self.space.groups) >= len(self.space.units):
+        if self.space.k >= self.space.n_units:
             return  # already one dimension per unit: nothing finer to roll back to
         score = self._score(Y)
         live_ids = list(self._live)
@@ -471,7 +456,7 @@ class BOSearcher(PolicySearcher):
         # Live points are re-expressed along with the observations (they finish in the new
         # space); they get the lowest score and top_n is capped at the observations, so they
         # never shape the narrowed box.
-        record = {"n_final": len(tids), "n_suggested": self._n_suggested,
+        record = {"n_final": len(tids), "n_suggested": self.n_suggested,
                   "n_groups": self._target_groups(
                       self.rollback.stages[self.stage]),
                   "top_n": min(self.rollback.top_n, len(tids)),
@@ -486,7 +471,7 @@ class BOSearcher(PolicySearcher):
         self.stage += 1
 
     @staticmethod
-    def _refine(space: Any, record: dict[str, Any]) -> tuple[Any, np.ndarray]:
+    def _refine(space: SearchSpace, record: dict[str, Any]) -> tuple[SearchSpace, np.ndarray]:
         """Apply one recorded roll-back to `space`: the finer space and the recorded points
         re-expressed in it (`n x d'`, each decoding to the same policy as before)."""
         new_space, X_new = space.refine(np.asarray(record["X"], dtype=float),
@@ -498,24 +483,22 @@ class BOSearcher(PolicySearcher):
     # -- persistence ------------------------------------------------------------------------
     def _algorithm_state(self) -> dict[str, Any]:
         return {
-            "n_suggested": self._n_suggested,
             "hypers": self._hypers,
             "fit_key": self._fit_key,
             "rollbacks": self._rollbacks,
             "x_now": self._x_now,
             "extra": self._extra,
             "dense": self._dense,
-            "settings": {"n_init": self.n_init, "objectives": self.objectives,
+            "settings": {"n_init": self.n_init, "objectives": list(self.objectives),
                          "rollback": None if self.rollback is None else asdict(self.rollback)},
         }
 
     def _load_algorithm_state(self, state: dict[str, Any]) -> None:
         saved = state["settings"]
-        if saved["objectives"] != self.objectives:
+        if saved["objectives"] != list(self.objectives):
             raise SearcherError(f"state was saved with objectives {saved['objectives']}, this "
-                                f"searcher has {self.objectives}; build it with the same "
+                                f"searcher has {list(self.objectives)}; build it with the same "
                                 "objectives")
-        self._n_suggested = int(state["n_suggested"])
         self._hypers, self._fit_key = state["hypers"], state["fit_key"]
         self._rollbacks = list(state["rollbacks"])
         self._x_now = {k: list(v) for k, v in state["x_now"].items()}

@@ -1,4 +1,4 @@
-"""Random search and the uniform-ratio baseline."""
+"""Random search, and the same-ratio baseline (one ratio shared by every layer group)."""
 
 from __future__ import annotations
 
@@ -6,15 +6,17 @@ from typing import Any
 
 import numpy as np
 
+from prunetune.search_spaces import SearchSpace
+
 from ._base import PolicySearcher
 
-__all__ = ["RandomSearcher", "UniformSearcher"]
+__all__ = ["RandomSearcher", "SameRatioSearcher"]
 
 
 class _SeededSearcher(PolicySearcher):
     """A searcher whose only state is a NumPy generator, saved as its bit-generator state."""
 
-    def __init__(self, *, space: Any, metric: str = "accuracy", mode: str = "max",
+    def __init__(self, *, space: SearchSpace, metric: str = "accuracy", mode: str = "max",
                  seed: int = 0) -> None:
         super().__init__(space=space, metric=metric, mode=mode, seed=seed)
         self._rng = np.random.default_rng(seed)
@@ -35,8 +37,9 @@ class RandomSearcher(_SeededSearcher):
         return lo + (hi - lo) * self._rng.random(self.space.dim)
 
 
-class UniformSearcher(_SeededSearcher):
-    """The uniform-ratio baseline: every dimension gets the same random value."""
+class SameRatioSearcher(_SeededSearcher):
+    """The same-ratio baseline: one random value for every dimension, so every group sits at
+    the same position of its ratio range (config name `same_ratio`)."""
 
     def _propose(self, trial_id: str) -> np.ndarray:
         return np.full(self.space.dim, self._rng.random())

@@ -3,20 +3,17 @@
 One episode is one policy is one Tune trial. The agent walks the space's ratio dimensions in
 order (one per unit in a full space, one per group in a clustered one). At step t the state
 is AMC's layer embedding, normalised so it means the same on any model (which is what lets an
-agent move from ResNet-20 to ResNet-56):
-
-    index t/(T-1), linear?, depthwise?, log2 in / out channels / 12, stride / 2, kernel / 7,
-    FLOPs and params relative to the largest step, depth | FLOPs reduced so far, FLOPs left
-    after this step (shares of dense), previous action, the budget's keep, the action wall
-
-and the action in [0, 1] never goes below AMC's action wall (`PruningSpace.action_floor`:
-the least pruning that still lets the budget be met if every later step prunes all it may),
-so every episode meets the budget by construction. `action="absolute"` (AMC, the default)
-takes the action as the step's position in the space's bounds, clipped at the wall.
-`action="relative"` spans [wall, upper bound] with a power curve that puts 0.5 on the step's
-fair share of the pruning still owed (`PruningSpace.fair_share`), so an action means the same
-at any budget. On the ResNet-56 benchmark it learned as well from scratch but transferred
-worse (from ResNet-20 and from another budget), hence not the default.
+agent move from ResNet-20 to ResNet-56): the space's step features (`SearchSpace.
+step_features`, with FLOPs and params relative to the largest step), then FLOPs reduced so far,
+FLOPs left after this step (shares of dense), the previous action, the budget's keep and the
+action wall. The action in [0, 1] never goes below AMC's action wall
+(`SearchSpace.action_floor`: the least pruning that still lets the budget be met if every
+later step prunes all it may), so every episode meets the budget by construction.
+`action="absolute"` (AMC, the default) takes the action as the step's position in the space's
+bounds, clipped at the wall. `action="relative"` spans [wall, upper bound] with a power curve
+that puts 0.5 on the step's fair share of the pruning still owed (`SearchSpace.fair_share`),
+so an action means the same at any budget; it is not the default because it transferred worse
+(benchmarks/README.md, "RL").
 Reward: the trial's metric ("metric", AMC's constrained mode) or `-error * log(FLOPs)`
 ("error_log_flops"), given to every step of the episode. The buffer keeps it raw; the critic
 learns it standardised by the search's reward mean and spread (source transitions by the
@@ -24,12 +21,11 @@ source search's), so old and new transitions stay on one scale (AMC subtracts a 
 baseline when storing, see `_reward_norm` for why not here). Because every step already
 carries the whole episode's reward, the critic's target is that reward (`discount=0`, the
 default); AMC's `discount=1` bootstraps a sum over the remaining steps through the target
-networks, and on the ResNet-56 benchmark (seed 0, 100 episodes) it collapsed onto a
-chance-level policy (mean reward 0.13 over episodes 41-80, best 0.508) where `discount=0`
-climbed (mean 0.49 over the last 20, best 0.572). Exploration noise never drops below
-`min_delta`, so an actor that collapsed onto a bad policy still tries its neighbours.
-An episode's actions never depend on its reward, so several episodes can be in flight for
-concurrent trials: each is walked in full when suggested and learned from when it finishes.
+networks, which collapsed onto a chance-level policy on the ResNet-56 benchmark
+(benchmarks/README.md). Exploration noise never drops below `min_delta`, so an actor that
+collapsed onto a bad policy still tries its neighbours. An episode's actions never depend on
+its reward, so several episodes can be in flight for concurrent trials: each is walked in full
+when suggested and learned from when it finishes.
 
 Transfer ("Boosting the convergence of RL-based auto-pruning using historical data"):
 `warm_start` names the saved state of an earlier RL search (same or another model, another
@@ -44,25 +40,29 @@ two budgets' uniform levels (`level`: the ratio every step could take and just m
 budget), so it starts at the new budget with the source's per-layer profile.
 
 Graph-aware state (AutoSculpt): `gnn=True` adds per-step embeddings of a graph network over
-the unit dependency graph (`_rl_agent.GraphEncoder`), trained through the critic and actor.
+the step dependency graph (`_rl_agent.GraphEncoder`), trained through the critic and actor.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ._base import PolicySearcher, SearcherError
+from prunetune.search_spaces import STEP_FEATURES, SearchSpace
+
+from ._base import PolicySearcher, SearcherError, TrialOutcome, check_state_schema
 from ._rl_agent import DDPGAgent, GraphEncoder
 
 __all__ = ["RLSearcher", "load_searcher_state"]
 
-_STATIC = 10  # static features per step (see the module docstring)
+_STATIC = len(STEP_FEATURES)  # static features per step (the space's step features)
 _STATE_DIM = _STATIC + 5  # + reduced so far, left after, previous action, keep, wall
+_FLOPS, _PARAMS = STEP_FEATURES.index("flops_share"), STEP_FEATURES.index("params_share")
 _PROFILE_BINS = 8  # the assistant's view of an episode: mean action per depth bin, + FLOPs
 _REWARDS = ("metric", "error_log_flops")
 _ACTIONS = ("relative", "absolute")
@@ -84,37 +84,10 @@ def load_searcher_state(path: str | Path) -> dict[str, Any]:
         raise SearcherError(f"cannot read searcher state {p} for warm_start: {err}") from err
 
 
-def _unit_graph(space: Any) -> tuple[np.ndarray, list[tuple[int, int]]]:
-    """Static `T x 10` step features and the steps' dependency edges (unit u feeds unit v when
-    a layer v owns reads u's channels), for a space's ratio dimensions."""
-    group_of = {name: g for g, names in enumerate(space.groups) for name in names}
-    T = space.k
-    raw, count = np.zeros((T, _STATIC)), np.zeros(T)
-    for u in space.units:
-        f, g = u.features, group_of[u.name]
-        # index, linear?, depthwise?, in, out, stride, kernel: averaged over the step's units
-        raw[g, 1:7] += [str(f.get("type", "")) == "linear", float(f.get("depthwise", 0)),
-                        math.log2(max(1, f.get("in_channels", 1))) / 12.0,
-                        math.log2(max(1, f.get("out_channels", 1))) / 12.0,
-                        f.get("stride", 1) / 2.0, f.get("kernel", 1) / 7.0]
-        raw[g, 9] += f.get("depth", 0.0)
-        # FLOPs and params: summed over the step's units
-        raw[g, 7] += f.get("flops_share", 0.0)
-        raw[g, 8] += f.get("params_share", 0.0)
-        count[g] += 1
-    for col in (*range(1, 7), 9):
-        raw[:, col] /= np.maximum(count, 1)
-    raw[:, 0] = np.arange(T) / max(1, T - 1)
-    owner = {layer: group_of[u.name] for u in space.units for layer in u.layers}
-    edges = sorted({(group_of[u.name], owner[lay]) for u in space.units for lay in u.in_layers
-                    if lay in owner and owner[lay] != group_of[u.name]})
-    return raw, edges
-
-
 class RLSearcher(PolicySearcher):
     """AMC's DDPG agent as a Ray Tune searcher (see the module docstring)."""
 
-    def __init__(self, *, space: Any, metric: str = "accuracy", mode: str = "max",
+    def __init__(self, *, space: SearchSpace, metric: str = "accuracy", mode: str = "max",
                  seed: int = 0, reward: str = "metric", warmup: int = 20,
                  init_delta: float = 0.5, delta_decay: float = 0.95,
                  min_delta: float = 0.05, hidden: int = 64,
@@ -141,20 +114,21 @@ class RLSearcher(PolicySearcher):
         self.init_delta, self.delta_decay, self.min_delta = init_delta, delta_decay, min_delta
         self.transfer_delta = transfer_delta
         self.updates_per_episode = updates_per_episode or space.k
-        static, edges = _unit_graph(space)
+        steps = space.step_features()
+        static = steps.values.copy()
         # FLOPs after each step (shares of dense); then FLOPs and params relative to the
         # largest step, so a feature means the same on a 20- and a 56-layer model.
-        self._left = np.concatenate([np.cumsum(static[::-1, 7])[::-1][1:], [0.0]])
-        static[:, 7:9] /= np.maximum(static[:, 7:9].max(0), 1e-12)
+        self._left = np.concatenate([np.cumsum(static[::-1, _FLOPS])[::-1][1:], [0.0]])
+        shares = [_FLOPS, _PARAMS]
+        static[:, shares] /= np.maximum(static[:, shares].max(0), 1e-12)
         self._features = static
-        self._graph = GraphEncoder.propagate(static, edges)
+        self._graph = GraphEncoder.propagate(static, list(steps.edges))
         self.agent = DDPGAgent(state_dim=_STATE_DIM, graph_dim=self._graph.shape[1], seed=seed,
                                hidden=hidden, gnn=gnn, discount=discount,
                                lr_actor=lr_actor, lr_critic=lr_critic,
                                batch_size=batch_size, buffer_size=buffer_size)
         self.level = self._budget_level()
         self._rng = np.random.default_rng(seed)
-        self._episodes = 0  # episodes proposed (AMC's episode counter drives exploration)
         self._walks: dict[str, dict[str, list]] = {}  # live episodes by trial id
         self.history: list[dict[str, Any]] = []  # finished: action profile and raw reward
         self.source_history: list[dict[str, Any]] = []
@@ -169,10 +143,11 @@ class RLSearcher(PolicySearcher):
     def _delta(self) -> float:
         """Exploration noise: AMC's decaying sigma, floored at `min_delta` so an agent whose
         actor collapsed onto a bad policy still tries its neighbours."""
+        # AMC's episode counter (the episodes proposed so far) drives exploration.
         if self.warm_started:
-            delta = self.transfer_delta * self.delta_decay ** self._episodes
+            delta = self.transfer_delta * self.delta_decay ** self.n_suggested
         else:
-            delta = self.init_delta * self.delta_decay ** max(0, self._episodes - self.warmup)
+            delta = self.init_delta * self.delta_decay ** max(0, self.n_suggested - self.warmup)
         return max(delta, self.min_delta)
 
     def _state(self, t: int, x: np.ndarray, prev: float, wall: float) -> np.ndarray:
@@ -188,7 +163,7 @@ class RLSearcher(PolicySearcher):
         x = np.zeros(sp.dim)
         x[:sp.k] = lo
         states, actions, prev = [], [], 0.0
-        random_phase = not self.warm_started and self._episodes < self.warmup
+        random_phase = not self.warm_started and self.n_suggested < self.warmup
         delta = self._delta()
         for t in range(sp.k):
             span = max(hi[t] - lo[t], 1e-12)
@@ -213,10 +188,8 @@ class RLSearcher(PolicySearcher):
     def _relative(self, a: float, wall: float, fair: float) -> float:
         """A budget-relative action -> the step's position in its bounds: `a` in [0, 1] spans
         [wall, 1] through the power curve that puts a = 0.5 on the step's fair share of the
-        pruning still owed (`PruningSpace.fair_share`). So 0.5 means "this step's share" at
-        any budget and on any model (meant for transfer to another budget; measured worse
-        there than scaled absolute actions, see the module docstring);
-        without a budget the curve is the identity."""
+        pruning still owed (`SearchSpace.fair_share`). So 0.5 means "this step's share" at
+        any budget and on any model; without a budget the curve is the identity."""
         if self.space.budget is None or wall >= 1.0:
             return min(1.0, max(a, wall))
         q = min(0.98, max(0.02, (fair - wall) / (1.0 - wall)))
@@ -228,7 +201,6 @@ class RLSearcher(PolicySearcher):
         if n > 1:
             feats = np.array([self._profile(w["actions"], w["x"]) for w in walks])
             walks = [walks[int(np.argmax(self._assistant.predict(feats)))]]
-        self._episodes += 1
         self._walks[trial_id] = walks[0]
         return np.asarray(walks[0]["x"])
 
@@ -248,11 +220,11 @@ class RLSearcher(PolicySearcher):
         flops = self.space.cost(x)["flops"]
         return -(1.0 - value) * math.log(max(flops, 1.0))
 
-    def _observe(self, trial_id: str, x: np.ndarray, value: float) -> None:
+    def _observe(self, trial_id: str, x: np.ndarray, values: Mapping[str, float]) -> None:
         walk = self._walks.pop(trial_id, None)
         if walk is None:
             return
-        R = self._episode_reward(x, value)
+        R = self._episode_reward(x, values[self.metric])
         S, A = np.asarray(walk["states"]), walk["actions"]
         T = len(A)
         for t in range(T):
@@ -283,9 +255,7 @@ class RLSearcher(PolicySearcher):
 
         return stats(self.history), stats(self.source_history)
 
-    def on_trial_complete(self, trial_id: str, result: dict | None = None,
-                          error: bool = False) -> None:
-        super().on_trial_complete(trial_id, result, error)
+    def _discard(self, trial_id: str, outcome: TrialOutcome) -> None:
         self._walks.pop(trial_id, None)  # failed or stopped early: nothing to learn
 
     def _fit_assistant(self) -> None:
@@ -311,6 +281,7 @@ class RLSearcher(PolicySearcher):
 
     # -- transfer ----------------------------------------------------------------------------
     def _warm_start(self, state: dict[str, Any], critic_pretrain: int) -> None:
+        check_state_schema(state, "warm_start")
         if state.get("searcher") != type(self).__name__:
             raise SearcherError(f"warm_start needs the state of an {type(self).__name__} "
                                 f"search, got one of {state.get('searcher')!r}")
@@ -320,12 +291,12 @@ class RLSearcher(PolicySearcher):
             self.agent.load(alg["agent"], transfer=True)
         except ValueError as err:
             raise SearcherError(f"warm_start: {err}") from err
-        self.source_history = alg["history"] + alg.get("source_history", [])
+        self.source_history = alg["history"] + alg["source_history"]
         # An absolute actor learned at one budget prunes to that budget's level; at a tighter
         # one the action wall then takes the last layers to the bound (measured: transfer from
         # 70% to 50% FLOPs chance-level for 2 of 3 seeds). Scale its actions by the ratio of
         # the two budgets' uniform levels so it starts at this budget with the source's profile.
-        src_level, src_scale = alg.get("level"), alg.get("action_scale", 1.0)
+        src_level, src_scale = alg["level"], alg["action_scale"]
         if self.action == "absolute" and src_level and self.level:
             self.agent.action_scale = float(np.clip(src_scale * self.level / src_level,
                                                     0.25, 4.0))
@@ -336,8 +307,7 @@ class RLSearcher(PolicySearcher):
 
     # -- persistence -------------------------------------------------------------------------
     def _algorithm_state(self) -> dict[str, Any]:
-        return {"rng": self._rng.bit_generator.state, "episodes": self._episodes,
-                "walks": self._walks, "history": self.history,
+        return {"rng": self._rng.bit_generator.state, "walks": self._walks, "history": self.history,
                 "source_history": self.source_history, "warm_started": self.warm_started,
                 "screen": self.screen, "action": self.action, "level": self.level,
                 "action_scale": self.agent.action_scale, "agent": self.agent.state_dict()}
@@ -355,8 +325,8 @@ class RLSearcher(PolicySearcher):
 
     def _check_action(self, alg: dict[str, Any], what: str) -> None:
         """An agent learned its actor in one action mode; read in another, its outputs would
-        mean other ratios. States saved before the option existed used absolute actions."""
-        saved = alg.get("action", "absolute")
+        mean other ratios."""
+        saved = alg["action"]
         if saved != self.action:
             raise SearcherError(f"{what}: the saved agent acts with action={saved!r}, this "
                                 f"searcher with action={self.action!r}; set the option "
@@ -366,11 +336,10 @@ class RLSearcher(PolicySearcher):
         self._check_action(state, "restore")
         self._rng = np.random.default_rng()
         self._rng.bit_generator.state = state["rng"]
-        self._episodes = state["episodes"]
         self._walks = {k: dict(v) for k, v in state["walks"].items()}
         self.history, self.source_history = state["history"], state["source_history"]
         self.warm_started, self.screen = state["warm_started"], state["screen"]
-        self.agent.action_scale = state.get("action_scale", 1.0)
+        self.agent.action_scale = state["action_scale"]
         try:
             self.agent.load(state["agent"])
         except ValueError as err:

@@ -169,7 +169,6 @@ class DDPGAgent:
     (AMC subtracts a moving baseline when storing, see `RLSearcher._reward_norm`).
     """
 
-    REWARDS = "raw"  # what the buffer's rewards are; states saved before it had no marker
 
     def __init__(self, *, state_dim: int, graph_dim: int, seed: int, hidden: int = 64,
                  gnn: bool = False, lr_actor: float = 1e-3, lr_critic: float = 2e-3,
@@ -256,7 +255,6 @@ class DDPGAgent:
     # -- persistence ---------------------------------------------------------------------------
     def state_dict(self, *, buffer: bool = True) -> dict[str, Any]:
         out = {"state_dim": self.state_dim, "graph_dim": self.graph_dim, "gnn": self.gnn,
-               "rewards": self.REWARDS,
                "actor": _module_state(self.actor), "critic": _module_state(self.critic),
                "actor_target": _module_state(self.actor_target),
                "critic_target": _module_state(self.critic_target),
@@ -275,10 +273,6 @@ class DDPGAgent:
                              f"{state['graph_dim']}, gnn {state['gnn']}; this one has "
                              f"{self.state_dim}, {self.graph_dim}, {self.gnn}: warm-start only "
                              "from a search with the same gnn setting")
-        if state.get("rewards") != self.REWARDS:
-            raise ValueError("the saved agent's replay buffer holds baseline-relative rewards "
-                             "(saved by an earlier prunetune); this one keeps raw rewards: "
-                             "start a new search, or warm-start from one saved since")
         for name in ("actor", "critic", "actor_target", "critic_target"):
             _load_module_state(getattr(self, name), state[name])
         if not transfer:

@@ -1,9 +1,10 @@
-"""An optional Ray actor that owns one device's latency table and measures on it, one at a time.
+"""`LatencyService`: one device's latency table, and the measurements that fill it, in one object.
 
-Ray is imported only when `latency_service` is called, so `prunetune.kernels` itself never
-imports Ray. All trials of a search get the same named actor (`get_if_exists`); its methods run
-one at a time (`max_concurrency=1`), and its `DeviceMeasurer` also excludes measurements from
-other processes on the node.
+It predicts a model's latency from the table (measuring missing layer entries on its device),
+fits a latency budget's linear terms, and saves the table. A search shares one per device
+between its trials as a Ray actor (`prunetune.trainers.latency_actor`); this package itself
+knows nothing of Ray. Its `DeviceMeasurer` keeps measurements on the device one at a time,
+across processes too.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from .layers import deploy
 from .predict import LatencyPredictor
 from .table import LatencyTable
 
-__all__ = ["LatencyService", "latency_service"]
+__all__ = ["LatencyService"]
 
 
 class LatencyService:
-    """The actor's body (usable directly, without Ray, e.g. in tests)."""
+    """A device's latency table with its measurer (also the body of the shared Ray actor)."""
 
     def __init__(self, table_path: str | None = None, device: str = "cpu",
                  repeats: int = 15) -> None:
@@ -59,24 +60,3 @@ class LatencyService:
         if self.table_path:
             self.table.save(self.table_path)
         return len(self.table)
-
-
-def latency_service(table_path: str | None = None, *, device: str = "cpu",
-                    name: str = "prunetune-latency", num_gpus: float = 0.0,
-                    repeats: int = 15) -> Any:
-    """The named `LatencyService` actor for `device` (created on first call, then shared).
-
-    `num_gpus`: the actor's GPU share on a GPU node (a small fraction, e.g. 0.01, so it can sit
-    beside training trials). Needs `ray.init()` (or a Ray Tune run) first.
-    """
-    import ray  # lazily: kernels must not depend on Ray
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-    actor = ray.remote(max_concurrency=1)(LatencyService)
-    # Outside any placement group: a Tune trial that creates the actor must not have it
-    # counted against (and blocked by) the trial's own reserved resources. No CPU reserved:
-    # the actor only measures while the per-device lock is held.
-    return actor.options(name=f"{name}-{device}", get_if_exists=True, num_cpus=0,
-                         num_gpus=num_gpus,
-                         scheduling_strategy=PlacementGroupSchedulingStrategy(
-                             placement_group=None)).remote(table_path, device, repeats)

@@ -1,0 +1,85 @@
+"""From a config to a search space: the one place the `space` section becomes a `PruningSpace`.
+
+`build_space` is what a search uses (a latency budget is fitted from the latency table first);
+`space_from_analysis` is the pure mapping, shared with `prunetune analyze`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from prunetune.errors import SearchError, SpaceError
+from prunetune.search_spaces import (
+    Budget,
+    BudgetError,
+    LatencyWeights,
+    ModelAnalysis,
+    PruningSpace,
+    analyze,
+)
+
+from .config import PrunetuneConfig
+
+__all__ = ["build_space", "latency_table_file", "space_from_analysis"]
+
+
+def latency_table_file(cfg: PrunetuneConfig, workdir: Path | None = None) -> Path:
+    """The search's latency table: `search.latency_table`, else `<workdir>/latency_table.json`
+    (shared by the latency budget's fit and the trials' predictions)."""
+    default = (workdir or cfg.workdir_path()) / "latency_table.json"
+    return Path(cfg.search.latency_table or default).expanduser().resolve()
+
+
+def space_from_analysis(cfg: PrunetuneConfig, analysis: ModelAnalysis, *,
+                        latency: LatencyWeights | None = None, with_budget: bool = True,
+                        mapping_device: str = "gpu") -> PruningSpace:
+    """The `PruningSpace` of the config's `space` section over `analysis`.
+
+    `latency`: the weights a latency budget needs; `with_budget=False` leaves the budget out
+    (for looking at the space only); `mapping_device`: the rule-based scheme mapping's
+    target. Raises SearchError naming `space.budget` or `space` when the section cannot be met
+    or built.
+    """
+    s = cfg.space
+    budget = Budget(kind=s.budget.kind, keep=s.budget.keep) if (s.budget and with_budget) \
+        else None
+    try:
+        return PruningSpace(None, schemes=tuple(s.schemes), ratio_bounds=tuple(s.ratio_bounds),
+                            budget=budget, n_groups=s.groups,
+                            scheme_search=s.scheme_search, seed=cfg.seed,
+                            device=mapping_device, analysis=analysis, latency=latency)
+    except BudgetError as err:
+        raise SearchError(f"space.budget: {err}") from err
+    except SpaceError as err:
+        raise SearchError(f"space: {err}") from err
+
+
+def _latency_weights(cfg: PrunetuneConfig, model: nn.Module, example_input: object,
+                     analysis: ModelAnalysis, workdir: Path | None) -> LatencyWeights:
+    """The latency budget's linear model, fitted from the search's latency table (missing
+    layer entries measured now on the trials' device, then saved for later searches)."""
+    from prunetune.kernels.service import LatencyService
+    from prunetune.trainers import resolve_device
+
+    table = latency_table_file(cfg, workdir)
+    table.parent.mkdir(parents=True, exist_ok=True)
+    service = LatencyService(str(table), device=str(resolve_device(cfg.finetune.device)),
+                             repeats=cfg.search.latency_repeats)
+    base_ms, layers = service.linear_terms(model, example_input)
+    service.save()
+    return LatencyWeights.from_layers(analysis.cost_model, base_ms, layers,
+                                      device=service.measurer.name)
+
+
+def build_space(cfg: PrunetuneConfig, model: nn.Module, example_input: object,
+                workdir: Path | None = None) -> PruningSpace:
+    """The search space the config describes, over `model`. A latency budget is fitted from
+    the search's latency table (`latency_table_file`), measuring missing layer entries on the
+    trials' device now."""
+    analysis = analyze(model, example_input)
+    latency = None
+    if cfg.space.budget is not None and cfg.space.budget.kind == "latency":
+        latency = _latency_weights(cfg, model, example_input, analysis, workdir)
+    return space_from_analysis(cfg, analysis, latency=latency)

@@ -1,0 +1,113 @@
+"""Every error prunetune raises for a person to read, under one root.
+
+`PrunetuneError` is the root, in the manner of BoTorch's `BotorchError`: the CLI catches it alone
+and prints `prunetune COMMAND: error: MESSAGE` with exit code `EXIT_USER_ERROR`, never a
+traceback. Each subclass also keeps the built-in base a caller would expect (`ConfigError` is a
+`ValueError`, `DatasetNotFoundError` a `FileNotFoundError`, ...), so code written against those
+keeps working. A message says the rule, the value that broke it and what to do.
+
+This module imports nothing, so every part of prunetune (the pruning engine included) can use it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "EXIT_INTERRUPTED",
+    "EXIT_NO_RESULT",
+    "EXIT_OK",
+    "EXIT_USER_ERROR",
+    "BudgetError",
+    "CLIError",
+    "CheckpointError",
+    "ClusterError",
+    "ConfigError",
+    "DatasetNotFoundError",
+    "JobNotFoundError",
+    "ModelNotFoundError",
+    "NoMatchingTrialError",
+    "PolicyError",
+    "PromotionError",
+    "PrunetuneError",
+    "SearchError",
+    "SearchNotFoundError",
+    "SearcherError",
+    "SelectionError",
+    "SpaceError",
+]
+
+# Exit codes of the `prunetune` command (README, "Exit codes").
+EXIT_OK = 0
+EXIT_NO_RESULT = 1  # the command ran, but produced nothing (a search where no trial finished)
+EXIT_USER_ERROR = 2  # a PrunetuneError: bad input or an unusable environment, told in one line
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, as shells report it)
+
+
+class PrunetuneError(Exception):
+    """Root of the errors prunetune reports to a person (one line, no traceback)."""
+
+
+# ---- the pruning engine (search_spaces) ---------------------------------------------------
+class PolicyError(PrunetuneError, ValueError):
+    """A policy that cannot be applied: unknown unit, ratio out of range, wrong scheme, bad file."""
+
+
+class SpaceError(PrunetuneError, ValueError):
+    """A search space that cannot be built from the arguments given."""
+
+
+class BudgetError(SpaceError):
+    """The budget cannot be met inside the space's ratio bounds."""
+
+
+# ---- data, models, checkpoints (trainers) -------------------------------------------------
+class DatasetNotFoundError(PrunetuneError, FileNotFoundError):
+    """The dataset's files are not where the config says (nothing downloads unless allowed)."""
+
+
+class ModelNotFoundError(PrunetuneError, ValueError):
+    """A model name that is not in the zoo, torchvision or an importable factory."""
+
+
+class CheckpointError(PrunetuneError, ValueError):
+    """A checkpoint file is missing, unreadable or not a prunetune checkpoint."""
+
+
+# ---- searches, searchers, tracking, registry, clusters (orchestrator) ----------------------
+class ConfigError(PrunetuneError, ValueError):
+    """The config file is missing, not YAML, or has fields with values that are not allowed."""
+
+
+class SearcherError(PrunetuneError, RuntimeError):
+    """A searcher was used in a way it does not support (bad state file, unknown metric, ...)."""
+
+
+class SearchError(PrunetuneError, RuntimeError):
+    """A search could not be started or resumed (nothing to resume, cluster unreachable, ...)."""
+
+
+class SearchNotFoundError(PrunetuneError, LookupError):
+    """No search with that name or parent run id in the tracking store."""
+
+
+class SelectionError(PrunetuneError, ValueError):
+    """A `--select` expression that does not parse, or a `--trial` that is not in the search."""
+
+
+class NoMatchingTrialError(SelectionError):
+    """No finished trial of the search satisfies the selection."""
+
+
+class PromotionError(PrunetuneError, RuntimeError):
+    """The chosen policy could not be rebuilt, logged or registered."""
+
+
+class ClusterError(PrunetuneError, RuntimeError):
+    """The Ray cluster or its Jobs API cannot be reached or refused the request."""
+
+
+class JobNotFoundError(PrunetuneError, LookupError):
+    """No job with that id on the cluster."""
+
+
+class CLIError(PrunetuneError):
+    """A command-line usage problem the parser cannot see (a file that does not fit, ...)."""
