@@ -20,9 +20,10 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from .budget import Budget
+
 if TYPE_CHECKING:
     from .policy import Policy
-    from .space import Budget
 
 __all__ = ["STEP_FEATURES", "SearchSpace", "StepFeatures", "step_features_of"]
 

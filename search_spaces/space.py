@@ -23,7 +23,6 @@ policies; the returned bounds narrow the box to the range of the best points.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,6 +32,7 @@ from torch import nn
 from prunetune.errors import BudgetError, SpaceError
 
 from .analysis import ModelAnalysis, PrunableUnit, analyze
+from .budget import BUDGET_KINDS, Budget
 from .clustering import cluster_units
 from .cost import SPARSE_KEYS, LatencyWeights, sparse_key
 from .mapping import map_schemes, unit_template
@@ -42,7 +42,6 @@ from .schemes import SCHEMES, nm_from_ratio
 
 __all__ = ["BUDGET_KINDS", "Budget", "BudgetError", "PruningSpace", "SpaceError"]
 
-BUDGET_KINDS = ("flops", "params", "latency")
 _BISECT_STEPS = 48  # t is found to 2**-48: far below one channel of any unit
 
 
@@ -53,30 +52,6 @@ def _least_fitting(fits: Callable[[float], bool], lo: float, hi: float, steps: i
         mid = 0.5 * (lo + hi)
         lo, hi = (lo, mid) if fits(mid) else (mid, hi)
     return hi
-
-
-@dataclass(frozen=True)
-class Budget:
-    """Allowed cost as a fraction `keep` of the dense model's `kind`: "flops", "params" or
-    "latency". Sparse schemes count at their effective (non-zero) cost. A latency budget needs
-    the space's `latency` weights (fitted from a latency table by
-    `prunetune.kernels.LatencyPredictor.linear_terms`)."""
-
-    kind: str = "flops"
-    keep: float = 0.5
-
-    def __post_init__(self) -> None:
-        if self.kind not in BUDGET_KINDS:
-            raise SpaceError(f"budget kind must be one of {', '.join(BUDGET_KINDS)}, got "
-                             f"{self.kind!r}")
-        if isinstance(self.keep, bool) or not isinstance(self.keep, (int, float)) \
-                or not 0.0 < float(self.keep) <= 1.0:
-            raise SpaceError(f"budget keep must be in (0, 1] (fraction of the dense cost), "
-                             f"got {self.keep!r}")
-        object.__setattr__(self, "keep", float(self.keep))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "keep": self.keep}
 
 
 class PruningSpace:
