@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import tomllib
 from pathlib import Path
 
 import jsonschema
@@ -15,10 +16,27 @@ import yaml
 
 from prunetune.orchestrator.config import PrunetuneConfig
 
-CLUSTERS = Path(__file__).resolve().parents[1] / "clusters"
+ROOT = Path(__file__).resolve().parents[1]
+CLUSTERS = ROOT / "clusters"
 LAUNCHER = sorted(CLUSTERS.glob("*.yaml"))
 KUBERAY = sorted((CLUSTERS / "kuberay").glob("*.yaml"))
 RAY_PIN = re.compile(r"ray\[[^\]]*\]==([\w.]+)")
+
+
+def _ray_pin() -> str:
+    """The one Ray version of the project: pyproject's exact pin, which every cluster file
+    must repeat (so a new Ray release changes nothing until the pin is moved)."""
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    pins = [m.group(1) for d in deps if (m := RAY_PIN.fullmatch(d.replace(" ", "")))]
+    assert len(pins) == 1, f"pyproject.toml must pin ray exactly once (ray[...]==X), got {deps}"
+    return pins[0]
+
+
+RAY_VERSION = _ray_pin()
+
+
+def test_installed_ray_is_the_pinned_one() -> None:
+    assert ray.__version__ == RAY_VERSION
 
 
 def _docs(path: Path) -> list[dict]:
@@ -51,7 +69,7 @@ def test_launcher_yaml_matches_rays_schema(path: Path) -> None:
     assert "pip install" in setup and "~/prunetune" in setup
     assert "." in cfg["file_mounts"].values()  # the repository travels to every node
     pins = set(RAY_PIN.findall(setup))
-    assert pins == {ray.__version__}, f"nodes must run this Ray ({ray.__version__}), got {pins}"
+    assert pins == {RAY_VERSION}, f"nodes must run this Ray ({RAY_VERSION}), got {pins}"
     head = "\n".join(cfg["head_start_ray_commands"])
     assert "ray start --head" in head and "--dashboard-host=127.0.0.1" in head
     assert "prunetune server --host 127.0.0.1" in head
@@ -67,7 +85,7 @@ def _pod_spec_ok(spec: dict, *, gpu: bool) -> None:
 
 
 def _ray_cluster_spec_ok(spec: dict, config_maps: dict[str, dict]) -> None:
-    assert spec["rayVersion"] == ray.__version__
+    assert spec["rayVersion"] == RAY_VERSION
     _pod_spec_ok(spec["headGroupSpec"], gpu=False)
     groups = spec["workerGroupSpecs"]
     assert groups and all(g["groupName"] and g["maxReplicas"] >= g["minReplicas"] for g in groups)
@@ -113,8 +131,8 @@ def test_kuberay_manifest(path: Path) -> None:
 
 def test_dockerfile_pins_this_ray() -> None:
     text = (CLUSTERS / "Dockerfile").read_text()
-    assert f"FROM rayproject/ray:{ray.__version__}-" in text
-    assert set(RAY_PIN.findall(text)) == {ray.__version__}
+    assert f"FROM rayproject/ray:{RAY_VERSION}-" in text
+    assert set(RAY_PIN.findall(text)) == {RAY_VERSION}
 
 
 def test_local_cluster_script_usage() -> None:
