@@ -6,8 +6,12 @@
 Every model in `torchvision.models.list_models(module=torchvision.models)` (untrained weights)
 is analysed and channel-pruned at ratio 0.3 on every unit, on a small input (64x64; 224x224
 where the architecture needs it). A model passes when the pruned model's forward works, its
-output shape is unchanged and its FLOPs fall. Each model runs in its own process with a time
-limit, so a hang or an out-of-memory kill is recorded as that model's failure.
+output shape is unchanged, its FLOPs fall, and it computes what the dense model computes with
+the removed channels zeroed instead (`zero_pruned_channels`), so a prune that removed the wrong
+channels, or broke a coupling, fails even when every shape fits. Where zeroing is not removal
+(a LayerNorm's or attention's statistics span all channels), that comparison is recorded as not
+made, with the layer kinds. Each model runs in its own process with a time limit, so a hang or
+an out-of-memory kill is recorded as that model's failure.
 
 Writes benchmarks/results/coverage.json: {model: {"ok", "flops_ratio", "error", ...}} (also
 the input size, the number of pruned units and the seconds taken), rewritten after every model
@@ -33,6 +37,9 @@ from prunetune.files import atomic_write
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RATIO = 0.3
+# Removing a channel and zeroing it differ by float rounding only (1e-7 relative on ResNets);
+# a wrong channel moves the output by far more than this.
+SAME_OUTPUT_RTOL = 1e-4
 # Models whose forward checks the input size (ViT) or needs a large input (MaxViT's windows).
 SIZE_224 = ("vit_", "maxvit")
 SIZE_96 = ("inception",)
@@ -52,6 +59,7 @@ def run_one(name: str) -> dict[str, object]:
     import torchvision
 
     from prunetune.search_spaces import Policy, UnitPolicy, analyze, apply_policy, count_cost
+    from prunetune.search_spaces.apply import zero_pruned_channels
 
     torch.manual_seed(0)
     torch.set_num_threads(1)
@@ -75,8 +83,19 @@ def run_one(name: str) -> dict[str, object]:
     ratio = cost.flops / analysis.dense_flops
     if not ratio < 1.0:
         raise RuntimeError(f"FLOPs did not fall (ratio {ratio:.3f})")
+    zeroed, inexact = zero_pruned_channels(model, Policy(units), x)
+    same = None
+    if not inexact:
+        with torch.no_grad():
+            ref = zeroed.eval()(x)
+        err = float((out - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
+        if not err <= SAME_OUTPUT_RTOL:
+            raise RuntimeError(f"the pruned model's output differs from the dense model's with "
+                               f"the removed channels zeroed (max relative error {err:.2e}): "
+                               "the wrong channels were removed")
+        same = err
     return {"ok": True, "flops_ratio": round(ratio, 4), "error": None, "units": len(units),
-            "input": size}
+            "input": size, "zeroed_max_rel_error": same, "not_comparable": inexact}
 
 
 def _child(name: str, max_gib: float) -> None:

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine_info, write_result  # noqa: E402
 
 from prunetune.orchestrator.config import load_config  # noqa: E402
-from prunetune.trainers import pretrain_dense  # noqa: E402
+from prunetune.trainers import load_data, pretrain_dense  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -27,8 +27,9 @@ def main() -> None:
     parser.add_argument("--force", action="store_true", help="retrain even if cached")
     args = parser.parse_args()
     cfg = load_config(args.config)
+    data = load_data(cfg.data)
     first = pretrain_dense(cfg.model, cfg.data, cfg.pretrain, cache_dir=cfg.cache_dir,
-                           force=args.force)
+                           data=data, force=args.force)
     t0 = time.perf_counter()
     second = pretrain_dense(cfg.model, cfg.data, cfg.pretrain, cache_dir=cfg.cache_dir)
     cache_load_s = time.perf_counter() - t0
@@ -37,7 +38,9 @@ def main() -> None:
     result = {
         "model": cfg.model.name,
         "dataset": cfg.data.name,
-        "train_samples": 54000,
+        "train_samples": len(data.train),
+        "val_samples": len(data.val),
+        "test_samples": len(data.test),
         "test_accuracy": first.metrics["test_accuracy"],
         "val_accuracy": first.metrics.get("val_accuracy"),
         "epochs": first.metrics["epochs"],

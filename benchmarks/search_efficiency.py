@@ -417,9 +417,18 @@ def _median_reach(reach: list[int | None]) -> float | None:
     return None if np.isinf(med) else med
 
 
+def _mean_se(xs: list[float]) -> tuple[float, float, float]:
+    """(mean, sample standard deviation (ddof=1), standard error of the mean); the spread is 0
+    for a single value."""
+    a = np.asarray(xs, dtype=float)
+    sd = float(a.std(ddof=1)) if len(a) > 1 else 0.0
+    return float(a.mean()), sd, sd / float(np.sqrt(len(a)))
+
+
 def summarise(runs: list[dict[str, Any]], trials: int) -> dict[str, Any]:
-    """Per method: final best (mean, std), trials to reach random's best (paired by seed,
-    median), suggest time (median, p95); and the issue's targets where computable."""
+    """Per method: final best (mean, sample std with ddof=1, standard error), trials to reach
+    random's best (paired by seed, listed in seed order, median), suggest time (median, p95);
+    and the issue's targets where computable."""
     by: dict[str, dict[int, dict]] = {}
     for r in runs:
         if len(r["rewards"]) >= trials:
@@ -427,19 +436,21 @@ def summarise(runs: list[dict[str, Any]], trials: int) -> dict[str, Any]:
     random_best = {s: max(r["rewards"][:trials]) for s, r in by.get("random", {}).items()}
     out: dict[str, Any] = {"trials": trials, "methods": {}}
     for method, seeds in by.items():
-        finals = [max(r["rewards"][:trials]) for r in seeds.values()]
-        reach = []
-        for s, r in seeds.items():
-            if s in random_best:
-                reach.append(_first_reach(_best_so_far(r["rewards"][:trials]), random_best[s]))
-        times = np.concatenate([np.asarray(r["suggest_s"][:trials]) for r in seeds.values()])
-        cpu = np.concatenate([np.asarray(r.get("suggest_cpu_s", [])[:trials])
-                              for r in seeds.values()])
+        order = sorted(seeds)
+        finals = [max(seeds[s]["rewards"][:trials]) for s in order]
+        paired = [s for s in order if s in random_best]
+        reach = [_first_reach(_best_so_far(seeds[s]["rewards"][:trials]), random_best[s])
+                 for s in paired]
+        times = np.concatenate([np.asarray(seeds[s]["suggest_s"][:trials]) for s in order])
+        cpu = np.concatenate([np.asarray(seeds[s].get("suggest_cpu_s", [])[:trials])
+                              for s in order])
         reached = [t for t in reach if t is not None]
+        mean, sd, se = _mean_se(finals)
         out["methods"][method] = {
-            "seeds": sorted(seeds), "final_best_mean": float(np.mean(finals)),
-            "final_best_std": float(np.std(finals)),
-            "trials_to_random_best": reach,
+            "seeds": order, "final_best": finals, "final_best_mean": mean,
+            "final_best_std_ddof1": sd, "final_best_se": se,
+            # in the order of `trials_to_random_best_seeds` (the seeds random ran too)
+            "trials_to_random_best": reach, "trials_to_random_best_seeds": paired,
             # null when the median seed never reached it
             "trials_to_random_best_median": _median_reach(reach),
             "reached_random_best": f"{len(reached)}/{len(reach)}",
@@ -448,7 +459,7 @@ def summarise(runs: list[dict[str, Any]], trials: int) -> dict[str, Any]:
             "suggest_s_max": float(np.max(times)),
             "suggest_cpu_s_median": float(np.median(cpu)) if len(cpu) else None,
             "suggest_cpu_s_p95": float(np.percentile(cpu, 95)) if len(cpu) else None,
-            "max_dim": max(max(r["dim"]) for r in seeds.values()),
+            "max_dim": max(max(seeds[s]["dim"]) for s in order),
         }
     ms = out["methods"]
     targets: dict[str, Any] = {}
@@ -457,8 +468,8 @@ def summarise(runs: list[dict[str, Any]], trials: int) -> dict[str, Any]:
         targets["rollback_reaches_random_best_within_70_median"] = bool(med is not None
                                                                        and med <= 70)
     if "bo-rollback" in ms and "bo-full" in ms:
-        targets["rollback_final_best_ge_bo_full_mean"] = bool(
-            ms["bo-rollback"]["final_best_mean"] >= ms["bo-full"]["final_best_mean"])
+        targets["rollback_vs_bo_full"] = compare_paired(by["bo-rollback"], by["bo-full"],
+                                                        trials)
     for method in by:  # each transfer method against the same agent without transfer
         plain = re.sub(r"-transfer(-budget|-explore)?", "", method)
         if plain != method and plain in by:
@@ -483,6 +494,20 @@ def summarise(runs: list[dict[str, Any]], trials: int) -> dict[str, Any]:
             targets["bo_suggest_cpu_s_p95"] = float(np.percentile(cpu, 95))
     out["targets"] = targets
     return out
+
+
+def compare_paired(a: dict[int, dict], b: dict[int, dict], trials: int) -> dict[str, Any]:
+    """Final best of method a minus method b, paired by seed: the mean difference, its
+    standard error, and the verdict "higher" / "lower", or "not distinguishable" when the
+    difference lies within one standard error of zero."""
+    seeds = sorted(set(a) & set(b))
+    diffs = [max(a[s]["rewards"][:trials]) - max(b[s]["rewards"][:trials]) for s in seeds]
+    if not diffs:
+        return {"seeds": [], "verdict": None}
+    mean, _, se = _mean_se(diffs)
+    verdict = ("not distinguishable" if abs(mean) <= se
+               else "higher" if mean > 0 else "lower")
+    return {"seeds": seeds, "difference_mean": mean, "difference_se": se, "verdict": verdict}
 
 
 def transfer_speedup(plain: dict[int, dict], transfer: dict[int, dict],

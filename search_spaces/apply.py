@@ -10,13 +10,13 @@ import torch
 from torch import nn
 
 from .analysis import ModelAnalysis, graph_units
-from .channel import kept_channels, prune_channels
+from .channel import kept_channels, prune_channels, zero_channels
 from .cost import sparse_key
 from .graph import ChannelGraph
 from .policy import Policy, PolicyError, UnitPolicy
 from .schemes import attach_mask, block_mask, nm_mask, pattern_mask, unstructured_mask
 
-__all__ = ["apply_policy", "sparse_mask"]
+__all__ = ["apply_policy", "sparse_mask", "zero_pruned_channels"]
 
 
 def sparse_mask(layer: nn.Module, up: UnitPolicy) -> torch.Tensor:
@@ -37,20 +37,10 @@ def _prunes(up: UnitPolicy) -> bool:
     return up.ratio > 0 and not (up.scheme == "nm" and up.n == up.m)
 
 
-def apply_policy(model: nn.Module, policy: Policy, example_input: Any, *,
-                 protect_output: bool = True) -> nn.Module:
-    """A pruned deep copy of `model`; `model` itself is never changed.
-
-    Channel units are removed first (the copy really shrinks), then sparse units get their
-    `weight_mask` buffers (and `prune_block` for block sparsity) on the shrunk layers. The same
-    policy on the same weights gives the same model. Raises PolicyError for a policy that does
-    not fit the model (unknown unit, scheme that does not apply, ratio out of range).
-    """
-    if not isinstance(policy, Policy):
-        raise PolicyError(f"apply_policy needs a Policy, got {type(policy).__name__}; load files "
-                          "with Policy.load(path)")
-    work = copy.deepcopy(model)
-    grad_flags = {n: p.requires_grad for n, p in work.named_parameters()}
+def _channel_plan(work: nn.Module, policy: Policy, example_input: Any, protect_output: bool
+                  ) -> tuple[ChannelGraph, dict[str, Any], list[tuple[Any, int, int]]]:
+    """The graph of `work`, its units by name, and the channel-pruning plan of `policy`
+    (validated against the units first)."""
     graph = ChannelGraph(work, example_input, policy.importance)
     gunits, protected = graph_units(graph, work, protect_output)
     policy.validate(ModelAnalysis([g.unit for g in gunits], protected, 0.0, 0, None,
@@ -65,6 +55,40 @@ def apply_policy(model: nn.Module, policy: Policy, example_input: Any, *,
         mult = math.lcm(u.multiple, multiple)
         plan.append((by_name[name].group, kept_channels(u.channels, u.ch_groups, up.ratio, mult),
                      u.ch_groups))
+    return graph, by_name, plan
+
+
+def zero_pruned_channels(model: nn.Module, policy: Policy, example_input: Any, *,
+                         protect_output: bool = True) -> tuple[nn.Module, list[str]]:
+    """A copy of `model` (unpruned) with the channels `policy`'s channel units would remove
+    zeroed instead: the check that `apply_policy` removed the right channels, since the two
+    must compute the same outputs. Returns it with the layer kinds for which zeroing is not
+    removal (empty: the outputs must agree exactly; see `channel.zero_channels`)."""
+    work = copy.deepcopy(model)
+    grad_flags = {n: p.requires_grad for n, p in work.named_parameters()}
+    graph, _, plan = _channel_plan(work, policy, example_input, protect_output)
+    inexact = zero_channels(graph, plan) if plan else []
+    for n, p in work.named_parameters():
+        p.requires_grad_(grad_flags.get(n, True))
+    work.train(model.training)
+    return work, inexact
+
+
+def apply_policy(model: nn.Module, policy: Policy, example_input: Any, *,
+                 protect_output: bool = True) -> nn.Module:
+    """A pruned deep copy of `model`; `model` itself is never changed.
+
+    Channel units are removed first (the copy really shrinks), then sparse units get their
+    `weight_mask` buffers (and `prune_block` for block sparsity) on the shrunk layers. The same
+    policy on the same weights gives the same model. Raises PolicyError for a policy that does
+    not fit the model (unknown unit, scheme that does not apply, ratio out of range).
+    """
+    if not isinstance(policy, Policy):
+        raise PolicyError(f"apply_policy needs a Policy, got {type(policy).__name__}; load files "
+                          "with Policy.load(path)")
+    work = copy.deepcopy(model)
+    grad_flags = {n: p.requires_grad for n, p in work.named_parameters()}
+    graph, by_name, plan = _channel_plan(work, policy, example_input, protect_output)
     if plan:
         prune_channels(graph, plan)
     modules = dict(work.named_modules())

@@ -18,7 +18,17 @@ from torch import nn
 
 from .graph import ChannelGraph, make_importance
 
-__all__ = ["kept_channels", "kept_channels_np", "max_channel_ratio", "prune_channels"]
+__all__ = ["channel_cuts", "kept_channels", "kept_channels_np", "max_channel_ratio",
+           "prune_channels", "zero_channels"]
+
+# Torch-Pruning pruners of layers after which a zeroed channel is exactly a removed one: the
+# layer's weights and bias for that channel (and a BatchNorm's scale and shift) are zero, so
+# the channel carries 0, and 0 stays 0 through the activations and pooling that follow. The
+# pruners of parameter-free ops (`tp.ops`: adds, concatenations, reshapes) only pass channels
+# through.
+_ZERO_EXACT = {"ConvPruner", "DepthwiseConvPruner", "LinearPruner", "BatchnormPruner",
+               "PReLUPruner", "ElementWisePruner", "ReshapePruner", "ConcatPruner",
+               "SplitPruner", "SlicePruner", "UnbindPruner", "ExpandPruner", "OutputPruner"}
 
 
 def kept_channels(channels: int, ch_groups: int, ratio: float, multiple: int = 1) -> int:
@@ -66,12 +76,14 @@ def _fix_torchvision(model: nn.Module) -> None:
 
 
 @torch.no_grad()
-def prune_channels(graph: ChannelGraph, plan: list[tuple[Any, int, int]]) -> None:
-    """Remove channels in place: `plan` lists (Torch-Pruning group, kept channels, ch_groups).
+def channel_cuts(graph: ChannelGraph, plan: list[tuple[Any, int, int]]
+                 ) -> list[tuple[nn.Module, Any, list[int]]]:
+    """The channels `plan` removes: (root module, Torch-Pruning handler, channel indices) per
+    group that loses any. `plan` lists (Torch-Pruning group, kept channels, ch_groups).
 
     As in Torch-Pruning's own pruner, every group's channel importance is computed on the
-    unpruned model first; then each group loses its lowest-ranked channels (the same ones in
-    each of its `ch_groups` channel groups, so grouped convolutions stay valid).
+    unpruned model first; each group loses its lowest-ranked channels (the same ones in each
+    of its `ch_groups` channel groups, so grouped convolutions stay valid).
     """
     fallback = make_importance("magnitude")
     cuts = []
@@ -87,11 +99,41 @@ def prune_channels(graph: ChannelGraph, plan: list[tuple[Any, int, int]]) -> Non
         order = torch.argsort(score.cpu(), stable=True)[:n_cut]
         idxs = sorted(int(i) + g * per_group for g in range(ch_groups) for i in order)
         cuts.append((group[0].dep.target.module, group[0].dep.handler, idxs))
+    return cuts
+
+
+@torch.no_grad()
+def prune_channels(graph: ChannelGraph, plan: list[tuple[Any, int, int]]) -> None:
+    """Remove the channels of `channel_cuts(graph, plan)` from the graph's model, in place."""
     dg = graph.dg
-    for root, handler, idxs in cuts:
+    for root, handler, idxs in channel_cuts(graph, plan):
         group = dg.get_pruning_group(root, handler, idxs)
         if not dg.check_pruning_group(group):
             raise RuntimeError(f"Torch-Pruning refused to remove {len(idxs)} channels of "
                                f"{dg._module2name.get(root, root)}: too few would remain")
         group.prune()
     _fix_torchvision(graph.model)
+
+
+@torch.no_grad()
+def zero_channels(graph: ChannelGraph, plan: list[tuple[Any, int, int]]) -> list[str]:
+    """Zero, in the graph's (unpruned) model, what `prune_channels` would remove for `plan`:
+    the out-channel rows of every coupled conv / linear layer and the scale and shift of every
+    coupled BatchNorm. Returns the handlers of coupled layers for which a zeroed channel is
+    not a removed one (a LayerNorm's statistics span all channels, say); empty when the
+    zeroed model must compute exactly what the pruned one does."""
+    dg, inexact = graph.dg, set()
+    for root, handler, idxs in channel_cuts(graph, plan):
+        for dep, group_idxs in dg.get_pruning_group(root, handler, idxs):
+            module = dep.target.module
+            name = type(getattr(dep.handler, "__self__", dep.handler)).__name__
+            if name not in _ZERO_EXACT or isinstance(module, nn.modules.conv._ConvTransposeNd):
+                inexact.add(name)
+            if not dg.is_out_channel_pruning_fn(dep.handler) or not isinstance(module,
+                                                                               nn.Module):
+                continue
+            for param in ("weight", "bias"):
+                tensor = getattr(module, param, None)
+                if isinstance(tensor, torch.Tensor) and tensor.dim() >= 1:
+                    tensor[list(group_idxs)] = 0.0
+    return sorted(inexact)

@@ -177,3 +177,31 @@ def test_importance_criteria_keep_the_same_widths(resnet, importance):
     pruned = apply_policy(model, Policy(units, importance=importance, round_to=4), X)
     assert pruned.layer1[0].conv1.out_channels == 8 and pruned.conv1.out_channels == 8
     assert pruned(X).shape == model(X).shape
+
+
+@pytest.mark.parametrize("name", ["resnet20", "mobilenetv2"])
+def test_channel_pruning_removes_exactly_the_channels_it_zeroes(name: str) -> None:
+    from prunetune.search_spaces.apply import zero_pruned_channels
+
+    model = build_model(name).eval()
+    with torch.no_grad():  # BatchNorm statistics away from their defaults, so shifts matter
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.bias.uniform_(-0.3, 0.3)
+    x = torch.randn(2, 3, 32, 32)
+    units = {u.name: UnitPolicy("channel", min(0.3, u.max_ratio("channel")))
+             for u in analyze(model, x).units if "channel" in u.schemes}
+    policy = Policy(units)
+    zeroed, inexact = zero_pruned_channels(model, policy, x)
+    assert inexact == []
+    with torch.no_grad():
+        ref, dense = zeroed.eval()(x), model(x)
+        pruned = apply_policy(model, policy, x).eval()(x)
+        # Another importance removes other channels of the same counts: same shapes, other
+        # outputs, which the comparison must catch.
+        other = apply_policy(model, Policy(units, importance="l1"), x).eval()(x)
+    assert torch.allclose(pruned, ref, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(other, ref, rtol=1e-2, atol=1e-3)
+    assert not torch.allclose(dense, ref, rtol=1e-2, atol=1e-3)
