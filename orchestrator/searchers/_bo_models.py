@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from botorch.acquisition import AcquisitionFunction
 from botorch.acquisition.logei import qLogNoisyExpectedImprovement
 from botorch.acquisition.multi_objective.logei import qLogNoisyExpectedHypervolumeImprovement
 from botorch.exceptions.warnings import BotorchWarning, InputDataWarning, OptimizationWarning
@@ -48,7 +49,7 @@ DTYPE = torch.float64
 Hypers = dict[str, Any]
 
 
-def _at_least(settings: Any, minima: dict[str, float]) -> None:
+def _at_least(settings: GPSettings | AcqSettings, minima: dict[str, float]) -> None:
     for name, low in minima.items():
         value = getattr(settings, name)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low:
@@ -233,7 +234,7 @@ def fit_gps(X: Tensor, Y: Tensor, bounds: Tensor, hypers: list[Hypers] | None, *
     return (models[0] if m == 1 else ModelListGP(*models)), out
 
 
-def _optimize(acqf: Any, bounds: Tensor, settings: AcqSettings) -> Tensor:
+def _optimize(acqf: AcquisitionFunction, bounds: Tensor, settings: AcqSettings) -> Tensor:
     kwargs: dict[str, Any] = {}
     if settings.timeout_s is not None:
         kwargs["timeout_sec"] = settings.timeout_s

@@ -49,7 +49,7 @@ import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -57,6 +57,9 @@ from prunetune.search_spaces import STEP_FEATURES, SearchSpace
 
 from ._base import PolicySearcher, SearcherError, TrialOutcome, check_state_schema
 from ._rl_agent import DDPGAgent, GraphEncoder
+
+if TYPE_CHECKING:
+    from sklearn.ensemble import GradientBoostingRegressor
 
 __all__ = ["RLSearcher", "load_searcher_state"]
 
@@ -136,7 +139,7 @@ class RLSearcher(PolicySearcher):
         if warm_start is not None:
             self._warm_start(load_searcher_state(warm_start), critic_pretrain)
         self.screen = (4 if self.warm_started else 1) if screen == "auto" else screen
-        self._assistant: Any = None
+        self._assistant: GradientBoostingRegressor | None = None
         self._fit_assistant()
 
     # -- the episode walk ------------------------------------------------------------------
