@@ -159,16 +159,18 @@ def resolve_clock(clock: str, threads: int) -> str:
 
 
 @contextlib.contextmanager
-def torch_threads(threads: int) -> Iterator[None]:
-    """Run torch's CPU ops on `threads` threads inside the block. Shape passes and warm-ups use
-    it too: with other jobs on the cores, extra threads wait on each other and a single forward
-    pass can take 100x longer."""
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run torch's CPU ops on `threads` threads inside the block (None: as they are), then
+    restore the count. With other jobs on the cores, extra threads wait on each other: a single
+    forward pass can take 100x longer, a small GP fit or DDPG update 10-25x."""
     previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    if threads is not None and threads != previous:
+        torch.set_num_threads(threads)
     try:
         yield
     finally:
-        torch.set_num_threads(previous)
+        if torch.get_num_threads() != previous:
+            torch.set_num_threads(previous)
 
 
 def _time_cpu(fn: Callable[[], Any], repeats: int, warmup: int, threads: int,

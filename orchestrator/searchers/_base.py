@@ -15,9 +15,15 @@ Algorithms fill in hooks instead of overriding the protocol (as Optuna's sampler
 - `objectives`: the metrics a final result must carry, finite, to count (default: `metric`);
 - `_algorithm_state()` / `_load_algorithm_state(state)`: the algorithm's own explicit state.
 
-A result is final when the trial marked it `final` (prunetune's trial function does on its
-last report): a trial stopped early by a scheduler such as ASHA reaches `on_trial_complete`
-with an intermediate result, which is recorded as stopped, never learned from.
+Tune's semantics, for any objective: `metric` and `mode` come from the searcher's arguments or
+from `tune.TuneConfig` (Tune hands those to a searcher with the `param_space`; the searcher then
+re-reads its objective directions); a result counts once Tune completes its trial. prunetune's
+trial function also marks its last report `final`: then a trial completed with a result not so
+marked was stopped early by a scheduler such as ASHA, and is recorded as stopped, never learned
+from, unless a `RunConfig(stop=...)` rule ended it. An objective that never reports `final` has
+each trial's last result learned from (and one warning says that scheduler-stopped trials
+cannot then be told apart). A `param_space` holding search domains is refused
+(`set_search_properties` returns False, and Tune says so): the space is the searcher's.
 """
 
 from __future__ import annotations
@@ -74,12 +80,30 @@ class Observation:
                    int(raw["stage"]))
 
 
+def _check_mode(mode: str | None) -> None:
+    if mode not in (None, "max", "min"):
+        raise SearcherError(f"mode must be 'max' or 'min', got {mode!r}")
+
+
 def check_state_schema(state: Mapping[str, Any], what: str) -> None:
     """Refuse a saved searcher state of another layout version (`SEARCHER_STATE_SCHEMA`)."""
     if state.get("schema") != SEARCHER_STATE_SCHEMA:
         raise SearcherError(f"{what}: the searcher state has schema {state.get('schema')!r}; "
                             f"this prunetune reads schema {SEARCHER_STATE_SCHEMA}. Start a new "
                             "search (a state saved by another version cannot be read)")
+
+
+def _has_search_domains(config: Any) -> bool:
+    """Whether a Tune `param_space` holds something to sample (`tune.uniform`, grid search)."""
+    from ray.tune.search.sample import Domain
+
+    if isinstance(config, Domain):
+        return True
+    if isinstance(config, Mapping):
+        return "grid_search" in config or any(_has_search_domains(v) for v in config.values())
+    if isinstance(config, (list, tuple)):
+        return any(_has_search_domains(v) for v in config)
+    return False
 
 
 def _numbers(result: Mapping[str, Any]) -> dict[str, float]:
@@ -97,10 +121,9 @@ class PolicySearcher(Searcher, abc.ABC):
     seed, derived from the searcher's `seed` and the suggestion's index).
     """
 
-    def __init__(self, *, space: SearchSpace, metric: str = "accuracy", mode: str = "max",
-                 seed: int = 0) -> None:
-        if mode not in ("max", "min"):
-            raise SearcherError(f"mode must be 'max' or 'min', got {mode!r}")
+    def __init__(self, *, space: SearchSpace, metric: str | None = None,
+                 mode: str | None = None, seed: int = 0) -> None:
+        _check_mode(mode)
         super().__init__(metric=metric, mode=mode)
         self.space: SearchSpace = space
         self.seed = seed
@@ -108,6 +131,8 @@ class PolicySearcher(Searcher, abc.ABC):
         self.n_suggested = 0  # suggestions made so far (the next one's index)
         self._live: dict[str, list[float]] = {}
         self.observations: list[Observation] = []
+        self._stop: dict[str, float] = {}  # Tune's RunConfig(stop={...}) rules, if any
+        self._warned_no_final = False
 
     # -- what subclasses implement --------------------------------------------------------
     @abc.abstractmethod
@@ -125,6 +150,10 @@ class PolicySearcher(Searcher, abc.ABC):
         """The metrics a final result must carry (finite) to count; `metric` first."""
         return (self.metric,)
 
+    def _search_properties_changed(self) -> None:
+        """Tune set another metric or mode (`set_search_properties`): re-read what depends on
+        them (BO's objective directions)."""
+
     def _algorithm_state(self) -> dict[str, Any]:
         """The algorithm's own state, JSON-able. The base saves observations itself."""
         return {}
@@ -135,11 +164,31 @@ class PolicySearcher(Searcher, abc.ABC):
     # -- Ray Tune protocol -------------------------------------------------------------------
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict,
                               **spec: Any) -> bool:
+        """Take Tune's metric, mode and stop rules; False (Ray's "cannot honour this") when
+        `config` holds search domains, which this searcher's space replaces."""
+        if _has_search_domains(config):
+            return False
+        _check_mode(mode)
+        changed = bool((metric and metric != self._metric) or (mode and mode != self._mode))
         if metric:
             self._metric = metric
         if mode:
             self._mode = mode
+        stop = spec.get("stop")
+        if isinstance(stop, Mapping):
+            self._stop = {k: float(v) for k, v in stop.items()
+                          if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if changed:
+            self._search_properties_changed()
         return True
+
+    def _require_objective(self) -> None:
+        if self.metric is None or self.mode is None:
+            raise SearcherError(
+                f"{type(self).__name__} has no metric / mode (metric={self.metric!r}, "
+                f"mode={self.mode!r}): give metric= and mode= to the searcher, or to "
+                "tune.TuneConfig with a non-empty param_space (Tune hands them to a searcher "
+                "only along with one; constants such as {'tag': 'prune'} will do)")
 
     @property
     def pending(self) -> np.ndarray:
@@ -153,6 +202,7 @@ class PolicySearcher(Searcher, abc.ABC):
         return int(np.random.SeedSequence([self.seed, index]).generate_state(1)[0])
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        self._require_objective()
         x = self._propose(trial_id)
         if x is None:
             return None
@@ -168,14 +218,33 @@ class PolicySearcher(Searcher, abc.ABC):
                 "dim": self.space.dim, "seed": seed}
 
     def _outcome(self, result: dict | None, error: bool) -> tuple[TrialOutcome, dict]:
-        if error or result is None:
+        if error:
             return TrialOutcome.ERROR, {}
-        if not result.get(FINAL_KEY):
+        if result is None:  # removed before it reported anything
+            return TrialOutcome.STOPPED, {}
+        if FINAL_KEY not in result:
+            self._warn_no_final()
+        elif not result[FINAL_KEY] and not self._ended_by_stop_rule(result):
             return TrialOutcome.STOPPED, {}
         values = _numbers(result)
         if any(name not in values for name in self.objectives):
             return TrialOutcome.ERROR, {}
         return TrialOutcome.FINAL, values
+
+    def _ended_by_stop_rule(self, result: Mapping[str, Any]) -> bool:
+        """A `RunConfig(stop={metric: value})` rule ended the trial (Tune stops at >=)."""
+        return any(isinstance(result.get(k), (int, float)) and result[k] >= v
+                   for k, v in self._stop.items())
+
+    def _warn_no_final(self) -> None:
+        if not self._warned_no_final:
+            self._warned_no_final = True
+            logger.warning(
+                "%s: results carry no %r flag, so each trial's last result is learned from as "
+                "its final one, and a trial an early-stopping scheduler (ASHA) ended cannot be "
+                "told from a finished one. Report %r: True on a trial's last result (as "
+                "prunetune's trial function does) to tell them apart.",
+                type(self).__name__, FINAL_KEY, FINAL_KEY)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
@@ -213,6 +282,7 @@ class PolicySearcher(Searcher, abc.ABC):
             "seed": self.seed,
             "stage": self.stage,
             "n_suggested": self.n_suggested,
+            "stop": self._stop,
             "live": self._live,
             "observations": [o.to_dict() for o in self.observations],
             "algorithm": self._algorithm_state(),
@@ -226,6 +296,7 @@ class PolicySearcher(Searcher, abc.ABC):
         self._metric, self._mode = state["metric"], state["mode"]
         self.seed, self.stage = state["seed"], state["stage"]
         self.n_suggested = int(state["n_suggested"])
+        self._stop = dict(state["stop"])
         self._live = {k: list(v) for k, v in state["live"].items()}
         self.observations = [Observation.from_dict(o) for o in state["observations"]]
         self._load_algorithm_state(state["algorithm"])

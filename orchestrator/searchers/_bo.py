@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch.quasirandom import SobolEngine
 
+from prunetune.kernels.latency import torch_threads
 from prunetune.search_spaces import SearchSpace
 
 from ._base import Observation, PolicySearcher, SearcherError, TrialOutcome
@@ -47,7 +48,6 @@ from ._bo_models import (
     propose_single,
     reference_point,
     seeded,
-    torch_threads,
 )
 
 __all__ = ["OBJECTIVE_MODES", "AcqSettings", "BOSearcher", "GPSettings", "RollbackSchedule"]
@@ -161,7 +161,8 @@ class BOSearcher(PolicySearcher):
     suggesting (None: leave torch's setting).
     """
 
-    def __init__(self, *, space: SearchSpace, metric: str = "accuracy", mode: str = "max",
+    def __init__(self, *, space: SearchSpace, metric: str | None = None,
+                 mode: str | None = None,
                  seed: int = 0, n_init: int = 10,
                  rollback: RollbackSchedule | Mapping[str, Any] | bool | None = True,
                  objectives: Sequence[str] | None = None,
@@ -179,11 +180,17 @@ class BOSearcher(PolicySearcher):
         self.rollback: RollbackSchedule | None = (
             None if rollback is False or rollback is None
             else _settings(RollbackSchedule, rollback, "rollback"))
-        self._objectives, self.objective_modes = self._check_objectives(objectives,
-                                                                        objective_modes)
-        if ref_point is not None and len(ref_point) != len(self.objectives):
+        # The directions follow `metric` / `mode`, which Tune may set later
+        # (`_search_properties_changed`), so the arguments are kept and resolved on use.
+        self._objective_args = (None if objectives is None else list(objectives),
+                                None if objective_modes is None else list(objective_modes))
+        if self.metric is not None and self.mode is not None:
+            self._resolve_objectives()
+        n_objectives = len(objectives) if objectives is not None else 1
+        if ref_point is not None and len(ref_point) != n_objectives:
             raise SearcherError(f"ref_point needs one value per objective "
-                                f"{list(self.objectives)}, got {list(ref_point)}")
+                                f"({n_objectives}: {objectives or [metric]}), got "
+                                f"{list(ref_point)}")
         self.ref_point = None if ref_point is None else [float(v) for v in ref_point]
         self.gp_settings: GPSettings = _settings(GPSettings, gp, "gp")
         self.acq_settings: AcqSettings = _settings(AcqSettings, acq, "acq")
@@ -199,8 +206,10 @@ class BOSearcher(PolicySearcher):
         self._extra: dict[str, list[float]] = {}
         self._dense: dict[str, float] = {}
 
-    def _check_objectives(self, objectives: Sequence[str] | None,
-                          modes: Sequence[str] | None) -> tuple[list[str], list[str]]:
+    def _resolve_objectives(self) -> tuple[list[str], list[str]]:
+        """(objective names, their directions) for the current metric and mode; raises
+        SearcherError when the `objectives` / `objective_modes` given do not fit them."""
+        objectives, modes = self._objective_args
         if objectives is None:
             return [self.metric], [self.mode]
         objectives = list(objectives)
@@ -223,9 +232,16 @@ class BOSearcher(PolicySearcher):
                                 f"{modes[0]!r}")
         return objectives, modes
 
+    def _search_properties_changed(self) -> None:
+        self._resolve_objectives()  # a metric or mode that does not fit fails now, not later
+
     @property
     def objectives(self) -> tuple[str, ...]:
-        return tuple(self._objectives)
+        return tuple(self._resolve_objectives()[0])
+
+    @property
+    def objective_modes(self) -> list[str]:
+        return self._resolve_objectives()[1]
 
     @property
     def multi_objective(self) -> bool:

@@ -40,7 +40,6 @@ __all__ = [
     "propose_single",
     "reference_point",
     "seeded",
-    "torch_threads",
 ]
 
 DTYPE = torch.float64
@@ -108,23 +107,6 @@ def seeded(seed: int) -> Iterator[None]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed % (2**63 - 1))
         yield
-
-
-@contextlib.contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Run a block with `n` torch intra-op threads (None: leave as is), restoring after.
-
-    GP matrices here are small (n <= a few hundred), so threads buy nothing, while OpenMP
-    workers spinning on a loaded machine made fitting ~10x slower in measurements on 2 shared
-    cores: BO runs single-threaded by default."""
-    before = torch.get_num_threads()
-    if n is not None and n != before:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)
 
 
 @contextlib.contextmanager

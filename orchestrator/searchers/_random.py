@@ -16,8 +16,8 @@ __all__ = ["RandomSearcher", "SameRatioSearcher"]
 class _SeededSearcher(PolicySearcher):
     """A searcher whose only state is a NumPy generator, saved as its bit-generator state."""
 
-    def __init__(self, *, space: SearchSpace, metric: str = "accuracy", mode: str = "max",
-                 seed: int = 0) -> None:
+    def __init__(self, *, space: SearchSpace, metric: str | None = None,
+                 mode: str | None = None, seed: int = 0) -> None:
         super().__init__(space=space, metric=metric, mode=mode, seed=seed)
         self._rng = np.random.default_rng(seed)
 
