@@ -14,7 +14,7 @@ $(BIN)/python:
 
 # The stamp is re-made whenever pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -e ".[dev]"
+	$(BIN)/python -m pip install -e ".[dev,timm]"
 	touch $@
 
 venv install: $(VENV)/.installed

@@ -77,7 +77,8 @@ def _cmd_results(args: argparse.Namespace) -> int:
     client = MlflowClient(uri)
     parent = find_search(client, experiment, args.search)
     trials = search_trials(client, parent)
-    rows = [{"trial": t.trial_id, "status": t.status, **t.metrics} for t in trials]
+    rows = [{"trial": t.name, "trial_id": t.trial_id, "status": t.status, **t.metrics}
+            for t in trials]
     finished = [r for r in rows if r["status"] == "finished"]
     finished.sort(key=lambda r: r.get("accuracy", -1.0), reverse=True)
     cols = ["trial", "accuracy", "accuracy_drop", "speedup", "latency_ms", "flops_ratio",
@@ -97,15 +98,42 @@ def _cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
+def _port_in_use(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
 def _cmd_ui(args: argparse.Namespace) -> int:
     import os
 
-    uri, _ = tracking_from(args)
+    from mlflow.tracking import MlflowClient
+
+    from prunetune.errors import CLIError
+
+    from .tracking import ui_url
+
+    uri, experiment = tracking_from(args)
+    exp = MlflowClient(uri).get_experiment_by_name(experiment)
+    if uri.startswith(("http://", "https://")):  # a server has its UI already
+        print(ui_url(uri, exp.experiment_id) if exp else uri)
+        return EXIT_OK
+    if _port_in_use(args.host, args.port):
+        raise CLIError(f"port {args.port} on {args.host} is in use (another UI or server?); "
+                       "choose a free one with --port")
+    base = f"http://{args.host}:{args.port}"
+    print(f"MLflow UI for {uri} at {base} (Ctrl-C stops it)\n  runs of experiment "
+          f"{experiment!r}: {ui_url(base, exp.experiment_id) if exp else base}", flush=True)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
            "--port", str(args.port)]
-    print(f"MLflow UI for {uri} at http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
     os.execv(sys.executable, cmd)
-    return 0  # not reached
+    return EXIT_OK  # not reached
 
 
 def build_parser() -> argparse.ArgumentParser:

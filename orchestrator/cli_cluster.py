@@ -139,6 +139,31 @@ def _cmd_promote(args: argparse.Namespace) -> int:
     return 0
 
 
+def _layers(model: Any, spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per conv / linear layer of a promoted model: its widths against the dense model's and the
+    share of its weights that are zero."""
+    from torch import nn
+
+    from prunetune.trainers import build_model
+
+    m = spec["model"]
+    dense = dict(build_model(m["name"], num_classes=m["num_classes"],
+                             in_channels=m["in_channels"], **m.get("kwargs", {})).named_modules())
+    rows = []
+    for name, layer in model.named_modules():
+        if not isinstance(layer, (nn.Linear, nn.modules.conv._ConvNd)):
+            continue
+        w = getattr(layer, "weight", None)
+        width = ("out_features", "in_features") if isinstance(layer, nn.Linear) else (
+            "out_channels", "in_channels")
+        ref = dense.get(name)
+        rows.append({"layer": name, "type": type(layer).__name__,
+                     "out": getattr(layer, width[0], None), "in": getattr(layer, width[1], None),
+                     "dense_out": getattr(ref, width[0], None) if ref is not None else None,
+                     "sparsity": float((w == 0).float().mean()) if w is not None else None})
+    return rows
+
+
 def _cmd_load(args: argparse.Namespace) -> int:
     import torch
 
@@ -160,8 +185,23 @@ def _cmd_load(args: argparse.Namespace) -> int:
         "input_shape": spec["input_shape"], "output_shape": list(out.shape[1:]),
         "flops": cost.effective_flops if cost else spec["cost"]["effective_flops"],
         "params": cost.effective_params if cost else spec["cost"]["effective_params"],
-        "sparsity": spec["cost"]["sparsity"], "metrics": spec["metrics"], "source": spec["source"]}
-    print(json.dumps(summary, indent=2, default=str))
+        "sparsity": spec["cost"]["sparsity"], "metrics": spec["metrics"], "source": spec["source"],
+        "layers": _layers(model, spec) if not args.sparse else None}
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+        return 0
+    from .results import format_table
+
+    print(f"{args.model_uri} (read from {uri}): {summary['model']} {summary['class']}, input "
+          f"{summary['input_shape']} -> output {summary['output_shape']}; FLOPs "
+          f"{summary['flops']:,.0f}, params {summary['params']:,.0f}, sparsity "
+          f"{summary['sparsity']:.3f}")
+    print(f"source: search {spec['source'].get('search')}, trial "
+          f"{spec['source'].get('trial_id')}; test accuracy "
+          f"{spec['metrics'].get('test_accuracy', float('nan')):.4f}")
+    if summary["layers"]:
+        print(format_table(summary["layers"], ["layer", "type", "dense_out", "out", "in",
+                                               "sparsity"]))
     return 0
 
 
@@ -229,6 +269,7 @@ def add_cluster_commands(sub: Any) -> None:
     p.add_argument("--device", default="cpu", help="device to load onto (default cpu)")
     p.add_argument("--sparse", action="store_true",
                    help="swap masked layers for the sparse kernel modules")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     add_tracking_args(p)
     p.set_defaults(func=_cmd_load)
 

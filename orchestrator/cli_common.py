@@ -13,9 +13,22 @@ __all__ = ["add_search_override_args", "search_overrides", "add_tracking_args", 
            "tracking_from"]
 
 
+def quiet_libraries() -> None:
+    """Silence what libraries print on every command that is not for the user: torch's
+    deprecation of `torch.jit.script` (which linear_operator, under BoTorch, still calls), and
+    its note that a CPU-only machine has no CUDA runtime."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*is deprecated",
+                            category=FutureWarning)
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+
+
 def run_command(args: argparse.Namespace) -> int:
     """Run a parsed command (`args.func`) under the exit-code scheme of `prunetune.errors`: a
     `PrunetuneError` is one line on stderr and `EXIT_USER_ERROR`, never a traceback."""
+    quiet_libraries()
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
@@ -56,12 +69,15 @@ def add_tracking_args(p: argparse.ArgumentParser) -> None:
 
 
 def tracking_from(args: argparse.Namespace) -> tuple[str, str]:
-    """(tracking URI, experiment) from the flags of `add_tracking_args`."""
+    """(tracking URI, experiment) from the flags of `add_tracking_args`; the store must exist
+    (a sqlite file is never created empty, a server must answer: `results.check_store`)."""
     import os
 
     from .config import load_config
+    from .results import check_store
 
     uri = args.tracking_uri or (None if args.config else os.environ.get("MLFLOW_TRACKING_URI"))
     cfg = load_config(args.config, {"tracking.uri": uri, "tracking.experiment": args.experiment,
                                     "workdir": args.workdir})
+    check_store(cfg.tracking_uri())
     return cfg.tracking_uri(), cfg.tracking.experiment

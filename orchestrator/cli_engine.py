@@ -25,8 +25,21 @@ _COLUMNS = (("unit", "unit"), ("group", "group"), ("type", "type"), ("channels",
             ("schemes", "schemes"))
 
 
+def input_size(text: str) -> tuple[int, int, int]:
+    """`C,H,W` (e.g. 3,224,224) as a tuple; the argparse type of `--input-size`."""
+    try:
+        size = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        size = ()
+    if len(size) != 3 or min(size) < 1:
+        raise argparse.ArgumentTypeError(f"--input-size must be C,H,W with positive integers, "
+                                         f"e.g. 3,224,224; got {text!r}")
+    return size  # type: ignore[return-value]
+
+
 def _setup(args: argparse.Namespace, *, untrained: bool = False) -> tuple[Any, Any, Any, Any]:
-    """(config, data bundle, dense model, example input) for a config file."""
+    """(config, data bundle or None, dense model, example input) for a config file. With
+    `--untrained --input-size C,H,W` no data is read at all (any model, no dataset)."""
     import torch
 
     from prunetune.trainers import build_model, load_data, pretrain_dense
@@ -34,8 +47,13 @@ def _setup(args: argparse.Namespace, *, untrained: bool = False) -> tuple[Any, A
     from .config import load_config
 
     cfg = load_config(args.config, {"cache_dir": getattr(args, "cache_dir", None)})
+    size = getattr(args, "input_size", None)
+    if untrained and size is not None:
+        model = build_model(cfg.model.name, num_classes=args.num_classes, in_channels=size[0],
+                            **cfg.model.kwargs)
+        return cfg, None, model.eval(), torch.zeros(1, *size)
     data = load_data(cfg.data)
-    example = torch.zeros(1, data.in_channels, *data.image_size)
+    example = torch.zeros(1, *(size or (data.in_channels, *data.image_size)))
     if untrained:
         model = build_model(cfg.model.name, num_classes=data.num_classes,
                             in_channels=data.in_channels, **cfg.model.kwargs)
@@ -101,6 +119,7 @@ def _save_pruned(path: Path, payload: dict[str, Any]) -> None:
 
 def cmd_apply(args: argparse.Namespace) -> int:
     """Prune the dense model with a policy file; print cost before / after and val accuracy."""
+    from prunetune.kernels import default_measurer, measured_models_ms, speedup
     from prunetune.search_spaces import Policy, PolicyError
     from prunetune.trainers import evaluate, prune_and_evaluate, resolve_device
 
@@ -119,6 +138,10 @@ def cmd_apply(args: argparse.Namespace) -> int:
     dense_acc = evaluate(dense.to(device), data.loader("val"), device).accuracy
     val = pruned.scores["val"]
     before, after = pruned.dense_cost, pruned.cost
+    # Timed in turn, in bursts, on the evaluation device: a speedup free of the machine's drift.
+    dense_ms, pruned_ms = measured_models_ms([dense.eval(), pruned.model],
+                                             data.example_input(1).to(device),
+                                             device=str(device), repeats=args.latency_repeats)
     result = {
         "model": cfg.model.name, "policy": str(args.policy),
         "finetune_epochs": args.finetune_epochs or 0,
@@ -126,6 +149,9 @@ def cmd_apply(args: argparse.Namespace) -> int:
         "flops_ratio": after.effective_flops / before.flops,
         "params_ratio": after.effective_params / before.params,
         "dense_val_accuracy": dense_acc, "val_accuracy": val.accuracy, "val_loss": val.loss,
+        "dense_latency_ms": dense_ms, "latency_ms": pruned_ms,
+        "speedup": speedup(dense_ms, pruned_ms), "latency_device": default_measurer(
+            str(device)).name,
     }
     if args.out:
         _save_pruned(Path(args.out), {"format": PRUNED_FORMAT, "model": pruned.model.cpu(),
@@ -140,6 +166,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
         print(f"{label:16s}{b:14,.0f}{a:14,.0f}{a / b:8.3f}")
     print(f"{'sparsity':16s}{before.sparsity:14.3f}{after.sparsity:14.3f}")
     print(f"{'val accuracy':16s}{dense_acc:14.4f}{val.accuracy:14.4f}")
+    print(f"{'latency (ms)':16s}{dense_ms:14.3f}{pruned_ms:14.3f}{pruned_ms / dense_ms:8.3f}"
+          f"   speedup {result['speedup']:.2f}x on {result['latency_device']}")
     if args.out:
         print(f"pruned model saved to {args.out} (torch.load(path, weights_only=False)"
               "['model'])")
@@ -154,7 +182,12 @@ def add_engine_commands(subparsers: Any) -> None:
     p.add_argument("--device", choices=("gpu", "cpu"), default="gpu",
                    help="target device of the rule-based scheme mapping")
     p.add_argument("--untrained", action="store_true",
-                   help="analyse the freshly built model instead of the pretrained one")
+                   help="analyse the freshly built model instead of the pretrained one (no "
+                        "training; with --input-size, no dataset either)")
+    p.add_argument("--input-size", type=input_size, metavar="C,H,W",
+                   help="the input to analyse on, e.g. 3,224,224 (default: the dataset's)")
+    p.add_argument("--num-classes", type=int, default=10,
+                   help="classes of the --untrained --input-size model (default 10)")
     p.add_argument("--cache-dir", help="override cache_dir")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--quiet", action="store_true", help="no pretraining progress output")
@@ -167,6 +200,8 @@ def add_engine_commands(subparsers: Any) -> None:
     p.add_argument("--finetune-epochs", type=float, default=0.0,
                    help="fine-tune this many epochs with the config's finetune settings")
     p.add_argument("--device", help="evaluation / fine-tuning device (default: finetune.device)")
+    p.add_argument("--latency-repeats", type=int, default=20,
+                   help="timed runs per model for latency and speedup (default 20)")
     p.add_argument("--cache-dir", help="override cache_dir")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--quiet", action="store_true", help="no progress output")

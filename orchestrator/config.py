@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from prunetune.errors import ConfigError
 from prunetune.trainers import DataConfig, ModelConfig, TrainConfig
@@ -45,12 +45,13 @@ class SpaceConfig(_Section):
     # Search the scheme of each group as a categorical dimension.
     scheme_search: bool = False
 
-    @model_validator(mode="after")
-    def _check_bounds(self) -> SpaceConfig:
-        lo, hi = self.ratio_bounds
+    @field_validator("ratio_bounds")
+    @classmethod
+    def _check_bounds(cls, value: tuple[float, float]) -> tuple[float, float]:
+        lo, hi = value
         if not 0.0 <= lo <= hi < 1.0:
-            raise ValueError(f"ratio_bounds must satisfy 0 <= low <= high < 1, got {lo}, {hi}")
-        return self
+            raise ValueError("must satisfy 0 <= low <= high < 1 (fractions pruned per unit)")
+        return value
 
 
 class SchedulerConfig(_Section):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -14,6 +15,7 @@ from typing import Any
 from prunetune.errors import SearchError
 
 from .config import PrunetuneConfig
+from .results import trial_name
 from .spaces import build_space, latency_table_file
 
 __all__ = ["SearchSummary", "SearchError", "run_search", "build_space", "search_name"]
@@ -38,20 +40,36 @@ def search_name(cfg: PrunetuneConfig) -> str:
     return f"{slug}-{cfg.data.name}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
-def _init_ray(cfg: PrunetuneConfig) -> None:
+def _quiet_start_up() -> None:
+    """Keep the driver's output to prunetune's own lines: no MLflow run URLs per trial, no Ray
+    start-up notices (Ray's token authentication stays on; only its notice is silenced), no
+    Tune bookkeeping INFO lines."""
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    for name in ("ray._private.authentication.authentication_token_setup", "ray.tune"):
+        logging.getLogger(name).setLevel(logging.WARNING if name == "ray.tune" else
+                                         logging.ERROR)
+
+
+def _init_ray(cfg: PrunetuneConfig, progress: bool) -> None:
     import ray
 
     if ray.is_initialized():
         return
+    if progress:
+        where = (f"joining the Ray cluster at {cfg.ray.address}" if cfg.ray.address else
+                 f"starting a local Ray ({cfg.ray.num_cpus or os.cpu_count()} CPUs)")
+        print(f"[search] {where} ...", flush=True)
     # Trials import prunetune from the driver's environment; on a cluster the nodes must
     # have it installed (see clusters/).
-    env = {"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning"}}
+    env = {"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning,ignore::FutureWarning"}}
     try:
         if cfg.ray.address:
-            ray.init(address=cfg.ray.address, runtime_env=env, log_to_driver=False)
+            ray.init(address=cfg.ray.address, runtime_env=env, log_to_driver=False,
+                     logging_level=logging.WARNING)
         else:
             ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, runtime_env=env,
-                     log_to_driver=False)
+                     log_to_driver=False, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as err:
         raise SearchError(f"cannot connect to the Ray cluster at {cfg.ray.address!r}: {err}. "
                           "Check the address (auto, HOST:6379 of a running head) or leave "
@@ -66,6 +84,10 @@ def _progress_callback(total: int) -> Any:
 
         def __init__(self) -> None:
             self.done, self.best, self.t0 = 0, -math.inf, time.perf_counter()
+            self.names: dict[str, str] = {}  # trial id -> `trial-007`, as the tracker names
+
+        def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self.names.setdefault(trial.trial_id, trial_name(len(self.names) + 1))
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any,
                               **info: Any) -> None:
@@ -77,11 +99,13 @@ def _progress_callback(total: int) -> Any:
                         f"speedup {res['speedup']:.2f}x  latency {res['latency_ms']:.2f} ms")
             else:
                 line = f"stopped early at epoch {res.get('epoch', '?')}"
-            print(f"[search] {self.done}/{total} trial {trial.trial_id}: {line}  "
+            name = self.names.get(trial.trial_id, trial.trial_id)
+            print(f"[search] {self.done}/{total} {name}: {line}  "
                   f"(best {self.best:.4f}, {time.perf_counter() - self.t0:.0f}s)", flush=True)
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            print(f"[search] trial {trial.trial_id} failed: see {trial.error_file}", flush=True)
+            name = self.names.get(trial.trial_id, trial.trial_id)
+            print(f"[search] {name} failed: see {trial.error_file}", flush=True)
 
     return ProgressPrinter()
 
@@ -145,6 +169,21 @@ class _Dense:
     example: Any  # a `1 x C x H x W` input
     val_accuracy: float
     metrics: dict[str, float]  # val and test accuracy / loss, logged on the parent run
+    reference_latency: tuple[str, float] | None = None  # (device, ms): see TrialSetup
+
+
+def _schemes_line(space: Any) -> str:
+    """How the space uses `space.schemes`: searched per group, or one per unit by mapping."""
+    d = space.describe()
+    counts: dict[str, int] = {}
+    for unit in d["units"].values():
+        counts[unit["scheme"]] = counts.get(unit["scheme"], 0) + 1
+    mapped = ", ".join(f"{s} on {n} units" for s, n in sorted(counts.items()))
+    if d["scheme_search"]:
+        return (f"schemes {d['schemes']}: searched per group (space.scheme_search); the "
+                f"{d['device']} mapping's choice first ({mapped})")
+    return (f"schemes {d['schemes']}: one per unit, by the rule-based {d['device']} mapping: "
+            f"{mapped} (space.scheme_search: true searches them per group)")
 
 
 def _experiment_name(cfg: PrunetuneConfig, storage: Path, resume: bool) -> str:
@@ -166,7 +205,13 @@ def _experiment_name(cfg: PrunetuneConfig, storage: Path, resume: bool) -> str:
 
 
 def _dense_baseline(cfg: PrunetuneConfig, progress: bool) -> _Dense:
-    from prunetune.trainers import evaluate, load_data, pretrain_dense
+    from prunetune.trainers import (
+        dense_reference_ms,
+        evaluate,
+        load_data,
+        pretrain_dense,
+        resolve_device,
+    )
 
     dense = pretrain_dense(cfg.model, cfg.data, cfg.pretrain, cache_dir=cfg.cache_dir,
                            progress=progress)
@@ -174,7 +219,13 @@ def _dense_baseline(cfg: PrunetuneConfig, progress: bool) -> _Dense:
     val = evaluate(dense.model, data.loader("val"))
     metrics = {"val_accuracy": val.accuracy, "val_loss": val.loss,
                **{k: v for k, v in dense.metrics.items() if k.startswith("test_")}}
-    return _Dense(dense, data.example_input(1), val.accuracy, metrics)
+    reference = None
+    if cfg.search.latency == "measured":  # with a latency table, trials share its prediction
+        reference = dense_reference_ms(dense.model.eval(), data.example_input(1),
+                                       str(resolve_device(cfg.finetune.device)),
+                                       cfg.search.latency_repeats)
+        metrics["dense_latency_ms"] = reference[1]
+    return _Dense(dense, data.example_input(1), val.accuracy, metrics, reference)
 
 
 def _trainable(cfg: PrunetuneConfig, dense: _Dense, workdir: Path) -> Any:
@@ -188,6 +239,7 @@ def _trainable(cfg: PrunetuneConfig, dense: _Dense, workdir: Path) -> Any:
     setup = TrialSetup(dense_checkpoint=dense.result.checkpoint, data=cfg.data,
                        finetune=cfg.finetune, dense_val_accuracy=dense.val_accuracy,
                        seed=cfg.seed, threads=threads,
+                       reference_latency=dense.reference_latency,
                        latency_repeats=cfg.search.latency_repeats,
                        latency_table=_latency_table_path(cfg, workdir))
     resources = {"cpu": cfg.search.cpus_per_trial, "gpu": cfg.search.gpus_per_trial}
@@ -242,6 +294,7 @@ def run_search(cfg: PrunetuneConfig, *, resume: bool = False,
 
     from .searchers import check_options
 
+    _quiet_start_up()
     storage = cfg.storage_dir()
     storage.mkdir(parents=True, exist_ok=True)
     name = _experiment_name(cfg, storage, resume)
@@ -261,9 +314,9 @@ def run_search(cfg: PrunetuneConfig, *, resume: bool = False,
         print(f"[search] {name}: {space.dim}-dimensional space over {space.n_units} units, "
               f"{cfg.search.trials} trials ({cfg.search.max_concurrent} at a time), searcher "
               f"{cfg.search.searcher}; dense val accuracy {dense.val_accuracy:.4f}", flush=True)
+        print(f"[search] {_schemes_line(space)}", flush=True)
     trainable = _trainable(cfg, dense, workdir)
-    _init_ray(cfg)
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    _init_ray(cfg, progress)
     tracker = _tracker(cfg, name, space, dense, workdir)
     callbacks = [tracker] + ([_progress_callback(cfg.search.trials)] if progress else [])
     if resume:
@@ -305,4 +358,13 @@ def _print_summary(s: SearchSummary) -> None:
                           for name, u in units.items())
         print(f"[search] best policy ({len(units)} units): {shown}")
     print(f"[search] results: prunetune results {s.name} --tracking-uri {s.tracking_uri}")
-    print(f"[search] browse:  prunetune ui --tracking-uri {s.tracking_uri}")
+    if s.tracking_uri.startswith(("http://", "https://")):
+        from mlflow import MlflowClient
+
+        from .tracking import ui_url
+
+        exp = MlflowClient(s.tracking_uri).get_run(s.parent_run_id).info.experiment_id
+        print(f"[search] browse:  {ui_url(s.tracking_uri, exp)}")
+    else:
+        print(f"[search] browse:  prunetune ui --tracking-uri {s.tracking_uri}  (then open the "
+              "runs address it prints)")

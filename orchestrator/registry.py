@@ -38,7 +38,13 @@ from typing import Any
 
 from prunetune.errors import NoMatchingTrialError, PromotionError, SelectionError
 
-from .results import TAG_ROLE, TAG_SEARCH, TAG_TRIAL, TrialRecord, find_search, search_trials
+from .results import (
+    TAG_SEARCH,
+    TAG_TRIAL,
+    TrialRecord,
+    find_search,
+    search_trials,
+)
 
 __all__ = [
     "DEFAULT_SELECT",
@@ -265,7 +271,7 @@ def _choose(client: Any, experiment: str, search: str, select: str | None,
     selection = parse_select(select or DEFAULT_SELECT)
     parent = find_search(client, experiment, search)
     name = parent.data.tags.get(TAG_SEARCH, search)
-    trials = [t for t in search_trials(client, parent) if t.tags.get(TAG_ROLE, "trial") == "trial"]
+    trials = search_trials(client, parent)
     chosen = (_trial_by_id(trials, trial, name) if trial
               else select_trial(trials, selection, search=name))
     cfg = _rebuild_config(client, parent)
@@ -359,9 +365,11 @@ def _register(c: _Chosen, r: _Rebuilt, *, model_name: str, alias: str, epochs: f
         spec_path, state_path = Path(tmp) / SPEC_FILE, Path(tmp) / STATE_FILE
         spec_path.write_text(json.dumps(spec, indent=2))
         torch.save(r.model.state_dict(), state_path)
+        # Nested under the search's parent run, so the UI shows the promotion with the search.
         with mlflow.start_run(experiment_id=c.parent.info.experiment_id,
-                              run_name=f"promote-{c.search}-{c.trial.trial_id}",
-                              tags=source_tags) as run:
+                              run_name=f"promote-{c.search}-{c.trial.name}",
+                              tags={**source_tags,
+                                    "mlflow.parentRunId": c.parent.info.run_id}) as run:
             mlflow.log_params({"model_name": model_name, "alias": alias, "selection": c.how,
                                "finetune_epochs": epochs, "trial_id": c.trial.trial_id})
             mlflow.log_metrics({**metrics, **trial_metrics})
@@ -384,7 +392,21 @@ def _register(c: _Chosen, r: _Rebuilt, *, model_name: str, alias: str, epochs: f
                 f"{metrics['test_accuracy']:.4f}, FLOPs x{metrics['flops_ratio']:.3f}, params "
                 f"x{metrics['params_ratio']:.3f}"))
             mlflow.set_tag(f"{TAG_PREFIX}registered", f"{model_name}/{mv.version}")
+    _link_from_search(client, c, model_name, int(mv.version), run.info.run_id, metrics)
     return int(mv.version), run.info.run_id
+
+
+def _link_from_search(client: Any, c: _Chosen, model_name: str, version: int, run_id: str,
+                      metrics: dict[str, float]) -> None:
+    """Say on the search's parent run what was promoted from it: a tag per registered version
+    and a line in the run's description (shown on its page)."""
+    parent = c.parent.info.run_id
+    client.set_tag(parent, f"{TAG_PREFIX}registered.{model_name}", str(version))
+    note = client.get_run(parent).data.tags.get("mlflow.note.content", "")
+    line = (f"Promoted {c.trial.name} ({c.how}) to registered model "
+            f"{model_name} version {version} (promote run {run_id}): test accuracy "
+            f"{metrics['test_accuracy']:.4f}, FLOPs x{metrics['flops_ratio']:.3f}.")
+    client.set_tag(parent, "mlflow.note.content", f"{note}\n\n{line}".strip())
 
 
 def promote(search: str, model_name: str, *, tracking_uri: str, experiment: str = "prunetune",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from mlflow.entities import Run
@@ -13,7 +14,8 @@ from mlflow.tracking import MlflowClient
 from prunetune.errors import SearchNotFoundError
 
 __all__ = ["SearchNotFoundError", "TrialRecord", "find_search", "search_trials", "pareto_front",
-           "format_table", "TAG_ROLE", "TAG_SEARCH", "TAG_TRIAL", "TAG_STATUS"]
+           "check_store", "format_table", "trial_name", "TAG_ROLE", "TAG_SEARCH", "TAG_TRIAL",
+           "TAG_STATUS"]
 
 TAG_ROLE = "prunetune.role"  # "search" (parent) or "trial" (child)
 TAG_SEARCH = "prunetune.search"  # the search name, on parent and children
@@ -25,6 +27,7 @@ TAG_STATUS = "prunetune.status"  # running | finished | stopped | error
 class TrialRecord:
     trial_id: str
     run_id: str
+    name: str  # the child run's name (`trial-007`)
     status: str
     metrics: dict[str, float]
     params: dict[str, str]
@@ -32,6 +35,39 @@ class TrialRecord:
 
     def get(self, key: str, default: float = math.nan) -> float:
         return self.metrics.get(key, default)
+
+
+# Seconds to wait for a tracking server before calling it unreachable.
+_SERVER_TIMEOUT_S = 5.0
+
+
+def check_store(uri: str) -> None:
+    """Refuse, in seconds, a tracking store that is not there: a sqlite file that does not
+    exist (MLflow would create an empty one and find no search in it) or a server that does
+    not answer. Raises SearchNotFoundError naming the store and what to do."""
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///"):])
+        if not path.is_file():
+            raise SearchNotFoundError(
+                f"no MLflow store at {path} (tracking URI {uri}): run this in the folder the "
+                "search ran in, or give --workdir DIR, --config CONFIG or --tracking-uri URI")
+    elif uri.startswith(("http://", "https://")):
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health",
+                                        timeout=_SERVER_TIMEOUT_S) as reply:
+                reply.read()
+        except (urllib.error.URLError, OSError) as err:
+            raise SearchNotFoundError(
+                f"the MLflow tracking server at {uri} does not answer ({err}); start it with "
+                "`prunetune server --port PORT` (or check --tracking-uri)") from None
+
+
+def trial_name(index: int) -> str:
+    """The name people see for a search's `index`-th trial (from 1): `trial-007`."""
+    return f"trial-{index:03d}"
 
 
 def find_search(client: MlflowClient, experiment: str, search: str) -> Run:
@@ -62,13 +98,15 @@ def find_search(client: MlflowClient, experiment: str, search: str) -> Run:
 
 
 def search_trials(client: MlflowClient, parent: Run) -> list[TrialRecord]:
-    """Every child (trial) run of a search's parent run."""
+    """Every trial (child run) of a search's parent run (its promote runs left out)."""
     runs = client.search_runs(
         [parent.info.experiment_id],
-        filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+        filter_string=(f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and "
+                       f"tags.`{TAG_ROLE}` = 'trial'"),
         max_results=10000)
     return [TrialRecord(trial_id=r.data.tags.get(TAG_TRIAL, r.info.run_name or ""),
-                        run_id=r.info.run_id, status=r.data.tags.get(TAG_STATUS, "?"),
+                        run_id=r.info.run_id, name=r.info.run_name or "",
+                        status=r.data.tags.get(TAG_STATUS, "?"),
                         metrics=dict(r.data.metrics), params=dict(r.data.params),
                         tags=dict(r.data.tags)) for r in runs]
 

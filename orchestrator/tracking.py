@@ -13,7 +13,6 @@ import io
 import json
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -24,14 +23,22 @@ from ray.tune import Callback
 
 from prunetune.errors import SearchError
 
-from .results import TAG_ROLE, TAG_SEARCH, TAG_STATUS, TAG_TRIAL, pareto_front
+from .results import TAG_ROLE, TAG_SEARCH, TAG_STATUS, TAG_TRIAL, pareto_front, trial_name
 
-__all__ = ["MLflowTracker", "flatten", "get_or_create_experiment"]
+__all__ = ["BEST_POLICY_PICTURE", "POLICY_PICTURE", "MLflowTracker", "flatten",
+           "get_or_create_experiment", "set_up_ui", "ui_url", "ui_view_state", "unit_params"]
 
 _FINAL_METRICS = ("accuracy", "val_loss", "accuracy_drop", "flops", "params", "flops_ratio",
                   "params_ratio", "sparsity", "latency_ms", "dense_latency_ms", "speedup",
-                  "finetune_s")
+                  "measured_latency_ms", "measured_dense_latency_ms", "finetune_s")
 _EPOCH_METRICS = ("accuracy", "val_loss", "train_loss")
+# MLflow takes at most 100 params in one log_batch call.
+_PARAMS_PER_BATCH = 100
+POLICY_PICTURE = "policy.png"  # per finished trial: ratio and width per layer, by scheme
+BEST_POLICY_PICTURE = "best_policy.png"  # on the parent run
+# The runs table a search opens on (MLflow's shared view state, an experiment tag).
+UI_VIEW_KEY = "prunetune"
+UI_COLUMNS = ("accuracy", "speedup", "latency_ms", "flops_ratio", "params_ratio", "sparsity")
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -52,6 +59,39 @@ def get_or_create_experiment(client: MlflowClient, name: str,
     if exp is not None:
         return exp.experiment_id
     return client.create_experiment(name, artifact_location=artifact_root)
+
+
+def unit_params(policy: Any) -> dict[str, str]:
+    """One param per unit: `ratio.<unit>` and `scheme.<unit>` (MLflow keys: at most 250
+    characters, of which unit names use letters, digits, '.', '_' and '-')."""
+    out = {}
+    for name, up in policy.units.items():
+        out[f"ratio.{name}"[:250]] = f"{up.ratio:.4f}"
+        out[f"scheme.{name}"[:250]] = up.scheme
+    return out
+
+
+def ui_view_state() -> dict[str, Any]:
+    """The runs-table view a search's experiment opens on: the key metrics as columns, best
+    accuracy first (sorted by a metric, MLflow lists the trials, not nested in their search)."""
+    metrics = [f"metrics.`{m}`" for m in UI_COLUMNS]
+    return {"orderByKey": "metrics.`accuracy`", "orderByAsc": False,
+            "selectedColumns": ["attributes.`Models`", *metrics]}
+
+
+def set_up_ui(client: MlflowClient, exp_id: str) -> None:
+    """Tag the experiment so MLflow's UI opens it as model training (not its GenAI view), with
+    the key metrics as columns (`ui_url` gives the address)."""
+    client.set_experiment_tag(exp_id, "mlflow.experimentKind", "custom_model_development")
+    client.set_experiment_tag(exp_id, f"mlflow.sharedViewState.{UI_VIEW_KEY}",
+                              json.dumps(ui_view_state()))
+
+
+def ui_url(base: str, exp_id: str) -> str:
+    """The address of a search's runs in the MLflow UI at `base` (http://HOST:PORT): the
+    model-training view, with the shared view state `set_up_ui` stored."""
+    return (f"{base.rstrip('/')}/#/experiments/{exp_id}/runs?viewStateShareKey={UI_VIEW_KEY}"
+            "&workflowType=machine_learning")
 
 
 def _finite(value: Any) -> bool:
@@ -75,6 +115,7 @@ class MLflowTracker(Callback):
         self.maximize, self.minimize = maximize, minimize
         self.parent_run_id: str | None = None
         self._children: dict[str, str] = {}  # trial id -> run id
+        self._names: dict[str, str] = {}  # trial id -> run name (`trial-007`)
         self._finished: set[str] = set()  # trial ids whose final result is logged
         self._client: MlflowClient | None = None
 
@@ -105,6 +146,7 @@ class MLflowTracker(Callback):
         run = self.client.create_run(exp_id, run_name=self.search_name,
                                      tags={TAG_ROLE: "search", TAG_SEARCH: self.search_name})
         self.parent_run_id = run.info.run_id
+        set_up_ui(self.client, exp_id)
         params = flatten(self.config)
         self.client.log_batch(self.parent_run_id,
                               params=[Param(k, v[:6000]) for k, v in params.items()])
@@ -142,6 +184,8 @@ class MLflowTracker(Callback):
             max_results=10000)
         self._children = {r.data.tags[TAG_TRIAL]: r.info.run_id for r in children
                           if TAG_TRIAL in r.data.tags}
+        self._names = {r.data.tags[TAG_TRIAL]: r.info.run_name for r in children
+                       if TAG_TRIAL in r.data.tags}
         self._finished = {r.data.tags[TAG_TRIAL] for r in children
                           if r.data.tags.get(TAG_STATUS) == "finished"}
 
@@ -164,11 +208,13 @@ class MLflowTracker(Callback):
             return run_id
         parent = self.start_search()
         exp_id = self.client.get_run(parent).info.experiment_id
-        run = self.client.create_run(exp_id, run_name=trial.trial_id, tags={
+        name = trial_name(len(self._children) + 1)  # in the order Tune started them
+        run = self.client.create_run(exp_id, run_name=name, tags={
             "mlflow.parentRunId": parent, TAG_ROLE: "trial", TAG_SEARCH: self.search_name,
             TAG_TRIAL: trial.trial_id, TAG_STATUS: "running"})
         run_id = run.info.run_id
         self._children[trial.trial_id] = run_id
+        self._names[trial.trial_id] = name
         config = trial.config or {}
         params: dict[str, str] = {"stage": str(config.get("stage", 0)),
                                   "dim": str(config.get("dim", len(config.get("x", []))))}
@@ -179,11 +225,22 @@ class MLflowTracker(Callback):
 
             policy = Policy.from_json(config["policy"])
             params.update({k: str(v) for k, v in policy.summary().items()})
+            params.update(unit_params(policy))
             self.client.log_text(run_id, config["policy"], "policy.json")
         if "x" in config:
             params["x"] = json.dumps([round(v, 4) for v in config["x"]])[:6000]
-        self.client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+        batch = [Param(k, v) for k, v in params.items()]
+        for i in range(0, len(batch), _PARAMS_PER_BATCH):
+            self.client.log_batch(run_id, params=batch[i:i + _PARAMS_PER_BATCH])
         return run_id
+
+    def _log_policy_picture(self, run_id: str, policy_json: str, path: str, title: str) -> None:
+        from prunetune.search_spaces import Policy
+
+        from .pictures import log_figure, policy_figure
+
+        log_figure(self.client, run_id, policy_figure(
+            Policy.from_json(policy_json), self.space_description.get("units", {}), title), path)
 
     def _log_metrics(self, run_id: str, metrics: dict[str, Any], step: int = 0) -> None:
         ts = int(time.time() * 1000)
@@ -227,6 +284,11 @@ class MLflowTracker(Callback):
         final = self._done_before(trial) or bool((trial.last_result or {}).get("final"))
         # A trial that completes without its final report was stopped by the scheduler.
         status = "finished" if final else "stopped"
+        policy = (trial.config or {}).get("policy")
+        if final and policy:
+            name = self._names.get(trial.trial_id, trial.trial_id)
+            self._log_policy_picture(run_id, policy, POLICY_PICTURE,
+                                     f"{self.search_name} {name}")
         self.client.set_tag(run_id, TAG_STATUS, status)
         self.client.set_terminated(run_id, status="FINISHED" if final else "KILLED")
 
@@ -260,6 +322,9 @@ class MLflowTracker(Callback):
             self._log_metrics(parent, {f"best_{k}": v for k, v in best.items()
                                        if k not in ("trial_id", "policy")})
             self.client.set_tag(parent, "best_trial_id", best["trial_id"])
+            self._log_policy_picture(parent, best["policy"], BEST_POLICY_PICTURE,
+                                     f"{self.search_name}: best policy "
+                                     f"({self._names.get(best['trial_id'], best['trial_id'])})")
             self._log_results_csv(parent, rows)
             front = pareto_front(rows, maximize=self.maximize, minimize=self.minimize)
             self.client.log_dict(parent, [{k: v for k, v in r.items() if k != "policy"}
@@ -278,24 +343,14 @@ class MLflowTracker(Callback):
 
     def _log_pareto_plot(self, parent: str, rows: list[dict[str, Any]],
                          front: list[dict[str, Any]]) -> None:
-        import matplotlib
+        from .pictures import log_figure, pareto_figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-        ax.scatter([r.get(self.minimize) for r in rows], [r.get(self.maximize) for r in rows],
-                   s=18, alpha=0.6, label="trials")
-        ax.plot([r[self.minimize] for r in front], [r[self.maximize] for r in front], "r-o",
-                ms=4, label="Pareto front")
-        ax.set_xlabel(self.minimize)
-        ax.set_ylabel(self.maximize)
-        ax.set_title(f"search {self.search_name}")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "pareto.png"
-            fig.savefig(path)
-            self.client.log_artifact(parent, str(path))
-        plt.close(fig)
+        dense_y = self.dense_metrics.get(f"val_{self.maximize}", math.nan)
+        dense_x = next((r["dense_latency_ms"] for r in rows
+                        if self.minimize == "latency_ms" and _finite(r.get("dense_latency_ms"))),
+                       math.nan)
+        labelled = [{**r, "trial": self._names.get(r["trial_id"], r["trial_id"])}
+                    for r in front]
+        log_figure(self.client, parent, pareto_figure(
+            rows, labelled, x=self.minimize, y=self.maximize, dense=(dense_x, dense_y),
+            title=f"search {self.search_name}"), "pareto.png")

@@ -486,6 +486,7 @@ class PruningSpace:
             "dense": {"flops": self.analysis.dense_flops, "params": self.analysis.dense_params},
             "units": {u.name: {"low": float(self._lo[i]), "high": float(self._hi[i]),
                                "scheme": self.templates[u.name].scheme,
-                               "group": int(self._group_of[i])}
+                               "group": int(self._group_of[i]), "channels": u.channels,
+                               "ch_groups": u.ch_groups, "multiple": u.multiple}
                       for i, u in enumerate(self.units)},
         }

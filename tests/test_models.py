@@ -37,3 +37,13 @@ def test_user_factory_and_unknown_names() -> None:
         build_model("no_such_module:factory")
     with pytest.raises(ModelNotFoundError, match="unknown torchvision model"):
         build_model("torchvision:not_a_model")
+
+
+def test_timm_model() -> None:
+    pytest.importorskip("timm", reason="timm is an optional extra (pip install "
+                                       "'prunetune[timm]'); CI installs it")
+    model = build_model("timm:resnet18", num_classes=10, in_channels=1).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 1, 32, 32)).shape == (1, 10)
+    with pytest.raises(ModelNotFoundError, match="unknown timm model"):
+        build_model("timm:not_a_model_at_all")

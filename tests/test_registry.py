@@ -93,8 +93,8 @@ def digits_config(tmp: Path, name: str, cache_dir: Path, **sections: dict) -> di
 
 
 def _trial(tid: str, status: str = "finished", **metrics: float) -> TrialRecord:
-    return TrialRecord(trial_id=tid, run_id=f"run-{tid}", status=status, metrics=metrics,
-                       params={})
+    return TrialRecord(trial_id=tid, run_id=f"run-{tid}", name=f"trial-{tid}", status=status,
+                       metrics=metrics, params={})
 
 
 def test_parse_select_forms() -> None:
@@ -291,11 +291,17 @@ def test_promote_registers_versions_and_moves_the_alias(
     assert math.isclose(fresh["flops"], best.metrics["flops"], rel_tol=1e-9)
     assert math.isclose(fresh["params"], best.metrics["params"], rel_tol=1e-9)
 
-    # `prunetune load` prints the same cost.
-    assert main(["load", f"models:/{name}/1", "--tracking-uri", server]) == 0
+    # `prunetune load` prints the same cost, and the widths per layer the policy left.
+    assert main(["load", f"models:/{name}/1", "--tracking-uri", server, "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert math.isclose(summary["flops"], best.metrics["flops"], rel_tol=1e-9)
     assert summary["output_shape"] == [10] and summary["source"]["trial_id"] == best.trial_id
+    widths = {r["layer"]: (r["dense_out"], r["out"]) for r in summary["layers"]}
+    pruned_layer = next(n for n, u in policy.units.items() if u.ratio > 0.1)
+    assert widths[pruned_layer][1] < widths[pruned_layer][0]
+    assert main(["load", f"models:/{name}/1", "--tracking-uri", server]) == 0
+    table = capsys.readouterr().out
+    assert f"read from {server}" in table and pruned_layer in table and "dense_out" in table
 
     # Version 2 (another trial, fine-tuned as the search did) takes the alias.
     other = next(t for t in trials if t.trial_id != best.trial_id)

@@ -15,11 +15,13 @@ import pytest
 import ray
 import yaml
 from mlflow.tracking import MlflowClient
+from PIL import Image
 
 from prunetune.orchestrator.cli import main
 from prunetune.orchestrator.config import load_config
 from prunetune.orchestrator.driver import SearchError, run_search
 from prunetune.orchestrator.results import find_search, search_trials
+from prunetune.search_spaces import Policy
 
 ROOT = Path(__file__).resolve().parents[1]
 FINAL_METRICS = ("accuracy", "accuracy_drop", "flops", "params", "sparsity", "latency_ms",
@@ -65,13 +67,35 @@ def test_search_tracks_every_trial_in_mlflow(local_ray, tmp_path: Path,
         assert t.metrics["flops_ratio"] <= 0.6 + 0.01  # the budget holds
         assert t.tags.get("node")
         assert any(k.startswith("policy.") for k in t.params)
-        assert "policy.json" in {a.path for a in client.list_artifacts(t.run_id)}
+        assert {"policy.json", "policy.png"} <= {a.path for a in client.list_artifacts(t.run_id)}
+        # One param per unit: its ratio and scheme, as in policy.json.
+        policy = Policy.from_json(Path(client.download_artifacts(
+            t.run_id, "policy.json", str(tmp_path / "dl" / t.trial_id))).read_text())
+        assert {k: v for k, v in t.params.items() if k.startswith("ratio.")} == {
+            f"ratio.{n}": f"{u.ratio:.4f}" for n, u in policy.units.items()}
+        assert {t.params[f"scheme.{n}"] for n in policy.units} == {"channel"}
+        png = Path(client.download_artifacts(t.run_id, "policy.png",
+                                             str(tmp_path / "dl" / t.trial_id)))
+        with Image.open(png) as img:  # a real picture, one bar per unit
+            assert img.format == "PNG" and img.size[0] >= 600
+    # People read trial-001 .. trial-006, in the order Tune started them.
+    assert sorted(t.name for t in trials) == [f"trial-{i:03d}" for i in range(1, 7)]
+    # The experiment opens in MLflow's model-training view, on the key metrics.
+    exp_tags = client.get_experiment_by_name("prunetune").tags
+    assert exp_tags["mlflow.experimentKind"] == "custom_model_development"
+    view = json.loads(exp_tags["mlflow.sharedViewState.prunetune"])
+    assert "metrics.`accuracy`" in view["selectedColumns"]
+    # One dense reference latency: latency and speedup agree across trials.
+    (dense_ms,) = {t.metrics["dense_latency_ms"] for t in trials}
+    for t in trials:
+        assert t.metrics["latency_ms"] * t.metrics["speedup"] == pytest.approx(dense_ms)
+        assert t.metrics["measured_latency_ms"] > 0
     # Each trial fine-tunes with its own seed, derived from the config's `seed` (0 here).
     derived = {int(np.random.SeedSequence([cfg.seed, i]).generate_state(1)[0]) for i in range(6)}
     assert {int(t.params["seed"]) for t in trials} == derived
     assert summary.best["seed"] in derived
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"results.csv", "pareto.png", "best_policy.json", "config.json",
+    assert {"results.csv", "pareto.png", "best_policy.json", "best_policy.png", "config.json",
             "space.json"} <= artifacts
     best = max(t.metrics["accuracy"] for t in trials)
     assert parent.data.metrics["best_accuracy"] == pytest.approx(best)

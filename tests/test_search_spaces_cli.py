@@ -56,12 +56,17 @@ def test_apply_prints_costs_and_saves(config, tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["flops_ratio"] < 1 and result["after"]["sparsity"] > 0
     assert 0 <= result["val_accuracy"] <= 1
+    # Latency measured on the device, dense and pruned in turn.
+    assert result["latency_ms"] > 0 and result["dense_latency_ms"] > 0
+    assert result["speedup"] == pytest.approx(result["dense_latency_ms"] / result["latency_ms"])
+    assert result["latency_device"]
     saved = torch.load(out, weights_only=False)
     assert Policy.from_dict(saved["policy"]) == policy
     layer = dict(saved["model"].named_modules())["layer3.0.conv2"]
     assert torch.all(layer.weight[layer.weight_mask == 0] == 0)  # fine-tuning kept the mask
     assert _run(["apply", str(config), "--policy", str(ppath)]) == 0
-    assert "val accuracy" in capsys.readouterr().out
+    table = capsys.readouterr().out
+    assert "val accuracy" in table and "latency (ms)" in table and "speedup" in table
 
 
 def test_apply_bad_policy_is_a_clear_error(config, tmp_path):
@@ -72,3 +77,20 @@ def test_apply_bad_policy_is_a_clear_error(config, tmp_path):
         _run(["apply", str(config), "--policy", str(bad), "--quiet"])
     with pytest.raises(CLIError, match="does not exist"):
         _run(["apply", str(config), "--policy", str(tmp_path / "missing.json")])
+
+
+@pytest.mark.parametrize("model", ["torchvision:resnet18", "timm:resnet18"])
+def test_analyze_any_model_without_data(model, tmp_path, capsys):
+    """`analyze --input-size C,H,W --untrained` needs no dataset: here one that is not there."""
+    if model.startswith("timm:"):
+        pytest.importorskip("timm", reason="timm is an optional extra (pip install "
+                                           "'prunetune[timm]'); CI installs it")
+    path = tmp_path / "cfg.yaml"
+    path.write_text(f"model: {{name: '{model}'}}\n"
+                    f"data: {{name: imagefolder, root: {tmp_path / 'no-such-folder'}}}\n")
+    assert _run(["analyze", str(path), "--input-size", "3,224,224", "--untrained"]) == 0
+    table = capsys.readouterr().out
+    assert "layer4.0.conv1" in table and "protected (feed the output): fc" in table
+    assert "1821.67 MFLOPs" in table  # ResNet-18 at 224 x 224
+    with pytest.raises(SystemExit):
+        _run(["analyze", str(path), "--input-size", "3,224", "--untrained"])

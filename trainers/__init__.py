@@ -6,7 +6,7 @@ from .models import ModelNotFoundError, build_model, zoo_names
 from .pretrain import ModelConfig, PretrainResult, default_cache_dir, pretrain_dense
 from .prune import PrunedModel, prune_and_evaluate
 from .train import EvalResult, TrainConfig, evaluate, fit, resolve_device, seed_everything
-from .trial import FINAL_KEY, TrialSetup, evaluate_policy, run_trial
+from .trial import FINAL_KEY, TrialSetup, dense_reference_ms, evaluate_policy, run_trial
 
 __all__ = [
     "CheckpointError",
@@ -23,6 +23,7 @@ __all__ = [
     "TrialSetup",
     "build_model",
     "default_cache_dir",
+    "dense_reference_ms",
     "evaluate",
     "evaluate_policy",
     "fit",

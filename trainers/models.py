@@ -2,8 +2,9 @@
 
 `build_model(name, num_classes=, in_channels=)` is the one entry point. Names:
 `resnet20|32|56`, `vgg11|16` (CIFAR layout, BN), `mobilenetv2` (CIFAR variant),
-`torchvision:NAME` (any torchvision classification model, untrained weights) and
-`package.module:factory` (called with `num_classes=` and `in_channels=`).
+`torchvision:NAME` (any torchvision classification model, untrained weights), `timm:NAME`
+(any timm model, untrained; needs the `timm` extra) and `package.module:factory` (called with
+`num_classes=` and `in_channels=`).
 """
 
 from __future__ import annotations
@@ -171,6 +172,22 @@ def _torchvision_model(name: str, num_classes: int, in_channels: int, **kwargs: 
     return model
 
 
+def _timm_model(name: str, num_classes: int, in_channels: int, **kwargs: Any) -> nn.Module:
+    """A timm model, untrained (no weights are downloaded); needs the `timm` extra."""
+    try:
+        import timm
+    except ImportError as err:
+        raise ModelNotFoundError(f"model 'timm:{name}' needs timm: pip install "
+                                 "'prunetune[timm]'") from err
+    try:
+        return timm.create_model(name, pretrained=False, num_classes=num_classes,
+                                 in_chans=in_channels, **kwargs)
+    except RuntimeError as err:  # timm's "Unknown model"
+        close = timm.list_models(f"*{name.split('_')[0]}*")[:10]
+        raise ModelNotFoundError(f"unknown timm model {name!r} ({err}); similar names: "
+                                 f"{', '.join(close) or 'none'} (timm.list_models())") from err
+
+
 def _adapt_first_conv(model: nn.Module, in_channels: int) -> None:
     """Replace the first convolution so the model takes `in_channels` input channels."""
     for parent in model.modules():
@@ -205,6 +222,8 @@ def build_model(name: str, *, num_classes: int = 10, in_channels: int = 3,
         return _ZOO[name](num_classes=num_classes, in_channels=in_channels, **kwargs)
     if name.startswith("torchvision:"):
         return _torchvision_model(name.split(":", 1)[1], num_classes, in_channels, **kwargs)
+    if name.startswith("timm:"):
+        return _timm_model(name.split(":", 1)[1], num_classes, in_channels, **kwargs)
     if ":" in name:
         module_name, _, attr = name.partition(":")
         try:
@@ -218,4 +237,4 @@ def build_model(name: str, *, num_classes: int = 10, in_channels: int = 3,
                                      "not a torch.nn.Module")
         return model
     raise ModelNotFoundError(f"unknown model {name!r}; use one of {', '.join(zoo_names())}, "
-                             "'torchvision:NAME' or 'package.module:factory'")
+                             "'torchvision:NAME', 'timm:NAME' or 'package.module:factory'")

@@ -17,7 +17,7 @@ from .data import DataConfig, load_data
 from .prune import prune_and_evaluate
 from .train import TrainConfig, resolve_device
 
-__all__ = ["FINAL_KEY", "TrialSetup", "run_trial", "evaluate_policy"]
+__all__ = ["FINAL_KEY", "TrialSetup", "dense_reference_ms", "evaluate_policy", "run_trial"]
 
 # Set to True on a trial's last report only; searchers take only such results as final, so a
 # trial stopped early by a scheduler is never mistaken for a finished one.
@@ -41,6 +41,10 @@ class TrialSetup:
     # A latency table file: predict latency from it (via the shared per-device Ray actor when
     # Ray runs) instead of timing whole models.
     latency_table: str | None = None
+    # (device name, ms): the dense model's latency measured once for the search, so that every
+    # trial on that device reports latency_ms = reference / its own speedup, and the latency
+    # and speedup columns of all trials agree (see `dense_reference_ms`).
+    reference_latency: tuple[str, float] | None = None
 
 
 def evaluate_policy(policy_json: str, setup: TrialSetup, *, report: Any = None,
@@ -51,7 +55,7 @@ def evaluate_policy(policy_json: str, setup: TrialSetup, *, report: Any = None,
     fine-tuning epoch but the last, then the final metrics with `FINAL_KEY` set. Returns the
     final metrics.
     """
-    from prunetune.kernels import measured_models_ms, speedup
+    from prunetune.kernels import default_measurer, measured_models_ms, speedup
     from prunetune.search_spaces import Policy
 
     torch.set_num_threads(setup.threads)
@@ -75,11 +79,18 @@ def evaluate_policy(policy_json: str, setup: TrialSetup, *, report: Any = None,
     # Timed on the trial's own device, dense and pruned alike (in turn, in bursts), so the
     # speedup compares like with like wherever the trial landed, whatever the machine's drift.
     batch = data.example_input(setup.latency_batch)
+    measured: dict[str, float] = {}
     if setup.latency_table is not None:
         dense_ms, pruned_ms = _table_latency_ms(setup, dense, pruned, batch, str(device))
     else:
         dense_ms, pruned_ms = measured_models_ms([dense, pruned], batch, device=str(device),
                                                  repeats=setup.latency_repeats)
+        ref = setup.reference_latency
+        if ref is not None and ref[0] == default_measurer(str(device)).name:
+            measured = {"measured_latency_ms": pruned_ms, "measured_dense_latency_ms": dense_ms}
+            # The speedup is this trial's own (dense and pruned timed in turn); the latency
+            # follows from it and the search's one dense reference.
+            dense_ms, pruned_ms = ref[1], ref[1] * pruned_ms / dense_ms
     final = {
         "accuracy": val.accuracy,
         "val_loss": val.loss,
@@ -88,6 +99,7 @@ def evaluate_policy(policy_json: str, setup: TrialSetup, *, report: Any = None,
         "latency_ms": pruned_ms,
         "dense_latency_ms": dense_ms,
         "speedup": speedup(dense_ms, pruned_ms),
+        **measured,
         "epoch": last_epoch,
         "finetune_s": finetune_s,
         "seed": seed,
@@ -97,6 +109,17 @@ def evaluate_policy(policy_json: str, setup: TrialSetup, *, report: Any = None,
     if report is not None:
         report(final)
     return final
+
+
+def dense_reference_ms(dense: torch.nn.Module, batch: torch.Tensor, device: str,
+                       repeats: int) -> tuple[str, float]:
+    """(device name, ms): the dense model timed once for a whole search, in 6 bursts of 3x the
+    trials' repeats (one reference, so it gets more time than a trial's own timing)."""
+    from prunetune.kernels import default_measurer, measured_models_ms
+
+    (ms,) = measured_models_ms([dense], batch, device=device, repeats=6 * max(1, repeats // 2),
+                               bursts=6)
+    return default_measurer(device).name, ms
 
 
 def _table_latency_ms(setup: TrialSetup, dense: torch.nn.Module, pruned: torch.nn.Module,

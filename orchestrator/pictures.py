@@ -1,0 +1,107 @@
+"""The pictures a search logs to MLflow: one policy per layer, and the Pareto front.
+
+matplotlib only (Agg); each function returns a Figure the caller logs (`log_figure`) and closes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from prunetune.search_spaces import SCHEMES, Policy
+from prunetune.search_spaces.channel import kept_channels
+
+__all__ = ["SCHEME_COLOURS", "kept_width", "log_figure", "pareto_figure", "policy_figure"]
+
+# One colour per scheme, the same in every picture (matplotlib's tab10).
+SCHEME_COLOURS = dict(zip(SCHEMES, ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"),
+                          strict=True))
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def kept_width(unit: Mapping[str, Any], scheme: str, ratio: float,
+               round_to: int | None = None) -> int:
+    """Channels a unit keeps: fewer under channel pruning (as `apply_policy` keeps them), all
+    of them under a sparse scheme (its weights thin out instead). `unit`: the unit's entry in
+    `PruningSpace.describe()["units"]` (channels, ch_groups, multiple)."""
+    channels = int(unit["channels"])
+    if scheme != "channel" or ratio <= 0:
+        return channels
+    multiple = math.lcm(int(unit.get("multiple", 1)) or 1, round_to or 1)
+    return kept_channels(channels, int(unit.get("ch_groups", 1)), ratio, multiple)
+
+
+def policy_figure(policy: Policy, units: Mapping[str, Mapping[str, Any]], title: str) -> Any:
+    """Per unit, in model order: the pruning ratio coloured by scheme (top), and the dense and
+    kept widths in channels (bottom). `units`: `PruningSpace.describe()["units"]`."""
+    plt = _pyplot()
+    names = [n for n in units if n in policy.units] or list(policy.units)
+    ups = [policy.units[n] for n in names]
+    colours = [SCHEME_COLOURS.get(u.scheme, "grey") for u in ups]
+    width = max(6.0, min(24.0, 0.28 * len(names) + 2.0))
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(width, 5.4), dpi=100, sharex=True)
+    xs = range(len(names))
+    top.bar(xs, [u.ratio for u in ups], color=colours)
+    top.set_ylabel("pruning ratio")
+    top.set_ylim(0, 1)
+    top.set_title(title, fontsize=10)
+    top.grid(axis="y", alpha=0.3)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for s, c in SCHEME_COLOURS.items()
+               if any(u.scheme == s for u in ups)]
+    top.legend(handles, [s for s in SCHEME_COLOURS if any(u.scheme == s for u in ups)],
+               fontsize=8, loc="upper right")
+    if all(n in units and "channels" in units[n] for n in names):
+        dense = [int(units[n]["channels"]) for n in names]
+        kept = [kept_width(units[n], u.scheme, u.ratio, policy.round_to)
+                for n, u in zip(names, ups, strict=True)]
+        bottom.bar(xs, dense, color="lightgrey", label="dense")
+        bottom.bar(xs, kept, color=colours, label="kept")
+        bottom.set_ylabel("channels")
+        bottom.legend(["dense", "kept"], fontsize=8, loc="upper left")
+    bottom.set_xticks(list(xs))
+    bottom.set_xticklabels(names, rotation=90, fontsize=7)
+    bottom.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def pareto_figure(rows: Sequence[Mapping[str, Any]], front: Sequence[Mapping[str, Any]], *,
+                  x: str, y: str, dense: tuple[float, float] | None, title: str,
+                  label: str = "trial") -> Any:
+    """Trials (`rows`) in (x, y), the Pareto front joined, each front point labelled by its
+    `label` field, and the dense model marked at `dense` = (x, y) when given."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.6), dpi=110)
+    ax.scatter([r.get(x) for r in rows], [r.get(y) for r in rows], s=18, alpha=0.5,
+               label="trials")
+    ax.plot([r[x] for r in front], [r[y] for r in front], "r-o", ms=4, label="Pareto front")
+    for r in front:
+        ax.annotate(str(r.get(label, "")), (r[x], r[y]), textcoords="offset points",
+                    xytext=(4, 4), fontsize=7)
+    if dense is not None and all(math.isfinite(v) for v in dense):
+        ax.scatter([dense[0]], [dense[1]], marker="*", s=160, color="black", zorder=5,
+                   label="dense model")
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def log_figure(client: Any, run_id: str, fig: Any, path: str) -> None:
+    """Log `fig` as the PNG artifact `path` of run `run_id` (an MlflowClient), then close it."""
+    try:
+        client.log_figure(run_id, fig, path)
+    finally:
+        _pyplot().close(fig)
