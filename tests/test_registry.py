@@ -269,6 +269,15 @@ def test_promote_registers_versions_and_moves_the_alias(
     tags = mv1.tags
     assert tags["prunetune.search"] == SEARCH and tags["prunetune.trial_id"] == best.trial_id
     assert tags["prunetune.trial_run_id"] == best.run_id
+    # The search links to its promotion: the promote run is nested under it, and its page
+    # names the registered version; the trials stay the search's only trials.
+    parent = find_search(client, EXPERIMENT, SEARCH)
+    promote_run = client.get_run(shown["run_id"])
+    assert promote_run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert promote_run.info.run_name == f"promote-{SEARCH}-{best.name}"
+    assert parent.data.tags[f"prunetune.registered.{name}"] == "1"
+    assert f"{name} version 1" in parent.data.tags["mlflow.note.content"]
+    assert len(search_trials(client, parent)) == len(trials)
     policy_json = client.download_artifacts(best.run_id, "policy.json", str(tmp_path))
     policy = Policy.load(policy_json)
     assert Policy.from_json(tags["prunetune.policy"]).to_dict() == policy.to_dict()

@@ -273,7 +273,12 @@ def test_interrupted_search_resumes_without_rerunning(tmp_path: Path) -> None:
         assert time.monotonic() < deadline, "search did not get going"
         time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=120)
+    first_output, _ = proc.communicate(timeout=120)
+    # What a person sees while it starts: a line before Ray's start-up, no library noise.
+    assert "[search] starting a local Ray" in first_output
+    for noise in ("FutureWarning", "Token authentication is enabled", "View run",
+                  "No CUDA runtime"):
+        assert noise not in first_output, noise
     before = _finished_children(uri, "it-resume")
     assert 3 <= before < 8
 
