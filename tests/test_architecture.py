@@ -116,23 +116,24 @@ def test_imports_point_down_the_layers() -> None:
     assert not wrong, wrong
 
 
-def test_no_function_over_80_lines() -> None:
-    long = []
+def _definitions(kinds: tuple[type, ...]):
+    """(module, node) for every node of the given kinds in the package's source."""
     for m, p in MODULES.items():
         for node in ast.walk(ast.parse(p.read_text())):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                lines = node.end_lineno - node.lineno + 1
-                if lines > 80:
-                    long.append(f"{m}.{node.name}: {lines} lines")
+            if isinstance(node, kinds):
+                yield m, node
+
+
+def test_no_function_over_80_lines() -> None:
+    long = [f"{m}.{n.name}: {n.end_lineno - n.lineno + 1} lines"
+            for m, n in _definitions((ast.FunctionDef, ast.AsyncFunctionDef))
+            if n.end_lineno - n.lineno + 1 > 80]
     assert not long, long
 
 
 def test_every_error_class_has_the_one_root() -> None:
-    roots = []
-    for m, p in MODULES.items():
-        for node in ast.walk(ast.parse(p.read_text())):
-            if isinstance(node, ast.ClassDef) and node.name.endswith("Error"):
-                roots.append(f"{m}.{node.name}")
+    roots = [f"{m}.{n.name}" for m, n in _definitions((ast.ClassDef,))
+             if n.name.endswith("Error")]
     # Every error class is defined in prunetune.errors (and re-exported where it is raised).
     assert all(r.startswith("prunetune.errors.") for r in roots), roots
     for name, obj in inspect.getmembers(errors, inspect.isclass):

@@ -24,13 +24,17 @@ def test_examples_validate() -> None:
 
 def test_config_errors_name_field_value_and_rule(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text("data:\n  name: mnist-ish\npretrain:\n  lr: -1\n  epoch: 3\n")
+    bad.write_text("data:\n  name: mnist-ish\npretrain:\n  lr: -1\n  epoch: 3\n"
+                   "space: {ratio_bounds: [0.5, 0.2], schemes: [channel]}\n")
     with pytest.raises(ConfigError) as err:
         load_config(bad)
     msg = str(err.value)
     assert "data.name" in msg and "mnist-ish" in msg and "fashion-mnist" in msg
     assert "pretrain.lr" in msg and "greater than 0" in msg
     assert "pretrain.epoch: unknown field" in msg
+    # A rule on one field names that field, not its section (nor dumps the section).
+    assert "space.ratio_bounds:" in msg and "0 <= low <= high < 1" in msg
+    assert "schemes" not in msg
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
