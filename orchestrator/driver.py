@@ -46,9 +46,10 @@ def _quiet_start_up() -> None:
     Tune bookkeeping INFO lines."""
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    for name in ("ray._private.authentication.authentication_token_setup", "ray.tune"):
-        logging.getLogger(name).setLevel(logging.WARNING if name == "ray.tune" else
-                                         logging.ERROR)
+    levels = {"ray._private.authentication.authentication_token_setup": logging.ERROR,
+              "ray.tune": logging.WARNING}
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
 
 
 def _init_ray(cfg: PrunetuneConfig, progress: bool) -> None:
