@@ -65,6 +65,7 @@ from prunetune.trainers import (
     load_data,
     pretrain_dense,
 )
+from prunetune.trainers.prune import calibration_images, recalibrate_bn
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -173,9 +174,8 @@ class Objective:
         data = load_data(PRETRAIN_DATA.model_copy(update={"val_subset": val_subset}))
         xs, ys = zip(*(data.val[i] for i in range(len(data.val))), strict=True)
         self.images, self.labels = torch.stack(xs), torch.as_tensor(ys)
-        train = data.train.with_augment(False)  # the same fixed images for every policy
-        self.calib = (torch.stack([train[i][0] for i in range(min(bn_calib, len(train)))])
-                      if bn_calib else None)
+        # The product's calibration: the same fixed training images for every policy.
+        self.calib = calibration_images(data, bn_calib)
         self.example = data.example_input(1)
         self.analysis = analyze(self.dense, self.example)
         self.val_subset = len(self.labels)
@@ -183,21 +183,6 @@ class Objective:
         self._cache: OrderedDict[str, float] = OrderedDict()
         self._cache_size = cache_size
         self.eval_s: list[float] = []
-
-    @torch.no_grad()
-    def recalibrate(self, model: torch.nn.Module, batch: int = 128) -> None:
-        """Re-estimate BatchNorm running statistics on the calibration images (cumulative
-        average over them, no weight update)."""
-        if self.calib is None:
-            return
-        for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.reset_running_stats()
-                m.momentum = None
-        model.train()
-        for i in range(0, len(self.calib), batch):
-            model(self.calib[i:i + batch])
-        model.eval()
 
     @torch.inference_mode()
     def accuracy(self, model: torch.nn.Module, batch: int = 500) -> float:
@@ -225,7 +210,7 @@ class Objective:
             return self._cache[policy_json]
         t0 = time.perf_counter()
         pruned = apply_policy(self.dense, Policy.from_json(policy_json), self.example)
-        self.recalibrate(pruned)
+        recalibrate_bn(pruned, self.calib)  # the product's adaptive BN (prunetune.trainers)
         out = (self.accuracy(pruned),
                count_cost(pruned, self.example).effective_flops / self.analysis.dense_flops)
         self.eval_s.append(time.perf_counter() - t0)

@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from prunetune.errors import ConfigError
-from prunetune.trainers import DataConfig, ModelConfig, TrainConfig
+from prunetune.trainers import DataConfig, FinetuneConfig, ModelConfig, TrainConfig
 
 __all__ = ["ConfigError", "PrunetuneConfig", "SpaceConfig", "BudgetConfig", "SearchConfig",
            "SchedulerConfig", "RayConfig", "TrackingConfig", "load_config", "apply_overrides"]
@@ -114,9 +114,9 @@ class PrunetuneConfig(BaseModel):
     pretrain: TrainConfig = Field(default_factory=TrainConfig)
     space: SpaceConfig = Field(default_factory=SpaceConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
-    # Fine-tuning of each pruned candidate; epochs 0 scores the policy without fine-tuning.
-    finetune: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=1, lr=0.01,
-                                                                      warmup_epochs=0))
+    # Fine-tuning of each pruned candidate (1 epoch at lr 0.01 unless told otherwise; epochs
+    # 0 scores the policy after BatchNorm calibration alone).
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     # Ray Tune's storage (experiment state for --resume); None: <workdir>/ray_results.

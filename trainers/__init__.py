@@ -5,7 +5,15 @@ from .data import DataBundle, DataConfig, DatasetNotFoundError, load_data
 from .models import ModelNotFoundError, build_model, zoo_names
 from .pretrain import ModelConfig, PretrainResult, default_cache_dir, pretrain_dense
 from .prune import PrunedModel, prune_and_evaluate
-from .train import EvalResult, TrainConfig, evaluate, fit, resolve_device, seed_everything
+from .train import (
+    EvalResult,
+    FinetuneConfig,
+    TrainConfig,
+    evaluate,
+    fit,
+    resolve_device,
+    seed_everything,
+)
 from .trial import FINAL_KEY, TrialSetup, dense_reference_ms, evaluate_policy, run_trial
 
 __all__ = [
@@ -14,6 +22,7 @@ __all__ = [
     "DataConfig",
     "DatasetNotFoundError",
     "EvalResult",
+    "FinetuneConfig",
     "FINAL_KEY",
     "ModelConfig",
     "ModelNotFoundError",

@@ -1,9 +1,10 @@
-"""Prune, fine-tune, evaluate: the one path a policy takes to a scored model.
+"""Prune, fine-tune, calibrate, evaluate: the one path a policy takes to a scored model.
 
 Trials (`trial.py`), `prunetune apply` and `prunetune promote` all go through
 `prune_and_evaluate`, so a policy is pruned, fine-tuned (with the dense model as teacher when
-`kd_alpha > 0`, masks re-applied after every step) and costed the same way wherever it is
-scored.
+`kd_alpha > 0`, masks re-applied after every step), has its BatchNorm statistics re-estimated
+on a fixed batch of training images ("adaptive BN", EagleEye) and is costed the same way
+wherever it is scored.
 """
 
 from __future__ import annotations
@@ -27,7 +28,34 @@ from .train import (
     seed_everything,
 )
 
-__all__ = ["PrunedModel", "prune_and_evaluate"]
+__all__ = ["PrunedModel", "calibration_images", "prune_and_evaluate", "recalibrate_bn"]
+
+# Images per forward pass while re-estimating BatchNorm statistics.
+_CALIBRATION_BATCH = 128
+
+
+def calibration_images(data: DataBundle, n: int) -> torch.Tensor | None:
+    """The first `n` training images, without augmentation: the same fixed batch for every
+    policy of a dataset split (the split itself is a seeded permutation). None when n is 0."""
+    if n <= 0:
+        return None
+    train = data.train.with_augment(False) if hasattr(data.train, "with_augment") else data.train
+    return torch.stack([train[i][0] for i in range(min(n, len(train)))])
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, images: torch.Tensor | None,
+                   device: torch.device | str | None = None) -> nn.Module:
+    """Re-estimate `model`'s BatchNorm running statistics on `images` (`n x C x H x W`) as a
+    cumulative average (`torch.optim.swa_utils.update_bn`), no weight changing; returns
+    `model` in eval mode. Without BatchNorm layers or images, nothing changes."""
+    from torch.optim.swa_utils import update_bn
+
+    if images is not None and any(isinstance(m, nn.modules.batchnorm._BatchNorm)
+                                  for m in model.modules()):
+        update_bn([images[i:i + _CALIBRATION_BATCH]
+                   for i in range(0, len(images), _CALIBRATION_BATCH)], model, device=device)
+    return model.eval()
 
 
 @dataclass
@@ -59,8 +87,10 @@ def prune_and_evaluate(dense: nn.Module, policy: Policy, data: DataBundle,
     `seed`: data order and initial randomness), and evaluate it on `splits`.
 
     `on_epoch_end(epoch, metrics)` sees each fine-tuning epoch's train loss and validation
-    accuracy / loss. `device`: where to evaluate (default: `finetune.device`). Raises
-    PolicyError when the policy does not fit the model.
+    accuracy / loss. `device`: where to evaluate (default: `finetune.device`). BatchNorm
+    statistics are re-estimated before evaluation on `finetune.bn_calibration` training images
+    (a `FinetuneConfig`'s; none for a plain `TrainConfig`). Raises PolicyError when the
+    policy does not fit the model.
     """
     seed_everything(seed)
     example = data.example_input(1)
@@ -73,6 +103,7 @@ def prune_and_evaluate(dense: nn.Module, policy: Policy, data: DataBundle,
             teacher=teacher, after_step=enforce_masks, on_epoch_end=on_epoch_end,
             progress=progress, desc=desc)
     dev = resolve_device(finetune.device) if device is None else torch.device(device)
-    pruned = pruned.to(dev).eval()
+    images = calibration_images(data, getattr(finetune, "bn_calibration", 0))
+    pruned = recalibrate_bn(pruned.to(dev), images, dev)
     scores = {split: evaluate(pruned, data.loader(split), dev) for split in splits}
     return PrunedModel(pruned, policy, cost, dense_cost, scores)

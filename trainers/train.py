@@ -18,8 +18,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-__all__ = ["TrainConfig", "EvalResult", "EpochCallback", "evaluate", "fit", "resolve_device",
-           "seed_everything"]
+__all__ = ["TrainConfig", "FinetuneConfig", "EvalResult", "EpochCallback", "evaluate", "fit",
+           "resolve_device", "seed_everything"]
 
 
 class TrainConfig(BaseModel):
@@ -44,6 +44,19 @@ class TrainConfig(BaseModel):
     device: str = "auto"  # "auto" picks CUDA when present, else CPU
     # Threads for CPU work; None leaves PyTorch's default.
     threads: int | None = Field(None, ge=1)
+
+
+class FinetuneConfig(TrainConfig):
+    """Fine-tuning of each pruned candidate: `TrainConfig` with the defaults fine-tuning
+    wants (the same whether the config's `finetune` section is absent or partly given)."""
+
+    epochs: float = Field(1, ge=0)  # 0 scores the candidate without fine-tuning
+    lr: float = Field(0.01, gt=0)
+    warmup_epochs: float = Field(0.0, ge=0)
+    # Training images the pruned model's BatchNorm statistics are re-estimated on before it is
+    # evaluated (no weight changes); 0 keeps the statistics it has. Without it, a pruned but
+    # not fine-tuned model scores near chance (the dense model's statistics no longer fit).
+    bn_calibration: int = Field(512, ge=0)
 
 
 @dataclass(frozen=True)
