@@ -1,12 +1,12 @@
 # prunetune: two commands do all the set-up.
 #   make demo   create .venv, install, make sure the data is there, run a small real search
-#   make test   install what the tests need, run the suite
+#   make test   install what the tests need, run the suite (make test-slow: the slow drills)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: venv install data demo pretrain-demo test lint clean
+.PHONY: venv install data demo pretrain-demo test test-slow lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,8 +33,13 @@ data:
 demo: install data
 	$(BIN)/prunetune demo
 
+# The suite without the slow drills (a killed and resumed search, a 2-node cluster, the UI in
+# a browser, the README's Ray Tune example); `make test-slow` runs those, and CI runs both.
 test: install
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+test-slow: install
+	$(BIN)/python -m pytest -q -m slow tests
 
 lint: install
 	$(BIN)/ruff check .

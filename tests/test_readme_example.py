@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -19,6 +21,7 @@ def _example() -> str:
     return blocks[0]
 
 
+@pytest.mark.slow
 def test_readme_ray_tune_example_runs(tmp_path: Path) -> None:
     script = tmp_path / "example.py"
     script.write_text(_example())

@@ -286,6 +286,7 @@ def _final_reports(experiment: Path) -> dict[str, int]:
     return counts
 
 
+@pytest.mark.slow
 def test_interrupted_search_resumes_without_rerunning(tmp_path: Path) -> None:
     path = _write_config(tmp_path, "it-resume", search={"trials": 8, "max_concurrent": 1})
     uri = load_config(path).tracking_uri()

@@ -30,8 +30,9 @@ FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--window-size=1600,1000", "--virtual-time-budget=30000")
 
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed "
-                                "(apt-get install chromium; .ci/run does it as root)")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed "
+                                 "(apt-get install chromium; .ci/run does it as root)")]
 
 
 def _chromium(url: str, profile: Path, *extra: str) -> subprocess.CompletedProcess:
