@@ -250,6 +250,7 @@ def test_promote_registers_versions_and_moves_the_alias(
     from prunetune.orchestrator.results import find_search, search_trials
     from prunetune.search_spaces import Policy, apply_policy
     from prunetune.trainers import load_data, pretrain_dense
+    from prunetune.trainers.prune import calibration_images, recalibrate_bn
 
     cfg = searched["cfg"]
     client = MlflowClient(server, registry_uri=server)
@@ -258,7 +259,8 @@ def test_promote_registers_versions_and_moves_the_alias(
     name = "digits-pruned"
 
     # Version 1 through the command line, without fine-tuning: the promoted model is exactly
-    # the trial's policy applied to the dense checkpoint, which this test rebuilds itself.
+    # the trial's policy applied to the dense checkpoint and calibrated, which this test
+    # rebuilds itself.
     capsys.readouterr()
     assert main(["promote", SEARCH, "--model-name", name, "--tracking-uri", server,
                  "--experiment", EXPERIMENT, "--finetune-epochs", "0", "--quiet"]) == 0
@@ -291,7 +293,9 @@ def test_promote_registers_versions_and_moves_the_alias(
     x = next(iter(data.loader("test", shuffle=False)))[0][:16]
     dense = pretrain_dense(cfg.model, cfg.data, cfg.pretrain, cache_dir=cfg.cache_dir,
                            progress=False)
-    expected = apply_policy(dense.model, policy, data.example_input(1)).eval()
+    # Its BatchNorm statistics re-estimated on the search's calibration images, as its trial's.
+    expected = recalibrate_bn(apply_policy(dense.model, policy, data.example_input(1)),
+                              calibration_images(data, cfg.finetune.bn_calibration))
     with torch.no_grad():
         y_expected = expected(x)
     fresh = _load_in_fresh_process(server, f"models:/{name}@champion", x, tmp_path)
