@@ -315,7 +315,9 @@ def test_interrupted_search_resumes_without_rerunning(tmp_path: Path) -> None:
                           text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     client = MlflowClient(uri)
-    trials = search_trials(client, find_search(client, "prunetune", "it-resume"))
+    parent = find_search(client, "prunetune", "it-resume")
+    assert parent.info.status == "FINISHED"  # the resumed driver does not reopen it
+    trials = search_trials(client, parent)
     assert len(trials) == 8 and len({t.trial_id for t in trials}) == 8
     assert all(t.status == "finished" for t in trials)
     # No trial ran twice. MLflow keeps a trial's first final result whatever happens, so the
