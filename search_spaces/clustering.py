@@ -8,6 +8,7 @@ finer grouping is always nested in a coarser one, which roll-back relies on.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -17,7 +18,7 @@ from .analysis import PrunableUnit
 # scikit-learn is imported where it is used: importing it costs seconds, and most users of the
 # package (a Ray trial applying a policy) never cluster.
 
-__all__ = ["AUTO_MAX_GROUPS", "FEATURES", "cluster_units", "feature_matrix"]
+__all__ = ["AUTO_MAX_GROUPS", "FEATURES", "auto_floor", "cluster_units", "feature_matrix"]
 
 # (feature name, log-scaled?)
 FEATURES = (("flops_share", False), ("params_share", False), ("depth", False),
@@ -44,7 +45,8 @@ def _labels(x: np.ndarray, k: int) -> np.ndarray:
 
 
 def _auto_k(x: np.ndarray) -> int:
-    """k in [2, AUTO_MAX_GROUPS] with the best silhouette (the smaller k on ties)."""
+    """The silhouette's k in [2, AUTO_MAX_GROUPS] (the smaller k on ties), raised to at least
+    ceil(sqrt(units)) (`auto_floor`), never above the distinct feature rows."""
     from sklearn.metrics import silhouette_score
 
     n = len(x)
@@ -59,12 +61,23 @@ def _auto_k(x: np.ndarray) -> int:
         score = silhouette_score(x, labels)
         if score > best + 1e-12:
             best_k, best = k, score
-    return best_k
+    return min(max(best_k, auto_floor(n)), distinct)
+
+
+def auto_floor(n_units: int) -> int:
+    """The fewest groups "auto" gives `n_units` units: ceil(sqrt(n_units)).
+
+    The silhouette favours the most separated split, which on a chain of similar residual
+    blocks is 2 (ResNet-56: the 3 residual units against the 27 block-inner ones; a VGG: the
+    first layer against the rest), a subspace too coarse to hold good policies
+    (benchmarks/README, search efficiency: 6 groups, this floor for 30 units, searched well)."""
+    return math.ceil(math.sqrt(n_units))
 
 
 def cluster_units(units: Sequence[PrunableUnit], n_groups: int | str | None,
                   within: Sequence[Sequence[str]] | None = None) -> list[list[str]]:
-    """Group unit names; None = one group per unit; "auto" = k by silhouette.
+    """Group unit names; None = one group per unit; "auto" = k by silhouette, at least
+    `auto_floor(len(units))`.
 
     within: an existing grouping the result must refine (each new group inside one old group).
     Groups are ordered by their first unit, units inside a group keep the model order.

@@ -13,7 +13,10 @@ Budget projection (AMC's action wall, generalised). If a vector's policy costs m
 budget, every group position moves toward its upper bound by a common fraction t,
 `s + t * (1 - s)`, and t is the smallest (bisection) that meets the budget on the analytic cost
 model. Cost only falls as t grows, so this always terminates, is deterministic, and leaves
-vectors that already meet the budget untouched.
+vectors that already meet the budget untouched, unless `fill_budget`: then a vector that
+prunes more than the budget requires has every position scaled toward its lower bound by a
+common factor u, `u * s`, the least u (bisection) that still meets the budget, so its policy
+keeps its shape and prunes no more than it must.
 
 Roll-back (BOCR). `refine` re-expresses every evaluated point in a finer grouping by its
 *projected* positions: these meet the budget, so the finer space decodes them to the very same
@@ -67,7 +70,8 @@ class PruningSpace:
                  schemes: Sequence[str] = ("channel",),
                  ratio_bounds: tuple[float, float] = (0.0, 0.8),
                  budget: Budget | None = None, n_groups: int | str | None = None,
-                 scheme_search: bool = False, seed: int = 0, device: str = "gpu",
+                 scheme_search: bool = False, fill_budget: bool = False, seed: int = 0,
+                 device: str = "gpu",
                  importance: str = "magnitude", round_to: int | None = None,
                  analysis: ModelAnalysis | None = None,
                  latency: LatencyWeights | None = None) -> None:
@@ -97,6 +101,7 @@ class PruningSpace:
         self.latency = self._check_latency(latency, budget, analysis)
         self.schemes, self.ratio_bounds = schemes, (lo, hi)
         self.budget, self.scheme_search, self.seed = budget, bool(scheme_search), int(seed)
+        self.fill_budget = bool(fill_budget)
         self.device, self.importance, self.round_to = device, importance, round_to
         self.templates = map_schemes(analysis, device, schemes)
         self.units: list[PrunableUnit] = [u for u in analysis.units if u.name in self.templates]
@@ -270,18 +275,28 @@ class PruningSpace:
         return self.budget.keep * dense
 
     def _project(self, s: np.ndarray, tmpl: list[UnitPolicy]) -> np.ndarray:
-        """Group positions moved toward 1 just enough to meet the budget."""
+        """Group positions moved toward 1 just enough to meet the budget (with `fill_budget`,
+        those that prune more than it requires moved toward 0 until they just meet it)."""
         limit = self.limit
         if limit is None:
             return s
         g = self._group_of
         if self._cost(self._ratios(s[g], tmpl), tmpl) <= limit:
-            return s
+            return self._fill(s, tmpl) if self.fill_budget else s
         if self._cost(self._ratios(np.ones(len(g)), tmpl), tmpl) > limit:
             raise BudgetError(self._budget_message(tmpl))
         t = _least_fitting(lambda t: self._cost(self._ratios((s + t * (1.0 - s))[g], tmpl),
                                                 tmpl) <= limit, 0.0, 1.0, _BISECT_STEPS)
         return s + t * (1.0 - s)
+
+    def _fill(self, s: np.ndarray, tmpl: list[UnitPolicy]) -> np.ndarray:
+        """Positions `u * s` with the least u in [0, 1] that meets the budget (`s` meets it)."""
+        g, limit = self._group_of, self.limit
+        if self._cost(self._ratios(np.zeros(len(g)), tmpl), tmpl) <= limit:
+            return np.zeros_like(s)  # the least pruning the bounds allow meets it already
+        u = _least_fitting(lambda u: self._cost(self._ratios((u * s)[g], tmpl), tmpl) <= limit,
+                           0.0, 1.0, _BISECT_STEPS)
+        return u * s
 
     def _state(self, x: Any) -> tuple[np.ndarray, list[UnitPolicy]]:
         """(projected group positions (k,), template per unit) of a vector."""
@@ -477,6 +492,7 @@ class PruningSpace:
         return {
             "dim": self.dim, "n_groups": self.k, "requested_groups": self.n_groups,
             "schemes": list(self.schemes), "scheme_search": self.scheme_search,
+            "fill_budget": self.fill_budget,
             "ratio_bounds": list(self.ratio_bounds),
             "budget": self.budget.to_dict() if self.budget else None,
             "device": self.device, "importance": self.importance, "round_to": self.round_to,

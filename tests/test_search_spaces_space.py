@@ -125,8 +125,35 @@ def test_clustering_is_nested_and_auto(resnet56):
     assert len(coarse) == 3 and len(fine) == 8
     assert all(any(set(f) <= set(c) for c in coarse) for f in fine)
     auto = cluster_units(units, "auto")
-    assert 2 <= len(auto) <= 10
+    # The silhouette alone splits ResNet-56's 30 units into 2 groups; auto keeps at least
+    # ceil(sqrt(30)) = 6, so a clustered BO stage is more than a near-uniform policy.
+    assert len(auto) == max(6, len(auto)) and len(auto) <= 10
     assert sorted(n for g in auto for n in g) == sorted(u.name for u in units)
+
+
+def test_fill_budget_prunes_no_more_than_the_budget_requires(resnet20):
+    model, analysis = resnet20
+    common = {"budget": Budget("flops", 0.5), "analysis": analysis}
+    plain = PruningSpace(model, X, **common)
+    filled = PruningSpace(model, X, fill_budget=True, **common)
+    rng = np.random.default_rng(3)
+    for x in rng.random((40, plain.dim)):
+        under, onto = plain.cost(x)["flops_share"], filled.cost(x)["flops_share"]
+        # On the budget, up to one channel's step: whole channels make the cost a staircase.
+        assert 0.48 < onto <= 0.5
+        assert under <= onto  # less pruning than the plain decoding, never more
+        # the policy keeps its shape: every ratio scaled by one factor toward the lower bound
+        a = np.array([u.ratio for u in plain.decode(x).units.values()])
+        b = np.array([u.ratio for u in filled.decode(x).units.values()])
+        assert np.all(b <= a + 1e-12)
+        k = b[a > 0.05] / a[a > 0.05]
+        assert np.ptp(k) < 1e-6
+    over = np.full(plain.dim, 0.05)  # prunes too little: both move it up onto the budget
+    assert filled.decode(over) == plain.decode(over)
+    loose = PruningSpace(model, X, fill_budget=True, budget=Budget("flops", 1.0),
+                         analysis=analysis)  # no pruning needed: the bounds' least pruning
+    assert all(u.ratio == 0.0 for u in loose.decode(rng.random(plain.dim)).units.values())
+    assert filled.describe()["fill_budget"] is True
 
 
 def test_encode_inverts_decode(resnet20):
