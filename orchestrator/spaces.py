@@ -22,7 +22,7 @@ from prunetune.search_spaces import (
 
 from .config import PrunetuneConfig
 
-__all__ = ["build_space", "latency_table_file", "space_from_analysis"]
+__all__ = ["build_space", "latency_table_file", "space_defaults", "space_from_analysis"]
 
 
 def latency_table_file(cfg: PrunetuneConfig, workdir: Path | None = None) -> Path:
@@ -30,6 +30,21 @@ def latency_table_file(cfg: PrunetuneConfig, workdir: Path | None = None) -> Pat
     (shared by the latency budget's fit and the trials' predictions)."""
     default = (workdir or cfg.workdir_path()) / "latency_table.json"
     return Path(cfg.search.latency_table or default).expanduser().resolve()
+
+
+def space_defaults(cfg: PrunetuneConfig) -> tuple[int | str | None, bool]:
+    """(`n_groups`, `fill_budget`) of the config's space: `space.groups: auto` and
+    `space.budget.fill: null` take the searcher's own defaults (`PolicySearcher.default_groups`
+    / `default_fill_budget`). Raises SearcherError for an unknown searcher."""
+    from .searchers import searcher_class
+
+    s = cfg.space
+    if s.groups != "auto" and (s.budget is None or s.budget.fill is not None):
+        return s.groups, bool(s.budget and s.budget.fill)
+    cls = searcher_class(cfg.search.searcher)
+    groups = cls.default_groups if s.groups == "auto" else s.groups
+    fill = cls.default_fill_budget if s.budget is None or s.budget.fill is None else s.budget.fill
+    return groups, fill
 
 
 def space_from_analysis(cfg: PrunetuneConfig, analysis: ModelAnalysis, *,
@@ -45,9 +60,10 @@ def space_from_analysis(cfg: PrunetuneConfig, analysis: ModelAnalysis, *,
     s = cfg.space
     budget = Budget(kind=s.budget.kind, keep=s.budget.keep) if (s.budget and with_budget) \
         else None
+    n_groups, fill = space_defaults(cfg)
     try:
         return PruningSpace(None, schemes=tuple(s.schemes), ratio_bounds=tuple(s.ratio_bounds),
-                            budget=budget, n_groups=s.groups,
+                            budget=budget, n_groups=n_groups, fill_budget=fill,
                             scheme_search=s.scheme_search, seed=cfg.seed,
                             device=mapping_device, analysis=analysis, latency=latency)
     except BudgetError as err:

@@ -84,14 +84,17 @@ class RollbackSchedule:
     points that move every dimension on its own can.
     """
 
-    stall: int | None = 20
-    at: tuple[int, ...] = ()
+    # The defaults are the best schedule measured in benchmarks/search_efficiency.py (margins
+    # 0.1-0.5 and the whole box, roll-backs at 30/60 and 40/80, stalls of 10 and 15, with and
+    # without the Sobol points): a clustered stage that stalls or reaches 30 trials hands
+    # over to the bridge grouping, which hands over to one dimension per unit at 60, so a
+    # search of 100-200 trials spends most of them in the finest space.
+    stall: int | None = 10
+    at: tuple[int, ...] = (30, 60)
     stages: tuple[int | str, ...] = ("bridge", "full")
     top_n: int = 5
-    # Margin 0.5 and 5 Sobol points: the best of the schedules measured in
-    # benchmarks/search_efficiency.py (margins 0.1-0.5 and the whole box, with and without).
     margin: float | tuple[float, ...] = 0.5
-    min_trials: int = 20
+    min_trials: int = 10
     design: int = 5
 
     def __post_init__(self) -> None:
@@ -160,6 +163,9 @@ class BOSearcher(PolicySearcher):
     recent), keeping `suggest` fast on long searches; `threads` torch threads while
     suggesting (None: leave torch's setting).
     """
+
+    # BOCR starts from clustered layer groups and rolls back to one dimension per unit.
+    default_groups = "auto"
 
     def __init__(self, *, space: SearchSpace, metric: str | None = None,
                  mode: str | None = None,
