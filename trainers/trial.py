@@ -7,13 +7,15 @@ one writer). Dense weights arrive through the Ray object store via `tune.with_pa
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch import nn
 
 from .checkpoint import model_from_checkpoint
-from .data import DataConfig, load_data
+from .data import DataBundle, DataConfig, load_data
 from .prune import prune_and_evaluate
 from .train import TrainConfig, resolve_device
 
@@ -45,6 +47,32 @@ class TrialSetup:
     # trial on that device reports latency_ms = reference / its own speedup, and the latency
     # and speedup columns of all trials agree (see `dense_reference_ms`).
     reference_latency: tuple[str, float] | None = None
+    # Names this setup's dense model and data in a trial process's cache (`_context`): a
+    # reused trial actor builds them once per search, not once per trial.
+    context_key: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
+@dataclass
+class _Context:
+    """What every trial of a search starts from: the dense model and the loaded dataset."""
+
+    key: str
+    dense: nn.Module
+    data: DataBundle
+
+
+_CONTEXT: _Context | None = None  # this process's (a trial actor serves one search at a time)
+
+
+def _context(setup: TrialSetup) -> _Context:
+    """The dense model and data of `setup`, built on this process's first trial of it and
+    kept for the next ones (reused Ray actors), so a trial costs its own work only."""
+    global _CONTEXT
+    if _CONTEXT is None or _CONTEXT.key != setup.context_key:
+        _CONTEXT = None  # free the previous search's model and data first
+        _CONTEXT = _Context(setup.context_key, model_from_checkpoint(setup.dense_checkpoint),
+                            load_data(setup.data))
+    return _CONTEXT
 
 
 def evaluate_policy(policy_json: str, setup: TrialSetup, *, report: Any = None,
@@ -61,8 +89,8 @@ def evaluate_policy(policy_json: str, setup: TrialSetup, *, report: Any = None,
     torch.set_num_threads(setup.threads)
     t0 = time.perf_counter()
     policy = Policy.from_json(policy_json)
-    data = load_data(setup.data)
-    dense = model_from_checkpoint(setup.dense_checkpoint)
+    context = _context(setup)
+    data, dense = context.data, context.dense
     epochs = setup.finetune.epochs
     last_epoch = int(-(-epochs // 1)) if epochs else 0
 
