@@ -71,30 +71,39 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_results(args: argparse.Namespace) -> int:
     from mlflow.tracking import MlflowClient
 
-    from .results import find_search, format_table, pareto_front, search_trials
+    from .results import deciding_trials, find_search, format_table, pareto_front, search_trials
 
     uri, experiment = tracking_from(args)
     client = MlflowClient(uri)
     parent = find_search(client, experiment, args.search)
     trials = search_trials(client, parent)
-    rows = [{"trial": t.name, "trial_id": t.trial_id, "status": t.status, **t.metrics}
-            for t in trials]
-    finished = [r for r in rows if r["status"] == "finished"]
-    finished.sort(key=lambda r: r.get("accuracy", -1.0), reverse=True)
-    cols = ["trial", "accuracy", "accuracy_drop", "speedup", "latency_ms", "flops_ratio",
-            "params_ratio", "sparsity"]
+    rows = [{"trial": t.name, "trial_id": t.trial_id, "stage": t.stage, "status": t.status,
+             **t.metrics} for t in trials]
+    deciding = {t.trial_id for t in deciding_trials(trials)}
+    front = pareto_front([r for r in rows if r["trial_id"] in deciding])
     if args.json:
         print(json.dumps({"search": parent.data.tags.get("prunetune.search"),
                           "parent_run_id": parent.info.run_id, "trials": rows,
-                          "pareto": pareto_front(finished)}, indent=2, default=str))
+                          "pareto": front}, indent=2, default=str))
         return 0
     counts = {s: sum(r["status"] == s for r in rows) for s in sorted({r["status"] for r in rows})}
     print(f"search {parent.data.tags.get('prunetune.search')} (parent run {parent.info.run_id}, "
           f"{uri}): " + ", ".join(f"{n} {s}" for s, n in counts.items()))
-    print(f"\ntop {min(args.top, len(finished))} trials by accuracy:")
-    print(format_table(finished[: args.top], cols))
-    print("\nPareto front (accuracy vs latency_ms):")
-    print(format_table(pareto_front(finished), cols))
+    cols = ["trial", "accuracy", "accuracy_drop", "speedup", "latency_ms", "flops_ratio",
+            "params_ratio", "sparsity"]
+    finished = sorted((r for r in rows if r["status"] == "finished"),
+                      key=lambda r: r.get("accuracy", -1.0), reverse=True)
+    finalists = [r for r in finished if r["stage"] == "finalist"]
+    if finalists:
+        print(f"\nfinalists ({len(finalists)}, fine-tuned; proxy_accuracy: their first-stage "
+              "score):")
+        print(format_table(finalists, ["trial", "proxy_accuracy", *cols[1:]]))
+    first = [r for r in finished if r["stage"] != "finalist"]
+    stage = "proxy trials" if finalists or any(r["stage"] == "proxy" for r in first) else "trials"
+    print(f"\ntop {min(args.top, len(first))} {stage} by accuracy:")
+    print(format_table(first[: args.top], cols))
+    print(f"\nPareto front (accuracy vs latency_ms{', finalists' if finalists else ''}):")
+    print(format_table(front, cols))
     return 0
 
 
@@ -164,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue an interrupted search (the named one, else the newest)")
     p.set_defaults(func=_cmd_search)
 
-    p = sub.add_parser("demo", help="the demo search: ResNet-20 on Fashion-MNIST, 16 trials")
+    p = sub.add_parser("demo", help="the demo search: ResNet-20 on Fashion-MNIST, 60 proxy "
+                       "trials of BO, then 4 fine-tuned finalists")
     p.add_argument("--workdir", help="override workdir (default: runs)")
     p.add_argument("--name", help="override the search name")
     p.add_argument("--resume", action="store_true", help="continue an interrupted demo")

@@ -15,14 +15,17 @@ __all__ = ["add_search_override_args", "search_overrides", "add_tracking_args", 
 
 def quiet_libraries() -> None:
     """Silence what libraries print on every command that is not for the user: torch's
-    deprecation of `torch.jit.script` (which linear_operator, under BoTorch, still calls), and
-    its note that a CPU-only machine has no CUDA runtime."""
+    deprecation of `torch.jit.script` (which linear_operator, under BoTorch, still calls), its
+    note that a CPU-only machine has no CUDA runtime, and MLflow's download progress bars."""
     import logging
+    import os
     import warnings
 
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*is deprecated",
                             category=FutureWarning)
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    # A progress bar per artifact read back (a search's summary reads every trial's policy).
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def run_command(args: argparse.Namespace) -> int:

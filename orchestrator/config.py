@@ -19,7 +19,8 @@ from prunetune.errors import ConfigError
 from prunetune.trainers import DataConfig, FinetuneConfig, ModelConfig, TrainConfig
 
 __all__ = ["ConfigError", "PrunetuneConfig", "SpaceConfig", "BudgetConfig", "SearchConfig",
-           "SchedulerConfig", "RayConfig", "TrackingConfig", "load_config", "apply_overrides"]
+           "FinalistsConfig", "SchedulerConfig", "RayConfig", "TrackingConfig", "load_config",
+           "apply_overrides"]
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -29,6 +30,9 @@ class BudgetConfig(_Section):
     kind: Literal["flops", "params", "latency"] = "flops"
     # Allowed fraction of the dense model's cost: 0.5 keeps at most half the FLOPs.
     keep: float = Field(0.5, gt=0, le=1)
+    # Decode every point onto the budget (a policy that prunes more than the budget requires
+    # is scaled back until it just meets it); null: the searcher's measured default.
+    fill: bool | None = None
 
 
 class SpaceConfig(_Section):
@@ -39,8 +43,9 @@ class SpaceConfig(_Section):
     ratio_bounds: tuple[float, float] = (0.0, 0.8)
     # Resource budget every decoded policy meets; null searches without one.
     budget: BudgetConfig | None = Field(default_factory=BudgetConfig)
-    # Layer groups (search dimensions): an int, "auto" (chosen by clustering), or null (one
-    # dimension per prunable unit).
+    # Layer groups (search dimensions): an int, null (one dimension per prunable unit), or
+    # "auto": the searcher's own choice (bo: clustered groups, rolled back to one per unit;
+    # random, rl: one per unit).
     groups: int | Literal["auto"] | None = "auto"
     # Search the scheme of each group as a categorical dimension.
     scheme_search: bool = False
@@ -61,12 +66,30 @@ class SchedulerConfig(_Section):
     reduction_factor: float = Field(2.0, gt=1)
 
 
+class FinalistsConfig(_Section):
+    # How many of the first stage's best policies are fine-tuned in a second stage (0: no
+    # second stage; the first stage's trials are then the search's results).
+    count: int = Field(4, ge=0)
+    # Fine-tuning epochs of each finalist; the rest of the recipe (lr, distillation, BatchNorm
+    # calibration) is the `finetune` section's.
+    epochs: float = Field(1.0, gt=0)
+    # "top": the `count` best by first-stage accuracy; "pareto": `count` spread along the
+    # first stage's Pareto front of accuracy against latency_ms.
+    select: Literal["top", "pareto"] = "top"
+
+
 class SearchConfig(_Section):
-    # random | same_ratio | bo | rl, or any PolicySearcher subclass as "package.module:Class".
-    searcher: str = "random"
+    # bo | random | same_ratio | rl, or any PolicySearcher subclass as "package.module:Class".
+    # bo (BOCR with its measured defaults) beat random search at the default trial count
+    # (benchmarks/README, search efficiency).
+    searcher: str = "bo"
     # Extra keyword arguments for the searcher's constructor.
     searcher_options: dict[str, Any] = Field(default_factory=dict)
-    trials: int = Field(16, ge=1)
+    # Trials of the first stage: with `finetune.epochs: 0` (the default) each scores a policy
+    # by its accuracy after BatchNorm calibration alone, in seconds.
+    trials: int = Field(100, ge=1)
+    # The second stage: the best first-stage policies, fine-tuned.
+    finalists: FinalistsConfig = Field(default_factory=FinalistsConfig)
     max_concurrent: int = Field(2, ge=1)
     cpus_per_trial: float = Field(1.0, gt=0)
     gpus_per_trial: float = Field(0.0, ge=0)
@@ -114,8 +137,8 @@ class PrunetuneConfig(BaseModel):
     pretrain: TrainConfig = Field(default_factory=TrainConfig)
     space: SpaceConfig = Field(default_factory=SpaceConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
-    # Fine-tuning of each pruned candidate (1 epoch at lr 0.01 unless told otherwise; epochs
-    # 0 scores the policy after BatchNorm calibration alone).
+    # Fine-tuning of each first-stage trial (epochs 0, the default: none, the policy is scored
+    # after BatchNorm calibration alone), and the recipe finalists fine-tune with.
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)

@@ -4,8 +4,10 @@
 """
 
 DEMO_YAML = """\
-# The demo: ResNet-20 on Fashion-MNIST, channel pruning under a 50% FLOPs budget.
-# 16 prune-then-finetune trials, 2 at a time, on a local Ray with a local MLflow (sqlite).
+# The demo: ResNet-20 on Fashion-MNIST, channel pruning under a 50% FLOPs budget, searched
+# proxy-first: 60 Bayesian-optimisation trials each score a policy by its accuracy after
+# BatchNorm calibration (seconds, no fine-tuning), then the 4 best are fine-tuned for an epoch.
+# 2 trials at a time on a local Ray, every trial tracked in a local MLflow (sqlite).
 name: demo-resnet20-fashion
 workdir: runs
 model:
@@ -25,13 +27,13 @@ space:
   schemes: [channel]
   ratio_bounds: [0.0, 0.8]
   budget: {kind: flops, keep: 0.5}
-  groups: auto
 search:
-  searcher: random
-  trials: 16
+  searcher: bo
+  trials: 60
   max_concurrent: 2
   cpus_per_trial: 1
+  finalists: {count: 4, epochs: 1, select: top}
 finetune:
-  epochs: 1
+  epochs: 0             # proxy trials: BatchNorm calibration only
   lr: 0.01
 """

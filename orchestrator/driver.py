@@ -7,18 +7,24 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from ray.tune.search import Searcher
+
 from prunetune.errors import SearchError
+from prunetune.files import atomic_write_json
 
 from .config import PrunetuneConfig
-from .results import trial_name
+from .results import format_table, search_trials, select_finalists
 from .spaces import build_space, latency_table_file
 
-__all__ = ["SearchSummary", "SearchError", "run_search", "build_space", "search_name"]
+__all__ = ["FINALIST_SUFFIX", "FinalistSearcher", "SearchSummary", "SearchError", "Stage",
+           "build_space",
+           "run_search", "search_name", "search_stages"]
 
 
 @dataclass
@@ -27,10 +33,39 @@ class SearchSummary:
     parent_run_id: str
     tracking_uri: str
     experiment: str
-    trials_finished: int
+    trials_finished: int  # finished child runs, every stage
     trials_planned: int
-    best: dict[str, Any] | None  # final metrics of the best trial (policy JSON included)
-    storage_dir: Path
+    # final metrics of the best trial of the deciding stage (finalists when there are any),
+    # with its policy JSON, seed, name and stage
+    best: dict[str, Any] | None
+    storage_dir: Path  # the first stage's Tune experiment
+    finalists: list[dict[str, Any]] = field(default_factory=list)  # their rows, best first
+
+
+# A two-stage search's finalists run as a Tune experiment of their own beside the first
+# stage's, named after it with this suffix.
+FINALIST_SUFFIX = ".finalists"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a search: its name (`results.STAGES`), Tune experiment, trial count and
+    the fine-tuning epochs of its trials."""
+
+    name: str
+    experiment: str
+    trials: int
+    epochs: float
+
+
+def search_stages(cfg: PrunetuneConfig, name: str) -> list[Stage]:
+    """The stages of search `name`: one (trials, each fine-tuned `finetune.epochs`), or a
+    proxy stage and the finalists (`search.finalists`)."""
+    fin = cfg.search.finalists
+    if fin.count == 0:
+        return [Stage("trial", name, cfg.search.trials, cfg.finetune.epochs)]
+    return [Stage("proxy", name, cfg.search.trials, cfg.finetune.epochs),
+            Stage("finalist", f"{name}{FINALIST_SUFFIX}", fin.count, fin.epochs)]
 
 
 def search_name(cfg: PrunetuneConfig) -> str:
@@ -77,18 +112,15 @@ def _init_ray(cfg: PrunetuneConfig, progress: bool) -> None:
                           "ray.address empty for a local Ray.") from err
 
 
-def _progress_callback(total: int) -> Any:
+def _progress_callback(stage: Stage, tracker: Any) -> Any:
     from ray.tune import Callback
 
     class ProgressPrinter(Callback):
-        """One line per finished trial: running count, metrics, best so far."""
+        """One line per finished trial: running count, metrics, best so far. Trials are named
+        as the tracker (an earlier callback) named their child runs."""
 
         def __init__(self) -> None:
             self.done, self.best, self.t0 = 0, -math.inf, time.perf_counter()
-            self.names: dict[str, str] = {}  # trial id -> `trial-007`, as the tracker names
-
-        def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            self.names.setdefault(trial.trial_id, trial_name(len(self.names) + 1))
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any,
                               **info: Any) -> None:
@@ -100,19 +132,21 @@ def _progress_callback(total: int) -> Any:
                         f"speedup {res['speedup']:.2f}x  latency {res['latency_ms']:.2f} ms")
             else:
                 line = f"stopped early at epoch {res.get('epoch', '?')}"
-            name = self.names.get(trial.trial_id, trial.trial_id)
-            print(f"[search] {self.done}/{total} {name}: {line}  "
+            name = tracker._names.get(trial.trial_id, trial.trial_id)
+            print(f"[search] {self.done}/{stage.trials} {name}: {line}  "
                   f"(best {self.best:.4f}, {time.perf_counter() - self.t0:.0f}s)", flush=True)
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            name = self.names.get(trial.trial_id, trial.trial_id)
+            name = tracker._names.get(trial.trial_id, trial.trial_id)
             print(f"[search] {name} failed: see {trial.error_file}", flush=True)
 
     return ProgressPrinter()
 
 
 def _latest_experiment(storage: Path) -> str | None:
-    candidates = [p for p in storage.glob("*") if (p / "tuner.pkl").is_file()]
+    """The newest search in `storage` (its first stage's experiment)."""
+    candidates = [p for p in storage.glob("*") if (p / "tuner.pkl").is_file()
+                  and not p.name.endswith(FINALIST_SUFFIX)]
     return max(candidates, key=lambda p: p.stat().st_mtime).name if candidates else None
 
 
@@ -229,70 +263,189 @@ def _dense_baseline(cfg: PrunetuneConfig, progress: bool) -> _Dense:
     return _Dense(dense, data.example_input(1), val.accuracy, metrics, reference)
 
 
-def _trainable(cfg: PrunetuneConfig, dense: _Dense, workdir: Path) -> Any:
+@dataclass
+class _Search:
+    """What every stage of one search shares."""
+
+    cfg: PrunetuneConfig
+    name: str
+    storage: Path
+    workdir: Path
+    dense: _Dense
+    space: Any  # the PruningSpace
+    options: dict[str, Any]  # the searcher's options (warm_start resolved)
+    progress: bool
+    # One key for the dense model and data in the trial processes' caches, every stage.
+    context_key: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
+def _trainable(run: _Search, stage: Stage) -> Any:
     """The trial function with its setup (shipped once through the object store) and
-    resources."""
+    resources, fine-tuning for the stage's epochs."""
     from ray import tune
 
     from prunetune.trainers import TrialSetup, run_trial
 
+    cfg, dense = run.cfg, run.dense
     threads = cfg.search.trial_threads or max(1, math.ceil(cfg.search.cpus_per_trial))
     setup = TrialSetup(dense_checkpoint=dense.result.checkpoint, data=cfg.data,
-                       finetune=cfg.finetune, dense_val_accuracy=dense.val_accuracy,
+                       finetune=cfg.finetune.model_copy(update={"epochs": stage.epochs}),
+                       dense_val_accuracy=dense.val_accuracy,
                        seed=cfg.seed, threads=threads,
                        reference_latency=dense.reference_latency,
                        latency_repeats=cfg.search.latency_repeats,
-                       latency_table=_latency_table_path(cfg, workdir))
+                       latency_table=_latency_table_path(cfg, run.workdir),
+                       context_key=run.context_key)
     resources = {"cpu": cfg.search.cpus_per_trial, "gpu": cfg.search.gpus_per_trial}
     return tune.with_resources(tune.with_parameters(run_trial, setup=setup), resources)
 
 
-def _tracker(cfg: PrunetuneConfig, name: str, space: Any, dense: _Dense,
-             workdir: Path) -> Any:
+def _tracker(run: _Search, stage: Stage) -> Any:
     from .tracking import MLflowTracker
 
+    cfg = run.cfg
     uri = cfg.tracking_uri()
     # A sqlite store keeps artifacts beside it; a tracking server decides for itself.
-    artifact_root = (workdir / "mlartifacts").as_uri() if uri.startswith("sqlite") else None
+    artifact_root = (run.workdir / "mlartifacts").as_uri() if uri.startswith("sqlite") else None
     return MLflowTracker(tracking_uri=uri, experiment=cfg.tracking.experiment,
-                         search_name=name, config=cfg.model_dump(mode="json"),
-                         space_description=space.describe(), dense_metrics=dense.metrics,
-                         artifact_root=artifact_root)
+                         search_name=run.name, config=cfg.model_dump(mode="json"),
+                         space_description=run.space.describe(),
+                         dense_metrics=run.dense.metrics, artifact_root=artifact_root,
+                         stage=stage.name, epochs=stage.epochs)
 
 
-def _new_tuner(cfg: PrunetuneConfig, name: str, storage: Path, trainable: Any, space: Any,
-               options: dict[str, Any], callbacks: list[Any]) -> Any:
-    from ray import tune
+def _scheduler(cfg: PrunetuneConfig, stage: Stage) -> Any:
+    """ASHA over the stage's fine-tuning epochs, when asked for and the stage fine-tunes."""
     from ray.tune.schedulers import ASHAScheduler
 
-    from .searchers import make_searcher
+    if cfg.search.scheduler.kind != "asha" or stage.epochs <= 0:
+        return None
+    return ASHAScheduler(time_attr="training_iteration", max_t=max(1, math.ceil(stage.epochs)),
+                         grace_period=cfg.search.scheduler.grace_period,
+                         reduction_factor=cfg.search.scheduler.reduction_factor)
 
-    searcher = make_searcher(cfg.search.searcher, space=space, metric="accuracy", mode="max",
-                             seed=cfg.seed, options=options)
-    scheduler = None
-    if cfg.search.scheduler.kind == "asha":
-        scheduler = ASHAScheduler(time_attr="training_iteration",
-                                  max_t=max(1, math.ceil(cfg.finetune.epochs)),
-                                  grace_period=cfg.search.scheduler.grace_period,
-                                  reduction_factor=cfg.search.scheduler.reduction_factor)
+
+def _new_tuner(run: _Search, stage: Stage, search_alg: Any, callbacks: list[Any]) -> Any:
+    from ray import tune
+
+    cfg = run.cfg
     return tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
-                                    num_samples=cfg.search.trials,
+        _trainable(run, stage),
+        tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=_scheduler(cfg, stage),
+                                    num_samples=stage.trials,
                                     max_concurrent_trials=cfg.search.max_concurrent,
                                     metric="accuracy", mode="max",
                                     # A fresh actor per trial costs a process start.
                                     reuse_actors=True),
-        run_config=tune.RunConfig(name=name, storage_path=str(storage), callbacks=callbacks,
-                                  verbose=0, failure_config=tune.FailureConfig(
+        run_config=tune.RunConfig(name=stage.experiment, storage_path=str(run.storage),
+                                  callbacks=callbacks, verbose=0,
+                                  failure_config=tune.FailureConfig(
                                       max_failures=cfg.search.max_failures)))
+
+
+def _searcher(run: _Search) -> Any:
+    from .searchers import make_searcher
+
+    return make_searcher(run.cfg.search.searcher, space=run.space, metric="accuracy",
+                         mode="max", seed=run.cfg.seed, options=run.options)
+
+
+class FinalistSearcher(Searcher):
+    """Hands Tune a fixed list of trial configs, in order (the finalists), and saves how far
+    it got, so a resumed finalist stage neither repeats nor skips one."""
+
+    def __init__(self, points: list[dict[str, Any]]) -> None:
+        super().__init__(metric="accuracy", mode="max")
+        self.points, self.given = list(points), 0
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        if self.given >= len(self.points):
+            return Searcher.FINISHED
+        self.given += 1
+        return dict(self.points[self.given - 1])
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        """Nothing to learn: the points are fixed."""
+
+    def save(self, checkpoint_path: str) -> None:
+        atomic_write_json(checkpoint_path, {"points": self.points, "given": self.given})
+
+    def restore(self, checkpoint_path: str) -> None:
+        state = json.loads(Path(checkpoint_path).read_text())
+        self.points, self.given = state["points"], int(state["given"])
+
+
+def _finalist_points(run: _Search, tracker: Any, first: Stage) -> list[dict[str, Any]]:
+    """The trial configs of the finalists: the chosen first-stage trials' policies and seeds,
+    read back from their MLflow child runs, with the proxy trial and its score."""
+    fin = run.cfg.search.finalists
+    parent = tracker.client.get_run(tracker.find_search())
+    trials = [t for t in search_trials(tracker.client, parent) if t.stage == first.name]
+    chosen = select_finalists(trials, fin.count, fin.select)
+    if not chosen:
+        raise SearchError(f"search {run.name}: no {first.name} trial finished, so there is no "
+                          "policy to fine-tune as a finalist; see the errors above")
+    return [{"policy": tracker.policy_json(t), "finalist": rank,
+             "seed": int(t.params.get("seed", run.cfg.seed)), "proxy_trial": t.name,
+             "proxy_trial_id": t.trial_id, "proxy_accuracy": t.get("accuracy")}
+            for rank, t in enumerate(chosen, start=1)]
+
+
+def _run_stage(run: _Search, stages: list[Stage], index: int, resume: bool) -> None:
+    """Run (or resume) one stage as its own Tune experiment."""
+    from ray import tune
+
+    stage = stages[index]
+    tracker = _tracker(run, stage)
+    callbacks = [tracker] + ([_progress_callback(stage, tracker)] if run.progress else [])
+    path = run.storage / stage.experiment
+    if resume and tune.Tuner.can_restore(str(path)):
+        # Tune runs the callbacks it saved with the experiment, ours are not used.
+        tuner = tune.Tuner.restore(str(path), trainable=_trainable(run, stage),
+                                   resume_unfinished=True, resume_errored=True)
+    elif stage.name == "finalist":
+        points = _finalist_points(run, tracker, stages[0])
+        stage = Stage(stage.name, stage.experiment, len(points), stage.epochs)
+        if run.progress:
+            chosen = ", ".join(f"{p['proxy_trial']} ({p['proxy_accuracy']:.4f})"
+                               for p in points)
+            print(f"[search] finalists ({run.cfg.search.finalists.select}): {chosen}",
+                  flush=True)
+        tuner = _new_tuner(run, stage, FinalistSearcher(points), callbacks)
+    else:
+        tuner = _new_tuner(run, stage, _searcher(run), callbacks)
+    if run.progress:
+        what = (f"fine-tuning {stage.trials} finalists for {stage.epochs:g} epoch(s) each"
+                if stage.name == "finalist" else
+                f"{stage.trials} trials" + (" scored after BatchNorm calibration, without "
+                                            "fine-tuning" if stage.epochs == 0 else
+                                            f", each fine-tuned {stage.epochs:g} epoch(s)"))
+        print(f"[search] stage {index + 1}/{len(stages)} ({stage.name}): {what}", flush=True)
+    grid = tuner.fit()
+    if len(grid) < stage.trials or grid.num_terminated + grid.num_errors < len(grid):
+        # Tune returns normally from Ctrl-C after saving its state: the next stage must not
+        # start from a partial one, and the search is not finished.
+        tracker.mark_interrupted()
+        if run.progress:
+            print(f"[search] {run.name} interrupted in stage {index + 1} ({stage.name}); "
+                  f"continue it with: prunetune search CONFIG --resume --name {run.name}",
+                  flush=True)
+        raise KeyboardInterrupt
+
+
+def _stage_done(run: _Search, stages: list[Stage], index: int, resume: bool) -> bool:
+    """Whether a resumed search finished stage `index` before it was interrupted (a later
+    stage's experiment exists)."""
+    from ray import tune
+
+    return resume and any(tune.Tuner.can_restore(str(run.storage / s.experiment))
+                          for s in stages[index + 1:])
 
 
 def run_search(cfg: PrunetuneConfig, *, resume: bool = False,
                progress: bool = True) -> SearchSummary:
-    """Run (or resume) a search as a Ray Tune experiment tracked in MLflow."""
-    from ray import tune
-
+    """Run (or resume) a search: its stages as Ray Tune experiments, tracked in MLflow."""
     from .searchers import check_options
 
     _quiet_start_up()
@@ -311,37 +464,43 @@ def run_search(cfg: PrunetuneConfig, *, resume: bool = False,
         print("[search] latency budget: fitting it from the latency table (measuring missing "
               "layer entries)", flush=True)
     space = build_space(cfg, dense.result.model, dense.example, workdir)
+    stages = search_stages(cfg, name)
     if progress:
+        plan = " then ".join(f"{s.trials} {s.name}{'s' if s.trials > 1 else ''}"
+                             for s in stages)
         print(f"[search] {name}: {space.dim}-dimensional space over {space.n_units} units, "
-              f"{cfg.search.trials} trials ({cfg.search.max_concurrent} at a time), searcher "
+              f"{plan} ({cfg.search.max_concurrent} at a time), searcher "
               f"{cfg.search.searcher}; dense val accuracy {dense.val_accuracy:.4f}", flush=True)
         print(f"[search] {_schemes_line(space)}", flush=True)
-    trainable = _trainable(cfg, dense, workdir)
     _init_ray(cfg, progress)
-    tracker = _tracker(cfg, name, space, dense, workdir)
-    callbacks = [tracker] + ([_progress_callback(cfg.search.trials)] if progress else [])
-    if resume:
-        tuner = tune.Tuner.restore(str(storage / name), trainable=trainable,
-                                   resume_unfinished=True, resume_errored=True)
-    else:
-        tuner = _new_tuner(cfg, name, storage, trainable, space, options, callbacks)
-    grid = tuner.fit()
-    return _summarise(cfg, name, storage, grid, tracker, progress)
+    run = _Search(cfg, name, storage, workdir, dense, space, options, progress)
+    for index, stage in enumerate(stages):
+        if _stage_done(run, stages, index, resume):
+            if progress:
+                print(f"[search] stage {index + 1}/{len(stages)} ({stage.name}): finished "
+                      "before the interruption", flush=True)
+            continue
+        _run_stage(run, stages, index, resume)
+    return _summarise(run, stages)
 
 
-def _summarise(cfg: PrunetuneConfig, name: str, storage: Path, grid: Any, tracker: Any,
-               progress: bool) -> SearchSummary:
-    # On resume Tune ran the callbacks it pickled with the experiment, not `tracker`; the
-    # parent run is found again by its tags, without reopening it.
-    finals = [r.metrics for r in grid if r.metrics and r.metrics.get("final")]
-    best = max(finals, key=lambda m: m["accuracy"]) if finals else None
+def _summarise(run: _Search, stages: list[Stage]) -> SearchSummary:
+    """Write the search's summary on its parent run from the child runs and end it."""
+    cfg = run.cfg
+    tracker = _tracker(run, stages[-1])
     parent = tracker.find_search()
-    _log_searcher_state(tracker, parent, storage / name)
-    summary = SearchSummary(name=name, parent_run_id=parent, tracking_uri=cfg.tracking_uri(),
-                            experiment=cfg.tracking.experiment, trials_finished=len(finals),
-                            trials_planned=cfg.search.trials, best=best,
-                            storage_dir=storage / name)
-    if progress:
+    trials = search_trials(tracker.client, tracker.client.get_run(parent))
+    best = tracker.finish_search(trials)
+    _log_searcher_state(tracker, parent, run.storage / run.name)
+    finalists = sorted(({"trial": t.name, **t.metrics} for t in trials
+                        if t.stage == "finalist" and t.status == "finished"),
+                       key=lambda r: -r.get("accuracy", -math.inf))
+    summary = SearchSummary(name=run.name, parent_run_id=parent, tracking_uri=cfg.tracking_uri(),
+                            experiment=cfg.tracking.experiment,
+                            trials_finished=sum(t.status == "finished" for t in trials),
+                            trials_planned=sum(s.trials for s in stages), best=best,
+                            storage_dir=run.storage / run.name, finalists=finalists)
+    if run.progress:
         _print_summary(summary)
     return summary
 
@@ -349,11 +508,16 @@ def _summarise(cfg: PrunetuneConfig, name: str, storage: Path, grid: Any, tracke
 def _print_summary(s: SearchSummary) -> None:
     print(f"\n[search] {s.name}: {s.trials_finished} trials finished "
           f"(MLflow parent run {s.parent_run_id})")
+    if s.finalists:
+        cols = ["trial", "proxy_accuracy", "accuracy", "accuracy_drop", "flops_ratio",
+                "speedup", "latency_ms"]
+        print("[search] finalists (proxy score, then fine-tuned):")
+        print(format_table(s.finalists, cols))
     if s.best:
         b = s.best
-        print(f"[search] best: accuracy {b['accuracy']:.4f} (drop {b['accuracy_drop']:+.4f}), "
-              f"speedup {b['speedup']:.2f}x, FLOPs x{b['flops_ratio']:.2f}, params "
-              f"x{b['params_ratio']:.2f}")
+        print(f"[search] best: {b['trial']}, accuracy {b['accuracy']:.4f} (drop "
+              f"{b['accuracy_drop']:+.4f}), speedup {b['speedup']:.2f}x, FLOPs "
+              f"x{b['flops_ratio']:.2f}, params x{b['params_ratio']:.2f}")
         units = json.loads(b["policy"]).get("units", {})
         shown = ", ".join(f"{name} {u.get('scheme')} {u.get('ratio', 0):.2f}"
                           for name, u in units.items())

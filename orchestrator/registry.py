@@ -1,8 +1,9 @@
 """Promotion of a search's best policy to the MLflow model registry, and loading it back.
 
 `promote` picks a trial of a finished search (`--select "max accuracy where speedup >= 2"` or
-`--trial ID`), re-applies its policy to the dense checkpoint the search used, fine-tunes it if
-asked, evaluates it on the test split, logs it with `mlflow.pytorch.log_model` under a promote
+`--trial ID`; among the fine-tuned finalists when the search has any), re-applies its policy to
+the dense checkpoint the search used, fine-tunes it as the trial was, evaluates it on the test
+split, logs it with `mlflow.pytorch.log_model` under a promote
 run (tagged with the source search and trial), registers a new version of the named model,
 points the alias at it and tags the version with the policy, the metrics and the source.
 
@@ -42,6 +43,7 @@ from .results import (
     TAG_SEARCH,
     TAG_TRIAL,
     TrialRecord,
+    deciding_trials,
     find_search,
     search_trials,
 )
@@ -272,8 +274,9 @@ def _choose(client: Any, experiment: str, search: str, select: str | None,
     parent = find_search(client, experiment, search)
     name = parent.data.tags.get(TAG_SEARCH, search)
     trials = search_trials(client, parent)
+    # Fine-tuned finalists outrank first-stage proxy scores when the search has any.
     chosen = (_trial_by_id(trials, trial, name) if trial
-              else select_trial(trials, selection, search=name))
+              else select_trial(deciding_trials(trials) or trials, selection, search=name))
     cfg = _rebuild_config(client, parent)
     try:
         policy = Policy.from_json(_artifact_text(client, chosen.run_id, "policy.json",
@@ -415,9 +418,11 @@ def promote(search: str, model_name: str, *, tracking_uri: str, experiment: str 
             progress: bool = True) -> PromotionResult:
     """Promote one trial of `search` to a new version of `model_name` with `alias`.
 
-    `finetune_epochs` None fine-tunes like the search's trials did (config `finetune`, with
-    the trial's own seed); 0 skips fine-tuning. Raises SearchNotFoundError, SelectionError,
-    NoMatchingTrialError or PromotionError, in each case before anything is registered.
+    Without `select` / `trial` the best fine-tuned finalist is taken (the best trial when the
+    search had one stage). `finetune_epochs` None fine-tunes as the chosen trial was (its
+    stage's epochs, the `finetune` recipe, its own seed); 0 skips fine-tuning. Raises
+    SearchNotFoundError, SelectionError, NoMatchingTrialError or PromotionError, in each case
+    before anything is registered.
     """
     from mlflow.tracking import MlflowClient
 
@@ -432,7 +437,9 @@ def promote(search: str, model_name: str, *, tracking_uri: str, experiment: str 
         print(f"[promote] search {c.search}: trial {c.trial.trial_id} chosen by '{c.how}' "
               f"(accuracy {c.trial.get('accuracy'):.4f}, speedup "
               f"{c.trial.get('speedup'):.2f}x)", flush=True)
-    epochs = c.cfg.finetune.epochs if finetune_epochs is None else finetune_epochs
+    # The trial's own fine-tuning (a finalist's epochs, not the first stage's).
+    epochs = (float(c.trial.params.get("finetune_epochs", c.cfg.finetune.epochs))
+              if finetune_epochs is None else finetune_epochs)
     rebuilt = _rebuild(c, epochs, progress)
     version, run_id = _register(c, rebuilt, model_name=model_name, alias=alias, epochs=epochs,
                                 tracking_uri=tracking_uri, client=client)

@@ -14,13 +14,17 @@ from mlflow.tracking import MlflowClient
 from prunetune.errors import SearchNotFoundError
 
 __all__ = ["SearchNotFoundError", "TrialRecord", "find_search", "search_trials", "pareto_front",
-           "check_store", "format_table", "trial_name", "TAG_ROLE", "TAG_SEARCH", "TAG_TRIAL",
-           "TAG_STATUS"]
+           "check_store", "format_table", "trial_name", "deciding_trials", "select_finalists",
+           "STAGES", "TAG_ROLE", "TAG_SEARCH", "TAG_STAGE", "TAG_TRIAL", "TAG_STATUS"]
 
 TAG_ROLE = "prunetune.role"  # "search" (parent) or "trial" (child)
 TAG_SEARCH = "prunetune.search"  # the search name, on parent and children
 TAG_TRIAL = "prunetune.trial_id"  # Ray Tune trial id, on children
-TAG_STATUS = "prunetune.status"  # running | finished | stopped | error
+TAG_STATUS = "prunetune.status"  # running | finished | stopped | error | interrupted
+# The stage a trial ran in: "proxy" and "finalist" in a two-stage search (the best proxy
+# policies fine-tuned), "trial" in a search of one stage.
+TAG_STAGE = "prunetune.stage"
+STAGES = ("trial", "proxy", "finalist")
 
 
 @dataclass
@@ -35,6 +39,38 @@ class TrialRecord:
 
     def get(self, key: str, default: float = math.nan) -> float:
         return self.metrics.get(key, default)
+
+    @property
+    def stage(self) -> str:
+        return self.tags.get(TAG_STAGE, "trial")
+
+
+def deciding_trials(trials: list[TrialRecord]) -> list[TrialRecord]:
+    """The trials a search's result is read from: its finished finalists when it has any
+    (fine-tuned, they outrank the proxy scores), else every finished trial."""
+    finished = [t for t in trials if t.status == "finished"]
+    finalists = [t for t in finished if t.stage == "finalist"]
+    return finalists or finished
+
+
+def select_finalists(trials: list[TrialRecord], count: int, how: str) -> list[TrialRecord]:
+    """`count` finished first-stage trials to fine-tune: the best by accuracy ("top"), or
+    spread evenly along the Pareto front of accuracy against latency_ms ("pareto"; a front
+    shorter than `count` is topped up with the best of the rest). Ties go to the earlier
+    trial, so the choice is the same whenever it is made again (a resumed search)."""
+    ranked = sorted((t for t in trials if t.status == "finished"
+                     and math.isfinite(t.get("accuracy"))),
+                    key=lambda t: (-t.get("accuracy"), t.name))
+    if how == "top" or count >= len(ranked):
+        return ranked[:count]
+    front = pareto_front(ranked)
+    if len(front) <= count:
+        chosen = list(front)
+    else:  # evenly spaced positions along the front, its two ends included
+        picks = sorted({round(i * (len(front) - 1) / max(1, count - 1)) for i in range(count)})
+        chosen = [front[i] for i in picks]
+    chosen += [t for t in ranked if t not in chosen][:count - len(chosen)]
+    return sorted(chosen, key=lambda t: (-t.get("accuracy"), t.name))
 
 
 # Seconds to wait for a tracking server before calling it unreachable.
@@ -65,9 +101,10 @@ def check_store(uri: str) -> None:
                 "`prunetune server --port PORT` (or check --tracking-uri)") from None
 
 
-def trial_name(index: int) -> str:
-    """The name people see for a search's `index`-th trial (from 1): `trial-007`."""
-    return f"trial-{index:03d}"
+def trial_name(index: int, stage: str = "trial") -> str:
+    """The name people see for the `index`-th trial (from 1) of a stage: `trial-007`,
+    `proxy-017`, `finalist-3`."""
+    return f"finalist-{index}" if stage == "finalist" else f"{stage}-{index:03d}"
 
 
 def find_search(client: MlflowClient, experiment: str, search: str) -> Run:

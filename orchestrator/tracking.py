@@ -2,8 +2,10 @@
 
 One parent run per search (config, space, dense baseline, and at the end the results CSV, the
 Pareto plot and the best policy) and one nested child run per trial (policy summary as params,
-the full policy JSON, per-epoch metrics, final metrics, status and node). Child runs are keyed
-by the Tune trial id, so a resumed search reuses them instead of logging duplicates.
+the full policy JSON, per-epoch metrics, final metrics, status and node), tagged with the
+search stage it ran in. Child runs are keyed by the Tune trial id, so a resumed search reuses
+them instead of logging duplicates. The search's summary on the parent run is written once,
+by the driver after its last stage (`finish_search`), from the child runs themselves.
 """
 
 from __future__ import annotations
@@ -23,7 +25,17 @@ from ray.tune import Callback
 
 from prunetune.errors import SearchError
 
-from .results import TAG_ROLE, TAG_SEARCH, TAG_STATUS, TAG_TRIAL, pareto_front, trial_name
+from .results import (
+    TAG_ROLE,
+    TAG_SEARCH,
+    TAG_STAGE,
+    TAG_STATUS,
+    TAG_TRIAL,
+    TrialRecord,
+    deciding_trials,
+    pareto_front,
+    trial_name,
+)
 
 __all__ = ["BEST_POLICY_PICTURE", "POLICY_PICTURE", "MLflowTracker", "flatten",
            "get_or_create_experiment", "set_up_ui", "ui_url", "ui_view_state", "unit_params"]
@@ -104,7 +116,10 @@ class MLflowTracker(Callback):
     def __init__(self, *, tracking_uri: str, experiment: str, search_name: str,
                  config: dict[str, Any], space_description: dict[str, Any],
                  dense_metrics: dict[str, float], artifact_root: str | None = None,
-                 maximize: str = "accuracy", minimize: str = "latency_ms") -> None:
+                 maximize: str = "accuracy", minimize: str = "latency_ms",
+                 stage: str = "trial", epochs: float | None = None) -> None:
+        self.stage = stage  # the stage this callback's experiment runs (`results.STAGES`)
+        self.epochs = epochs  # its trials' fine-tuning epochs, recorded on each child run
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self.search_name = search_name
@@ -180,7 +195,8 @@ class MLflowTracker(Callback):
         callback was pickled at Tune's last checkpoint and may have missed the last results."""
         exp_id = self.client.get_run(self.parent_run_id).info.experiment_id
         children = self.client.search_runs(
-            [exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_run_id}'",
+            [exp_id], filter_string=(f"tags.`mlflow.parentRunId` = '{self.parent_run_id}' and "
+                                     f"tags.`{TAG_STAGE}` = '{self.stage}'"),
             max_results=10000)
         self._children = {r.data.tags[TAG_TRIAL]: r.info.run_id for r in children
                           if TAG_TRIAL in r.data.tags}
@@ -193,7 +209,22 @@ class MLflowTracker(Callback):
         if self.parent_run_id is None:
             self.start_search()
         else:  # a resumed search
+            self.client.update_run(self.parent_run_id, status="RUNNING")
             self._sync_children()
+
+    def mark_interrupted(self) -> None:
+        """The search stopped before its end (Ctrl-C): its parent run and the child runs of
+        the trials that were running end KILLED, tagged `interrupted`, until a resume picks
+        them up again."""
+        parent = self.find_search()
+        exp_id = self.client.get_run(parent).info.experiment_id
+        running = self.client.search_runs(
+            [exp_id], filter_string=(f"tags.`mlflow.parentRunId` = '{parent}' and "
+                                     f"tags.`{TAG_STATUS}` = 'running'"), max_results=10000)
+        for run in running:
+            self.client.set_tag(run.info.run_id, TAG_STATUS, "interrupted")
+            self.client.set_terminated(run.info.run_id, status="KILLED")
+        self.client.set_terminated(parent, status="KILLED")
 
     def _done_before(self, trial: Any) -> bool:
         """The trial's final result is already in MLflow. Tune re-runs a trial whose result
@@ -208,18 +239,26 @@ class MLflowTracker(Callback):
             return run_id
         parent = self.start_search()
         exp_id = self.client.get_run(parent).info.experiment_id
-        name = trial_name(len(self._children) + 1)  # in the order Tune started them
-        run = self.client.create_run(exp_id, run_name=name, tags={
-            "mlflow.parentRunId": parent, TAG_ROLE: "trial", TAG_SEARCH: self.search_name,
-            TAG_TRIAL: trial.trial_id, TAG_STATUS: "running"})
+        config = trial.config or {}
+        # finalists by their rank among the proxy trials, others in the order Tune started them
+        name = trial_name(int(config.get("finalist", len(self._children) + 1)), self.stage)
+        tags = {"mlflow.parentRunId": parent, TAG_ROLE: "trial", TAG_SEARCH: self.search_name,
+                TAG_TRIAL: trial.trial_id, TAG_STATUS: "running", TAG_STAGE: self.stage}
+        if "proxy_trial" in config:  # a finalist: the proxy trial whose policy it fine-tunes
+            tags["prunetune.proxy_trial"] = str(config["proxy_trial"])
+        run = self.client.create_run(exp_id, run_name=name, tags=tags)
         run_id = run.info.run_id
         self._children[trial.trial_id] = run_id
         self._names[trial.trial_id] = name
-        config = trial.config or {}
-        params: dict[str, str] = {"stage": str(config.get("stage", 0)),
-                                  "dim": str(config.get("dim", len(config.get("x", []))))}
+        params: dict[str, str] = {"dim": str(config.get("dim", len(config.get("x", []))))}
+        if "stage" in config:  # the searcher's space stage (a BO roll-back bumps it)
+            params["space_stage"] = str(config["stage"])
+        if self.epochs is not None:  # what promote fine-tunes the trial's policy for
+            params["finetune_epochs"] = f"{self.epochs:g}"
         if "seed" in config:  # the trial's fine-tuning seed, which promote reuses
             params["seed"] = str(config["seed"])
+        if "proxy_accuracy" in config:
+            self._log_metrics(run_id, {"proxy_accuracy": config["proxy_accuracy"]})
         if "policy" in config:
             from prunetune.search_spaces import Policy
 
@@ -303,54 +342,72 @@ class MLflowTracker(Callback):
         self.client.set_terminated(run_id, status="FAILED")
 
     # -- end of the search ----------------------------------------------------------------------
-    def on_experiment_end(self, trials: list, **info: Any) -> None:
-        rows = []
-        for t in trials:
-            res = t.last_result or {}
-            if not res.get("final"):
-                continue
-            row = {"trial_id": t.trial_id, **{k: res[k] for k in _FINAL_METRICS if k in res}}
-            row["policy"] = res.get("policy", "")
-            rows.append(row)
-        self.finish_search(rows)
+    def policy_json(self, trial: TrialRecord) -> str:
+        """A trial's policy, as its child run keeps it (`policy.json`)."""
+        import tempfile
 
-    def finish_search(self, rows: list[dict[str, Any]]) -> None:
-        parent = self.start_search()
-        if rows:
-            best = max(rows, key=lambda r: r.get(self.maximize, -math.inf))
+        with tempfile.TemporaryDirectory() as tmp:
+            return Path(self.client.download_artifacts(trial.run_id, "policy.json",
+                                                       tmp)).read_text()
+
+    def finish_search(self, trials: list[TrialRecord]) -> dict[str, Any] | None:
+        """Summarise the search on its parent run from its child runs (`trials`, every stage)
+        and end it FINISHED: the best trial of the deciding stage (finalists when there are
+        any) with its policy and picture, `results.csv` of every finished trial, the Pareto
+        front and its plot. Returns the best trial's metrics with `policy`, `seed`, `trial`
+        and `stage` (None when no trial finished)."""
+        parent = self.find_search()
+        finished = [t for t in trials if t.status == "finished"]
+        deciding = deciding_trials(trials)
+        best = None
+        if deciding:
+            top = max(deciding, key=lambda t: (t.get(self.maximize, -math.inf), t.name))
+            best = {**top.metrics, "policy": self.policy_json(top), "trial": top.name,
+                    "trial_id": top.trial_id, "stage": top.stage}
+            if "seed" in top.params:
+                best["seed"] = int(top.params["seed"])
             self.client.log_text(parent, best["policy"], "best_policy.json")
-            self._log_metrics(parent, {f"best_{k}": v for k, v in best.items()
-                                       if k not in ("trial_id", "policy")})
-            self.client.set_tag(parent, "best_trial_id", best["trial_id"])
+            self._log_metrics(parent, {f"best_{k}": v for k, v in top.metrics.items()})
+            self.client.set_tag(parent, "best_trial_id", top.trial_id)
+            self.client.set_tag(parent, "best_trial", top.name)
             self._log_policy_picture(parent, best["policy"], BEST_POLICY_PICTURE,
-                                     f"{self.search_name}: best policy "
-                                     f"({self._names.get(best['trial_id'], best['trial_id'])})")
-            self._log_results_csv(parent, rows)
-            front = pareto_front(rows, maximize=self.maximize, minimize=self.minimize)
-            self.client.log_dict(parent, [{k: v for k, v in r.items() if k != "policy"}
-                                          for r in front], "pareto_front.json")
-            self._log_pareto_plot(parent, rows, front)
-        self._log_metrics(parent, {"trials_finished": len(rows)})
+                                     f"{self.search_name}: best policy ({top.name})")
+            self._log_results_csv(parent, finished)
+            front = pareto_front(deciding, maximize=self.maximize, minimize=self.minimize)
+            self.client.log_dict(parent, [{"trial": t.name, "trial_id": t.trial_id,
+                                           "stage": t.stage, **t.metrics} for t in front],
+                                 "pareto_front.json")
+            self._log_pareto_plot(parent, deciding, front)
+        counts = {"trials_finished": len(finished),
+                  "finalists_finished": sum(t.stage == "finalist" for t in finished)}
+        self._log_metrics(parent, counts)
         self.client.set_terminated(parent, status="FINISHED")
+        return best
 
-    def _log_results_csv(self, parent: str, rows: list[dict[str, Any]]) -> None:
-        columns = ["trial_id", *_FINAL_METRICS, "policy"]
+    def _log_results_csv(self, parent: str, trials: list[TrialRecord]) -> None:
+        columns = ["trial", "trial_id", "stage", *_FINAL_METRICS, "proxy_accuracy", "seed",
+                   "policy"]
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(rows)
+        for t in sorted(trials, key=lambda t: (t.stage != "finalist", t.name)):
+            writer.writerow({"trial": t.name, "trial_id": t.trial_id, "stage": t.stage,
+                             **t.metrics, "seed": t.params.get("seed", ""),
+                             "policy": self.policy_json(t)})
         self.client.log_text(parent, buf.getvalue(), "results.csv")
 
-    def _log_pareto_plot(self, parent: str, rows: list[dict[str, Any]],
-                         front: list[dict[str, Any]]) -> None:
+    def _log_pareto_plot(self, parent: str, trials: list[TrialRecord],
+                         front: list[TrialRecord]) -> None:
         from .pictures import log_figure, pareto_figure
 
+        rows = [{**t.metrics, "trial": t.name} for t in trials]
         dense_y = self.dense_metrics.get(f"val_{self.maximize}", math.nan)
         dense_x = next((r["dense_latency_ms"] for r in rows
                         if self.minimize == "latency_ms" and _finite(r.get("dense_latency_ms"))),
                        math.nan)
-        labelled = [{**r, "trial": self._names.get(r["trial_id"], r["trial_id"])}
-                    for r in front]
+        labelled = [{**t.metrics, "trial": t.name} for t in front]
+        stage = trials[0].stage if trials else "trial"
         log_figure(self.client, parent, pareto_figure(
             rows, labelled, x=self.minimize, y=self.maximize, dense=(dense_x, dense_y),
-            title=f"search {self.search_name}"), "pareto.png")
+            title=f"search {self.search_name}" + (" (finalists)" if stage == "finalist"
+                                                  else "")), "pareto.png")

@@ -23,6 +23,8 @@ from prunetune.orchestrator.driver import SearchError, run_search
 from prunetune.orchestrator.results import find_search, search_trials
 from prunetune.search_spaces import Policy
 
+from .search_helpers import children, final_reports
+
 ROOT = Path(__file__).resolve().parents[1]
 FINAL_METRICS = ("accuracy", "accuracy_drop", "flops", "params", "sparsity", "latency_ms",
                  "speedup")
@@ -50,7 +52,7 @@ def test_search_tracks_every_trial_in_mlflow(local_ray, tmp_path: Path,
     cfg = load_config(_write_config(tmp_path, "it-basic"))
     summary = run_search(cfg, progress=False)
     assert summary.trials_finished == 6
-    finals = _final_reports(summary.storage_dir)
+    finals = final_reports(summary.storage_dir)
     assert len(finals) == 6 and set(finals.values()) == {1}  # each trial ran once
 
     client = MlflowClient(cfg.tracking_uri())
@@ -271,21 +273,7 @@ def test_tracker_keeps_the_first_final_result_of_a_rerun_trial(tmp_path: Path) -
 
 
 def _finished_children(uri: str, name: str) -> int:
-    try:
-        client = MlflowClient(uri)
-        return sum(t.status == "finished"
-                   for t in search_trials(client, find_search(client, "prunetune", name)))
-    except Exception:  # store or parent not created yet
-        return 0
-
-
-def _final_reports(experiment: Path) -> dict[str, int]:
-    """Final reports per trial in Tune's result.json files (one line per reported result)."""
-    counts = {}
-    for result in experiment.glob("*/result.json"):
-        rows = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
-        counts[result.parent.name] = sum(bool(r.get("final")) for r in rows)
-    return counts
+    return sum(t.status == "finished" for t in children(uri, name))
 
 
 @pytest.mark.slow
@@ -323,7 +311,7 @@ def test_interrupted_search_resumes_without_rerunning(tmp_path: Path) -> None:
     # No trial ran twice. MLflow keeps a trial's first final result whatever happens, so the
     # witness is Tune's own record: every run of a trial appends its reports to the trial's
     # result.json.
-    finals = _final_reports(load_config(path).storage_dir() / "it-resume")
+    finals = final_reports(load_config(path).storage_dir() / "it-resume")
     assert sum(finals.values()) == 8 and set(finals.values()) == {1}, finals
     for t in trials:
         assert len(client.get_metric_history(t.run_id, "accuracy")) == 1

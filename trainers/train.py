@@ -50,7 +50,7 @@ class FinetuneConfig(TrainConfig):
     """Fine-tuning of each pruned candidate: `TrainConfig` with the defaults fine-tuning
     wants (the same whether the config's `finetune` section is absent or partly given)."""
 
-    epochs: float = Field(1, ge=0)  # 0 scores the candidate without fine-tuning
+    epochs: float = Field(0, ge=0)  # 0 scores the candidate without fine-tuning
     lr: float = Field(0.01, gt=0)
     warmup_epochs: float = Field(0.0, ge=0)
     # Training images the pruned model's BatchNorm statistics are re-estimated on before it is
