@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import re
 import sys
 import time
 from collections import OrderedDict
@@ -52,20 +51,28 @@ import torch
 from filelock import FileLock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _efficiency_report import (
+    plot,
+    summarise,
+)
 from _machine import machine_info
 
 from prunetune.files import atomic_write_json
+from prunetune.orchestrator.config import PrunetuneConfig
 from prunetune.orchestrator.searchers import make_searcher
-from prunetune.search_spaces import Budget, Policy, PruningSpace, analyze, apply_policy, count_cost
+from prunetune.orchestrator.spaces import space_from_analysis
+from prunetune.search_spaces import Budget, Policy, PruningSpace, analyze
 from prunetune.trainers import (
     DataConfig,
+    FinetuneConfig,
     ModelConfig,
     TrainConfig,
     default_cache_dir,
+    evaluate,
     load_data,
     pretrain_dense,
+    prune_and_evaluate,
 )
-from prunetune.trainers.prune import calibration_images, recalibrate_bn
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -79,6 +86,28 @@ PRETRAIN_DATA = DataConfig(name="fashion-mnist", train_subset=12000, val_subset=
 # Warm-up matters: without it ResNet-56 at lr 0.1 was still at 20% after an epoch.
 PRETRAIN_TRAIN = TrainConfig(epochs=3, lr=0.05, warmup_epochs=0.3)
 BUDGET = Budget(kind="flops", keep=0.5)
+# The trial count a config gets (`search.trials`), where the defaults are compared too.
+DEFAULT_TRIALS = PrunetuneConfig().search.trials
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    """A pruning problem the searchers are compared on: the dense model, the FLOPs budget,
+    the results file and the trials per run."""
+
+    model: ModelConfig
+    budget: Budget
+    out: Path
+    trials: int
+
+
+OBJECTIVES: dict[str, ObjectiveSpec] = {
+    "resnet56": ObjectiveSpec(PRETRAIN_MODEL, BUDGET, OUT, 200),
+    # A second model, so the results are not ResNet-56's alone: depthwise-separable blocks
+    # (coupled channels) at a tighter budget.
+    "mobilenetv2": ObjectiveSpec(ModelConfig(name="mobilenetv2"), Budget(kind="flops", keep=0.3),
+                                 RESULTS / "search_efficiency_mobilenetv2.json", 150),
+}
 # The clustered space's groups. The silhouette's choice ("auto") is 2 here (the 3 residual
 # units vs the 27 block-inner ones), a subspace too coarse to hold good policies: a first run
 # with it is kept in search_efficiency_auto_groups.json.
@@ -103,11 +132,16 @@ ROLLBACK_NARROW = {"stall": 15, "at": [40, 80], "stages": ["bridge", "full"], "t
 
 @dataclass(frozen=True)
 class Method:
-    """A benchmarked search method: searcher name, the space's grouping and options."""
+    """A benchmarked search method: searcher name, the space's grouping and options; or, with
+    grouping "defaults", exactly what a config naming the searcher gets (`space_from_analysis`
+    and the searcher's constructor defaults), with `overrides` (dotted config fields) on top."""
 
     searcher: str
-    grouping: str  # "full": one dimension per unit; "clustered": CLUSTER_GROUPS groups
+    # "full": one dimension per unit; "clustered": CLUSTER_GROUPS groups; "defaults": the
+    # product's defaults for the searcher
+    grouping: str
     options: dict[str, Any] = field(default_factory=dict)
+    overrides: dict[str, Any] = field(default_factory=dict)
 
 
 # The RL searcher's transfer sources: an RL search of SOURCE_TRIALS episodes (seed
@@ -154,51 +188,72 @@ METHODS: dict[str, Method] = {
     "rl-transfer-budget-relative": Method("rl", "full", {**RL_RELATIVE,
                                                          "warm_start": "source:resnet56-keep0.7"}),
 }
+# What a config gets, and each searcher's defaults with `space.budget.fill` set either way
+# (the defaults keep whichever measured better, per searcher).
+for _name in ("random", "bo", "rl"):
+    METHODS[f"{_name}-default"] = Method(_name, "defaults")
+    METHODS[f"{_name}-default-fill"] = Method(_name, "defaults",
+                                              overrides={"space.budget.fill": True})
+    METHODS[f"{_name}-default-nofill"] = Method(_name, "defaults",
+                                                overrides={"space.budget.fill": False})
 DEFAULT_METHODS = ("random", "uniform", "bo-full", "bo-clustered", "bo-rollback")
+# The methods drawn solid in the plot (the others: earlier schedules and variants, kept).
+MAIN_METHODS = {*DEFAULT_METHODS, "rl", "rl-transfer", "rl-transfer-budget", "random-default",
+                "bo-default", "rl-default"}
 RL_METHODS = ("rl", "rl-transfer", "rl-transfer-budget", "rl-transfer-explore")
 
 
 class Objective:
-    """Reward of a pruning policy: validation accuracy of the pruned, not fine-tuned model.
+    """Reward of a pruning policy: what a prunetune trial with `finetune.epochs: 0` reports,
+    the validation accuracy of the pruned model after BatchNorm calibration, no fine-tuning
+    (`prunetune.trainers.prune_and_evaluate`, the one path trials, apply and promote take).
 
-    The validation subset (`val_subset` images of the pretraining's validation split, never
-    trained on) is held as one normalised `N x 1 x 28 x 28` tensor; rewards of identical
-    policies are cached (BO may propose a point twice once the box is narrow)."""
+    The validation split is cut to `val_subset` images of the pretraining's validation split
+    (never trained on); BatchNorm statistics are re-estimated on the first `bn_calib` training
+    images (`finetune.bn_calibration`). Rewards of identical policies are cached (BO may
+    propose a point twice once the box is narrow)."""
 
     def __init__(self, val_subset: int, *, bn_calib: int = 256, cache_size: int = 4096,
-                 model: ModelConfig = PRETRAIN_MODEL) -> None:
-        self.model = model
+                 model: ModelConfig = PRETRAIN_MODEL, budget: Budget = BUDGET) -> None:
+        self.model, self.budget = model, budget
         pre = pretrain_dense(model, PRETRAIN_DATA, PRETRAIN_TRAIN)
         self.pretrain_metrics = pre.metrics
         self.dense = pre.model.eval()
-        data = load_data(PRETRAIN_DATA.model_copy(update={"val_subset": val_subset}))
-        xs, ys = zip(*(data.val[i] for i in range(len(data.val))), strict=True)
-        self.images, self.labels = torch.stack(xs), torch.as_tensor(ys)
-        # The product's calibration: the same fixed training images for every policy.
-        self.calib = calibration_images(data, bn_calib)
-        self.example = data.example_input(1)
+        self.data = load_data(PRETRAIN_DATA.model_copy(update={"val_subset": val_subset}))
+        self.proxy = FinetuneConfig(epochs=0, bn_calibration=bn_calib, device="cpu")
+        self.bn_calib = bn_calib
+        self.example = self.data.example_input(1)
         self.analysis = analyze(self.dense, self.example)
-        self.val_subset = len(self.labels)
-        self.dense_accuracy = self.accuracy(self.dense)  # dense: its own trained statistics
-        self._cache: OrderedDict[str, float] = OrderedDict()
+        self.val_subset = len(self.data.val)
+        # dense: its own trained statistics
+        self.dense_accuracy = evaluate(self.dense, self.data.loader("val")).accuracy
+        self._cache: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self._cache_size = cache_size
         self.eval_s: list[float] = []
 
-    @torch.inference_mode()
-    def accuracy(self, model: torch.nn.Module, batch: int = 500) -> float:
-        model.eval()
-        correct = 0
-        for i in range(0, len(self.labels), batch):
-            logits = model(self.images[i:i + batch])
-            correct += int((logits.argmax(1) == self.labels[i:i + batch]).sum())
-        return correct / len(self.labels)
-
-    def space(self, grouping: str, budget: Budget | None = BUDGET,
+    def space(self, grouping: str, budget: Budget | None | str = "objective",
               scheme_search: bool = False) -> PruningSpace:
         n_groups = None if grouping == "full" else CLUSTER_GROUPS
         schemes = ("channel", "block") if scheme_search else ("channel",)
-        return PruningSpace(None, budget=budget, n_groups=n_groups, analysis=self.analysis,
-                            schemes=schemes, scheme_search=scheme_search, device="cpu")
+        return PruningSpace(None, budget=self.budget if budget == "objective" else budget,
+                            n_groups=n_groups, analysis=self.analysis, schemes=schemes,
+                            scheme_search=scheme_search, device="cpu")
+
+    @staticmethod
+    def config_for(method: Method, model: ModelConfig, budget: Budget) -> PrunetuneConfig:
+        """The config a user would write for `model` under `budget` with `method`'s searcher,
+        with the method's overrides."""
+        from prunetune.orchestrator.config import apply_overrides
+
+        raw = {"model": {"name": model.name},
+               "space": {"budget": {"kind": budget.kind, "keep": budget.keep}},
+               "search": {"searcher": method.searcher}}
+        return PrunetuneConfig.model_validate(apply_overrides(raw, dict(method.overrides)))
+
+    def default_space(self, method: Method) -> tuple[PruningSpace, PrunetuneConfig]:
+        """The space `prunetune search` builds for `method` over this model, and the config."""
+        cfg = self.config_for(method, self.model, self.budget)
+        return space_from_analysis(cfg, self.analysis), cfg
 
     def __call__(self, policy_json: str) -> float:
         return self.evaluate(policy_json)[0]
@@ -209,10 +264,9 @@ class Objective:
             self._cache.move_to_end(policy_json)
             return self._cache[policy_json]
         t0 = time.perf_counter()
-        pruned = apply_policy(self.dense, Policy.from_json(policy_json), self.example)
-        recalibrate_bn(pruned, self.calib)  # the product's adaptive BN (prunetune.trainers)
-        out = (self.accuracy(pruned),
-               count_cost(pruned, self.example).effective_flops / self.analysis.dense_flops)
+        scored = prune_and_evaluate(self.dense, Policy.from_json(policy_json), self.data,
+                                    self.proxy, seed=0)
+        out = (scored.scores["val"].accuracy, scored.cost_metrics()["flops_ratio"])
         self.eval_s.append(time.perf_counter() - t0)
         self._cache[policy_json] = out
         if len(self._cache) > self._cache_size:
@@ -226,14 +280,16 @@ class Objective:
             "pretrain": {"data": PRETRAIN_DATA.model_dump(), "train": PRETRAIN_TRAIN.model_dump(),
                          "metrics": self.pretrain_metrics},
             "dense_val_accuracy": self.dense_accuracy,
-            "budget": BUDGET.to_dict(), "schemes": ["channel"],
+            "budget": self.budget.to_dict(), "schemes": ["channel"],
             "reward": "validation accuracy without fine-tuning; BatchNorm statistics "
-                      "re-estimated on bn_calib training images first",
+                      "re-estimated on bn_calib training images first (prunetune's "
+                      "prune_and_evaluate with finetune.epochs 0)",
             "val_subset": self.val_subset,
-            "bn_calib": 0 if self.calib is None else len(self.calib), "units": len(clustered.units),
-            "clustered_groups": len(clustered.groups),
+            "bn_calib": self.bn_calib, "units": len(clustered.units),
+            "clustered_groups": len(clustered.groups), "default_trials": DEFAULT_TRIALS,
             "methods": {k: {"searcher": m.searcher, "grouping": m.grouping,
-                            "options": m.options} for k, m in METHODS.items()},
+                            "options": m.options, "overrides": m.overrides}
+                        for k, m in METHODS.items()},
         }
 
 
@@ -253,10 +309,30 @@ def _locked(path: Path) -> FileLock:
 
 
 def method_config(method: str) -> dict[str, Any]:
-    """What defines a method's runs; a run made with another definition is redone."""
+    """What defines a method's runs; a run made with another definition is redone. For the
+    product's defaults that is what they resolve to now (grouping, budget fill, the
+    searcher's constructor defaults), so a change of a default makes new runs."""
     m = METHODS[method]
-    return {"searcher": m.searcher, "grouping": m.grouping, "options": m.options,
-            "groups": None if m.grouping == "full" else CLUSTER_GROUPS}
+    if m.grouping != "defaults":
+        return {"searcher": m.searcher, "grouping": m.grouping, "options": m.options,
+                "groups": None if m.grouping == "full" else CLUSTER_GROUPS}
+    import inspect
+    from dataclasses import asdict
+
+    from prunetune.orchestrator.searchers import RollbackSchedule, searcher_class
+    from prunetune.orchestrator.spaces import space_defaults
+    from prunetune.search_spaces.clustering import auto_floor
+
+    cfg = Objective.config_for(m, PRETRAIN_MODEL, BUDGET)
+    groups, fill = space_defaults(cfg)
+    params = inspect.signature(searcher_class(m.searcher).__init__).parameters
+    defaults = {k: repr(p.default) for k, p in params.items()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY and k not in ("space", "seed")}
+    if m.searcher == "bo":
+        defaults["rollback_schedule"] = repr(asdict(RollbackSchedule()))
+    return {"searcher": m.searcher, "grouping": "defaults", "overrides": m.overrides,
+            "groups": groups, "auto_floor_30_units": auto_floor(30), "fill_budget": fill,
+            "searcher_defaults": defaults, "options": cfg.search.searcher_options}
 
 
 def _finished(out: Path, method: str, seed: int, trials: int) -> bool:
@@ -276,10 +352,7 @@ def _update(out: Path, objective: dict[str, Any] | None, run: dict[str, Any] | N
                    else {"objective": None, "runs": []})
         if objective is not None:
             if results["objective"] is not None:
-                keys = ("model", "val_subset", "bn_calib", "budget", "dense_val_accuracy",
-                        "pretrain")
-                old = {k: results["objective"].get(k) for k in keys}
-                new = {k: objective.get(k) for k in keys}
+                old, new = _identity(results["objective"]), _identity(objective)
                 if old != new:
                     raise SystemExit(f"{out} holds runs of another objective ({old}); this one "
                                      f"is {new}. Use --out for a new file, or the same "
@@ -292,11 +365,23 @@ def _update(out: Path, objective: dict[str, Any] | None, run: dict[str, Any] | N
         # Runs of an earlier definition of a method wait here until they are redone.
         current = [r for r in results["runs"] if r["method"] not in METHODS
                    or r.get("config") == method_config(r["method"])]
-        results["summary"] = summarise(current, trials)
+        results["summary"] = summarise(current, trials, default_trials=DEFAULT_TRIALS)
         _write_json(out, results)
         if results["objective"] is not None:
-            plot(current, trials, results["objective"], out.with_suffix(".png"))
+            plot(current, trials, results["objective"], out.with_suffix(".png"),
+                 list(METHODS), MAIN_METHODS)
     return results
+
+
+def _identity(objective: dict[str, Any]) -> dict[str, Any]:
+    """What makes two objectives the same: the model and how it was pretrained (not how long
+    that took), the budget, the reward's images and the dense model's accuracy on them."""
+    keys = ("model", "val_subset", "bn_calib", "budget", "dense_val_accuracy")
+    pre = objective.get("pretrain") or {}
+    metrics = {k: v for k, v in (pre.get("metrics") or {}).items() if k != "wall_s"}
+    return {**{k: objective.get(k) for k in keys},
+            "pretrain": {"data": pre.get("data"), "train": pre.get("train"),
+                         "metrics": metrics}}
 
 
 def source_search(name: str, obj: Objective, work: Path,
@@ -310,7 +395,7 @@ def source_search(name: str, obj: Objective, work: Path,
     if path.is_file() and record_path.is_file():
         return path, json.loads(record_path.read_text())
     src = obj if model_name == obj.model.name else Objective(
-        obj.val_subset, bn_calib=0 if obj.calib is None else len(obj.calib),
+        obj.val_subset, bn_calib=obj.bn_calib,
         model=ModelConfig(name=model_name))
     searcher = make_searcher("rl", space=src.space("full", budget=budget), metric="accuracy",
                              mode="max", seed=SOURCE_SEED, options=options)
@@ -341,14 +426,19 @@ def run_one(obj: Objective, method: str, seed: int, trials: int, work: Path,
         recipe = {k: v for k, v in options.items() if k != "warm_start"}
         path, source = source_search(options["warm_start"].split(":", 1)[1], obj, work, recipe)
         options["warm_start"] = str(path)
-    searcher = make_searcher(m.searcher, space=obj.space(m.grouping), metric="accuracy",
-                             mode="max", seed=seed, options=options)
+    if m.grouping == "defaults":  # what `prunetune search` builds from the config
+        space, cfg = obj.default_space(m)
+        options = dict(cfg.search.searcher_options)
+    else:
+        space = obj.space(m.grouping)
+    searcher = make_searcher(m.searcher, space=space, metric="accuracy", mode="max", seed=seed,
+                             options=options)
     config = method_config(method)
     tag = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
     part = work / f"{method}-{tag}-seed{seed}.json"
     run: dict[str, Any] = {"method": method, "seed": seed, "config": config, "rewards": [],
                            "suggest_s": [], "suggest_cpu_s": [], "dim": [], "stage": [],
-                           "wall_s": 0.0}
+                           "flops_ratio": [], "wall_s": 0.0}
     if source is not None:
         run["source"] = source
     if part.is_file():
@@ -366,9 +456,10 @@ def run_one(obj: Objective, method: str, seed: int, trials: int, work: Path,
         run["suggest_cpu_s"].append(time.process_time() - c0)
         if cfg is None:
             raise RuntimeError(f"{method} returned no suggestion for trial {i}")
-        reward = obj(cfg["policy"])
+        reward, flops = obj.evaluate(cfg["policy"])
         searcher.on_trial_complete(tid, {"accuracy": reward, "final": True})
         run["rewards"].append(reward)
+        run["flops_ratio"].append(flops)
         run["dim"].append(cfg["dim"])
         run["stage"].append(cfg["stage"])
         run["wall_s"] = time.perf_counter() - t_start
@@ -379,200 +470,6 @@ def run_one(obj: Objective, method: str, seed: int, trials: int, work: Path,
                   f"dim {cfg['dim']} suggest {run['suggest_s'][-1]:.2f}s "
                   f"({run['wall_s']:.0f}s)", flush=True)
     return run
-
-
-# ------------------------------------------------------------------------------------------
-# Summary and plot
-
-
-def _best_so_far(rewards: list[float]) -> np.ndarray:
-    return np.maximum.accumulate(np.asarray(rewards, dtype=float))
-
-
-def _first_reach(curve: np.ndarray, target: float) -> int | None:
-    """The trial (1-based) at which a best-so-far curve first reaches `target`, or None."""
-    hit = np.nonzero(curve >= target)[0]
-    return int(hit[0]) + 1 if len(hit) else None
-
-
-def _median_reach(reach: list[int | None]) -> float | None:
-    if not reach:
-        return None
-    med = float(np.median([np.inf if t is None else t for t in reach]))
-    return None if np.isinf(med) else med
-
-
-def _mean_se(xs: list[float]) -> tuple[float, float, float]:
-    """(mean, sample standard deviation (ddof=1), standard error of the mean); the spread is 0
-    for a single value."""
-    a = np.asarray(xs, dtype=float)
-    sd = float(a.std(ddof=1)) if len(a) > 1 else 0.0
-    return float(a.mean()), sd, sd / float(np.sqrt(len(a)))
-
-
-def summarise(runs: list[dict[str, Any]], trials: int) -> dict[str, Any]:
-    """Per method: final best (mean, sample std with ddof=1, standard error), trials to reach
-    random's best (paired by seed, listed in seed order, median), suggest time (median, p95);
-    and the issue's targets where computable."""
-    by: dict[str, dict[int, dict]] = {}
-    for r in runs:
-        if len(r["rewards"]) >= trials:
-            by.setdefault(r["method"], {})[r["seed"]] = r
-    random_best = {s: max(r["rewards"][:trials]) for s, r in by.get("random", {}).items()}
-    out: dict[str, Any] = {"trials": trials, "methods": {}}
-    for method, seeds in by.items():
-        order = sorted(seeds)
-        finals = [max(seeds[s]["rewards"][:trials]) for s in order]
-        paired = [s for s in order if s in random_best]
-        reach = [_first_reach(_best_so_far(seeds[s]["rewards"][:trials]), random_best[s])
-                 for s in paired]
-        times = np.concatenate([np.asarray(seeds[s]["suggest_s"][:trials]) for s in order])
-        cpu = np.concatenate([np.asarray(seeds[s].get("suggest_cpu_s", [])[:trials])
-                              for s in order])
-        reached = [t for t in reach if t is not None]
-        mean, sd, se = _mean_se(finals)
-        out["methods"][method] = {
-            "seeds": order, "final_best": finals, "final_best_mean": mean,
-            "final_best_std_ddof1": sd, "final_best_se": se,
-            # in the order of `trials_to_random_best_seeds` (the seeds random ran too)
-            "trials_to_random_best": reach, "trials_to_random_best_seeds": paired,
-            # null when the median seed never reached it
-            "trials_to_random_best_median": _median_reach(reach),
-            "reached_random_best": f"{len(reached)}/{len(reach)}",
-            "suggest_s_median": float(np.median(times)),
-            "suggest_s_p95": float(np.percentile(times, 95)),
-            "suggest_s_max": float(np.max(times)),
-            "suggest_cpu_s_median": float(np.median(cpu)) if len(cpu) else None,
-            "suggest_cpu_s_p95": float(np.percentile(cpu, 95)) if len(cpu) else None,
-            "max_dim": max(max(seeds[s]["dim"]) for s in order),
-        }
-    ms = out["methods"]
-    targets: dict[str, Any] = {}
-    if "bo-rollback" in ms and "random" in ms:
-        med = ms["bo-rollback"]["trials_to_random_best_median"]
-        targets["rollback_reaches_random_best_within_70_median"] = bool(med is not None
-                                                                       and med <= 70)
-    if "bo-rollback" in ms and "bo-full" in ms:
-        targets["rollback_vs_bo_full"] = compare_paired(by["bo-rollback"], by["bo-full"],
-                                                        trials)
-    for method in by:  # each transfer method against the same agent without transfer
-        plain = re.sub(r"-transfer(-budget|-explore)?", "", method)
-        if plain != method and plain in by:
-            out.setdefault("transfer", {})[method] = transfer_speedup(by[plain], by[method],
-                                                                      trials)
-    if out.get("transfer"):
-        targets["transfer_episodes_to_99pct_ge_1_5x_fewer"] = {
-            m: t["speedup"] is not None and t["speedup"] >= 1.5
-            for m, t in out["transfer"].items()}
-    bo = [m for m in ms if m.startswith("bo-")]
-    if bo:
-        times = np.concatenate([np.asarray(r["suggest_s"][:trials]) for m in bo
-                                for r in by[m].values()])
-        targets["bo_suggest_s_median"] = float(np.median(times))
-        targets["bo_suggest_s_p95"] = float(np.percentile(times, 95))
-        targets["bo_suggest_median_le_1s"] = bool(np.median(times) <= 1.0)
-        targets["bo_suggest_p95_le_5s"] = bool(np.percentile(times, 95) <= 5.0)
-        cpu = np.concatenate([np.asarray(r.get("suggest_cpu_s", [])[:trials]) for m in bo
-                              for r in by[m].values()])
-        if len(cpu):
-            targets["bo_suggest_cpu_s_median"] = float(np.median(cpu))
-            targets["bo_suggest_cpu_s_p95"] = float(np.percentile(cpu, 95))
-    out["targets"] = targets
-    return out
-
-
-def compare_paired(a: dict[int, dict], b: dict[int, dict], trials: int) -> dict[str, Any]:
-    """Final best of method a minus method b, paired by seed: the mean difference, its
-    standard error, and the verdict "higher" / "lower", or "not distinguishable" when the
-    difference lies within one standard error of zero."""
-    seeds = sorted(set(a) & set(b))
-    diffs = [max(a[s]["rewards"][:trials]) - max(b[s]["rewards"][:trials]) for s in seeds]
-    if not diffs:
-        return {"seeds": [], "verdict": None}
-    mean, _, se = _mean_se(diffs)
-    verdict = ("not distinguishable" if abs(mean) <= se
-               else "higher" if mean > 0 else "lower")
-    return {"seeds": seeds, "difference_mean": mean, "difference_se": se, "verdict": verdict}
-
-
-def transfer_speedup(plain: dict[int, dict], transfer: dict[int, dict],
-                     trials: int) -> dict[str, Any]:
-    """Episodes to reach 99% of plain RL's best reward (its own, same seed), without and with
-    transfer; a run that never reaches it counts `trials`. Speedup: ratio of the means. This
-    is the yardstick the target is judged on, the strictest one: a transferred search that
-    settles below the plain search's best seed never reaches it.
-
-    Two looser readings of "episodes to 99% of the best reward" are reported beside it:
-    `mean_curve` (the seed-mean best-so-far curves, against 99% of plain RL's mean final best)
-    and `own_best` (each run against 99% of its own final best; this one also rewards a
-    search that stops improving early)."""
-    def reach(curve: np.ndarray, target: float) -> int:
-        return _first_reach(curve, target) or trials
-
-    seeds = sorted(set(plain) & set(transfer))
-    if not seeds:
-        return {"seeds": [], "speedup": None}
-    curves = {name: {seed: _best_so_far(runs[seed]["rewards"][:trials]) for seed in seeds}
-              for name, runs in (("rl", plain), ("transfer", transfer))}
-    rows = []
-    for seed in seeds:
-        target = 0.99 * curves["rl"][seed][-1]
-        rows.append({"seed": seed, "target": float(target),
-                     "rl": reach(curves["rl"][seed], target),
-                     "transfer": reach(curves["transfer"][seed], target)})
-    rl, tr = np.mean([r["rl"] for r in rows]), np.mean([r["transfer"] for r in rows])
-    mean = {name: np.mean([c[seed] for seed in seeds], axis=0) for name, c in curves.items()}
-    target = 0.99 * mean["rl"][-1]
-    own = {name: float(np.mean([reach(c[seed], 0.99 * c[seed][-1]) for seed in seeds]))
-           for name, c in curves.items()}
-    return {"seeds": rows, "rl_mean": float(rl), "transfer_mean": float(tr),
-            "speedup": float(rl / tr),
-            "mean_curve": {"target": float(target), "rl": reach(mean["rl"], target),
-                           "transfer": reach(mean["transfer"], target),
-                           "speedup": reach(mean["rl"], target)
-                           / reach(mean["transfer"], target)},
-            "own_best": {**own, "speedup": own["rl"] / own["transfer"]},
-            "final_best_mean": {name: float(mean[name][-1]) for name in mean}}
-
-
-def plot(runs: list[dict[str, Any]], trials: int, objective: dict[str, Any],
-         path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9.5, 5.2))
-    colours = plt.get_cmap("tab20").colors
-    # Solid: the methods the issues ask for; dashed: earlier schedules and variants, kept.
-    main = {*DEFAULT_METHODS, *RL_METHODS[:3]}
-    for i, method in enumerate(METHODS):
-        curves = [_best_so_far(r["rewards"][:trials]) for r in runs
-                  if r["method"] == method and len(r["rewards"]) >= trials]
-        if not curves:
-            continue
-        c = np.vstack(curves)
-        x = np.arange(1, trials + 1)
-        colour = colours[(2 * i) % 20 + (2 * i) // 20 % 2]
-        ax.plot(x, c.mean(0), color=colour, ls="-" if method in main else "--",
-                label=f"{method} ({len(curves)} seeds)")
-        if method in main:
-            ax.fill_between(x, c.min(0), c.max(0), color=colour, alpha=0.10)
-    if trials >= 70:  # the issue's target: reach random's 200-trial best within 70 trials
-        ax.axvline(70, color="grey", lw=0.8, ls=":")
-    ax.axhline(objective["dense_val_accuracy"], color="black", lw=0.8, ls="--",
-               label="dense model")
-    ax.set_xlabel("trial")
-    ax.set_ylabel("best validation accuracy so far (no fine-tuning)")
-    ax.set_title(f"{objective['model']} on {objective['dataset']}, channel pruning at "
-                 f"{objective['budget']['keep']:.0%} FLOPs (mean; min-max band for the solid "
-                 "lines)",
-                 fontsize=9)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 # ------------------------------------------------------------------------------------------
@@ -655,7 +552,7 @@ def pareto_check(obj: Objective, trials: int, seed: int, out: Path) -> dict[str,
                    "dominates": bool(ok and ref is not None and max(ok) > ref)})
     result = {"objective": "accuracy (no fine-tuning) vs flops_ratio, no budget",
               "trials": trials, "seed": seed, "groups": CLUSTER_GROUPS, "rollback": ROLLBACK,
-              "bn_calib": 0 if obj.calib is None else len(obj.calib),
+              "bn_calib": obj.bn_calib,
               "val_subset": obj.val_subset, "uniform": uniform, "front": front,
               "runs": trials_out, "suggest_s": suggest_s, "budgets": at,
               "dominated_budget_points": sum(a["dominates"] for a in at),
@@ -698,8 +595,11 @@ def _plot_pareto(result: dict[str, Any], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--objective", choices=sorted(OBJECTIVES), default="resnet56",
+                        help="the pruning problem (model, FLOPs budget, results file)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--trials", type=int, default=200)
+    parser.add_argument("--trials", type=int, default=None,
+                        help="trials per run (default: the objective's, 200 or 150)")
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                         help=f"comma-separated, from {', '.join(METHODS)} (the RL ones: "
                              f"{','.join(RL_METHODS)})")
@@ -710,7 +610,8 @@ def main() -> None:
                              "(0: keep the dense model's statistics)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1 is fastest on a shared, loaded machine)")
-    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results file (default: the objective's)")
     parser.add_argument("--work", type=Path,
                         default=default_cache_dir() / "search_efficiency",
                         help="checkpoints of runs in progress")
@@ -728,27 +629,36 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
     torch.set_num_threads(args.threads)
+    spec = OBJECTIVES[args.objective]
+    args.out = args.out or spec.out
+    args.trials = args.trials or spec.trials
+
+    def objective() -> Objective:
+        return Objective(args.val_subset, bn_calib=args.bn_calib, model=spec.model,
+                         budget=spec.budget)
+
     if args.suggest_cost:
-        obj = Objective(args.val_subset, bn_calib=args.bn_calib)
+        obj = objective()
         res = suggest_cost_check(obj, args.suggest_cost, args.seeds[0],
                                  args.out.with_name(args.out.stem + "_suggest_cost.json"))
         print(json.dumps({k: res[k] for k in ("dim", "suggest_s", "last_100", "targets")},
                          indent=1))
         return
     if args.pareto:
-        obj = Objective(args.val_subset, bn_calib=args.bn_calib)
+        obj = objective()
         res = pareto_check(obj, args.pareto, args.seeds[0],
                            args.out.with_name(args.out.stem + "_pareto.json"))
         print(json.dumps(res["budgets"], indent=1))
         return
 
     if not args.report:
-        obj = Objective(args.val_subset, bn_calib=args.bn_calib)
-        objective = {**obj.describe(), "threads": args.threads, "machine": machine_info()}
-        _update(args.out, objective, None, args.trials)  # refuses another objective's file
+        obj = objective()
+        described = {**obj.describe(), "threads": args.threads, "machine": machine_info()}
+        _update(args.out, described, None, args.trials)  # refuses another objective's file
         print(f"dense val accuracy {obj.dense_accuracy:.4f} on {obj.val_subset} images; "
-              f"{objective['units']} units, {objective['clustered_groups']} groups", flush=True)
-        work = args.work / f"val{obj.val_subset}-bn{args.bn_calib}-t{args.trials}"
+              f"{described['units']} units, {described['clustered_groups']} groups", flush=True)
+        work = args.work / (f"{spec.model.name}-keep{spec.budget.keep:g}-val{obj.val_subset}-"
+                            f"bn{args.bn_calib}-t{args.trials}")
         for seed in args.seeds:  # seed-major: an interrupted benchmark has whole seeds
             for method in methods:
                 if _finished(args.out, method, seed, args.trials):
@@ -757,7 +667,7 @@ def main() -> None:
                 obj.eval_s = []
                 run = run_one(obj, method, seed, args.trials, work)
                 run["eval_s_mean"] = float(np.mean(obj.eval_s)) if obj.eval_s else None
-                _update(args.out, objective, run, args.trials)
+                _update(args.out, described, run, args.trials)
     results = _update(args.out, None, None, args.trials)
     print(json.dumps(results["summary"], indent=1))
 
