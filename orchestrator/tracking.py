@@ -290,7 +290,10 @@ class MLflowTracker(Callback):
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if self._done_before(trial):
             return
-        run_id = self._child(trial)
+        if trial.trial_id not in self._children:  # a new child run starts out running
+            self._child(trial)
+            return
+        run_id = self._children[trial.trial_id]  # a trial run again (resumed, retried)
         self.client.update_run(run_id, status="RUNNING")
         self.client.set_tag(run_id, TAG_STATUS, "running")
 
