@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue an interrupted search (the named one, else the newest)")
     p.set_defaults(func=_cmd_search)
 
-    p = sub.add_parser("demo", help="the demo search: ResNet-20 on Fashion-MNIST, 60 proxy "
+    p = sub.add_parser("demo", help="the demo search: ResNet-20 on Fashion-MNIST, 50 proxy "
                        "trials of BO, then 4 fine-tuned finalists")
     p.add_argument("--workdir", help="override workdir (default: runs)")
     p.add_argument("--name", help="override the search name")

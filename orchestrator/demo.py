@@ -5,7 +5,7 @@
 
 DEMO_YAML = """\
 # The demo: ResNet-20 on Fashion-MNIST, channel pruning under a 50% FLOPs budget, searched
-# proxy-first: 60 Bayesian-optimisation trials each score a policy by its accuracy after
+# proxy-first: 50 Bayesian-optimisation trials each score a policy by its accuracy after
 # BatchNorm calibration (seconds, no fine-tuning), then the 4 best are fine-tuned for an epoch.
 # 2 trials at a time on a local Ray, every trial tracked in a local MLflow (sqlite).
 name: demo-resnet20-fashion
@@ -29,7 +29,7 @@ space:
   budget: {kind: flops, keep: 0.5}
 search:
   searcher: bo
-  trials: 60
+  trials: 50
   max_concurrent: 2
   cpus_per_trial: 1
   finalists: {count: 4, epochs: 1, select: top}

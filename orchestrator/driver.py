@@ -446,9 +446,14 @@ def _stage_done(run: _Search, stages: list[Stage], index: int, resume: bool) -> 
 def run_search(cfg: PrunetuneConfig, *, resume: bool = False,
                progress: bool = True) -> SearchSummary:
     """Run (or resume) a search: its stages as Ray Tune experiments, tracked in MLflow."""
+    from .results import check_store
     from .searchers import check_options
 
     _quiet_start_up()
+    if cfg.tracking_uri().startswith(("http://", "https://")):
+        # A tracking server that does not answer fails now, in seconds, before any training,
+        # Ray start or Tune state (a sqlite store is created by the search itself).
+        check_store(cfg.tracking_uri())
     storage = cfg.storage_dir()
     storage.mkdir(parents=True, exist_ok=True)
     name = _experiment_name(cfg, storage, resume)
@@ -466,8 +471,8 @@ def run_search(cfg: PrunetuneConfig, *, resume: bool = False,
     space = build_space(cfg, dense.result.model, dense.example, workdir)
     stages = search_stages(cfg, name)
     if progress:
-        plan = " then ".join(f"{s.trials} {s.name}{'s' if s.trials > 1 else ''}"
-                             for s in stages)
+        plan = " then ".join(f"{s.trials} {'proxy trial' if s.name == 'proxy' else s.name}"
+                             f"{'s' if s.trials > 1 else ''}" for s in stages)
         print(f"[search] {name}: {space.dim}-dimensional space over {space.n_units} units, "
               f"{plan} ({cfg.search.max_concurrent} at a time), searcher "
               f"{cfg.search.searcher}; dense val accuracy {dense.val_accuracy:.4f}", flush=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from mlflow.tracking import MlflowClient
 
 from prunetune.errors import SearcherError
@@ -36,6 +37,22 @@ def test_a_bad_searcher_or_option_fails_before_any_training(tmp_path: Path) -> N
             run_search(_config(tmp_path, **search), progress=False)
         assert time.monotonic() - t0 < 30
         assert not (tmp_path / "cache").exists()  # nothing was pretrained
+
+
+def test_a_search_refuses_a_silent_tracking_server_before_any_work(tmp_path: Path,
+                                                                     capsys) -> None:
+    cfg = _config(tmp_path).model_copy(
+        update={"tracking": {"uri": "http://127.0.0.1:9", "experiment": "prunetune"}})
+    path = tmp_path / "dead.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    t0 = time.monotonic()
+    assert main(["search", str(path)]) == 2
+    assert time.monotonic() - t0 < 30
+    err = capsys.readouterr().err
+    assert "tracking server at http://127.0.0.1:9 does not answer" in err
+    assert "prunetune server" in err
+    # nothing was trained, no Tune state left to block the same command later
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "work").exists()
 
 
 def test_commands_name_the_store_and_never_create_one(tmp_path: Path, monkeypatch,
