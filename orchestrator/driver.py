@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -76,15 +77,19 @@ def search_name(cfg: PrunetuneConfig) -> str:
 
 
 def _quiet_start_up() -> None:
-    """Keep the driver's output to prunetune's own lines: no MLflow run URLs per trial, no Ray
-    start-up notices (Ray's token authentication stays on; only its notice is silenced), no
-    Tune bookkeeping INFO lines."""
+    """The driver's start-up settings: its output kept to prunetune's own lines (no MLflow run
+    URLs per trial, no Ray start-up notices: Ray's token authentication stays on, only its
+    notice is silenced; no Tune bookkeeping INFO lines), and Tune's state saved often."""
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     levels = {"ray._private.authentication.authentication_token_setup": logging.ERROR,
               "ray.tune": logging.WARNING}
     for name, level in levels.items():
         logging.getLogger(name).setLevel(level)
+    # Tune saves its experiment state (trials, searcher) at most this often; its default of
+    # 10 s or more leaves a resumed search re-running trials that finished since. A save
+    # writes a few hundred KB; one a second costs the driver little.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
 
 
 def _init_ray(cfg: PrunetuneConfig, progress: bool) -> None:
@@ -231,12 +236,41 @@ def _experiment_name(cfg: PrunetuneConfig, storage: Path, resume: bool) -> str:
         if name is None or not tune.Tuner.can_restore(str(storage / name)):
             raise SearchError(f"nothing to resume: no search {cfg.name or ''} in {storage}. "
                               "Give the search's name (config 'name') and the same storage_path.")
+        for folder in (storage / name, storage / f"{name}{FINALIST_SUFFIX}"):
+            if folder.is_dir():
+                _check_tune_state(folder, name)
         return name
     name = search_name(cfg)
     if (storage / name / "tuner.pkl").exists():
         raise SearchError(f"a search named {name!r} already exists in {storage}; use "
                           "--resume to continue it or choose another name")
     return name
+
+
+def _check_tune_state(folder: Path, name: str) -> None:
+    """Refuse, in seconds, to resume from Tune state files that do not read whole: Tune itself
+    would silently start the experiment afresh (a damaged experiment state), wait for ever (a
+    damaged searcher state) or fail minutes later (a damaged tuner.pkl)."""
+    import pickletools
+
+    # Tune pickles its tuner and its search generator's state (whatever the file is called);
+    # the experiment state and prunetune's searcher states are JSON.
+    files = [folder / "tuner.pkl", *sorted(folder.glob("experiment_state-*.json")),
+             *sorted(folder.glob("search_gen_state-*")), *sorted(folder.glob("searcher-state-*"))]
+    for path in files:
+        try:
+            data = path.read_bytes()
+            if data[:1] == b"\x80":  # a pickle: walk its opcodes, build no object
+                for _ in pickletools.genops(io.BytesIO(data)):
+                    pass
+            elif not isinstance(json.loads(data), dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError, UnicodeDecodeError) as err:
+            raise SearchError(
+                f"cannot resume search {name!r}: Ray Tune's state file {path} is damaged "
+                f"({err}). Restore it from a backup, or start the search again under another "
+                f"name (--name); the trials it finished stay in MLflow (prunetune results "
+                f"{name})") from None
 
 
 def _dense_baseline(cfg: PrunetuneConfig, progress: bool) -> _Dense:
@@ -336,11 +370,18 @@ def _new_tuner(run: _Search, stage: Stage, search_alg: Any, callbacks: list[Any]
                                     max_concurrent_trials=cfg.search.max_concurrent,
                                     metric="accuracy", mode="max",
                                     # A fresh actor per trial costs a process start.
-                                    reuse_actors=True),
+                                    reuse_actors=True,
+                                    trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(name=stage.experiment, storage_path=str(run.storage),
                                   callbacks=callbacks, verbose=0,
                                   failure_config=tune.FailureConfig(
                                       max_failures=cfg.search.max_failures)))
+
+
+def trial_dirname(trial: Any) -> str:
+    """A trial's folder in the Tune experiment: `run_trial_<id>` (Tune's default spells out
+    the config, a whole policy here)."""
+    return f"{trial.trainable_name}_{trial.trial_id}"
 
 
 def _searcher(run: _Search) -> Any:

@@ -132,6 +132,7 @@ class MLflowTracker(Callback):
         self._children: dict[str, str] = {}  # trial id -> run id
         self._names: dict[str, str] = {}  # trial id -> run name (`trial-007`)
         self._finished: set[str] = set()  # trial ids whose final result is logged
+        self._seeds: dict[str, str] = {}  # trial id -> its seed param (which suggestion it is)
         self._client: MlflowClient | None = None
 
     # The client holds connections; a restored Tuner unpickles this callback without it.
@@ -204,6 +205,8 @@ class MLflowTracker(Callback):
                        if TAG_TRIAL in r.data.tags}
         self._finished = {r.data.tags[TAG_TRIAL] for r in children
                           if r.data.tags.get(TAG_STATUS) == "finished"}
+        self._seeds = {r.data.tags[TAG_TRIAL]: r.data.params["seed"] for r in children
+                       if TAG_TRIAL in r.data.tags and "seed" in r.data.params}
 
     def setup(self, **info: Any) -> None:
         if self.parent_run_id is None:
@@ -233,8 +236,35 @@ class MLflowTracker(Callback):
         return trial.trial_id in self._finished
 
     # -- child runs ---------------------------------------------------------------------------
-    def _child(self, trial: Any) -> str:
+    def _adopt(self, trial: Any, known: set[str]) -> str | None:
+        """The child run of an earlier trial that this one repeats, taken over by it: after
+        the driver died, Tune's saved state may lack trials it had started (and even finished);
+        resumed, the searcher asks for the same suggestion (the same seed) under a new trial
+        id. That trial gets the run, so each suggestion has exactly one; a repeat of a finished
+        one keeps the first result."""
+        seed = (trial.config or {}).get("seed")
+        if seed is None:
+            return None
+        old = next((t for t, s in self._seeds.items()
+                    if s == str(seed) and t not in known and t != trial.trial_id), None)
+        if old is None:
+            return None
+        run_id = self._children.pop(old)
+        self._children[trial.trial_id] = run_id
+        self._names[trial.trial_id] = self._names.pop(old, trial.trial_id)
+        self._seeds[trial.trial_id] = self._seeds.pop(old)
+        if old in self._finished:
+            self._finished.add(trial.trial_id)
+        self.client.set_tag(run_id, TAG_TRIAL, trial.trial_id)
+        return run_id
+
+    def _child(self, trial: Any, known: set[str] | None = None) -> str:
+        """The trial's child run, created on first use (or adopted, see `_adopt`). `known`:
+        the trial ids Tune has now."""
         run_id = self._children.get(trial.trial_id)
+        if run_id is not None:
+            return run_id
+        run_id = self._adopt(trial, known or {trial.trial_id})
         if run_id is not None:
             return run_id
         parent = self.start_search()
@@ -257,6 +287,7 @@ class MLflowTracker(Callback):
             params["finetune_epochs"] = f"{self.epochs:g}"
         if "seed" in config:  # the trial's fine-tuning seed, which promote reuses
             params["seed"] = str(config["seed"])
+            self._seeds[trial.trial_id] = params["seed"]
         if "proxy_accuracy" in config:
             self._log_metrics(run_id, {"proxy_accuracy": config["proxy_accuracy"]})
         if "policy" in config:
@@ -288,14 +319,12 @@ class MLflowTracker(Callback):
             self.client.log_batch(run_id, metrics=batch)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        if self._done_before(trial):
-            return
-        if trial.trial_id not in self._children:  # a new child run starts out running
-            self._child(trial)
-            return
-        run_id = self._children[trial.trial_id]  # a trial run again (resumed, retried)
-        self.client.update_run(run_id, status="RUNNING")
-        self.client.set_tag(run_id, TAG_STATUS, "running")
+        known = {t.trial_id for t in trials}
+        existed = trial.trial_id in self._children or self._adopt(trial, known) is not None
+        run_id = self._child(trial, known)  # a new child run starts out running
+        if existed and not self._done_before(trial):  # run again: resumed, retried, adopted
+            self.client.update_run(run_id, status="RUNNING")
+            self.client.set_tag(run_id, TAG_STATUS, "running")
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
@@ -343,6 +372,17 @@ class MLflowTracker(Callback):
         if error_file and os.path.isfile(error_file):
             self.client.log_text(run_id, Path(error_file).read_text()[-20000:], "error.txt")
         self.client.set_terminated(run_id, status="FAILED")
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        """Reconcile with Tune's trials when the stage's experiment ends (or is interrupted):
+        a child run of a trial Tune no longer has that never finished (the driver died after
+        starting it and before Tune saved its state, and no resumed trial took it over) holds
+        no result and is deleted, so every child run is a trial of the search."""
+        known = {t.trial_id for t in trials}
+        for trial_id in [t for t in self._children if t not in known and t not in self._finished]:
+            self.client.delete_run(self._children.pop(trial_id))
+            self._names.pop(trial_id, None)
+            self._seeds.pop(trial_id, None)
 
     # -- end of the search ----------------------------------------------------------------------
     def policy_json(self, trial: TrialRecord) -> str:

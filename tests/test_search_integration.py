@@ -272,6 +272,54 @@ def test_tracker_keeps_the_first_final_result_of_a_rerun_trial(tmp_path: Path) -
     assert client.get_run(first._children["t0"]).info.status == "FINISHED"
 
 
+def test_a_resumed_tracker_adopts_the_runs_of_trials_tune_lost(tmp_path: Path) -> None:
+    """After a driver died, Tune's saved state may lack trials it had started or finished; the
+    resumed searcher asks for the same suggestions (same seeds) under new trial ids. Those take
+    the old runs over; a run of a lost trial nobody repeats, with no result, is deleted."""
+    from types import SimpleNamespace
+
+    from prunetune.orchestrator.tracking import MLflowTracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    def tracker() -> MLflowTracker:
+        return MLflowTracker(tracking_uri=uri, experiment="prunetune", search_name="lost",
+                             config={}, space_description={}, dense_metrics={},
+                             artifact_root=(tmp_path / "art").as_uri())
+
+    def trial(tid: str, seed: int) -> SimpleNamespace:
+        return SimpleNamespace(trial_id=tid, config={"seed": seed}, error_file=None,
+                               last_result=None)
+
+    first = tracker()
+    first.setup()
+    old = {tid: trial(tid, seed) for tid, seed in (("a", 1), ("b", 2), ("c", 3), ("d", 4))}
+    for t in old.values():
+        first.on_trial_start(0, list(old.values()), t)
+    for tid in ("a", "c"):  # a and c finished; b and d were running when the driver died
+        first.on_trial_result(0, [], old[tid], {"accuracy": 0.5, "final": True, "epoch": 1})
+        old[tid].last_result = {"accuracy": 0.5, "final": True}
+        first.on_trial_complete(0, [], old[tid])
+    names = dict(first._names)
+
+    resumed = tracker()  # Tune's saved state knows only a; the searcher repeats b and c
+    resumed.setup()
+    now = [old["a"], trial("b2", 2), trial("c2", 3)]
+    for t in now[1:]:
+        resumed.on_trial_start(0, now, t)
+    resumed.on_trial_result(0, now, now[2], {"accuracy": 0.9, "final": True, "epoch": 1})
+    resumed.on_trial_result(0, now, now[1], {"accuracy": 0.7, "final": True, "epoch": 1})
+    resumed.on_experiment_end(now)
+    client = MlflowClient(uri)
+    runs = search_trials(client, find_search(client, "prunetune", "lost"))
+    assert sorted(r.trial_id for r in runs) == ["a", "b2", "c2"]  # d's run held nothing
+    by_id = {r.trial_id: r for r in runs}
+    assert by_id["b2"].name == names["b"] and by_id["c2"].name == names["c"]
+    assert by_id["b2"].status == "finished"
+    # c had finished before: its run keeps its first result
+    assert [m.value for m in client.get_metric_history(by_id["c2"].run_id, "accuracy")] == [0.5]
+
+
 def _finished_children(uri: str, name: str) -> int:
     return sum(t.status == "finished" for t in children(uri, name))
 
