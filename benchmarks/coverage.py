@@ -1,7 +1,7 @@
 """Coverage of the pruning engine over torchvision's classification models.
 
     python benchmarks/coverage.py [--models a,b] [--jobs 2] [--timeout 900] [--max-gib 16]
-                                  [--out PATH] [--table]
+                                  [--out PATH] [--table] [--mixed]
 
 Every model in `torchvision.models.list_models(module=torchvision.models)` (untrained weights)
 is analysed and channel-pruned at ratio 0.3 on every unit, on a small input (64x64; 224x224
@@ -16,6 +16,10 @@ an out-of-memory kill is recorded as that model's failure.
 Writes benchmarks/results/coverage.json: {model: {"ok", "flops_ratio", "error", ...}} (also
 the input size, the number of pruned units and the seconds taken), rewritten after every model
 so a long run can be watched; the share of models that pass is printed.
+
+`--mixed` runs the mixed-scheme drill instead (`run_one_mixed`: random points of spaces that
+search every scheme, and channel or N:M, per layer group, under a FLOPs budget; a model passes
+when every policy applies, runs, and measures within the budget) into coverage_mixed.json.
 """
 
 from __future__ import annotations
@@ -98,12 +102,62 @@ def run_one(name: str) -> dict[str, object]:
             "input": size, "zeroed_max_rel_error": same, "not_comparable": inexact}
 
 
-def _child(name: str, max_gib: float) -> None:
+# The mixed-scheme drill: random points of two spaces per model, each decoded under this FLOPs
+# budget, applied and measured.
+MIXED_KEEP = 0.5
+MIXED_POINTS = 3
+MIXED_SPACES = {"all": ("channel", "block", "nm", "unstructured", "pattern"),
+                "channel+nm": ("channel", "nm")}
+
+
+def run_one_mixed(name: str) -> dict[str, object]:
+    """Mixed schemes on one model: `MIXED_POINTS` random points of a space that searches every
+    scheme per layer group and of one that searches channel or N:M, each decoded under a
+    `MIXED_KEEP` FLOPs budget, applied, run, and costed on the pruned model itself."""
+    import numpy as np
+    import torch
+    import torchvision
+
+    from prunetune.search_spaces import Budget, PruningSpace, analyze, apply_policy, count_cost
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    size = input_size(name)
+    model = torchvision.models.get_model(name, weights=None).eval()
+    x = torch.randn(1, 3, size, size)
+    with torch.no_grad():
+        dense_shape = model(x).shape
+    analysis = analyze(model, x)
+    rng = np.random.default_rng(0)
+    shares, schemes = [], set()
+    for label, allowed in MIXED_SPACES.items():
+        space = PruningSpace(None, schemes=allowed, scheme_search=True, analysis=analysis,
+                             budget=Budget("flops", MIXED_KEEP), n_groups="auto")
+        for _ in range(MIXED_POINTS):
+            policy = space.decode(rng.random(space.dim))
+            schemes |= {u.scheme for u in policy.units.values() if u.ratio > 0}
+            pruned = apply_policy(model, policy, x).eval()
+            with torch.no_grad():
+                shape = pruned(x).shape
+            if shape != dense_shape:
+                raise RuntimeError(f"{label}: output shape changed: {tuple(dense_shape)} -> "
+                                   f"{tuple(shape)}")
+            share = count_cost(pruned, x).effective_flops / analysis.dense_flops
+            if share > MIXED_KEEP:
+                raise RuntimeError(f"{label}: measured FLOPs {share:.4f} of dense exceed the "
+                                   f"budget {MIXED_KEEP}")
+            shares.append(share)
+    return {"ok": True, "flops_ratio": round(max(shares), 4), "error": None,
+            "units": len(analysis.units), "input": size, "points": len(shares),
+            "schemes_used": sorted(schemes)}
+
+
+def _child(name: str, max_gib: float, mixed: bool = False) -> None:
     # A cap on address space turns a runaway dependency graph into a MemoryError with a
     # traceback instead of the kernel's out-of-memory kill.
     resource.setrlimit(resource.RLIMIT_AS, (int(max_gib * 2**30), resource.RLIM_INFINITY))
     try:
-        result = run_one(name)
+        result = run_one_mixed(name) if mixed else run_one(name)
     except Exception as err:  # noqa: BLE001 - any failure is this model's result
         last = traceback.extract_tb(err.__traceback__)[-1]
         where = f"{Path(last.filename).name}:{last.lineno}"
@@ -121,13 +175,18 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="models analysed at once")
     parser.add_argument("--table", action="store_true",
                         help="print the markdown summary of --out (for benchmarks/README.md)")
+    parser.add_argument("--mixed", action="store_true",
+                        help="the mixed-scheme drill (run_one_mixed) into coverage_mixed.json")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # child mode
     args = parser.parse_args()
+    if args.mixed and args.out == str(RESULTS / "coverage.json"):
+        args.out = str(RESULTS / "coverage_mixed.json")
     if args.table:
-        print(markdown_table(json.loads(Path(args.out).read_text())))
+        results = json.loads(Path(args.out).read_text())
+        print(mixed_table(results) if args.mixed else markdown_table(results))
         return
     if args.one:
-        _child(args.one, args.max_gib)
+        _child(args.one, args.max_gib, args.mixed)
         return
     import torchvision
 
@@ -140,7 +199,7 @@ def main() -> None:
     lock = threading.Lock()
 
     def one(name: str) -> None:
-        result = _run_child(name, args.timeout, args.max_gib)
+        result = _run_child(name, args.timeout, args.max_gib, args.mixed)
         with lock:
             results[name] = result
             print(f"{name:24s} {'ok ' if result['ok'] else 'FAIL'} {result.get('flops_ratio')} "
@@ -151,12 +210,13 @@ def main() -> None:
         list(pool.map(one, names))
 
 
-def _run_child(name: str, timeout: int, max_gib: float) -> dict[str, object]:
+def _run_child(name: str, timeout: int, max_gib: float, mixed: bool) -> dict[str, object]:
     """Run one model in a child process (see `_child`) and read its result line."""
     t0 = time.time()
     try:
         proc = subprocess.run([sys.executable, __file__, "--one", name, "--max-gib",
-                               str(max_gib)], capture_output=True, text=True, timeout=timeout,
+                               str(max_gib), *(["--mixed"] if mixed else [])],
+                              capture_output=True, text=True, timeout=timeout,
                               env=os.environ.copy(), check=False)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if lines:
@@ -196,6 +256,22 @@ def markdown_table(results: dict[str, dict]) -> str:
         span = lo if lo == hi else f"{lo} - {hi}"
         passed = sum(results[n]["ok"] for n in names)
         lines.append(f"| {fam} | {len(names)} | {passed} | {span} |")
+    failed = [k for k in results if not results[k]["ok"]]
+    if failed:
+        lines += ["", "Failures:", ""]
+        lines += [f"- `{k}`: {results[k]['error']}" for k in failed]
+    return "\n".join(lines)
+
+
+def mixed_table(results: dict[str, dict]) -> str:
+    """Summary of the mixed-scheme drill: models passing, the worst measured FLOPs share,
+    failures with their reasons."""
+    ok = [k for k, r in results.items() if r["ok"]]
+    worst = max((results[k]["flops_ratio"] for k in ok), default=0.0)
+    lines = [f"{len(ok)} of {len(results)} models pass: {MIXED_POINTS} random points each of "
+             f"{' and '.join(f'`{k}` {list(v)}' for k, v in MIXED_SPACES.items())} (schemes "
+             f"searched per layer group) under a {MIXED_KEEP:.0%} FLOPs budget apply, run with "
+             f"the dense output shape, and measure at most {worst:.4f} of the dense FLOPs."]
     failed = [k for k in results if not results[k]["ok"]]
     if failed:
         lines += ["", "Failures:", ""]

@@ -16,7 +16,7 @@ from .graph import ChannelGraph
 from .policy import Policy, PolicyError, UnitPolicy
 from .schemes import attach_mask, block_mask, nm_mask, pattern_mask, unstructured_mask
 
-__all__ = ["apply_policy", "sparse_mask", "zero_pruned_channels"]
+__all__ = ["apply_policy", "nm_channel_multiples", "sparse_mask", "zero_pruned_channels"]
 
 
 def sparse_mask(layer: nn.Module, up: UnitPolicy) -> torch.Tensor:
@@ -37,6 +37,26 @@ def _prunes(up: UnitPolicy) -> bool:
     return up.ratio > 0 and not (up.scheme == "nm" and up.n == up.m)
 
 
+def nm_channel_multiples(policy: Policy, units: list[Any]) -> dict[str, int]:
+    """Per channel-pruned unit whose channels feed a layer the policy prunes N:M, the M its
+    kept channels are rounded down to a multiple of: that layer's reduction size
+    (in x kh x kw) then stays a multiple of M after the channel cut, as N:M needs. `units`:
+    the model's `PrunableUnit`s."""
+    nm_layers: dict[str, int] = {}  # layer -> the M it is pruned with
+    by_name = {u.name: u for u in units}
+    for name, up in policy.units.items():
+        if up.scheme == "nm" and _prunes(up) and name in by_name:
+            for layer in by_name[name].sparse_layers.get(sparse_key("nm", up.m), ()):
+                nm_layers[layer] = max(nm_layers.get(layer, 1), int(up.m))
+    out = {}
+    for u in units:
+        m = max((nm_layers.get(layer, 1) for layer in u.in_layers), default=1)
+        up = policy.units.get(u.name)
+        if m > 1 and up is not None and up.scheme == "channel":
+            out[u.name] = m
+    return out
+
+
 def _channel_plan(work: nn.Module, policy: Policy, example_input: Any, protect_output: bool
                   ) -> tuple[ChannelGraph, dict[str, Any], list[tuple[Any, int, int]]]:
     """The graph of `work`, its units by name, and the channel-pruning plan of `policy`
@@ -47,12 +67,13 @@ def _channel_plan(work: nn.Module, policy: Policy, example_input: Any, protect_o
                                   policy.importance))
     by_name = {g.unit.name: g for g in gunits}
     multiple = policy.round_to or 1
+    nm = nm_channel_multiples(policy, [g.unit for g in gunits])
     plan = []
     for name, up in policy.units.items():
         if up.scheme != "channel" or up.ratio <= 0:
             continue
         u = by_name[name].unit
-        mult = math.lcm(u.multiple, multiple)
+        mult = math.lcm(u.multiple, multiple, nm.get(name, 1))
         plan.append((by_name[name].group, kept_channels(u.channels, u.ch_groups, up.ratio, mult),
                      u.ch_groups))
     return graph, by_name, plan
@@ -97,8 +118,11 @@ def apply_policy(model: nn.Module, policy: Policy, example_input: Any, *,
             continue
         for layer_name in by_name[name].unit.sparse_layers[sparse_key(up.scheme, up.m)]:
             layer = modules[layer_name]
-            attach_mask(layer, sparse_mask(layer, up),
-                        up.block if up.scheme == "block" else None)
+            try:
+                mask = sparse_mask(layer, up)
+            except ValueError as err:  # a shape the scheme cannot take after the channel cut
+                raise PolicyError(f"unit {name!r}, layer {layer_name!r}: {err}") from None
+            attach_mask(layer, mask, up.block if up.scheme == "block" else None)
     for n, p in work.named_parameters():
         p.requires_grad_(grad_flags.get(n, True))
     work.train(model.training)

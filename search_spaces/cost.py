@@ -31,6 +31,7 @@ __all__ = ["SPARSE_KEYS", "Cost", "CostModel", "LatencyWeights", "count_cost", "
 
 # Rows of the applicability table: N:M applicability depends on M.
 SPARSE_KEYS = ("block", "nm4", "nm8", "unstructured", "pattern")
+_NM_ROWS = (SPARSE_KEYS.index("nm4"), SPARSE_KEYS.index("nm8"))
 
 
 def sparse_key(scheme: str, m: int | None = None) -> str:
@@ -208,17 +209,24 @@ class CostModel:
         the unit's sparse scheme or -1. A sparse unit's density is 1 - ratio.
         """
         mult = self.multiple if not round_to else np.lcm(self.multiple, int(round_to))
-        kept = kept_channels_np(self.channels, self.ch_groups, ratio, mult)
-        pruned = np.where(channel, 1.0 - kept / self.channels, 0.0)
-        f_out = 1.0 - self.w_out @ pruned
-        f_in = 1.0 - self.w_in @ pruned
-        density = np.where(sparse_row >= 0, 1.0 - ratio, 1.0)
         has_owner = self.owner >= 0
         owner = np.where(has_owner, self.owner, 0)
         row = sparse_row[owner]
         app = np.zeros(len(owner), dtype=bool)
         sel = has_owner & (row >= 0)
         app[sel] = self.applies[row[sel], np.nonzero(sel)[0]]
+        # Channels feeding a layer pruned N:M are kept in multiples of its M, as
+        # `apply.nm_channel_multiples` keeps them.
+        nm = app & (ratio[owner] > 0)  # N:M with N = M (ratio 0) leaves the layer whole
+        module_m = np.where(nm & (row == _NM_ROWS[0]), 4, np.where(nm & (row == _NM_ROWS[1]),
+                                                                   8, 1))
+        need = np.max(np.where(self.w_in > 0, module_m[:, None], 1), axis=0, initial=1)
+        mult = np.where(channel & (need > 1), np.lcm(mult, need), mult)
+        kept = kept_channels_np(self.channels, self.ch_groups, ratio, mult)
+        pruned = np.where(channel, 1.0 - kept / self.channels, 0.0)
+        f_out = 1.0 - self.w_out @ pruned
+        f_in = 1.0 - self.w_in @ pruned
+        density = np.where(sparse_row >= 0, 1.0 - ratio, 1.0)
         d = np.where(app, density[owner], 1.0)
         return f_out * f_in * d, f_out
 

@@ -86,6 +86,12 @@ def base_pattern_sparsity(kind: str) -> float:
     return 1.0 - len(_PATTERNS[kind][0]) / 9.0
 
 
+def _at_least(count: float) -> int:
+    """The whole count that is not below `count` (float noise of 1e-9 aside): what a mask
+    prunes so that its density never exceeds the one a budget counted."""
+    return max(0, math.ceil(count - 1e-9))
+
+
 def _prune_lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Boolean keep-vector: all True except the `k` lowest scores (stable: earlier index first)."""
     keep = torch.ones(scores.numel(), dtype=torch.bool)
@@ -97,8 +103,9 @@ def _prune_lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 @torch.no_grad()
 def unstructured_mask(weight: torch.Tensor, ratio: float) -> torch.Tensor:
-    """Magnitude pruning of exactly `round(ratio * numel)` entries; mask shape = weight shape."""
-    k = round(ratio * weight.numel())
+    """Magnitude pruning of `ceil(ratio * numel)` entries (never fewer than the ratio asks, so
+    the density never exceeds the `1 - ratio` a budget counts); mask shape = weight shape."""
+    k = _at_least(ratio * weight.numel())
     return _prune_lowest(weight.detach().abs().float(), k).view_as(weight).to(weight.dtype)
 
 
@@ -107,8 +114,8 @@ def block_mask(weight: torch.Tensor, ratio: float, block: tuple[int, int]) -> to
     """Block sparsity on the GEMM view `(out, in*kh*kw)` with blocks of `block = (bo, bi)`.
 
     Blocks are ranked by their L2 norm. Edge blocks of a shape that `block` does not divide are
-    partial; blocks are pruned lowest-norm first until the pruned element count is as close as
-    it gets to `ratio * numel`, so the density matches the ratio even with partial blocks.
+    partial; blocks are pruned lowest-norm first until at least `ratio * numel` elements are,
+    so the density never exceeds `1 - ratio` (the cost a budget counts) with partial blocks.
     """
     bo, bi = block
     w2 = weight.detach().flatten(1).float()
@@ -124,9 +131,9 @@ def block_mask(weight: torch.Tensor, ratio: float, block: tuple[int, int]) -> to
     target = ratio * rows * cols
     order = torch.argsort(norms, stable=True)
     cum = torch.cumsum(counts[order], 0)
-    # Number of blocks whose cumulative element count is closest to the target.
-    candidates = torch.cat([torch.zeros(1), cum])
-    n_pruned = int(torch.argmin((candidates - target).abs()).item())
+    # The fewest blocks whose elements reach the target (1e-9: float noise of ratio * numel).
+    n_pruned = 0 if target <= 0 else min(int(torch.searchsorted(cum, target - 1e-9).item()) + 1,
+                                          len(cum))
     keep = torch.ones(norms.numel())
     keep[order[:n_pruned]] = 0.0
     full = keep.view(pr // bo, 1, pc // bi, 1).expand(pr // bo, bo, pc // bi, bi)
@@ -162,7 +169,8 @@ def pattern_mask(weight: torch.Tensor, ratio: float, kind: str = "patdnn") -> to
     norm. A pattern alone removes a fixed share `s` of a kernel (5/9 for `patdnn`, 3/9 for `row`
     / `col`). For `ratio <= s` only the kernels that lose least get a pattern (the others stay
     dense); above `s` every kernel is patterned and whole kernels are removed, weakest first
-    (connectivity pruning), so that the pruned fraction is `ratio` in both cases.
+    (connectivity pruning), so that the pruned fraction is `ratio` in both cases (at least
+    `ratio`: counts of kernels are rounded up).
     """
     patterns = _PATTERNS[kind]
     out_c, in_c = weight.shape[:2]
@@ -176,12 +184,12 @@ def pattern_mask(weight: torch.Tensor, ratio: float, kind: str = "patdnn") -> to
     s = base_pattern_sparsity(kind)
     n_kernels = out_c * in_c
     if ratio <= s:
-        n_pat = round(ratio / s * n_kernels)
+        n_pat = min(n_kernels, _at_least(ratio / s * n_kernels))
         lost = kernels.sum(1) - best_energy
         dense = _prune_lowest(lost, n_pat)  # True: kernel stays dense
         mask[dense] = 1.0
     else:
-        n_cut = round((1.0 - (1.0 - ratio) / (1.0 - s)) * n_kernels)
+        n_cut = min(n_kernels, _at_least((1.0 - (1.0 - ratio) / (1.0 - s)) * n_kernels))
         alive = _prune_lowest(best_energy, n_cut)
         mask[~alive] = 0.0
     return mask.reshape(weight.shape).to(weight.dtype)

@@ -384,7 +384,8 @@ class PruningSpace:
         if self.limit is None:
             return
         tmpl = self._schemes_for(np.zeros(self.k))
-        if self.scheme_search:  # per group, the option that prunes least at full ratio
+        if self.scheme_search:  # per group, the option that prunes most at full ratio: the
+            # search may pick it, so the budget is feasible when that meets it
             cat = np.zeros(self.k)
             ones = np.ones(len(self.units))
             for g, opts in enumerate(self._options):
@@ -394,7 +395,7 @@ class PruningSpace:
                     trial[g] = (j + 0.5) / len(opts)
                     t = self._schemes_for(trial)
                     costs.append(self._cost(self._ratios(ones, t), t))
-                cat[g] = (int(np.argmax(costs)) + 0.5) / len(opts)
+                cat[g] = (int(np.argmin(costs)) + 0.5) / len(opts)
             tmpl = self._schemes_for(cat)
         if self._cost(self._ratios(np.ones(len(self.units)), tmpl), tmpl) > self.limit:
             raise BudgetError(self._budget_message(tmpl))
@@ -402,10 +403,13 @@ class PruningSpace:
     def _budget_message(self, tmpl: list[UnitPolicy]) -> str:
         best = self._cost(self._ratios(np.ones(len(self.units)), tmpl), tmpl)
         dense = self.limit / self.budget.keep
+        # Searching the schemes can only reach further: it may pick the most-pruning one.
+        more = ("" if self.scheme_search or len(self.schemes) < 2 else
+                ", or let the search choose each group's scheme (space.scheme_search: true)")
         return (f"budget keep={self.budget.keep:g} of {self.budget.kind} cannot be met: the most "
                 f"pruning this space allows (ratio_bounds high={self.ratio_bounds[1]:g}, "
                 f"schemes {list(self.schemes)}) leaves {best / dense:.3f} of the dense cost; "
-                "raise budget.keep or ratio_bounds' high end, or allow more schemes")
+                f"raise budget.keep or ratio_bounds' high end{more}")
 
     # ---- encoding and roll-back ---------------------------------------------------------------
     def _encode_state(self, s_unit: np.ndarray, schemes: list[str]) -> np.ndarray:

@@ -181,3 +181,33 @@ def test_fair_share_is_the_uniform_rest_that_meets_the_budget(resnet20):
     assert free.fair_share(np.zeros(free.dim), 0) == float(free.bounds[0, 0])
     with pytest.raises(ValueError, match="ratio dimension"):
         space.fair_share(x, space.k)
+
+
+@pytest.mark.parametrize("schemes", [("channel", "nm"),
+                                     ("channel", "block", "nm", "unstructured", "pattern")])
+def test_mixed_schemes_always_apply_and_meet_the_budget(schemes: tuple[str, ...]) -> None:
+    """N:M after a channel cut: a channel-pruned unit feeding a layer pruned N:M keeps its
+    channels in multiples of M, so the layer's reduction size still divides; and every mask
+    prunes at least the share the cost model counted, so measured cost never exceeds the
+    budget (torchvision's ResNet-18 and DenseNet-121: most models failed this way before)."""
+    import torchvision
+
+    from prunetune.search_spaces.apply import nm_channel_multiples
+
+    x = torch.randn(1, 3, 64, 64)
+    rng = np.random.default_rng(1)
+    for name in ("resnet18", "densenet121"):
+        model = torchvision.models.get_model(name, weights=None).eval()
+        analysis = analyze(model, x)
+        space = PruningSpace(None, schemes=schemes, scheme_search=True, n_groups="auto",
+                             budget=Budget("flops", 0.5), analysis=analysis)
+        for _ in range(3):
+            policy = space.decode(rng.random(space.dim))
+            policy.validate(analysis)
+            pruned = apply_policy(model, policy, x)
+            assert pruned(x).shape == model(x).shape
+            assert count_cost(pruned, x).effective_flops <= 0.5 * analysis.dense_flops
+            modules = dict(pruned.named_modules())
+            for unit, m in nm_channel_multiples(policy, analysis.units).items():
+                kept = modules[unit].weight.shape[0]
+                assert kept % m == 0, (name, unit, kept, m)
