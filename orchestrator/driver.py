@@ -1,4 +1,4 @@
-"""The search driver: dense model, space, searcher, Ray Tune experiment, MLflow tracking."""
+"""The search driver: dense model, space, the search's stages (`stages.py`), its summary."""
 
 from __future__ import annotations
 
@@ -7,25 +7,30 @@ import json
 import logging
 import math
 import os
-import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ray.tune.search import Searcher
-
 from prunetune.errors import SearchError
-from prunetune.files import atomic_write_json
 
 from .config import PrunetuneConfig
-from .results import format_table, search_trials, select_finalists
-from .spaces import build_space, latency_table_file
+from .results import format_table, search_trials
+from .spaces import build_space
+from .stages import (
+    FINALIST_SUFFIX,
+    DenseBaseline,
+    FinalistSearcher,
+    SearchRun,
+    Stage,
+    run_stage,
+    search_stages,
+    stage_done,
+    stage_tracker,
+)
 
 __all__ = ["FINALIST_SUFFIX", "FinalistSearcher", "SearchSummary", "SearchError", "Stage",
-           "build_space",
-           "run_search", "search_name", "search_stages"]
+           "build_space", "run_search", "search_name", "search_stages"]
 
 
 @dataclass
@@ -41,32 +46,6 @@ class SearchSummary:
     best: dict[str, Any] | None
     storage_dir: Path  # the first stage's Tune experiment
     finalists: list[dict[str, Any]] = field(default_factory=list)  # their rows, best first
-
-
-# A two-stage search's finalists run as a Tune experiment of their own beside the first
-# stage's, named after it with this suffix.
-FINALIST_SUFFIX = ".finalists"
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One stage of a search: its name (`results.STAGES`), Tune experiment, trial count and
-    the fine-tuning epochs of its trials."""
-
-    name: str
-    experiment: str
-    trials: int
-    epochs: float
-
-
-def search_stages(cfg: PrunetuneConfig, name: str) -> list[Stage]:
-    """The stages of search `name`: one (trials, each fine-tuned `finetune.epochs`), or a
-    proxy stage and the finalists (`search.finalists`)."""
-    fin = cfg.search.finalists
-    if fin.count == 0:
-        return [Stage("trial", name, cfg.search.trials, cfg.finetune.epochs)]
-    return [Stage("proxy", name, cfg.search.trials, cfg.finetune.epochs),
-            Stage("finalist", f"{name}{FINALIST_SUFFIX}", fin.count, fin.epochs)]
 
 
 def search_name(cfg: PrunetuneConfig) -> str:
@@ -117,37 +96,6 @@ def _init_ray(cfg: PrunetuneConfig, progress: bool) -> None:
                           "ray.address empty for a local Ray.") from err
 
 
-def _progress_callback(stage: Stage, tracker: Any) -> Any:
-    from ray.tune import Callback
-
-    class ProgressPrinter(Callback):
-        """One line per finished trial: running count, metrics, best so far. Trials are named
-        as the tracker (an earlier callback) named their child runs."""
-
-        def __init__(self) -> None:
-            self.done, self.best, self.t0 = 0, -math.inf, time.perf_counter()
-
-        def on_trial_complete(self, iteration: int, trials: list, trial: Any,
-                              **info: Any) -> None:
-            res = trial.last_result or {}
-            self.done += 1
-            if res.get("final"):
-                self.best = max(self.best, res.get("accuracy", -math.inf))
-                line = (f"accuracy {res['accuracy']:.4f}  flops x{res['flops_ratio']:.2f}  "
-                        f"speedup {res['speedup']:.2f}x  latency {res['latency_ms']:.2f} ms")
-            else:
-                line = f"stopped early at epoch {res.get('epoch', '?')}"
-            name = tracker._names.get(trial.trial_id, trial.trial_id)
-            print(f"[search] {self.done}/{stage.trials} {name}: {line}  "
-                  f"(best {self.best:.4f}, {time.perf_counter() - self.t0:.0f}s)", flush=True)
-
-        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            name = tracker._names.get(trial.trial_id, trial.trial_id)
-            print(f"[search] {name} failed: see {trial.error_file}", flush=True)
-
-    return ProgressPrinter()
-
-
 def _latest_experiment(storage: Path) -> str | None:
     """The newest search in `storage` (its first stage's experiment)."""
     candidates = [p for p in storage.glob("*") if (p / "tuner.pkl").is_file()
@@ -156,11 +104,6 @@ def _latest_experiment(storage: Path) -> str | None:
 
 
 SEARCHER_ARTIFACT = "searcher/state.json"
-
-
-def _latency_table_path(cfg: PrunetuneConfig, workdir: Path) -> str | None:
-    """The table trials predict latency from; None when they time whole models."""
-    return str(latency_table_file(cfg, workdir)) if cfg.search.latency == "table" else None
 
 
 def _log_searcher_state(tracker: Any, parent: str, experiment_dir: Path) -> None:
@@ -199,17 +142,6 @@ def _resolve_warm_start(cfg: PrunetuneConfig, workdir: Path,
         raise SearchError(f"search {ref!r} has no saved searcher state ({SEARCHER_ARTIFACT}): "
                           f"it ran before searcher states were kept, or did not finish") from err
     return options
-
-
-@dataclass
-class _Dense:
-    """The dense model a search prunes, and its baseline."""
-
-    result: Any  # trainers.PretrainResult
-    example: Any  # a `1 x C x H x W` input
-    val_accuracy: float
-    metrics: dict[str, float]  # val and test accuracy / loss, logged on the parent run
-    reference_latency: tuple[str, float] | None = None  # (device, ms): see TrialSetup
 
 
 def _schemes_line(space: Any) -> str:
@@ -273,7 +205,7 @@ def _check_tune_state(folder: Path, name: str) -> None:
                 f"{name})") from None
 
 
-def _dense_baseline(cfg: PrunetuneConfig, progress: bool) -> _Dense:
+def _dense_baseline(cfg: PrunetuneConfig, progress: bool) -> DenseBaseline:
     from prunetune.trainers import (
         dense_reference_ms,
         evaluate,
@@ -294,194 +226,7 @@ def _dense_baseline(cfg: PrunetuneConfig, progress: bool) -> _Dense:
                                        str(resolve_device(cfg.finetune.device)),
                                        cfg.search.latency_repeats)
         metrics["dense_latency_ms"] = reference[1]
-    return _Dense(dense, data.example_input(1), val.accuracy, metrics, reference)
-
-
-@dataclass
-class _Search:
-    """What every stage of one search shares."""
-
-    cfg: PrunetuneConfig
-    name: str
-    storage: Path
-    workdir: Path
-    dense: _Dense
-    space: Any  # the PruningSpace
-    options: dict[str, Any]  # the searcher's options (warm_start resolved)
-    progress: bool
-    # One key for the dense model and data in the trial processes' caches, every stage.
-    context_key: str = field(default_factory=lambda: uuid.uuid4().hex)
-
-
-def _trainable(run: _Search, stage: Stage) -> Any:
-    """The trial function with its setup (shipped once through the object store) and
-    resources, fine-tuning for the stage's epochs."""
-    from ray import tune
-
-    from prunetune.trainers import TrialSetup, run_trial
-
-    cfg, dense = run.cfg, run.dense
-    threads = cfg.search.trial_threads or max(1, math.ceil(cfg.search.cpus_per_trial))
-    setup = TrialSetup(dense_checkpoint=dense.result.checkpoint, data=cfg.data,
-                       finetune=cfg.finetune.model_copy(update={"epochs": stage.epochs}),
-                       dense_val_accuracy=dense.val_accuracy,
-                       seed=cfg.seed, threads=threads,
-                       reference_latency=dense.reference_latency,
-                       latency_repeats=cfg.search.latency_repeats,
-                       latency_table=_latency_table_path(cfg, run.workdir),
-                       context_key=run.context_key)
-    resources = {"cpu": cfg.search.cpus_per_trial, "gpu": cfg.search.gpus_per_trial}
-    return tune.with_resources(tune.with_parameters(run_trial, setup=setup), resources)
-
-
-def _tracker(run: _Search, stage: Stage) -> Any:
-    from .tracking import MLflowTracker
-
-    cfg = run.cfg
-    uri = cfg.tracking_uri()
-    # A sqlite store keeps artifacts beside it; a tracking server decides for itself.
-    artifact_root = (run.workdir / "mlartifacts").as_uri() if uri.startswith("sqlite") else None
-    return MLflowTracker(tracking_uri=uri, experiment=cfg.tracking.experiment,
-                         search_name=run.name, config=cfg.model_dump(mode="json"),
-                         space_description=run.space.describe(),
-                         dense_metrics=run.dense.metrics, artifact_root=artifact_root,
-                         stage=stage.name, epochs=stage.epochs)
-
-
-def _scheduler(cfg: PrunetuneConfig, stage: Stage) -> Any:
-    """ASHA over the stage's fine-tuning epochs, when asked for and the stage fine-tunes."""
-    from ray.tune.schedulers import ASHAScheduler
-
-    if cfg.search.scheduler.kind != "asha" or stage.epochs <= 0:
-        return None
-    return ASHAScheduler(time_attr="training_iteration", max_t=max(1, math.ceil(stage.epochs)),
-                         grace_period=cfg.search.scheduler.grace_period,
-                         reduction_factor=cfg.search.scheduler.reduction_factor)
-
-
-def _new_tuner(run: _Search, stage: Stage, search_alg: Any, callbacks: list[Any]) -> Any:
-    from ray import tune
-
-    cfg = run.cfg
-    return tune.Tuner(
-        _trainable(run, stage),
-        tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=_scheduler(cfg, stage),
-                                    num_samples=stage.trials,
-                                    max_concurrent_trials=cfg.search.max_concurrent,
-                                    metric="accuracy", mode="max",
-                                    # A fresh actor per trial costs a process start.
-                                    reuse_actors=True,
-                                    trial_dirname_creator=trial_dirname),
-        run_config=tune.RunConfig(name=stage.experiment, storage_path=str(run.storage),
-                                  callbacks=callbacks, verbose=0,
-                                  failure_config=tune.FailureConfig(
-                                      max_failures=cfg.search.max_failures)))
-
-
-def trial_dirname(trial: Any) -> str:
-    """A trial's folder in the Tune experiment: `run_trial_<id>` (Tune's default spells out
-    the config, a whole policy here)."""
-    return f"{trial.trainable_name}_{trial.trial_id}"
-
-
-def _searcher(run: _Search) -> Any:
-    from .searchers import make_searcher
-
-    return make_searcher(run.cfg.search.searcher, space=run.space, metric="accuracy",
-                         mode="max", seed=run.cfg.seed, options=run.options)
-
-
-class FinalistSearcher(Searcher):
-    """Hands Tune a fixed list of trial configs, in order (the finalists), and saves how far
-    it got, so a resumed finalist stage neither repeats nor skips one."""
-
-    def __init__(self, points: list[dict[str, Any]]) -> None:
-        super().__init__(metric="accuracy", mode="max")
-        self.points, self.given = list(points), 0
-
-    def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        if self.given >= len(self.points):
-            return Searcher.FINISHED
-        self.given += 1
-        return dict(self.points[self.given - 1])
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None,
-                          error: bool = False) -> None:
-        """Nothing to learn: the points are fixed."""
-
-    def save(self, checkpoint_path: str) -> None:
-        atomic_write_json(checkpoint_path, {"points": self.points, "given": self.given})
-
-    def restore(self, checkpoint_path: str) -> None:
-        state = json.loads(Path(checkpoint_path).read_text())
-        self.points, self.given = state["points"], int(state["given"])
-
-
-def _finalist_points(run: _Search, tracker: Any, first: Stage) -> list[dict[str, Any]]:
-    """The trial configs of the finalists: the chosen first-stage trials' policies and seeds,
-    read back from their MLflow child runs, with the proxy trial and its score."""
-    fin = run.cfg.search.finalists
-    parent = tracker.client.get_run(tracker.find_search())
-    trials = [t for t in search_trials(tracker.client, parent) if t.stage == first.name]
-    chosen = select_finalists(trials, fin.count, fin.select)
-    if not chosen:
-        raise SearchError(f"search {run.name}: no {first.name} trial finished, so there is no "
-                          "policy to fine-tune as a finalist; see the errors above")
-    return [{"policy": tracker.policy_json(t), "finalist": rank,
-             "seed": int(t.params.get("seed", run.cfg.seed)), "proxy_trial": t.name,
-             "proxy_trial_id": t.trial_id, "proxy_accuracy": t.get("accuracy")}
-            for rank, t in enumerate(chosen, start=1)]
-
-
-def _run_stage(run: _Search, stages: list[Stage], index: int, resume: bool) -> None:
-    """Run (or resume) one stage as its own Tune experiment."""
-    from ray import tune
-
-    stage = stages[index]
-    tracker = _tracker(run, stage)
-    callbacks = [tracker] + ([_progress_callback(stage, tracker)] if run.progress else [])
-    path = run.storage / stage.experiment
-    if resume and tune.Tuner.can_restore(str(path)):
-        # Tune runs the callbacks it saved with the experiment, ours are not used.
-        tuner = tune.Tuner.restore(str(path), trainable=_trainable(run, stage),
-                                   resume_unfinished=True, resume_errored=True)
-    elif stage.name == "finalist":
-        points = _finalist_points(run, tracker, stages[0])
-        stage = Stage(stage.name, stage.experiment, len(points), stage.epochs)
-        if run.progress:
-            chosen = ", ".join(f"{p['proxy_trial']} ({p['proxy_accuracy']:.4f})"
-                               for p in points)
-            print(f"[search] finalists ({run.cfg.search.finalists.select}): {chosen}",
-                  flush=True)
-        tuner = _new_tuner(run, stage, FinalistSearcher(points), callbacks)
-    else:
-        tuner = _new_tuner(run, stage, _searcher(run), callbacks)
-    if run.progress:
-        what = (f"fine-tuning {stage.trials} finalists for {stage.epochs:g} epoch(s) each"
-                if stage.name == "finalist" else
-                f"{stage.trials} trials" + (" scored after BatchNorm calibration, without "
-                                            "fine-tuning" if stage.epochs == 0 else
-                                            f", each fine-tuned {stage.epochs:g} epoch(s)"))
-        print(f"[search] stage {index + 1}/{len(stages)} ({stage.name}): {what}", flush=True)
-    grid = tuner.fit()
-    if len(grid) < stage.trials or grid.num_terminated + grid.num_errors < len(grid):
-        # Tune returns normally from Ctrl-C after saving its state: the next stage must not
-        # start from a partial one, and the search is not finished.
-        tracker.mark_interrupted()
-        if run.progress:
-            print(f"[search] {run.name} interrupted in stage {index + 1} ({stage.name}); "
-                  f"continue it with: prunetune search CONFIG --resume --name {run.name}",
-                  flush=True)
-        raise KeyboardInterrupt
-
-
-def _stage_done(run: _Search, stages: list[Stage], index: int, resume: bool) -> bool:
-    """Whether a resumed search finished stage `index` before it was interrupted (a later
-    stage's experiment exists)."""
-    from ray import tune
-
-    return resume and any(tune.Tuner.can_restore(str(run.storage / s.experiment))
-                          for s in stages[index + 1:])
+    return DenseBaseline(dense, data.example_input(1), val.accuracy, metrics, reference)
 
 
 def run_search(cfg: PrunetuneConfig, *, resume: bool = False,
@@ -519,21 +264,21 @@ def run_search(cfg: PrunetuneConfig, *, resume: bool = False,
               f"{cfg.search.searcher}; dense val accuracy {dense.val_accuracy:.4f}", flush=True)
         print(f"[search] {_schemes_line(space)}", flush=True)
     _init_ray(cfg, progress)
-    run = _Search(cfg, name, storage, workdir, dense, space, options, progress)
+    run = SearchRun(cfg, name, storage, workdir, dense, space, options, progress)
     for index, stage in enumerate(stages):
-        if _stage_done(run, stages, index, resume):
+        if stage_done(run, stages, index, resume):
             if progress:
                 print(f"[search] stage {index + 1}/{len(stages)} ({stage.name}): finished "
                       "before the interruption", flush=True)
             continue
-        _run_stage(run, stages, index, resume)
+        run_stage(run, stages, index, resume)
     return _summarise(run, stages)
 
 
-def _summarise(run: _Search, stages: list[Stage]) -> SearchSummary:
+def _summarise(run: SearchRun, stages: list[Stage]) -> SearchSummary:
     """Write the search's summary on its parent run from the child runs and end it."""
     cfg = run.cfg
-    tracker = _tracker(run, stages[-1])
+    tracker = stage_tracker(run, stages[-1])
     parent = tracker.find_search()
     trials = search_trials(tracker.client, tracker.client.get_run(parent))
     best = tracker.finish_search(trials)

@@ -216,17 +216,20 @@ class MLflowTracker(Callback):
             self._sync_children()
 
     def mark_interrupted(self) -> None:
-        """The search stopped before its end (Ctrl-C): its parent run and the child runs of
-        the trials that were running end KILLED, tagged `interrupted`, until a resume picks
-        them up again."""
+        """The search stopped before its end (Ctrl-C, a Ray failure): its parent run and the
+        child runs of the trials that were running end KILLED, tagged `interrupted`, until a
+        resume picks them up again; a run whose final result is in ends FINISHED."""
         parent = self.find_search()
         exp_id = self.client.get_run(parent).info.experiment_id
-        running = self.client.search_runs(
+        open_runs = self.client.search_runs(
             [exp_id], filter_string=(f"tags.`mlflow.parentRunId` = '{parent}' and "
-                                     f"tags.`{TAG_STATUS}` = 'running'"), max_results=10000)
-        for run in running:
-            self.client.set_tag(run.info.run_id, TAG_STATUS, "interrupted")
-            self.client.set_terminated(run.info.run_id, status="KILLED")
+                                     "attributes.status = 'RUNNING'"), max_results=10000)
+        for run in open_runs:
+            if run.data.tags.get(TAG_STATUS) == "finished":  # its final result is in
+                self.client.set_terminated(run.info.run_id, status="FINISHED")
+            else:
+                self.client.set_tag(run.info.run_id, TAG_STATUS, "interrupted")
+                self.client.set_terminated(run.info.run_id, status="KILLED")
         self.client.set_terminated(parent, status="KILLED")
 
     def _done_before(self, trial: Any) -> bool:

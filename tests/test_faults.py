@@ -111,3 +111,41 @@ def test_a_driver_killed_twice_resumes_to_exactly_one_run_per_trial(tmp_path: Pa
     assert sorted(n for n in finals.values() if n) == [1] * 8, finals
     for t in trials:
         assert len(client.get_metric_history(t.run_id, "accuracy")) == 1
+
+
+def test_a_ray_failure_ends_the_search_with_one_line_and_the_resume_command(
+        local_ray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray or Tune giving up mid-search (here: the tracker callback raising what Ray raised
+    for a worker killed for memory) ends the search with the cause and the command that
+    continues it, the runs that were running KILLED, the traceback kept in a file."""
+    from prunetune.orchestrator import stages
+    from prunetune.orchestrator.tracking import MLflowTracker
+
+    class Failing(MLflowTracker):
+        def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001
+            super().on_trial_result(iteration, trials, trial, result, **info)
+            if result.get("final"):
+                raise RuntimeError("1 worker(s) were killed due to the node running low on "
+                                   "memory.\nMore lines of Ray's report")
+
+    def failing_tracker(run, stage):  # noqa: ANN001, ANN202
+        real = stages_tracker(run, stage)
+        real.__class__ = Failing
+        return real
+
+    stages_tracker = stages.stage_tracker
+    monkeypatch.setattr(stages, "stage_tracker", failing_tracker)
+    cfg = load_config(_config(tmp_path, "ray-fails", trials=4, max_concurrent=1))
+    with pytest.raises(SearchError) as err:
+        run_search(cfg, progress=False)
+    message = str(err.value)
+    assert "stopped in stage 1 (trial): RuntimeError: 1 worker(s) were killed" in message
+    assert "search.max_concurrent" in message and "--resume --name ray-fails" in message
+    log = cfg.workdir_path() / "ray-fails-error.txt"
+    assert log.is_file() and "More lines of Ray's report" in log.read_text()
+    client = MlflowClient(cfg.tracking_uri())
+    parent = find_search(client, "prunetune", "ray-fails")
+    assert parent.info.status == "KILLED"
+    for t in search_trials(client, parent):
+        assert t.status in ("finished", "interrupted")
+        assert client.get_run(t.run_id).info.status in ("FINISHED", "KILLED")
