@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import sys
 import time
 from collections import OrderedDict
@@ -336,11 +337,17 @@ def method_config(method: str) -> dict[str, Any]:
 
 
 def _finished(out: Path, method: str, seed: int, trials: int) -> bool:
+    """Whether `out` has a finished run of `method` at `seed` as it is defined now (or of a
+    variant that is the same definition: see `_default_aliases`)."""
     if not out.is_file():
         return False
     runs = json.loads(out.read_text())["runs"]
-    return any(r["method"] == method and r["seed"] == seed and len(r["rewards"]) >= trials
-               and r.get("config") == method_config(method) for r in runs)
+    want = method_config(method)
+    return any(r["seed"] == seed and len(r["rewards"]) >= trials and r.get("config")
+               and (r["method"] == method and r["config"] == want
+                    or r["method"].startswith(f"{method}-") and _same_definition(r["config"],
+                                                                                  want))
+               for r in runs)
 
 
 def _update(out: Path, objective: dict[str, Any] | None, run: dict[str, Any] | None,
@@ -365,12 +372,36 @@ def _update(out: Path, objective: dict[str, Any] | None, run: dict[str, Any] | N
         # Runs of an earlier definition of a method wait here until they are redone.
         current = [r for r in results["runs"] if r["method"] not in METHODS
                    or r.get("config") == method_config(r["method"])]
+        current += _default_aliases(current)
         results["summary"] = summarise(current, trials, default_trials=DEFAULT_TRIALS)
         _write_json(out, results)
         if results["objective"] is not None:
             plot(current, trials, results["objective"], out.with_suffix(".png"),
                  list(METHODS), MAIN_METHODS)
     return results
+
+
+def _default_aliases(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Runs of `X-default-fill` / `X-default-nofill` that are exactly what `X-default` is
+    now (the same resolved definition), listed under `X-default` too, for the seeds it has
+    none of: the variant measured better became the default, and is not run twice."""
+    have = {(r["method"], r["seed"]) for r in runs}
+    out = []
+    for r in runs:
+        base = re.sub(r"-(no)?fill$", "", r["method"])
+        if (base != r["method"] and base.endswith("-default") and base in METHODS
+                and (base, r["seed"]) not in have and r.get("config") is not None
+                and _same_definition(r["config"], method_config(base))):
+            out.append({**r, "method": base, "alias_of": r["method"]})
+            have.add((base, r["seed"]))
+    return out
+
+
+def _same_definition(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two resolved method definitions build the same space and searcher (their
+    overrides may differ: one may set explicitly what the other gets by default)."""
+    return {k: v for k, v in a.items() if k != "overrides"} == {
+        k: v for k, v in b.items() if k != "overrides"}
 
 
 def _identity(objective: dict[str, Any]) -> dict[str, Any]:

@@ -68,6 +68,10 @@ def progress_callback(stage: Stage, tracker: Any) -> Any:
         def __init__(self) -> None:
             self.done, self.best, self.t0 = 0, -math.inf, time.perf_counter()
 
+        def setup(self, **info: Any) -> None:
+            # Also on resume: count from the trials the tracker (set up first) found finished.
+            self.done, self.t0 = len(tracker._finished), time.perf_counter()
+
         def on_trial_complete(self, iteration: int, trials: list, trial: Any,
                               **info: Any) -> None:
             res = trial.last_result or {}
