@@ -120,6 +120,10 @@ class TrackingConfig(_Section):
     # MLflow tracking URI; None: sqlite:///<workdir>/mlflow.db. http:// for a tracking server.
     uri: str | None = None
     experiment: str = "prunetune"
+    # Seconds the driver waits, where a stage ends, for a tracking server that stopped
+    # answering (trials go on meanwhile, their results kept on disk) before it stops with
+    # the command that writes them and resumes.
+    wait_s: float = Field(600.0, ge=0)
 
 
 class PrunetuneConfig(BaseModel):

@@ -25,6 +25,7 @@ from .stages import (
     Stage,
     run_stage,
     search_stages,
+    settle_tracking,
     stage_done,
     stage_tracker,
 )
@@ -69,6 +70,11 @@ def _quiet_start_up() -> None:
     # 10 s or more leaves a resumed search re-running trials that finished since. A save
     # writes a few hundred KB; one a second costs the driver little.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    # A tracking server that does not answer fails a write in seconds, not after MLflow's
+    # minutes of retries: the tracker keeps the write on disk and retries it itself, so
+    # Tune's loop never waits on the server (orchestrator/journal.py).
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
 
 def _init_ray(cfg: PrunetuneConfig, progress: bool) -> None:
@@ -265,6 +271,8 @@ def run_search(cfg: PrunetuneConfig, *, resume: bool = False,
         print(f"[search] {_schemes_line(space)}", flush=True)
     _init_ray(cfg, progress)
     run = SearchRun(cfg, name, storage, workdir, dense, space, options, progress)
+    # Writes a driver that ended during a tracking outage kept go in before anything is read.
+    settle_tracking(run, stage_tracker(run, stages[0]))
     for index, stage in enumerate(stages):
         if stage_done(run, stages, index, resume):
             if progress:
@@ -279,6 +287,7 @@ def _summarise(run: SearchRun, stages: list[Stage]) -> SearchSummary:
     """Write the search's summary on its parent run from the child runs and end it."""
     cfg = run.cfg
     tracker = stage_tracker(run, stages[-1])
+    settle_tracking(run, tracker)
     parent = tracker.find_search()
     trials = search_trials(tracker.client, tracker.client.get_run(parent))
     best = tracker.finish_search(trials)

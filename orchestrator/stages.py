@@ -27,8 +27,8 @@ from .results import search_trials, select_finalists
 from .spaces import latency_table_file
 
 __all__ = ["FINALIST_SUFFIX", "DenseBaseline", "FinalistSearcher", "SearchRun", "Stage",
-           "progress_callback", "run_stage", "search_stages", "stage_done", "stage_tracker",
-           "trial_dirname"]
+           "journal_dir", "progress_callback", "run_stage", "search_stages", "settle_tracking",
+           "stage_done", "stage_tracker", "trial_dirname"]
 
 
 # A two-stage search's finalists run as a Tune experiment of their own beside the first
@@ -160,7 +160,32 @@ def stage_tracker(run: SearchRun, stage: Stage) -> Any:
                          search_name=run.name, config=cfg.model_dump(mode="json"),
                          space_description=run.space.describe(),
                          dense_metrics=run.dense.metrics, artifact_root=artifact_root,
-                         stage=stage.name, epochs=stage.epochs)
+                         stage=stage.name, epochs=stage.epochs,
+                         journal_dir=str(journal_dir(run.workdir, run.name)))
+
+
+def journal_dir(workdir: Path, name: str) -> Path:
+    """Where a search's MLflow writes wait while its tracking server does not answer."""
+    return workdir / "journal" / name
+
+
+def settle_tracking(run: SearchRun, tracker: Any) -> None:
+    """Wait (up to `tracking.wait_s`) for the writes kept during a tracking-server outage to
+    be written; raise SearchError with the resume command when the server stays silent."""
+    journal = tracker.journal
+    if not journal.pending:
+        return
+    wait = run.cfg.tracking.wait_s
+    if run.progress:
+        print(f"[search] waiting up to {wait:.0f} s for the MLflow server at "
+              f"{run.cfg.tracking_uri()} ({journal.pending} writes kept in {journal.folder})",
+              flush=True)
+    if not journal.flush(wait):
+        raise SearchError(
+            f"the MLflow tracking server at {run.cfg.tracking_uri()} has not answered for "
+            f"{wait:.0f} s; {journal.pending} writes of search {run.name} are kept in "
+            f"{journal.folder}. Once it answers, `prunetune search CONFIG --resume --name "
+            f"{run.name}` writes them and goes on")
 
 
 def _scheduler(cfg: PrunetuneConfig, stage: Stage) -> Any:
@@ -261,6 +286,7 @@ def run_stage(run: SearchRun, stages: list[Stage], index: int, resume: bool) -> 
         tuner = tune.Tuner.restore(str(path), trainable=_trainable(run, stage),
                                    resume_unfinished=True, resume_errored=True)
     elif stage.name == "finalist":
+        settle_tracking(run, tracker)  # the proxy results are read back from MLflow
         points = _finalist_points(run, tracker, stages[0])
         stage = Stage(stage.name, stage.experiment, len(points), stage.epochs)
         if run.progress:
@@ -283,6 +309,9 @@ def run_stage(run: SearchRun, stages: list[Stage], index: int, resume: bool) -> 
     except Exception as err:  # Ray / Tune failures (a worker killed for memory, a lost head)
         tracker.mark_interrupted()
         raise _stage_failed(run, stage, index, err) from err
+    # Tune ran the tracker it restored with the experiment when resuming; its kept writes are
+    # in the same journal folder, which this one reads.
+    settle_tracking(run, stage_tracker(run, stage))
     if len(grid) < stage.trials or grid.num_terminated + grid.num_errors < len(grid):
         # Tune returns normally from Ctrl-C after saving its state: the next stage must not
         # start from a partial one, and the search is not finished.

@@ -15,6 +15,7 @@ import io
 import json
 import math
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from ray.tune import Callback
 
 from prunetune.errors import SearchError
 
+from .journal import TrackingJournal
 from .results import (
     TAG_ROLE,
     TAG_SEARCH,
@@ -117,7 +119,11 @@ class MLflowTracker(Callback):
                  config: dict[str, Any], space_description: dict[str, Any],
                  dense_metrics: dict[str, float], artifact_root: str | None = None,
                  maximize: str = "accuracy", minimize: str = "latency_ms",
-                 stage: str = "trial", epochs: float | None = None) -> None:
+                 stage: str = "trial", epochs: float | None = None,
+                 journal_dir: str | None = None) -> None:
+        # Where writes wait while a tracking server does not answer (`journal.py`); None: a
+        # temporary folder (nothing survives this process then).
+        self.journal_dir = journal_dir
         self.stage = stage  # the stage this callback's experiment runs (`results.STAGES`)
         self.epochs = epochs  # its trials' fine-tuning epochs, recorded on each child run
         self.tracking_uri = tracking_uri
@@ -134,18 +140,31 @@ class MLflowTracker(Callback):
         self._finished: set[str] = set()  # trial ids whose final result is logged
         self._seeds: dict[str, str] = {}  # trial id -> its seed param (which suggestion it is)
         self._client: MlflowClient | None = None
+        self._journal: TrackingJournal | None = None
 
-    # The client holds connections; a restored Tuner unpickles this callback without it.
+    # The client holds connections and the journal a thread; a restored Tuner unpickles this
+    # callback without them (the journal's kept writes are on disk).
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_client"] = None
+        state["_client"] = state["_journal"] = None
         return state
 
     @property
     def client(self) -> MlflowClient:
+        """For reading; every write goes through `journal`."""
         if self._client is None:
             self._client = MlflowClient(self.tracking_uri)
         return self._client
+
+    @property
+    def journal(self) -> TrackingJournal:
+        if self._journal is None:
+            folder = (Path(self.journal_dir) if self.journal_dir else
+                      Path(tempfile.mkdtemp(prefix="prunetune-journal-")))
+            self._journal = TrackingJournal.open(
+                self.client, folder,
+                buffered=self.tracking_uri.startswith(("http://", "https://")))
+        return self._journal
 
     # -- parent run ---------------------------------------------------------------------------
     def start_search(self) -> str:
@@ -154,20 +173,20 @@ class MLflowTracker(Callback):
             return self.parent_run_id
         exp_id = get_or_create_experiment(self.client, self.experiment, self.artifact_root)
         found = self._find_parent(exp_id)
+        self._exp_id = exp_id
         if found is not None:
             self.parent_run_id = found
-            self.client.update_run(self.parent_run_id, status="RUNNING")
+            self.journal.update_run(self.parent_run_id, status="RUNNING")
             self._sync_children()
             return self.parent_run_id
-        run = self.client.create_run(exp_id, run_name=self.search_name,
-                                     tags={TAG_ROLE: "search", TAG_SEARCH: self.search_name})
-        self.parent_run_id = run.info.run_id
+        self.parent_run_id = self.journal.create_run(
+            exp_id, self.search_name, tags={TAG_ROLE: "search", TAG_SEARCH: self.search_name})
         set_up_ui(self.client, exp_id)
         params = flatten(self.config)
-        self.client.log_batch(self.parent_run_id,
-                              params=[Param(k, v[:6000]) for k, v in params.items()])
-        self.client.log_dict(self.parent_run_id, self.config, "config.json")
-        self.client.log_dict(self.parent_run_id, self.space_description, "space.json")
+        self.journal.log_batch(self.parent_run_id,
+                               params=[Param(k, v[:6000]) for k, v in params.items()])
+        self.journal.log_dict(self.parent_run_id, self.config, "config.json")
+        self.journal.log_dict(self.parent_run_id, self.space_description, "space.json")
         self._log_metrics(self.parent_run_id, {f"dense_{k}": v
                                                for k, v in self.dense_metrics.items()})
         return self.parent_run_id
@@ -188,16 +207,22 @@ class MLflowTracker(Callback):
             if found is None:
                 raise SearchError(f"search {self.search_name!r} has no parent run in "
                                   f"{self.tracking_uri} (experiment {self.experiment!r})")
-            self.parent_run_id = found
+            self.parent_run_id, self._exp_id = found, exp.experiment_id
         return self.parent_run_id
+
+    def _experiment_id(self) -> str:
+        if getattr(self, "_exp_id", None) is None:
+            self._exp_id = self.client.get_run(
+                self.journal.resolve(self.find_search())).info.experiment_id
+        return self._exp_id
 
     def _sync_children(self) -> None:
         """Re-read the child runs (and which trials finished) from MLflow: a resumed search's
         callback was pickled at Tune's last checkpoint and may have missed the last results."""
-        exp_id = self.client.get_run(self.parent_run_id).info.experiment_id
+        parent = self.journal.resolve(self.parent_run_id)
         children = self.client.search_runs(
-            [exp_id], filter_string=(f"tags.`mlflow.parentRunId` = '{self.parent_run_id}' and "
-                                     f"tags.`{TAG_STAGE}` = '{self.stage}'"),
+            [self._experiment_id()], filter_string=(f"tags.`mlflow.parentRunId` = '{parent}' "
+                                                    f"and tags.`{TAG_STAGE}` = '{self.stage}'"),
             max_results=10000)
         self._children = {r.data.tags[TAG_TRIAL]: r.info.run_id for r in children
                           if TAG_TRIAL in r.data.tags}
@@ -212,7 +237,7 @@ class MLflowTracker(Callback):
         if self.parent_run_id is None:
             self.start_search()
         else:  # a resumed search
-            self.client.update_run(self.parent_run_id, status="RUNNING")
+            self.journal.update_run(self.parent_run_id, status="RUNNING")
             self._sync_children()
 
     def mark_interrupted(self) -> None:
@@ -220,17 +245,17 @@ class MLflowTracker(Callback):
         child runs of the trials that were running end KILLED, tagged `interrupted`, until a
         resume picks them up again; a run whose final result is in ends FINISHED."""
         parent = self.find_search()
-        exp_id = self.client.get_run(parent).info.experiment_id
         open_runs = self.client.search_runs(
-            [exp_id], filter_string=(f"tags.`mlflow.parentRunId` = '{parent}' and "
-                                     "attributes.status = 'RUNNING'"), max_results=10000)
+            [self._experiment_id()],
+            filter_string=(f"tags.`mlflow.parentRunId` = '{self.journal.resolve(parent)}' "
+                           "and attributes.status = 'RUNNING'"), max_results=10000)
         for run in open_runs:
             if run.data.tags.get(TAG_STATUS) == "finished":  # its final result is in
-                self.client.set_terminated(run.info.run_id, status="FINISHED")
+                self.journal.set_terminated(run.info.run_id, status="FINISHED")
             else:
-                self.client.set_tag(run.info.run_id, TAG_STATUS, "interrupted")
-                self.client.set_terminated(run.info.run_id, status="KILLED")
-        self.client.set_terminated(parent, status="KILLED")
+                self.journal.set_tag(run.info.run_id, TAG_STATUS, "interrupted")
+                self.journal.set_terminated(run.info.run_id, status="KILLED")
+        self.journal.set_terminated(parent, status="KILLED")
 
     def _done_before(self, trial: Any) -> bool:
         """The trial's final result is already in MLflow. Tune re-runs a trial whose result
@@ -258,7 +283,7 @@ class MLflowTracker(Callback):
         self._seeds[trial.trial_id] = self._seeds.pop(old)
         if old in self._finished:
             self._finished.add(trial.trial_id)
-        self.client.set_tag(run_id, TAG_TRIAL, trial.trial_id)
+        self.journal.set_tag(run_id, TAG_TRIAL, trial.trial_id)
         return run_id
 
     def _child(self, trial: Any, known: set[str] | None = None) -> str:
@@ -271,7 +296,7 @@ class MLflowTracker(Callback):
         if run_id is not None:
             return run_id
         parent = self.start_search()
-        exp_id = self.client.get_run(parent).info.experiment_id
+        exp_id = self._experiment_id()
         config = trial.config or {}
         # finalists by their rank among the proxy trials, others in the order Tune started them
         name = trial_name(int(config.get("finalist", len(self._children) + 1)), self.stage)
@@ -279,8 +304,7 @@ class MLflowTracker(Callback):
                 TAG_TRIAL: trial.trial_id, TAG_STATUS: "running", TAG_STAGE: self.stage}
         if "proxy_trial" in config:  # a finalist: the proxy trial whose policy it fine-tunes
             tags["prunetune.proxy_trial"] = str(config["proxy_trial"])
-        run = self.client.create_run(exp_id, run_name=name, tags=tags)
-        run_id = run.info.run_id
+        run_id = self.journal.create_run(exp_id, name, tags=tags)
         self._children[trial.trial_id] = run_id
         self._names[trial.trial_id] = name
         params: dict[str, str] = {"dim": str(config.get("dim", len(config.get("x", []))))}
@@ -299,12 +323,12 @@ class MLflowTracker(Callback):
             policy = Policy.from_json(config["policy"])
             params.update({k: str(v) for k, v in policy.summary().items()})
             params.update(unit_params(policy))
-            self.client.log_text(run_id, config["policy"], "policy.json")
+            self.journal.log_text(run_id, config["policy"], "policy.json")
         if "x" in config:
             params["x"] = json.dumps([round(v, 4) for v in config["x"]])[:6000]
         batch = [Param(k, v) for k, v in params.items()]
         for i in range(0, len(batch), _PARAMS_PER_BATCH):
-            self.client.log_batch(run_id, params=batch[i:i + _PARAMS_PER_BATCH])
+            self.journal.log_batch(run_id, params=batch[i:i + _PARAMS_PER_BATCH])
         return run_id
 
     def _log_policy_picture(self, run_id: str, policy_json: str, path: str, title: str) -> None:
@@ -312,22 +336,22 @@ class MLflowTracker(Callback):
 
         from .pictures import log_figure, policy_figure
 
-        log_figure(self.client, run_id, policy_figure(
+        log_figure(self.journal, run_id, policy_figure(
             Policy.from_json(policy_json), self.space_description.get("units", {}), title), path)
 
     def _log_metrics(self, run_id: str, metrics: dict[str, Any], step: int = 0) -> None:
         ts = int(time.time() * 1000)
         batch = [Metric(k, float(v), ts, step) for k, v in metrics.items() if _finite(v)]
         if batch:
-            self.client.log_batch(run_id, metrics=batch)
+            self.journal.log_batch(run_id, metrics=batch)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         known = {t.trial_id for t in trials}
         existed = trial.trial_id in self._children or self._adopt(trial, known) is not None
         run_id = self._child(trial, known)  # a new child run starts out running
         if existed and not self._done_before(trial):  # run again: resumed, retried, adopted
-            self.client.update_run(run_id, status="RUNNING")
-            self.client.set_tag(run_id, TAG_STATUS, "running")
+            self.journal.update_run(run_id, status="RUNNING")
+            self.journal.set_tag(run_id, TAG_STATUS, "running")
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
@@ -347,7 +371,7 @@ class MLflowTracker(Callback):
         if final:  # marked at once: an interruption may come before on_trial_complete
             tags[0] = RunTag(TAG_STATUS, "finished")
         ts = int(time.time() * 1000)
-        self.client.log_batch(run_id, metrics=[Metric(k, float(v), ts, step)
+        self.journal.log_batch(run_id, metrics=[Metric(k, float(v), ts, step)
                                                for k, v in metrics.items() if _finite(v)],
                               tags=tags)
         if final:
@@ -363,18 +387,18 @@ class MLflowTracker(Callback):
             name = self._names.get(trial.trial_id, trial.trial_id)
             self._log_policy_picture(run_id, policy, POLICY_PICTURE,
                                      f"{self.search_name} {name}")
-        self.client.set_tag(run_id, TAG_STATUS, status)
-        self.client.set_terminated(run_id, status="FINISHED" if final else "KILLED")
+        self.journal.set_tag(run_id, TAG_STATUS, status)
+        self.journal.set_terminated(run_id, status="FINISHED" if final else "KILLED")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if self._done_before(trial):
             return
         run_id = self._child(trial)
-        self.client.set_tag(run_id, TAG_STATUS, "error")
+        self.journal.set_tag(run_id, TAG_STATUS, "error")
         error_file = getattr(trial, "error_file", None) or ""
         if error_file and os.path.isfile(error_file):
-            self.client.log_text(run_id, Path(error_file).read_text()[-20000:], "error.txt")
-        self.client.set_terminated(run_id, status="FAILED")
+            self.journal.log_text(run_id, Path(error_file).read_text()[-20000:], "error.txt")
+        self.journal.set_terminated(run_id, status="FAILED")
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         """Reconcile with Tune's trials when the stage's experiment ends (or is interrupted):
@@ -383,7 +407,7 @@ class MLflowTracker(Callback):
         no result and is deleted, so every child run is a trial of the search."""
         known = {t.trial_id for t in trials}
         for trial_id in [t for t in self._children if t not in known and t not in self._finished]:
-            self.client.delete_run(self._children.pop(trial_id))
+            self.journal.delete_run(self._children.pop(trial_id))
             self._names.pop(trial_id, None)
             self._seeds.pop(trial_id, None)
 
@@ -412,22 +436,22 @@ class MLflowTracker(Callback):
                     "trial_id": top.trial_id, "stage": top.stage}
             if "seed" in top.params:
                 best["seed"] = int(top.params["seed"])
-            self.client.log_text(parent, best["policy"], "best_policy.json")
+            self.journal.log_text(parent, best["policy"], "best_policy.json")
             self._log_metrics(parent, {f"best_{k}": v for k, v in top.metrics.items()})
-            self.client.set_tag(parent, "best_trial_id", top.trial_id)
-            self.client.set_tag(parent, "best_trial", top.name)
+            self.journal.set_tag(parent, "best_trial_id", top.trial_id)
+            self.journal.set_tag(parent, "best_trial", top.name)
             self._log_policy_picture(parent, best["policy"], BEST_POLICY_PICTURE,
                                      f"{self.search_name}: best policy ({top.name})")
             self._log_results_csv(parent, finished)
             front = pareto_front(deciding, maximize=self.maximize, minimize=self.minimize)
-            self.client.log_dict(parent, [{"trial": t.name, "trial_id": t.trial_id,
+            self.journal.log_dict(parent, [{"trial": t.name, "trial_id": t.trial_id,
                                            "stage": t.stage, **t.metrics} for t in front],
                                  "pareto_front.json")
             self._log_pareto_plot(parent, deciding, front)
         counts = {"trials_finished": len(finished),
                   "finalists_finished": sum(t.stage == "finalist" for t in finished)}
         self._log_metrics(parent, counts)
-        self.client.set_terminated(parent, status="FINISHED")
+        self.journal.set_terminated(parent, status="FINISHED")
         return best
 
     def _log_results_csv(self, parent: str, trials: list[TrialRecord]) -> None:
@@ -440,7 +464,7 @@ class MLflowTracker(Callback):
             writer.writerow({"trial": t.name, "trial_id": t.trial_id, "stage": t.stage,
                              **t.metrics, "seed": t.params.get("seed", ""),
                              "policy": self.policy_json(t)})
-        self.client.log_text(parent, buf.getvalue(), "results.csv")
+        self.journal.log_text(parent, buf.getvalue(), "results.csv")
 
     def _log_pareto_plot(self, parent: str, trials: list[TrialRecord],
                          front: list[TrialRecord]) -> None:
@@ -453,7 +477,7 @@ class MLflowTracker(Callback):
                        math.nan)
         labelled = [{**t.metrics, "trial": t.name} for t in front]
         stage = trials[0].stage if trials else "trial"
-        log_figure(self.client, parent, pareto_figure(
+        log_figure(self.journal, parent, pareto_figure(
             rows, labelled, x=self.minimize, y=self.maximize, dense=(dense_x, dense_y),
             title=f"search {self.search_name}" + (" (finalists)" if stage == "finalist"
                                                   else "")), "pareto.png")

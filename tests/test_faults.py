@@ -149,3 +149,129 @@ def test_a_ray_failure_ends_the_search_with_one_line_and_the_resume_command(
     for t in search_trials(client, parent):
         assert t.status in ("finished", "interrupted")
         assert client.get_run(t.run_id).info.status in ("FINISHED", "KILLED")
+
+
+def _server_on(folder: Path, port: int) -> subprocess.Popen:
+    """A real `mlflow server` on 127.0.0.1:`port` over `folder` (the same store each time)."""
+    from prunetune.orchestrator.jobs import server_command, server_env, wait_for_http
+
+    cmd = server_command(host="127.0.0.1", port=port, workdir=str(folder))
+    log = open(folder / f"server-{time.monotonic_ns()}.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(cmd, env=server_env(), stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    wait_for_http(f"http://127.0.0.1:{port}/health", timeout_s=180,
+                  alive=lambda: proc.poll() is None)
+    return proc
+
+
+def test_tracker_writes_wait_on_disk_while_the_server_is_down(tmp_path: Path,
+                                                              monkeypatch) -> None:
+    """A tracking server stops: the tracker's writes return at once (kept in its journal,
+    not MLflow's minutes of retries), and land, in order, once the server is back."""
+    from types import SimpleNamespace
+
+    from prunetune.orchestrator.tracking import MLflowTracker
+
+    from .test_registry import free_port, stop_process_group
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = _server_on(tmp_path, port)
+    tracker = MLflowTracker(tracking_uri=uri, experiment="prunetune", search_name="outage",
+                            config={}, space_description={}, dense_metrics={},
+                            journal_dir=str(tmp_path / "journal"))
+    tracker.journal.retry_s = 0.5
+    tracker.setup()
+    trials = [SimpleNamespace(trial_id=f"t{i}", config={"seed": i}, error_file=None,
+                              last_result={"accuracy": 0.1 * i, "final": True})
+              for i in range(4)]
+
+    def run(trial: SimpleNamespace) -> float:
+        t0 = time.monotonic()
+        tracker.on_trial_start(0, trials, trial)
+        tracker.on_trial_result(0, trials, trial, {**trial.last_result, "epoch": 1})
+        tracker.on_trial_complete(0, trials, trial)
+        return time.monotonic() - t0
+
+    run(trials[0])
+    stop_process_group(server)
+    assert max(run(t) for t in trials[1:]) < 10  # no write waits on the silent server
+    assert tracker.journal.pending > 0
+    assert (tmp_path / "journal" / "ops.jsonl").is_file()  # kept on disk, not in memory only
+    server = _server_on(tmp_path, port)
+    try:
+        assert tracker.journal.flush(60) and tracker.journal.pending == 0
+        client = MlflowClient(uri)
+        runs = search_trials(client, find_search(client, "prunetune", "outage"))
+        assert sorted(r.trial_id for r in runs) == ["t0", "t1", "t2", "t3"]
+        for r in runs:
+            assert r.status == "finished"
+            assert client.get_run(r.run_id).info.status == "FINISHED"
+            assert r.metrics["accuracy"] == pytest.approx(0.1 * int(r.trial_id[1:]))
+    finally:
+        stop_process_group(server)
+
+
+@pytest.mark.slow
+def test_a_search_outlives_tracking_outages(tmp_path: Path) -> None:
+    """The tracking server stops mid-search and comes back: the search goes on and every
+    result lands. In a second search it stops and stays down past the search's end: the search
+    stops with the command that resumes it, which, once the server is back, writes what was
+    kept and finishes the search."""
+    from .test_registry import free_port, stop_process_group
+
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    (tmp_path / "server").mkdir()
+    server = _server_on(tmp_path / "server", port)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+    def start(name: str, wait_s: float) -> tuple[list[str], subprocess.Popen]:
+        path = _config(tmp_path, name, trials=10, max_concurrent=1)
+        raw = yaml.safe_load(path.read_text())
+        raw["tracking"] = {"uri": uri, "wait_s": wait_s}
+        raw["finetune"]["epochs"] = 0
+        path.write_text(yaml.safe_dump(raw))
+        cmd = [sys.executable, "-m", "prunetune.orchestrator.cli", "search", str(path)]
+        return cmd, subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
+
+    def check(name: str) -> None:
+        client = MlflowClient(uri)
+        parent = find_search(client, "prunetune", name)
+        assert parent.info.status == "FINISHED"
+        trials = search_trials(client, parent)
+        assert sorted(t.name for t in trials) == [f"trial-{i:03d}" for i in range(1, 11)]
+        for t in trials:
+            assert t.status == "finished"
+            assert len(client.get_metric_history(t.run_id, "accuracy")) == 1
+        finals = final_reports(load_config(tmp_path / f"{name}.yaml").storage_dir() / name)
+        assert sorted(n for n in finals.values() if n) == [1] * 10  # nothing ran twice
+
+    try:
+        _, proc = start("outage", wait_s=300)
+        _wait_for(uri, "outage", 3, proc)
+        stop_process_group(server)  # down for 40 s while the trials go on
+        time.sleep(40)
+        assert proc.poll() in (None, 0)  # neither stopped nor crashed
+        server = _server_on(tmp_path / "server", port)
+        out, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, out
+        check("outage")
+
+        cmd, proc = start("long-outage", wait_s=10)
+        _wait_for(uri, "long-outage", 3, proc)
+        stop_process_group(server)  # down until after the search's end
+        out, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 2, out
+        assert f"tracking server at {uri} has not answered" in out and "--resume" in out
+        assert "Traceback" not in out
+        server = _server_on(tmp_path / "server", port)
+        done = subprocess.run(cmd + ["--resume"], env=env, cwd=tmp_path, capture_output=True,
+                              text=True, timeout=600)
+        assert done.returncode == 0, done.stdout + done.stderr
+        check("long-outage")
+    finally:
+        stop_process_group(server)
