@@ -275,3 +275,50 @@ def test_a_search_outlives_tracking_outages(tmp_path: Path) -> None:
         check("long-outage")
     finally:
         stop_process_group(server)
+
+
+def _trial_workers() -> list[int]:
+    """PIDs of Ray worker processes running a trial (Tune's function trainable actors)."""
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return [int(line.split()[0]) for line in out.splitlines()[1:]
+            if "ray::ImplicitFunc" in line]
+
+
+@pytest.mark.slow
+def test_a_killed_trial_worker_is_retried_and_counted_once(tmp_path: Path) -> None:
+    path = _config(tmp_path, "worker-killed", trials=6)
+    cfg = load_config(path)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "prunetune.orchestrator.cli", "search", str(path)]
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    _wait_for(cfg.tracking_uri(), "worker-killed", 1, proc)
+    deadline = time.monotonic() + 120
+    while not _trial_workers():
+        assert time.monotonic() < deadline and proc.poll() is None, "no trial worker running"
+        time.sleep(0.2)
+    os.kill(_trial_workers()[0], signal.SIGKILL)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    client = MlflowClient(cfg.tracking_uri())
+    trials = search_trials(client, find_search(client, "prunetune", "worker-killed"))
+    assert len(trials) == 6 and all(t.status == "finished" for t in trials)
+    assert len({t.params["seed"] for t in trials}) == 6
+    for t in trials:
+        assert len(client.get_metric_history(t.run_id, "accuracy")) == 1
+
+
+def test_a_mixed_scheme_search_runs_every_trial(local_ray, tmp_path: Path) -> None:
+    """Channel and N:M searched per layer group: every decoded policy applies and meets the
+    budget on the pruned model (such policies failed in apply_policy before)."""
+    cfg = load_config(_config(tmp_path, "mixed", trials=4, searcher="random"))
+    cfg = cfg.model_copy(update={"space": cfg.space.model_copy(update={
+        "schemes": ["channel", "nm"], "scheme_search": True})})
+    summary = run_search(cfg, progress=False)
+    assert summary.trials_finished == 4
+    client = MlflowClient(cfg.tracking_uri())
+    trials = search_trials(client, find_search(client, "prunetune", "mixed"))
+    assert all(t.status == "finished" for t in trials)
+    assert all(t.metrics["flops_ratio"] <= cfg.space.budget.keep for t in trials)
+    schemes = {v for t in trials for k, v in t.params.items() if k.startswith("scheme.")}
+    assert schemes == {"channel", "nm"}

@@ -1,0 +1,114 @@
+"""The fault drills: a user's bad day, injected into real searches, and what held.
+
+    python benchmarks/faults.py [--drills NAME,...] [--table]
+
+Each drill is a test of the suite (real Ray, real MLflow; most in tests/test_faults.py) run on
+its own with pytest, so the drill and its check are one piece of code. Writes
+benchmarks/results/faults.json: per drill, what must hold, the test, passed or not, seconds,
+and the machine; `--table` prints the markdown table for benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import machine_info, write_result
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "results" / "faults.json"
+
+# name -> (what must hold, the test that injects the fault and checks it)
+DRILLS: dict[str, tuple[str, str]] = {
+    "trial worker killed (kill -9)": (
+        "Tune retries the trial; 6 of 6 trials finished, one child run each, one result each",
+        "tests/test_faults.py::test_a_killed_trial_worker_is_retried_and_counted_once"),
+    "driver killed twice (kill -9), resumed": (
+        "8 child runs for 8 trials, all finished, none run twice (Tune: one final report "
+        "each), parent FINISHED",
+        "tests/test_faults.py::test_a_driver_killed_twice_resumes_to_exactly_one_run_per_trial"),
+    "Ctrl-C, resumed": (
+        "8 of 8 trials, each run once; the parent ends FINISHED",
+        "tests/test_search_integration.py::test_interrupted_search_resumes_without_rerunning"),
+    "Ctrl-C among the finalists, resumed": (
+        "exit 130, parent KILLED; the resume skips the proxy stage (each proxy trial reported "
+        "once) and ends with 10 child runs",
+        "tests/test_stages.py::"
+        "test_interrupted_in_the_finalist_stage_resumes_without_redoing_the_proxy_stage"),
+    "tracking server stopped 40 s mid-search; and down past the search's end": (
+        "the search goes on and every result lands; past the end: exit 2 with the --resume "
+        "command, which writes the kept results and finishes; nothing run twice",
+        "tests/test_faults.py::test_a_search_outlives_tracking_outages"),
+    "tracker writes while the server is down": (
+        "each returns in seconds, kept on disk, written in order once the server is back",
+        "tests/test_faults.py::test_tracker_writes_wait_on_disk_while_the_server_is_down"),
+    "tracking server absent at start": (
+        "exit 2 in seconds naming the server and `prunetune server`; nothing trained, no "
+        "Tune state left",
+        "tests/test_user_surprises.py::"
+        "test_a_search_refuses_a_silent_tracking_server_before_any_work"),
+    "state files truncated / emptied before --resume": (
+        "each of tuner.pkl, experiment state, search-generator state and searcher state "
+        "refused in seconds, naming the file; nothing rewritten; MLflow intact",
+        "tests/test_faults.py::test_damaged_state_files_are_refused_on_resume"),
+    "Ray gives up mid-search (out of memory)": (
+        "one line with the cause, a memory hint and the --resume command; traceback in a "
+        "file; no child run left RUNNING; parent KILLED",
+        "tests/test_faults.py::"
+        "test_a_ray_failure_ends_the_search_with_one_line_and_the_resume_command"),
+    "mixed-scheme space (channel + N:M per group)": (
+        "every trial finishes within the budget",
+        "tests/test_faults.py::test_a_mixed_scheme_search_runs_every_trial"),
+}
+
+
+def run_drill(test: str) -> dict[str, object]:
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           test], cwd=ROOT, capture_output=True, text=True, check=False)
+    last = (proc.stdout.strip().splitlines() or ["no output"])[-1]
+    return {"passed": proc.returncode == 0, "seconds": round(time.monotonic() - t0, 1),
+            "pytest": last}
+
+
+def table(results: dict[str, dict]) -> str:
+    lines = ["| drill | what must hold | observed |", "|---|---|---|"]
+    for name, r in results["drills"].items():
+        seen = (f"held ({r['seconds']:.0f} s)" if r["passed"] else
+                f"**FAILED**: {r['pytest']}")
+        lines.append(f"| {name} | {r['expected']} | {seen} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--drills", help="comma-separated drill names (default: all)")
+    parser.add_argument("--table", action="store_true", help="print the table of --out")
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args()
+    if args.table:
+        print(table(json.loads(args.out.read_text())))
+        return
+    names = args.drills.split(",") if args.drills else list(DRILLS)
+    unknown = [n for n in names if n not in DRILLS]
+    if unknown:
+        parser.error(f"unknown drill(s) {unknown}; known: {list(DRILLS)}")
+    drills = {}
+    for name in names:
+        expected, test = DRILLS[name]
+        print(f"{name} ...", flush=True)
+        drills[name] = {"expected": expected, "test": test, **run_drill(test)}
+        print(f"  {'held' if drills[name]['passed'] else 'FAILED'} "
+              f"({drills[name]['seconds']} s)", flush=True)
+    result = {"drills": drills, "machine": machine_info()}
+    write_result(args.out, result, show={n: d["passed"] for n, d in drills.items()})
+    print(table(result))
+
+
+if __name__ == "__main__":
+    main()
