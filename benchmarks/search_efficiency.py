@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import re
 import sys
 import time
 from collections import OrderedDict
@@ -372,7 +371,7 @@ def _update(out: Path, objective: dict[str, Any] | None, run: dict[str, Any] | N
         # Runs of an earlier definition of a method wait here until they are redone.
         current = [r for r in results["runs"] if r["method"] not in METHODS
                    or r.get("config") == method_config(r["method"])]
-        current += _default_aliases(current)
+        current += _default_aliases(results["runs"])
         results["summary"] = summarise(current, trials, default_trials=DEFAULT_TRIALS)
         _write_json(out, results)
         if results["objective"] is not None:
@@ -382,18 +381,21 @@ def _update(out: Path, objective: dict[str, Any] | None, run: dict[str, Any] | N
 
 
 def _default_aliases(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Runs of `X-default-fill` / `X-default-nofill` that are exactly what `X-default` is
-    now (the same resolved definition), listed under `X-default` too, for the seeds it has
-    none of: the variant measured better became the default, and is not run twice."""
-    have = {(r["method"], r["seed"]) for r in runs}
+    """Runs listed under another method too, for the seeds it has none of, when they are
+    exactly that method's definition now: after a default changed, `X-default` runs made
+    before are what `X-default-nofill` is, and `X-default-fill` runs what `X-default` is.
+    No run is made twice for one definition."""
+    have = {(r["method"], r["seed"]) for r in runs if r.get("config") is not None
+            and r["method"] in METHODS and r["config"] == method_config(r["method"])}
     out = []
-    for r in runs:
-        base = re.sub(r"-(no)?fill$", "", r["method"])
-        if (base != r["method"] and base.endswith("-default") and base in METHODS
-                and (base, r["seed"]) not in have and r.get("config") is not None
-                and _same_definition(r["config"], method_config(base))):
-            out.append({**r, "method": base, "alias_of": r["method"]})
-            have.add((base, r["seed"]))
+    for method in (m for m in METHODS if METHODS[m].grouping == "defaults"):
+        want = method_config(method)
+        for r in runs:
+            if ((method, r["seed"]) not in have and r["method"] != method
+                    and r["method"].startswith(method.rsplit("-default", 1)[0] + "-default")
+                    and r.get("config") is not None and _same_definition(r["config"], want)):
+                out.append({**r, "method": method, "alias_of": r["method"]})
+                have.add((method, r["seed"]))
     return out
 
 

@@ -125,7 +125,9 @@ class PolicySearcher(Searcher, abc.ABC):
     # `space.groups: auto` (an int, "auto" for clustered groups, None for one dimension per
     # unit) and whether decoded points are moved onto the budget under `space.budget.fill:
     # null` (see `PruningSpace(n_groups=, fill_budget=)`). Each built-in searcher's values are
-    # the ones benchmarks/search_efficiency.py measured best for it.
+    # the ones benchmarks/search_efficiency.py measured best for it; a searcher whose points
+    # differ only in how much they prune (same_ratio) must not fill: they would all decode
+    # to one policy.
     default_groups: ClassVar[int | str | None] = None
     default_fill_budget: ClassVar[bool] = False
 

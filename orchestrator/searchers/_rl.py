@@ -91,6 +91,11 @@ def load_searcher_state(path: str | Path) -> dict[str, Any]:
 class RLSearcher(PolicySearcher):
     """AMC's DDPG agent as a Ray Tune searcher (see the module docstring)."""
 
+    # Episodes decoded onto the budget: the action wall keeps each one above it, the fill
+    # keeps it from pruning more than it must (measured: benchmarks/README, search
+    # efficiency).
+    default_fill_budget = True
+
     def __init__(self, *, space: SearchSpace, metric: str | None = None,
                  mode: str | None = None,
                  seed: int = 0, reward: str = "metric", warmup: int = 20,
