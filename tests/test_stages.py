@@ -13,8 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-import ray
-import yaml
 from mlflow.tracking import MlflowClient
 
 from prunetune.orchestrator.cli import main
@@ -29,23 +27,15 @@ from prunetune.orchestrator.results import (
 )
 from prunetune.orchestrator.spaces import space_defaults
 
-from .search_helpers import children, final_reports
-
-ROOT = Path(__file__).resolve().parents[1]
+from .search_helpers import children, final_reports, write_config
 
 
 def _config(tmp_path: Path, name: str, **sections: dict) -> Path:
     """examples/digits-smoke.yaml as a two-stage search: 8 proxy trials (no fine-tuning),
     then the best 2 fine-tuned for one epoch."""
-    base = yaml.safe_load((ROOT / "examples" / "digits-smoke.yaml").read_text())
-    base.update(name=name, workdir=str(tmp_path / "work"))
-    base["search"].update(trials=8, finalists={"count": 2, "epochs": 1})
-    base["finetune"].update(epochs=0)
-    for key, value in sections.items():
-        base.setdefault(key, {}).update(value)
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(base))
-    return path
+    search = {"trials": 8, "finalists": {"count": 2, "epochs": 1}, **sections.pop("search", {})}
+    return write_config(tmp_path, name, search=search,
+                        finetune={"epochs": 0, **sections.pop("finetune", {})}, **sections)
 
 
 def _record(name: str, accuracy: float, latency: float, status: str = "finished"
@@ -101,7 +91,8 @@ def test_finalist_searcher_hands_out_its_points_once_across_a_restore(tmp_path: 
 
 
 @pytest.mark.parametrize(("searcher", "groups", "fill"), [
-    ("bo", "auto", False), ("random", None, False), ("rl", None, False)])
+    ("bo", "auto", True), ("random", None, True), ("rl", None, True),
+    ("same_ratio", None, False)])
 def test_a_configs_defaults_take_the_searchers_own_space(searcher: str, groups: object,
                                                          fill: bool) -> None:
     cfg = PrunetuneConfig.model_validate({"search": {"searcher": searcher}})
@@ -114,13 +105,6 @@ def test_a_configs_defaults_take_the_searchers_own_space(searcher: str, groups: 
 
 # ---------------------------------------------------------------------------------------------
 # A real two-stage search
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def test_two_stage_search_fine_tunes_the_best_proxy_policies(
