@@ -28,6 +28,10 @@ DRILLS: dict[str, tuple[str, str]] = {
     "trial worker killed (kill -9)": (
         "Tune retries the trial; 6 of 6 trials finished, one child run each, one result each",
         "tests/test_faults.py::test_a_killed_trial_worker_is_retried_and_counted_once"),
+    "worker node of a 2-node cluster killed (kill -9, every process)": (
+        "its trial retried on the head; 8 of 8 trials finished, one child run and one "
+        "result each",
+        "tests/test_cluster_integration.py::test_a_search_survives_losing_its_worker_node"),
     "driver killed twice (kill -9), resumed": (
         "8 child runs for 8 trials, all finished, none run twice (Tune: one final report "
         "each), parent FINISHED",

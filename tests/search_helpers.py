@@ -1,14 +1,29 @@
-"""What several search tests read back: a search's child runs from MLflow, and how often each
-trial reported a final result to Tune."""
+"""What several search tests share: a search config to start from, a search's child runs read
+back from MLflow, and how often each trial reported a final result to Tune."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import yaml
 from mlflow.tracking import MlflowClient
 
 from prunetune.orchestrator.results import TrialRecord, find_search, search_trials
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_config(tmp_path: Path, name: str, **sections: dict) -> Path:
+    """examples/digits-smoke.yaml (a search of a minute) named `name`, its workdir in
+    `tmp_path`, with `sections` merged in (`search={"trials": 8}`), written to a file."""
+    base = yaml.safe_load((ROOT / "examples" / "digits-smoke.yaml").read_text())
+    base.update(name=name, workdir=str(tmp_path / "work"))
+    for key, value in sections.items():
+        base.setdefault(key, {}).update(value)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(base))
+    return path
 
 
 def children(uri: str, name: str) -> list[TrialRecord]:

@@ -35,17 +35,22 @@ TRIALS = 8
 NAME = "cluster-it"
 
 
-def _leftovers(folder: Path) -> list[int]:
-    """Pids of processes whose command line names the cluster folder."""
+def _processes_naming(text: str) -> list[int]:
+    """Pids of processes whose command line contains `text`."""
     pids = []
     for proc in Path("/proc").glob("[0-9]*"):
         try:
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="ignore")
         except OSError:
             continue
-        if f"{folder}/" in cmdline:
+        if text in cmdline:
             pids.append(int(proc.name))
     return pids
+
+
+def _leftovers(folder: Path) -> list[int]:
+    """Pids of processes whose command line names the cluster folder."""
+    return _processes_naming(f"{folder}/")
 
 
 @pytest.fixture(scope="module")
@@ -127,3 +132,46 @@ def test_submitted_search_runs_on_both_nodes(infra: dict, tmp_path: Path,
     # Both nodes share IP and hostname; the Ray node id recorded per trial tells them apart.
     ran_on = {t.tags.get("node_id") for t in trials}
     assert ran_on == nodes, f"trials ran on {ran_on}, cluster nodes are {nodes}"
+
+
+def test_a_search_survives_losing_its_worker_node(infra: dict, tmp_path: Path,
+                                                  tmp_path_factory: pytest.TempPathFactory
+                                                  ) -> None:
+    """The worker node of the 2-node cluster dies (every one of its processes, kill -9)
+    mid-search: Tune retries its trial on the head, and the search ends with every trial
+    finished once. Runs after the test above: the cluster has one node afterwards."""
+    import signal
+    import sys
+    import time
+
+    from .search_helpers import children
+
+    name = "node-lost"
+    raw = digits_config(tmp_path, name, tmp_path_factory.getbasetemp() / "cache",
+                        search={"trials": TRIALS, "max_concurrent": 2, "cpus_per_trial": 1,
+                                "latency_repeats": 3},
+                        finetune={"epochs": 1})
+    raw["ray"] = {"address": infra["gcs"]}
+    raw["tracking"] = {"uri": infra["mlflow"]}
+    config = tmp_path / "search.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    proc = subprocess.Popen([sys.executable, "-m", "prunetune.orchestrator.cli", "search",
+                             str(config)], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.monotonic() + 400
+    while sum(t.status == "finished" for t in children(infra["mlflow"], name)) < 2:
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.monotonic() < deadline, "the search did not get going"
+        time.sleep(0.5)
+    worker = f"{infra['folder']}/worker-1"  # the node's temp dir names its processes
+    for pid in _processes_naming(worker):
+        os.kill(pid, signal.SIGKILL)
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out[-4000:]
+    client = MlflowClient(infra["mlflow"])
+    trials = search_trials(client, find_search(client, "prunetune", name))
+    assert len(trials) == TRIALS and all(t.status == "finished" for t in trials)
+    assert len({t.params["seed"] for t in trials}) == TRIALS
+    for t in trials:
+        assert len(client.get_metric_history(t.run_id, "accuracy")) == 1

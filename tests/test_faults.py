@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-import ray
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -21,25 +20,11 @@ from prunetune.orchestrator.config import load_config
 from prunetune.orchestrator.driver import SearchError, run_search
 from prunetune.orchestrator.results import find_search, search_trials
 
-from .search_helpers import children, final_reports
-
-ROOT = Path(__file__).resolve().parents[1]
+from .search_helpers import children, final_reports, write_config
 
 
 def _config(tmp_path: Path, name: str, **search: object) -> Path:
-    base = yaml.safe_load((ROOT / "examples" / "digits-smoke.yaml").read_text())
-    base.update(name=name, workdir=str(tmp_path / "work"))
-    base["search"].update(search)
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(base))
-    return path
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+    return write_config(tmp_path, name, search=search)
 
 
 def test_damaged_state_files_are_refused_on_resume(local_ray, tmp_path: Path) -> None:

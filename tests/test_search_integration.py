@@ -12,8 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import ray
-import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
@@ -23,33 +21,15 @@ from prunetune.orchestrator.driver import SearchError, run_search
 from prunetune.orchestrator.results import find_search, search_trials
 from prunetune.search_spaces import Policy
 
-from .search_helpers import children, final_reports
+from .search_helpers import children, final_reports, write_config
 
-ROOT = Path(__file__).resolve().parents[1]
 FINAL_METRICS = ("accuracy", "accuracy_drop", "flops", "params", "sparsity", "latency_ms",
                  "speedup")
 
 
-def _write_config(tmp_path: Path, name: str, **sections: dict) -> Path:
-    base = yaml.safe_load((ROOT / "examples" / "digits-smoke.yaml").read_text())
-    base.update(name=name, workdir=str(tmp_path / "work"))
-    for key, value in sections.items():
-        base.setdefault(key, {}).update(value)
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(base))
-    return path
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def test_search_tracks_every_trial_in_mlflow(local_ray, tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
-    cfg = load_config(_write_config(tmp_path, "it-basic"))
+    cfg = load_config(write_config(tmp_path, "it-basic"))
     summary = run_search(cfg, progress=False)
     assert summary.trials_finished == 6
     finals = final_reports(summary.storage_dir)
@@ -124,7 +104,7 @@ def test_bn_calibration_makes_unfinetuned_trials_a_usable_proxy(local_ray,
     scores = {}
     for calib in (512, 0):
         name = f"it-proxy-{calib}"
-        cfg = load_config(_write_config(
+        cfg = load_config(write_config(
             tmp_path, name, finetune={"epochs": 0, "bn_calibration": calib},
             space={"budget": {"kind": "flops", "keep": 0.5}},
             search={"trials": 4, "searcher": "same_ratio", "max_concurrent": 1}))
@@ -145,7 +125,7 @@ def test_bn_calibration_makes_unfinetuned_trials_a_usable_proxy(local_ray,
 
 
 def test_asha_stopped_trials_are_not_final(local_ray, tmp_path: Path) -> None:
-    cfg = load_config(_write_config(
+    cfg = load_config(write_config(
         tmp_path, "it-asha", finetune={"epochs": 3},
         search={"trials": 8, "scheduler": {"kind": "asha", "grace_period": 1,
                                            "reduction_factor": 3}}))
@@ -170,7 +150,7 @@ def test_asha_stopped_trials_are_not_final(local_ray, tmp_path: Path) -> None:
 
 def test_rl_search_warm_starts_from_an_earlier_search_by_name(local_ray,
                                                                tmp_path: Path) -> None:
-    source = load_config(_write_config(
+    source = load_config(write_config(
         tmp_path, "it-rl-source", finetune={"epochs": 0},
         search={"searcher": "rl", "trials": 4, "searcher_options": {"warmup": 1}}))
     run_search(source, progress=False)
@@ -181,7 +161,7 @@ def test_rl_search_warm_starts_from_an_earlier_search_by_name(local_ray,
     assert saved["searcher"] == "RLSearcher"
     assert len(saved["algorithm"]["history"]) == 4  # every episode learned from
 
-    target = load_config(_write_config(
+    target = load_config(write_config(
         tmp_path, "it-rl-target", finetune={"epochs": 0},
         search={"searcher": "rl", "trials": 2,
                 "searcher_options": {"warm_start": "it-rl-source"}}))
@@ -191,7 +171,7 @@ def test_rl_search_warm_starts_from_an_earlier_search_by_name(local_ray,
     assert state["algorithm"]["warm_started"]
     assert len(state["algorithm"]["source_history"]) == 4
 
-    bad = load_config(_write_config(
+    bad = load_config(write_config(
         tmp_path, "it-rl-bad", search={"searcher": "rl", "trials": 1,
                                        "searcher_options": {"warm_start": "no-such-search"}}))
     with pytest.raises(SearchError, match="neither a file nor a search"):
@@ -215,7 +195,7 @@ def _reachable_latency_share(cfg_path: Path) -> float:
 
 def test_trials_take_latency_from_the_shared_latency_table(local_ray, tmp_path: Path) -> None:
     table = tmp_path / "cpu-table.json"
-    path = _write_config(tmp_path, "it-latency-table", finetune={"epochs": 0},
+    path = write_config(tmp_path, "it-latency-table", finetune={"epochs": 0},
                          space={"budget": {"kind": "latency", "keep": 1.0}},
                          search={"trials": 3, "latency": "table", "latency_table": str(table)})
     keep = 0.5 * (1.0 + _reachable_latency_share(path))  # halfway to the floor
@@ -326,7 +306,7 @@ def _finished_children(uri: str, name: str) -> int:
 
 @pytest.mark.slow
 def test_interrupted_search_resumes_without_rerunning(tmp_path: Path) -> None:
-    path = _write_config(tmp_path, "it-resume", search={"trials": 8, "max_concurrent": 1})
+    path = write_config(tmp_path, "it-resume", search={"trials": 8, "max_concurrent": 1})
     uri = load_config(path).tracking_uri()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "prunetune.orchestrator.cli", "search", str(path)]

@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import ray
 from ray import tune
 from ray.tune.search import ConcurrencyLimiter
 
@@ -31,13 +30,6 @@ TARGET = 0.7  # the toy loss's optimum, in every dimension
 @pytest.fixture(scope="module")
 def space() -> PruningSpace:
     return small_space()
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def _toy_loss() -> Any:
