@@ -344,8 +344,8 @@ def _finished(out: Path, method: str, seed: int, trials: int) -> bool:
     want = method_config(method)
     return any(r["seed"] == seed and len(r["rewards"]) >= trials and r.get("config")
                and (r["method"] == method and r["config"] == want
-                    or r["method"].startswith(f"{method}-") and _same_definition(r["config"],
-                                                                                  want))
+                    or METHODS[method].grouping == "defaults"
+                    and _same_definition(r["config"], want))
                for r in runs)
 
 
@@ -392,7 +392,6 @@ def _default_aliases(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         want = method_config(method)
         for r in runs:
             if ((method, r["seed"]) not in have and r["method"] != method
-                    and r["method"].startswith(method.rsplit("-default", 1)[0] + "-default")
                     and r.get("config") is not None and _same_definition(r["config"], want)):
                 out.append({**r, "method": method, "alias_of": r["method"]})
                 have.add((method, r["seed"]))
