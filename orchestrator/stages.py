@@ -304,11 +304,20 @@ def run_stage(run: SearchRun, stages: list[Stage], index: int, resume: bool) -> 
                                             "fine-tuning" if stage.epochs == 0 else
                                             f", each fine-tuned {stage.epochs:g} epoch(s)"))
         print(f"[search] stage {index + 1}/{len(stages)} ({stage.name}): {what}", flush=True)
-    try:
-        grid = tuner.fit()
-    except Exception as err:  # Ray / Tune failures (a worker killed for memory, a lost head)
-        tracker.mark_interrupted()
-        raise _stage_failed(run, stage, index, err) from err
+    grid = _fit(run, stage, index, tuner, tracker)
+    for _ in range(run.cfg.search.max_failures):
+        lost = [r for r in grid if r.error is not None and worker_died(r.error)]
+        if not lost:
+            break
+        # Tune counts one dead worker twice when it dies while being handed its next trial
+        # (the actor and its reset task both fail), so such a trial ends `error` without its
+        # retry. Its worker died, not its code: it runs again, as `--resume` would run it.
+        if run.progress:
+            print(f"[search] {len(lost)} trial(s) lost their worker process; running them "
+                  "again", flush=True)
+        tuner = tune.Tuner.restore(str(path), trainable=_trainable(run, stage),
+                                   resume_errored=True)
+        grid = _fit(run, stage, index, tuner, tracker)
     # Tune ran the tracker it restored with the experiment when resuming; its kept writes are
     # in the same journal folder, which this one reads.
     settle_tracking(run, stage_tracker(run, stage))
@@ -321,6 +330,29 @@ def run_stage(run: SearchRun, stages: list[Stage], index: int, resume: bool) -> 
                   f"continue it with: prunetune search CONFIG --resume --name {run.name}",
                   flush=True)
         raise KeyboardInterrupt
+
+
+def _fit(run: SearchRun, stage: Stage, index: int, tuner: Any, tracker: Any) -> Any:
+    """`tuner.fit()`, a Ray or Tune failure turned into the search's one-line error."""
+    try:
+        return tuner.fit()
+    except Exception as err:  # Ray / Tune failures (a worker killed for memory, a lost head)
+        tracker.mark_interrupted()
+        raise _stage_failed(run, stage, index, err) from err
+
+
+def worker_died(error: BaseException) -> bool:
+    """The trial's error is its worker process dying (killed, out of memory, its node lost),
+    not an exception its own code raised."""
+    from ray.exceptions import RayActorError
+
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, RayActorError):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _stage_failed(run: SearchRun, stage: Stage, index: int, err: Exception) -> SearchError:

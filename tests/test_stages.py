@@ -190,3 +190,21 @@ def test_interrupted_in_the_finalist_stage_resumes_without_redoing_the_proxy_sta
     assert len(proxy_finals) == 8 and set(proxy_finals.values()) == {1}
     finalist_finals = final_reports(cfg.storage_dir() / "two-resume.finalists")
     assert sum(finalist_finals.values()) == 2
+
+
+def test_a_dead_worker_is_told_apart_from_an_error_of_the_trial_code() -> None:
+    """Only trials whose worker process died are run again after the stage (their own
+    exceptions are not: they would raise again)."""
+    from ray.exceptions import RayActorError
+
+    from prunetune.orchestrator.stages import worker_died
+
+    assert worker_died(RayActorError())
+    try:
+        try:
+            raise RayActorError()
+        except RayActorError as dead:
+            raise RuntimeError("trial failed") from dead
+    except RuntimeError as wrapped:
+        assert worker_died(wrapped)
+    assert not worker_died(ValueError("N:M needs ..."))
