@@ -273,7 +273,11 @@ def _cost_model(model: nn.Module, gunits: list[_GraphUnit], flops: float, params
                 for r, key in enumerate(SPARSE_KEYS):
                     applies[r, index[m]] = name in g.unit.sparse_layers[key]
     # Activations and pooling are not in the graph: they scale with the layer feeding them.
+    # A conv or linear layer outside every unit's outputs (the protected output layer behind a
+    # dropout, say) keeps all its outputs.
     for m, src in sources.items():
+        if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)):
+            continue
         i, seen = index.get(m), {m}
         while i is not None and not w_out[i].any() and src in index and src not in seen:
             w_out[i] = w_out[index[src]]

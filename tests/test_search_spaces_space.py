@@ -211,3 +211,24 @@ def test_mixed_schemes_always_apply_and_meet_the_budget(schemes: tuple[str, ...]
             for unit, m in nm_channel_multiples(policy, analysis.units).items():
                 kept = modules[unit].weight.shape[0]
                 assert kept % m == 0, (name, unit, kept, m)
+
+
+def test_the_cost_model_counts_an_output_layer_behind_a_dropout_whole() -> None:
+    """The protected output layer keeps all its outputs even when a dropout separates it from
+    the channel-pruned layer before it (AlexNet's and VGG's classifiers): counting its outputs
+    as pruned would under-count it and let a decoded policy overshoot its budget."""
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+        torch.nn.Linear(16 * 6 * 6, 64), torch.nn.ReLU(), torch.nn.Dropout(),
+        torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Dropout(),
+        torch.nn.Linear(64, 10)).eval()
+    x = torch.randn(1, 3, 8, 8)
+    analysis = analyze(model, x)
+    space = PruningSpace(None, budget=Budget("flops", 0.5), analysis=analysis)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        point = rng.random(space.dim)
+        predicted = space.cost(point)["flops"]
+        measured = count_cost(apply_policy(model, space.decode(point), x), x).effective_flops
+        assert measured == pytest.approx(predicted, rel=1e-6)
+        assert measured <= 0.5 * analysis.dense_flops
