@@ -14,7 +14,7 @@ $(BIN)/python:
 
 # The stamp is re-made whenever pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -e ".[dev,timm]"
+	$(BIN)/python -m pip install -e ".[dev,timm,peers]"
 	touch $@
 
 venv install: $(VENV)/.installed

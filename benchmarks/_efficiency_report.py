@@ -125,11 +125,14 @@ def _targets(by: dict[str, dict[int, dict]], ms: dict[str, Any], trials: int, re
     if "bo-rollback" in ms and "bo-full" in ms:
         targets["rollback_vs_bo_full"] = compare_paired(by["bo-rollback"], by["bo-full"],
                                                         trials)
+    # "random_default": random search as `searcher: random` runs it (its own defaults, budget
+    # fill included), the choice a user makes instead of `bo`.
     for name, other in (("bo_default_vs_bo_rollback", "bo-rollback"),
-                        ("bo_default_vs_random", ref)):
+                        ("bo_default_vs_random", ref),
+                        ("bo_default_vs_random_default", "random-default")):
         if "bo-default" in by and other in by:
             targets[name] = compare_paired(by["bo-default"], by[other], trials)
-            if default_trials and default_trials < trials and other == ref:
+            if default_trials and default_trials < trials and other != "bo-rollback":
                 targets[f"{name}_at_default_trials"] = {
                     "trials": default_trials,
                     **compare_paired(by["bo-default"], by[other], default_trials)}
@@ -243,3 +246,174 @@ def plot(runs: list[dict[str, Any]], trials: int, objective: dict[str, Any], pat
     plt.close(fig)
 
 
+
+
+# ------------------------------------------------------------------------------------------
+# Side by side with other tools (benchmarks/peers.py): runs whose trials may have no result
+# (a policy over the budget: reward None), and a tool with one result for every seed (FastNAS:
+# seed None).
+
+PEER_CHECKPOINTS = (25, 50, 100, 200)
+
+
+def gap_curve(rewards: list[float | None]) -> np.ndarray:
+    """Best so far, a trial without a result counting as -inf."""
+    return _best_so_far([-np.inf if r is None else r for r in rewards])
+
+
+def single_result_run(method: str, evaluations: int, reward: float,
+                      violation: bool) -> dict[str, Any]:
+    """A tool with one result for every seed (FastNAS), as a run: no result before its last
+    evaluation; a result over the budget counts as a violation but stays its result (the
+    tool met the budget by its own count)."""
+    return {"method": method, "seed": None, "rewards": [None] * (evaluations - 1) + [reward],
+            "violations": int(violation)}
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if np.isfinite(x) else None
+
+
+def _peer_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    finals = [_finite(gap_curve(r["rewards"])[-1]) for r in runs]
+    have = [f for f in finals if f is not None]
+    mean, _, se = _mean_se(have) if have else (None, None, None)
+    best_at = {}
+    for n in PEER_CHECKPOINTS:
+        ok = [float(a) for a in (gap_curve(r["rewards"])[:n][-1] for r in runs)
+              if np.isfinite(a)]
+        m, _, e = _mean_se(ok) if ok else (None, None, None)
+        # over the seeds with a result by then (FastNAS has none before its last call)
+        best_at[str(n)] = {"mean": m, "se": e, "seeds_with_result": len(ok)}
+    violations = sum(r.get("violations", sum(x is None for x in r["rewards"])) for r in runs)
+    return {"seeds": [r["seed"] for r in runs], "n_seeds": len(runs),
+            "evaluations": max(len(r["rewards"]) for r in runs),
+            "final_best": finals, "final_best_mean": mean, "final_best_se": se,
+            "best_at": best_at, "budget_violations": violations}
+
+
+def _peer_reach(runs: list[dict[str, Any]], peer: list[dict[str, Any]]) -> dict[str, Any]:
+    """Evaluations each run needs to reach the peer's final best of the same seed (or the
+    peer's one result, when it has no seeds), and their median over seeds."""
+    targets = {r["seed"]: float(gap_curve(r["rewards"])[-1]) for r in peer}
+    if None in targets:  # a peer without seeds: its one result is every seed's target
+        pairs = [(r, targets[None]) for r in runs]
+    elif len(runs) == 1 and runs[0]["seed"] is None:  # a run without seeds: every peer seed
+        pairs = [({**runs[0], "seed": s}, t) for s, t in sorted(targets.items())]
+    else:
+        pairs = [(r, targets[r["seed"]]) for r in runs if r["seed"] in targets]
+    per_seed = []
+    for r, target in sorted(pairs, key=lambda p: p[0]["seed"] or 0):
+        if not np.isfinite(target):
+            continue
+        per_seed.append({"seed": r["seed"], "target": target,
+                         "evaluations": _first_reach(gap_curve(r["rewards"]), target)})
+    return {"per_seed": per_seed,
+            "median": _median_reach([p["evaluations"] for p in per_seed]),
+            "reached": f"{sum(p['evaluations'] is not None for p in per_seed)}/{len(per_seed)}"}
+
+
+def peer_summary(runs: list[dict[str, Any]], peers: list[str],
+                 reference: str = "bo-default") -> dict[str, Any]:
+    """Per method: final best (mean, standard error), best so far at `PEER_CHECKPOINTS`, budget
+    violations; per method and peer: evaluations to reach the peer's final best (paired by
+    seed, median); per peer the target: `reference` reaches the peer's final best within half
+    the peer's evaluations (median over seeds) and ends at or above it (mean over seeds)."""
+    by: dict[str, list[dict[str, Any]]] = {}
+    for r in runs:
+        by.setdefault(r["method"], []).append(r)
+    out: dict[str, Any] = {"reference": reference, "methods": {}, "reach": {}, "targets": {}}
+    for method, rs in by.items():
+        out["methods"][method] = _peer_row(sorted(rs, key=lambda r: r["seed"] or 0))
+    present = [p for p in peers if p in by]
+    for method in by:  # a peer against itself: the evaluations it took to its own best
+        out["reach"][method] = {p: _peer_reach(by[method], by[p]) for p in present}
+    if reference in by:
+        for p in present:
+            out["targets"][p] = _peer_target(by, out, p, reference)
+    return out
+
+
+def _peer_target(by: dict[str, list], out: dict[str, Any], peer: str,
+                 reference: str) -> dict[str, Any]:
+    ref, row = out["methods"][reference], out["methods"][peer]
+    reach = out["reach"][reference][peer]
+    half = row["evaluations"] / 2
+    faster = reach["median"] is not None and reach["median"] <= half
+    res = {"peer_evaluations": row["evaluations"], "half": half,
+           "median_evaluations_to_peer_best": reach["median"], "reaches_in_half": faster,
+           "final_mean": ref["final_best_mean"], "peer_final_mean": row["final_best_mean"]}
+    if by[peer][0]["seed"] is None:  # one result for every seed
+        higher = (ref["final_best_mean"] is not None and row["final_best_mean"] is not None
+                  and ref["final_best_mean"] >= row["final_best_mean"])
+    else:  # on the seeds both ran, paired, as the search-efficiency summary compares
+        def runs_of(m: str) -> dict[int, dict]:
+            return {r["seed"]: {**r, "rewards": list(gap_curve(r["rewards"]))} for r in by[m]}
+
+        n = min(len(r["rewards"]) for r in by[peer] + by[reference])
+        res["paired_final"] = paired = compare_paired(runs_of(reference), runs_of(peer), n)
+        higher = bool(paired["seeds"]) and paired["difference_mean"] >= 0
+    return {**res, "ends_at_or_above": bool(higher), "met": bool(faster and higher)}
+
+
+def _fmt3(x: float | None, digits: int = 3) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def peer_table(summary: dict[str, Any], order: list[str], peers: list[str]) -> str:
+    """`peer_summary` as a markdown table: one row per method, in `order`."""
+    peers = [p for p in peers if p in summary["methods"]]
+    head = ["method", "seeds", "evaluations", "final best (mean ± SE)",
+            *[f"best at {n}" for n in (25, 50, 100, 200)],
+            *[f"evals to {p}'s best (median)" for p in peers], "budget violations"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in (m for m in order if m in summary["methods"]):
+        row = summary["methods"][m]
+        reach = summary["reach"].get(m, {})
+        cells = [m, str(row["n_seeds"]), str(row["evaluations"]),
+                 f"{_fmt3(row['final_best_mean'])} ± {_fmt3(row['final_best_se'])}",
+                 *[_fmt3(row["best_at"][str(n)]["mean"]) for n in (25, 50, 100, 200)],
+                 *[("-" if p not in reach else
+                    f"{_fmt3(reach[p]['median'], 0) if reach[p]['median'] is not None else 'never'}"
+                    f" ({reach[p]['reached']})") for p in peers],
+                 str(row["budget_violations"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_peers(runs: list[dict[str, Any]], objective: dict[str, Any], path: Path,
+               order: list[str]) -> None:
+    """Best so far against evaluations, mean over seeds from where every seed has a result;
+    a tool with one result (FastNAS) as a point at its evaluation count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9.0, 5.0))
+    colours = plt.get_cmap("tab10").colors
+    for i, method in enumerate(m for m in order if any(r["method"] == m for r in runs)):
+        rs = [r for r in runs if r["method"] == method]
+        colour = colours[i % 10]
+        if len(rs) == 1 and rs[0]["seed"] is None:
+            n, acc = len(rs[0]["rewards"]), rs[0]["rewards"][-1]
+            if acc is not None:
+                ax.plot([n], [acc], "*", ms=12, color=colour, label=f"{method} (1 run)")
+            continue
+        n = min(len(r["rewards"]) for r in rs)
+        c = np.vstack([gap_curve(r["rewards"][:n]) for r in rs])
+        ok = np.isfinite(c).all(0)
+        x = np.arange(1, n + 1)
+        ax.plot(x[ok], c[:, ok].mean(0), color=colour, label=f"{method} ({len(rs)} seeds)")
+    ax.axhline(objective["dense_val_accuracy"], color="black", lw=0.8, ls="--",
+               label="dense model")
+    ax.set_xlabel("evaluations")
+    ax.set_ylabel("best validation accuracy so far (no fine-tuning)")
+    ax.set_title(f"{objective['model']} on {objective['dataset']}, channel pruning at "
+                 f"{objective['budget']['keep']:.0%} FLOPs: prunetune, Optuna (Ray Tune), "
+                 "FastNAS", fontsize=9)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

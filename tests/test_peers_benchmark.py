@@ -39,7 +39,7 @@ def test_peers_smoke_resumes_and_scores_every_tool_by_one_yardstick(bench: Any,
                                                                      tmp_path: Path) -> None:
     out, work = tmp_path / "peers.json", tmp_path / "work"
     args = ["--smoke", "--out", str(out), "--work", str(work),
-            "--methods", "fastnas-div8,optuna-tpe,optuna-tpe-raw"]
+            "--methods", "fastnas-div8,optuna-tpe,optuna-tpe-raw,optuna-tpe-fill"]
     bench.main([*args, "--trials", "4"])
     # A longer run continues the checkpointed one: the pickled OptunaSearch held all 4 trials.
     res = bench.main([*args, "--trials", "6"])
@@ -47,7 +47,7 @@ def test_peers_smoke_resumes_and_scores_every_tool_by_one_yardstick(bench: Any,
     assert saved["summary"] == res["summary"]
 
     runs = {r["method"]: r for r in saved["runs"]}
-    assert set(runs) == {"optuna-tpe", "optuna-tpe-raw"}
+    assert set(runs) == {"optuna-tpe", "optuna-tpe-raw", "optuna-tpe-fill"}
     for run in runs.values():
         assert run["seed"] == 0 and len(run["rewards"]) == 6 and run["resumed_at"] == [4]
         assert run["optuna_trials_in_study"] == 6
@@ -56,6 +56,9 @@ def test_peers_smoke_resumes_and_scores_every_tool_by_one_yardstick(bench: Any,
     keep = saved["objective"]["budget"]["keep"]
     tpe = runs["optuna-tpe"]  # prunetune's space: the decode projects onto the budget
     assert all(r is not None for r in tpe["rewards"]) and max(tpe["flops_ratio"]) <= keep + 1e-9
+    # with `space.budget.fill` every decoded point lies on the budget, without it not
+    assert min(runs["optuna-tpe-fill"]["flops_ratio"]) > keep - 0.05
+    assert min(tpe["flops_ratio"]) < keep - 0.05
     raw = runs["optuna-tpe-raw"]  # raw ratios: over the budget is no result, and penalised
     for reward, acc, flops, score in zip(raw["rewards"], raw["accuracy"], raw["flops_ratio"],
                                          raw["score"], strict=True):
@@ -80,5 +83,5 @@ def test_peers_smoke_resumes_and_scores_every_tool_by_one_yardstick(bench: Any,
     assert summary["methods"]["optuna-tpe-raw"]["budget_violations"] == sum(
         r is None for r in raw["rewards"])
     assert summary["methods"]["fastnas-div8"]["evaluations"] == fastnas["score_calls"]
-    assert set(summary["targets"]) == {"fastnas-div8", "optuna-tpe", "optuna-tpe-raw"}
+    assert set(summary["targets"]) == {"fastnas-div8", *runs}
     assert out.with_suffix(".png").stat().st_size > 0
