@@ -62,16 +62,20 @@ def layer_costs(model: nn.Module, example_input: Any, sources: dict | None = Non
     Per-module FLOPs are per sample; weight FLOPs are the MACs of a conv / linear weight alone
     (without bias), the part that sparsity removes. Only modules Torch-Pruning counts appear.
     sources: if given, filled with {module: the counted module whose output it consumed}, which
-    lets the cost model scale an activation or pooling layer with the layer feeding it.
+    lets the cost model scale an activation or pooling layer with the layer feeding it. A
+    module called more than once (torchvision's Bottleneck runs one ReLU three times, on
+    tensors of different widths) has no one source and is left out: its FLOPs count whole.
     """
     batch = _batch_size(example_input)
     weight_flops: dict[nn.Module, float] = {}
     producer: dict[int, nn.Module] = {}
     alive: list[torch.Tensor] = []  # keeps outputs alive so their ids stay unique
+    calls: dict[nn.Module, int] = {}
 
     def hook(module: nn.Module, inputs: tuple, output: Any) -> None:
         if not isinstance(output, torch.Tensor):
             return
+        calls[module] = calls.get(module, 0) + 1
         if sources is not None:
             if inputs and isinstance(inputs[0], torch.Tensor) and id(inputs[0]) in producer:
                 sources.setdefault(module, producer[id(inputs[0])])
@@ -93,11 +97,15 @@ def layer_costs(model: nn.Module, example_input: Any, sources: dict | None = Non
         model.eval()
         flops, params, lf, lp = tp.utils.count_ops_and_params(model, example_input,
                                                               layer_wise=True)
+        calls.clear()  # Torch-Pruning's count ran the model too: count one forward's calls
         _forward(model, example_input)
     finally:
         for h in handles:
             h.remove()
         model.train(was_training)
+    if sources is not None:
+        for module in [m for m, n in calls.items() if n > 1 and m in sources]:
+            del sources[module]
     table: dict[nn.Module, tuple[float, int, float]] = {}
     counted = {type(m) for m in model.modules()} & set(tp.utils.op_counter.MODULES_MAPPING)
     for m in model.modules():

@@ -301,8 +301,35 @@ class PruningSpace:
     def _state(self, x: Any) -> tuple[np.ndarray, list[UnitPolicy]]:
         """(projected group positions (k,), template per unit) of a vector."""
         arr = self._vector(x)
-        tmpl = self._schemes_for(arr[self.k:])
+        tmpl = self._schemes_for(self._reachable_schemes(arr[self.k:]))
         return self._project(arr[:self.k], tmpl), tmpl
+
+    def _reachable_schemes(self, cat: np.ndarray) -> np.ndarray:
+        """Scheme coordinates `cat` (k,) under which the budget can be met: while even full
+        ratios under the chosen schemes miss it, the group whose move to its most-pruning
+        option lowers that cost most moves there (a random point may pick, say, block sparsity
+        for a ViT's patch embedding, which cannot reach the budget where channel pruning can).
+        """
+        if not self.scheme_search or self.limit is None:
+            return cat
+        ones = np.ones(len(self.units))
+
+        def full_cost(c: np.ndarray) -> float:
+            t = self._schemes_for(c)
+            return self._cost(self._ratios(ones, t), t)
+
+        def option(c: np.ndarray, g: int) -> int:
+            return min(int(c[g] * len(self._options[g])), len(self._options[g]) - 1)
+
+        cat, best = cat.copy(), self._most_pruning_cat
+        while full_cost(cat) > self.limit:
+            moves = [g for g in range(self.k) if option(cat, g) != option(best, g)]
+            if not moves:
+                break
+            costs = [full_cost(np.where(np.arange(self.k) == g, best, cat)) for g in moves]
+            g = moves[int(np.argmin(costs))]
+            cat[g] = best[g]
+        return cat
 
     def _policy(self, s: np.ndarray, tmpl: list[UnitPolicy]) -> Policy:
         ratios = self._ratios(s[self._group_of], tmpl)
@@ -396,6 +423,7 @@ class PruningSpace:
                     t = self._schemes_for(trial)
                     costs.append(self._cost(self._ratios(ones, t), t))
                 cat[g] = (int(np.argmin(costs)) + 0.5) / len(opts)
+            self._most_pruning_cat = cat
             tmpl = self._schemes_for(cat)
         if self._cost(self._ratios(np.ones(len(self.units)), tmpl), tmpl) > self.limit:
             raise BudgetError(self._budget_message(tmpl))
@@ -463,6 +491,7 @@ class PruningSpace:
         new.__dict__.update({k: v for k, v in self.__dict__.items() if not k.startswith("_")})
         new.n_groups = n_groups
         new._setup(cluster_units(self.units, n_groups, within=self.groups))
+        new._check_feasible()  # the most-pruning scheme per new group (finer reaches as far)
         rows = []
         for row in xs:
             s, tmpl = self._state(row)

@@ -232,3 +232,55 @@ def test_the_cost_model_counts_an_output_layer_behind_a_dropout_whole() -> None:
         measured = count_cost(apply_policy(model, space.decode(point), x), x).effective_flops
         assert measured == pytest.approx(predicted, rel=1e-6)
         assert measured <= 0.5 * analysis.dense_flops
+
+
+def test_scheme_choices_that_cannot_reach_the_budget_move_to_ones_that_can(resnet20):
+    """A point whose groups pick schemes that cannot meet the budget even at full ratios (N:M
+    stops at 1 - n/m) still decodes onto the budget: groups move to their most-pruning scheme,
+    the most effective first, instead of the decode raising BudgetError."""
+    _, analysis = resnet20
+    space = PruningSpace(None, schemes=("channel", "block", "nm", "unstructured", "pattern"),
+                         scheme_search=True, n_groups="auto", budget=Budget("flops", 0.2),
+                         analysis=analysis)
+    rng = np.random.default_rng(0)
+    moved = 0
+    for _ in range(60):
+        x = rng.random(space.dim)
+        full = np.concatenate([np.ones(space.k), x[space.k:]])
+        moved += space.cost(full, project=False)["flops"] > space.limit
+        assert space.cost(x)["flops"] <= space.limit * (1 + 1e-9)
+        policy = space.decode(x)
+        assert set(policy.units) == {u.name for u in space.units}
+    assert moved > 0  # the points this test is about were drawn
+
+
+class _ReusedReLU(torch.nn.Module):
+    """One ReLU module run on two tensors of different widths, as torchvision's blocks do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8)
+        self.conv2, self.bn2 = torch.nn.Conv2d(8, 64, 3, padding=1), torch.nn.BatchNorm2d(64)
+        self.relu = torch.nn.ReLU()
+        self.pool, self.fc = torch.nn.AdaptiveAvgPool2d(1), torch.nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.relu(self.bn2(self.conv2(x)))
+        return self.fc(self.pool(x).flatten(1))
+
+
+def test_a_module_run_twice_is_never_under_counted() -> None:
+    """The cost model scales an activation with the layer feeding it; one called on two
+    layers' outputs has no single such layer, so it counts whole and the measured cost of a
+    decoded policy stays within what the model predicted (and within the budget)."""
+    model = _ReusedReLU().eval()
+    x = torch.randn(1, 3, 16, 16)
+    analysis = analyze(model, x)
+    space = PruningSpace(None, budget=Budget("flops", 0.5), analysis=analysis)
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        point = rng.random(space.dim)
+        measured = count_cost(apply_policy(model, space.decode(point), x), x).effective_flops
+        assert measured <= space.cost(point)["flops"] * (1 + 1e-9)
+        assert measured <= 0.5 * analysis.dense_flops
