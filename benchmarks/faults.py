@@ -1,6 +1,6 @@
 """The fault drills: a user's bad day, injected into real searches, and what held.
 
-    python benchmarks/faults.py [--drills NAME,...] [--table]
+    python benchmarks/faults.py [--drills PART ...] [--table]
 
 Each drill is a test of the suite (real Ray, real MLflow; most in tests/test_faults.py) run on
 its own with pytest, so the drill and its check are one piece of code. Writes
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -23,8 +24,8 @@ from _machine import machine_info, write_result
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "faults.json"
 
-# name -> (what must hold, the test that injects the fault and checks it)
-DRILLS: dict[str, tuple[str, str]] = {
+# name -> (what must hold, the test that injects the fault and checks it[, its environment])
+DRILLS: dict[str, tuple[str, ...]] = {
     "trial worker killed (kill -9)": (
         "Tune retries the trial; 6 of 6 trials finished, one child run each, one result each",
         "tests/test_faults.py::test_a_killed_trial_worker_is_retried_and_counted_once"),
@@ -44,10 +45,15 @@ DRILLS: dict[str, tuple[str, str]] = {
         "once) and ends with 10 child runs",
         "tests/test_stages.py::"
         "test_interrupted_in_the_finalist_stage_resumes_without_redoing_the_proxy_stage"),
-    "tracking server stopped 40 s mid-search; and down past the search's end": (
+    "tracking server stopped 40 s mid-search, and down past the search's end": (
         "the search goes on and every result lands; past the end: exit 2 with the --resume "
         "command, which writes the kept results and finishes; nothing run twice",
         "tests/test_faults.py::test_a_search_outlives_tracking_outages"),
+    "tracking server stopped 10 minutes mid-search": (
+        "the trials go on, the search waits for the server (tracking.wait_s) and every result "
+        "lands; nothing run twice",
+        "tests/test_faults.py::test_a_search_outlives_tracking_outages",
+        "PRUNETUNE_DRILL_OUTAGE_S=600"),
     "tracker writes while the server is down": (
         "each returns in seconds, kept on disk, written in order once the server is back",
         "tests/test_faults.py::test_tracker_writes_wait_on_disk_while_the_server_is_down"),
@@ -71,13 +77,17 @@ DRILLS: dict[str, tuple[str, str]] = {
 }
 
 
-def run_drill(test: str) -> dict[str, object]:
+def run_drill(test: str, *env: str) -> dict[str, object]:
+    """Run one drill's test; `env`: `NAME=value` settings it runs under."""
     t0 = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           test], cwd=ROOT, capture_output=True, text=True, check=False)
-    last = (proc.stdout.strip().splitlines() or ["no output"])[-1]
+                           test], cwd=ROOT, capture_output=True, text=True, check=False,
+                          env={**os.environ, **dict(e.split("=", 1) for e in env)})
+    lines = proc.stdout.strip().splitlines() or ["no output"]
+    # what failed: pytest's "E " lines (the assertion and its values), the first few
+    failure = [line[:300] for line in lines if line.startswith("E ")][:12]
     return {"passed": proc.returncode == 0, "seconds": round(time.monotonic() - t0, 1),
-            "pytest": last}
+            "pytest": lines[-1], **({"failure": failure} if proc.returncode else {})}
 
 
 def table(results: dict[str, dict]) -> str:
@@ -91,25 +101,29 @@ def table(results: dict[str, dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--drills", help="comma-separated drill names (default: all)")
+    parser.add_argument("--drills", nargs="+", metavar="PART",
+                        help="the drills whose names contain one of these (default: all)")
     parser.add_argument("--table", action="store_true", help="print the table of --out")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     if args.table:
         print(table(json.loads(args.out.read_text())))
         return
-    names = args.drills.split(",") if args.drills else list(DRILLS)
-    unknown = [n for n in names if n not in DRILLS]
-    if unknown:
-        parser.error(f"unknown drill(s) {unknown}; known: {list(DRILLS)}")
+    names = [n for n in DRILLS if not args.drills or any(p in n for p in args.drills)]
+    if not names:
+        parser.error(f"no drill name contains any of {args.drills}; known: {list(DRILLS)}")
     drills = {}
+    if args.drills and args.out.is_file():  # a subset run updates the file's other drills
+        drills = {n: d for n, d in json.loads(args.out.read_text())["drills"].items()
+                  if n in DRILLS}
     for name in names:
-        expected, test = DRILLS[name]
+        expected, test, *env = DRILLS[name]
         print(f"{name} ...", flush=True)
-        drills[name] = {"expected": expected, "test": test, **run_drill(test)}
+        drills[name] = {"expected": expected, "test": test, "env": env, **run_drill(test, *env)}
         print(f"  {'held' if drills[name]['passed'] else 'FAILED'} "
               f"({drills[name]['seconds']} s)", flush=True)
-    result = {"drills": drills, "machine": machine_info()}
+    result = {"drills": {n: drills[n] for n in DRILLS if n in drills},
+              "machine": machine_info()}
     write_result(args.out, result, show={n: d["passed"] for n, d in drills.items()})
     print(table(result))
 

@@ -68,9 +68,9 @@ from prunetune.trainers import default_cache_dir  # noqa: E402
 RESULTS = BENCH / "results"
 OUT = RESULTS / "peers.json"
 SE_OUT = RESULTS / "search_efficiency.json"
-# What a config gets now, and (-nofill) the defaults before `space.budget.fill` became on.
-PRUNETUNE_METHODS = ("bo-default", "rl-default", "random", "bo-default-nofill",
-                     "rl-default-nofill")
+# What a config gets now; `random` and (-nofill) the searchers without `space.budget.fill`.
+PRUNETUNE_METHODS = ("bo-default", "rl-default", "random-default", "random",
+                     "bo-default-nofill", "rl-default-nofill")
 # Penalty per unit of FLOPs ratio over the budget in optuna-tpe-raw's score: 1% over costs 0.1
 # accuracy, so any policy more than ~8% over scores below every feasible one (>= chance, 0.1),
 # while those just over still rank among themselves and steer TPE to the boundary.

@@ -91,6 +91,9 @@ def _init_ray(cfg: PrunetuneConfig, progress: bool) -> None:
     env = {"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning,ignore::FutureWarning"}}
     try:
         if cfg.ray.address:
+            from .jobs import use_ray_token_if_present
+
+            use_ray_token_if_present()  # a token-authenticated cluster, as `ray start` joins it
             ray.init(address=cfg.ray.address, runtime_env=env, log_to_driver=False,
                      logging_level=logging.WARNING)
         else:

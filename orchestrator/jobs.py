@@ -93,9 +93,10 @@ def _reachable(address: str, timeout: float) -> None:
             "host, the port and any firewall in between") from None
 
 
-def _use_token_if_present() -> None:
+def use_ray_token_if_present() -> None:
     """Send Ray's auth token when there is one and RAY_AUTH_MODE is unset, as `ray start` and
-    `ray.init(address=...)` do (the Jobs SDK alone sends it only when RAY_AUTH_MODE=token)."""
+    a bare `ray.init()` do (the Jobs SDK, and `ray.init` given an address, send it only when
+    RAY_AUTH_MODE=token)."""
     try:
         from ray._private.authentication.authentication_token_setup import (
             maybe_enable_token_auth_if_token_available,
@@ -119,7 +120,7 @@ def jobs_client(address: str | None, *, timeout: float = 10.0) -> Any:
 
     url = normalize_address(address)
     _reachable(url, timeout)
-    _use_token_if_present()
+    use_ray_token_if_present()
     try:
         return JobSubmissionClient(url)
     except Exception as err:  # noqa: BLE001 - the SDK raises ConnectionError / RuntimeError
