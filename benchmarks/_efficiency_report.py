@@ -231,15 +231,7 @@ def plot(runs: list[dict[str, Any]], trials: int, objective: dict[str, Any], pat
             ax.fill_between(x, c.min(0), c.max(0), color=colour, alpha=0.10)
     if trials >= 70:  # the issue's target: reach random's 200-trial best within 70 trials
         ax.axvline(70, color="grey", lw=0.8, ls=":")
-    ax.axhline(objective["dense_val_accuracy"], color="black", lw=0.8, ls="--",
-               label="dense model")
-    ax.set_xlabel("trial")
-    ax.set_ylabel("best validation accuracy so far (no fine-tuning)")
-    ax.set_title(f"{objective['model']} on {objective['dataset']}, channel pruning at "
-                 f"{objective['budget']['keep']:.0%} FLOPs (mean; min-max band for the solid "
-                 "lines)",
-                 fontsize=9)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    _dress(ax, objective, "trial", " (mean; min-max band for the solid lines)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -254,6 +246,18 @@ def plot(runs: list[dict[str, Any]], trials: int, objective: dict[str, Any], pat
 # seed None).
 
 PEER_CHECKPOINTS = (25, 50, 100, 200)
+
+
+def _dress(ax: Any, objective: dict[str, Any], xlabel: str, title_tail: str) -> None:
+    """The dense model's line, the axis labels, the objective as the title, the legend."""
+    ax.axhline(objective["dense_val_accuracy"], color="black", lw=0.8, ls="--",
+               label="dense model")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("best validation accuracy so far (no fine-tuning)")
+    ax.set_title(f"{objective['model']} on {objective['dataset']}, channel pruning at "
+                 f"{objective['budget']['keep']:.0%} FLOPs{title_tail}",
+                 fontsize=9)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
 
 
 def gap_curve(rewards: list[float | None]) -> np.ndarray:
@@ -405,14 +409,7 @@ def plot_peers(runs: list[dict[str, Any]], objective: dict[str, Any], path: Path
         ok = np.isfinite(c).all(0)
         x = np.arange(1, n + 1)
         ax.plot(x[ok], c[:, ok].mean(0), color=colour, label=f"{method} ({len(rs)} seeds)")
-    ax.axhline(objective["dense_val_accuracy"], color="black", lw=0.8, ls="--",
-               label="dense model")
-    ax.set_xlabel("evaluations")
-    ax.set_ylabel("best validation accuracy so far (no fine-tuning)")
-    ax.set_title(f"{objective['model']} on {objective['dataset']}, channel pruning at "
-                 f"{objective['budget']['keep']:.0%} FLOPs: prunetune, Optuna (Ray Tune), "
-                 "FastNAS", fontsize=9)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    _dress(ax, objective, "evaluations", ": prunetune, Optuna (Ray Tune), FastNAS")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
