@@ -6,6 +6,7 @@ duplicated and that a refusal is one clear message in seconds. The slow drills r
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -90,7 +91,11 @@ def test_a_driver_killed_twice_resumes_to_exactly_one_run_per_trial(tmp_path: Pa
     assert len(trials) == 8, sorted((t.name, t.status) for t in trials)
     assert all(t.status == "finished" for t in trials)
     assert len({t.params["seed"] for t in trials}) == 8
-    assert sorted(t.name for t in trials) == [f"trial-{i:03d}" for i in range(1, 9)]
+    # Names are unique; a trial lost with the driver before Tune saved it, whose suggestion
+    # the resumed searcher does not repeat (it may have learned from a result saved after its
+    # own state), leaves its number unused and its replacement takes the next one.
+    names = sorted(t.name for t in trials)
+    assert len(set(names)) == 8 and all(re.fullmatch(r"trial-\d{3}", n) for n in names)
     # Tune ends with 8 trials that each reported one final result: none ran twice.
     finals = final_reports(cfg.storage_dir() / "killed")
     assert sorted(n for n in finals.values() if n) == [1] * 8, finals
