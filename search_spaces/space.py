@@ -312,11 +312,7 @@ class PruningSpace:
         """
         if not self.scheme_search or self.limit is None:
             return cat
-        ones = np.ones(len(self.units))
-
-        def full_cost(c: np.ndarray) -> float:
-            t = self._schemes_for(c)
-            return self._cost(self._ratios(ones, t), t)
+        full_cost = self._full_cost
 
         def option(c: np.ndarray, g: int) -> int:
             return min(int(c[g] * len(self._options[g])), len(self._options[g]) - 1)
@@ -414,19 +410,23 @@ class PruningSpace:
         if self.scheme_search:  # per group, the option that prunes most at full ratio: the
             # search may pick it, so the budget is feasible when that meets it
             cat = np.zeros(self.k)
-            ones = np.ones(len(self.units))
             for g, opts in enumerate(self._options):
                 costs = []
                 for j in range(len(opts)):
                     trial = cat.copy()
                     trial[g] = (j + 0.5) / len(opts)
-                    t = self._schemes_for(trial)
-                    costs.append(self._cost(self._ratios(ones, t), t))
+                    costs.append(self._full_cost(trial))
                 cat[g] = (int(np.argmin(costs)) + 0.5) / len(opts)
             self._most_pruning_cat = cat
             tmpl = self._schemes_for(cat)
         if self._cost(self._ratios(np.ones(len(self.units)), tmpl), tmpl) > self.limit:
             raise BudgetError(self._budget_message(tmpl))
+
+    def _full_cost(self, cat: np.ndarray) -> float:
+        """The cost of every group at its full ratio under the schemes of coordinates `cat`
+        (k,): the most pruning those schemes allow."""
+        t = self._schemes_for(cat)
+        return self._cost(self._ratios(np.ones(len(self.units)), t), t)
 
     def _budget_message(self, tmpl: list[UnitPolicy]) -> str:
         best = self._cost(self._ratios(np.ones(len(self.units)), tmpl), tmpl)
