@@ -283,8 +283,7 @@ def run_stage(run: SearchRun, stages: list[Stage], index: int, resume: bool) -> 
     path = run.storage / stage.experiment
     if resume and tune.Tuner.can_restore(str(path)):
         # Tune runs the callbacks it saved with the experiment, ours are not used.
-        tuner = tune.Tuner.restore(str(path), trainable=_trainable(run, stage),
-                                   resume_unfinished=True, resume_errored=True)
+        tuner = _restored_tuner(run, stage, path)
     elif stage.name == "finalist":
         settle_tracking(run, tracker)  # the proxy results are read back from MLflow
         points = _finalist_points(run, tracker, stages[0])
@@ -315,8 +314,7 @@ def run_stage(run: SearchRun, stages: list[Stage], index: int, resume: bool) -> 
         if run.progress:
             print(f"[search] {len(lost)} trial(s) lost their worker process; running them "
                   "again", flush=True)
-        tuner = tune.Tuner.restore(str(path), trainable=_trainable(run, stage),
-                                   resume_errored=True)
+        tuner = _restored_tuner(run, stage, path)
         grid = _fit(run, stage, index, tuner, tracker)
     # Tune ran the tracker it restored with the experiment when resuming; its kept writes are
     # in the same journal folder, which this one reads.
@@ -330,6 +328,15 @@ def run_stage(run: SearchRun, stages: list[Stage], index: int, resume: bool) -> 
                   f"continue it with: prunetune search CONFIG --resume --name {run.name}",
                   flush=True)
         raise KeyboardInterrupt
+
+
+def _restored_tuner(run: SearchRun, stage: Stage, path: Path) -> Any:
+    """The stage's Tune experiment at `path`, restored to run its unfinished and errored
+    trials."""
+    from ray import tune
+
+    return tune.Tuner.restore(str(path), trainable=_trainable(run, stage),
+                              resume_unfinished=True, resume_errored=True)
 
 
 def _fit(run: SearchRun, stage: Stage, index: int, tuner: Any, tracker: Any) -> Any:
