@@ -149,6 +149,13 @@ class MLflowTracker(Callback):
         state["_client"] = state["_journal"] = None
         return state
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A search saved by an earlier prunetune lacks the attributes added since; they take
+        # their defaults so that `--resume` still works after an upgrade.
+        self.__dict__.update(journal_dir=None, stage="trial", epochs=None, _names={},
+                             _seeds={}, _finished=set(), _client=None, _journal=None)
+        self.__dict__.update(state)
+
     @property
     def client(self) -> MlflowClient:
         """For reading; every write goes through `journal`."""

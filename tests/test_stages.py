@@ -208,3 +208,21 @@ def test_a_dead_worker_is_told_apart_from_an_error_of_the_trial_code() -> None:
     except RuntimeError as wrapped:
         assert worker_died(wrapped)
     assert not worker_died(ValueError("N:M needs ..."))
+
+
+def test_a_tracker_saved_by_an_earlier_version_resumes_with_its_new_attributes(
+        tmp_path: Path) -> None:
+    # Tune restores its callbacks by unpickling them: a search saved before the journal and the
+    # per-trial names existed must still start its next stage after an upgrade.
+    from prunetune.orchestrator.tracking import MLflowTracker
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = MLflowTracker(tracking_uri=uri, experiment="prunetune", search_name="old",
+                            config={}, space_description={}, dense_metrics={})
+    state = tracker.__getstate__()
+    for added in ("journal_dir", "_journal", "_names", "_seeds", "stage", "epochs"):
+        state.pop(added)
+    restored = MLflowTracker.__new__(MLflowTracker)
+    restored.__setstate__(state)
+    restored.setup()
+    parent = MlflowClient(uri).get_run(restored.parent_run_id)
+    assert parent.info.run_name == "old" and restored.stage == "trial"
