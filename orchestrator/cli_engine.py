@@ -1,6 +1,8 @@
-"""`prunetune analyze` and `prunetune apply`: the pruning engine from the command line.
+"""`prunetune analyze`, `map` and `apply`: the pruning engine from the command line.
 
 `analyze CONFIG` prints the model's prunable units (features and search group) as a table;
+`map CONFIG` prints (and saves as JSON) the measured scheme mapping: per unit and candidate
+scheme, the latency saved on the device and the proxy accuracy lost, and the choice;
 `apply CONFIG --policy P.json` prunes the dense model with a policy file and prints the cost
 before / after and the validation accuracy (fine-tuning only with `--finetune-epochs`).
 Wire them in with `add_engine_commands(subparsers)`.
@@ -15,7 +17,8 @@ from typing import Any
 
 from prunetune.errors import CLIError
 
-__all__ = ["PRUNED_FORMAT", "add_engine_commands", "cmd_analyze", "cmd_apply", "format_units"]
+__all__ = ["PRUNED_FORMAT", "add_engine_commands", "cmd_analyze", "cmd_apply", "cmd_map",
+           "format_units"]
 
 PRUNED_FORMAT = "prunetune-pruned/1"
 _COLUMNS = (("unit", "unit"), ("group", "group"), ("type", "type"), ("channels", "ch"),
@@ -108,6 +111,48 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_map(args: argparse.Namespace) -> int:
+    """Scan (or read from the cache) the config's model on a device; print and save the
+    measured scheme mapping."""
+    from prunetune.files import atomic_writer
+    from prunetune.search_spaces import analyze
+
+    from .scheme_map import format_mapping, mapping_rows, measured_scan
+    from .spaces import space_from_analysis
+
+    if args.ratios:
+        bad = [r for r in args.ratios if not 0.0 < r < 1.0]
+        if bad:
+            raise CLIError(f"--ratios must lie in (0, 1), got {bad}; e.g. --ratios 0.25 0.5")
+    args.quiet = args.quiet or args.json  # stdout holds the JSON alone
+    cfg, _, model, example = _setup(args)
+    ratios = tuple(args.ratios) if args.ratios else None
+    scan, cached = measured_scan(cfg, model, device=args.device, progress=not args.quiet,
+                                 rescan=args.rescan, **({"ratios": ratios} if ratios else {}))
+    analysis = analyze(model, example)
+    space = space_from_analysis(cfg, analysis, with_budget=False, scan=scan)
+    rows = mapping_rows(analysis, scan, space.templates)
+    out = Path(args.out or cfg.workdir_path() / f"{cfg.name or cfg.model.name}-mapping.json")
+    result = {"model": cfg.model.name, "device": scan.device, "dense_ms": scan.dense_ms,
+              "dense_accuracy": scan.dense_accuracy, "scan_file": str(cached),
+              "choice": {n: t.to_dict() for n, t in space.templates.items()}, "rows": rows}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_writer(out, "w") as handle:
+        json.dump(result, handle, indent=1)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(format_mapping(rows))
+    counts: dict[str, int] = {}
+    for t in space.templates.values():
+        counts[t.scheme] = counts.get(t.scheme, 0) + 1
+    print(f"\nmeasured mapping on {scan.device} (dense {scan.dense_ms:.3f} ms, proxy accuracy "
+          f"{scan.dense_accuracy:.4f}): " + ", ".join(f"{s} on {n} units"
+                                                     for s, n in sorted(counts.items())))
+    print(f"saved to {out}; a search uses it with `space: {{mapping: measured}}`")
+    return 0
+
+
 def _save_pruned(path: Path, payload: dict[str, Any]) -> None:
     import torch
 
@@ -175,7 +220,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def add_engine_commands(subparsers: Any) -> None:
-    """Add `analyze` and `apply` to the `prunetune` sub-command parsers."""
+    """Add `analyze`, `map` and `apply` to the `prunetune` sub-command parsers."""
     p = subparsers.add_parser("analyze", help="list the model's prunable units and groups")
     p.add_argument("config", help="YAML config (see examples/)")
     p.add_argument("--groups", help="override space.groups: an integer or 'auto'")
@@ -192,6 +237,20 @@ def add_engine_commands(subparsers: Any) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--quiet", action="store_true", help="no pretraining progress output")
     p.set_defaults(func=cmd_analyze)
+
+    p = subparsers.add_parser("map", help="measure which pruning scheme pays per unit on a "
+                              "device (sensitivity scan) and print the measured mapping")
+    p.add_argument("config", help="YAML config (see examples/); space.schemes are the candidates")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="the device whose latency decides (default cpu)")
+    p.add_argument("--ratios", type=float, nargs="+",
+                   help="pruning ratios each candidate is measured at (default 0.25 0.5 0.75)")
+    p.add_argument("--out", help="JSON file (default: <workdir>/<name>-mapping.json)")
+    p.add_argument("--rescan", action="store_true", help="measure again, ignoring the cache")
+    p.add_argument("--cache-dir", help="override cache_dir")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_map)
 
     p = subparsers.add_parser("apply", help="prune the dense model with a policy file")
     p.add_argument("config", help="YAML config (see examples/)")

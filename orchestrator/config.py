@@ -49,6 +49,11 @@ class SpaceConfig(_Section):
     groups: int | Literal["auto"] | None = "auto"
     # Search the scheme of each group as a categorical dimension.
     scheme_search: bool = False
+    # How each unit's scheme is chosen (the first option when scheme_search is on): "rules"
+    # (layer type and device) or "measured": the scheme that saves the most latency on the
+    # trials' device per point of proxy accuracy lost, from a sensitivity scan that is cached
+    # per dense model (`prunetune map CONFIG` shows and makes it).
+    mapping: Literal["rules", "measured"] = "rules"
 
     @field_validator("ratio_bounds")
     @classmethod

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prunetune.errors import SearchError
 
@@ -29,6 +29,9 @@ from .stages import (
     stage_done,
     stage_tracker,
 )
+
+if TYPE_CHECKING:
+    from prunetune.search_spaces import SchemeScan
 
 __all__ = ["FINALIST_SUFFIX", "FinalistSearcher", "SearchSummary", "SearchError", "Stage",
            "build_space", "run_search", "search_name", "search_stages"]
@@ -153,7 +156,7 @@ def _resolve_warm_start(cfg: PrunetuneConfig, workdir: Path,
     return options
 
 
-def _schemes_line(space: Any) -> str:
+def _schemes_line(space: Any, mapping: str = "rules") -> str:
     """How the space uses `space.schemes`: searched per group, or one per unit by mapping."""
     d = space.describe()
     counts: dict[str, int] = {}
@@ -163,7 +166,9 @@ def _schemes_line(space: Any) -> str:
     if d["scheme_search"]:
         return (f"schemes {d['schemes']}: searched per group (space.scheme_search); the "
                 f"{d['device']} mapping's choice first ({mapped})")
-    return (f"schemes {d['schemes']}: one per unit, by the rule-based {d['device']} mapping: "
+    how = ("measured mapping (prunetune map)" if mapping == "measured" else
+           f"rule-based {d['device']} mapping")
+    return (f"schemes {d['schemes']}: one per unit, by the {how}: "
             f"{mapped} (space.scheme_search: true searches them per group)")
 
 
@@ -238,6 +243,24 @@ def _dense_baseline(cfg: PrunetuneConfig, progress: bool) -> DenseBaseline:
     return DenseBaseline(dense, data.example_input(1), val.accuracy, metrics, reference)
 
 
+def _measured_scan(cfg: PrunetuneConfig, dense: DenseBaseline, workdir: Path,
+                   progress: bool) -> SchemeScan | None:
+    """`space.mapping: measured`: the sensitivity scan on the trials' device (cached per dense
+    model, so a `prunetune map` before the search measured it already)."""
+    from prunetune.trainers import resolve_device
+
+    from .scheme_map import measured_scan
+
+    if cfg.space.mapping != "measured":
+        return None
+    device = resolve_device(cfg.finetune.device).type
+    scan, path = measured_scan(cfg, dense.result.model, device=device, workdir=workdir,
+                               progress=progress)
+    if progress:
+        print(f"[search] measured scheme mapping: {path}", flush=True)
+    return scan
+
+
 def run_search(cfg: PrunetuneConfig, *, resume: bool = False,
                progress: bool = True) -> SearchSummary:
     """Run (or resume) a search: its stages as Ray Tune experiments, tracked in MLflow."""
@@ -263,7 +286,8 @@ def run_search(cfg: PrunetuneConfig, *, resume: bool = False,
     if progress and cfg.space.budget is not None and cfg.space.budget.kind == "latency":
         print("[search] latency budget: fitting it from the latency table (measuring missing "
               "layer entries)", flush=True)
-    space = build_space(cfg, dense.result.model, dense.example, workdir)
+    space = build_space(cfg, dense.result.model, dense.example, workdir,
+                        _measured_scan(cfg, dense, workdir, progress))
     stages = search_stages(cfg, name)
     if progress:
         plan = " then ".join(f"{s.trials} {'proxy trial' if s.name == 'proxy' else s.name}"
@@ -271,7 +295,7 @@ def run_search(cfg: PrunetuneConfig, *, resume: bool = False,
         print(f"[search] {name}: {space.dim}-dimensional space over {space.n_units} units, "
               f"{plan} ({cfg.search.max_concurrent} at a time), searcher "
               f"{cfg.search.searcher}; dense val accuracy {dense.val_accuracy:.4f}", flush=True)
-        print(f"[search] {_schemes_line(space)}", flush=True)
+        print(f"[search] {_schemes_line(space, cfg.space.mapping)}", flush=True)
     _init_ray(cfg, progress)
     run = SearchRun(cfg, name, storage, workdir, dense, space, options, progress)
     # Writes a driver that ended during a tracking outage kept go in before anything is read.

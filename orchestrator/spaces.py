@@ -17,7 +17,9 @@ from prunetune.search_spaces import (
     LatencyWeights,
     ModelAnalysis,
     PruningSpace,
+    SchemeScan,
     analyze,
+    map_schemes,
 )
 
 from .config import PrunetuneConfig
@@ -49,23 +51,35 @@ def space_defaults(cfg: PrunetuneConfig) -> tuple[int | str | None, bool]:
 
 def space_from_analysis(cfg: PrunetuneConfig, analysis: ModelAnalysis, *,
                         latency: LatencyWeights | None = None, with_budget: bool = True,
-                        mapping_device: str = "gpu") -> PruningSpace:
+                        mapping_device: str = "gpu", scan: SchemeScan | None = None,
+                        ) -> PruningSpace:
     """The `PruningSpace` of the config's `space` section over `analysis`.
 
     `latency`: the weights a latency budget needs; `with_budget=False` leaves the budget out
     (for looking at the space only); `mapping_device`: the rule-based scheme mapping's
-    target. Raises SearchError naming `space.budget` or `space` when the section cannot be met
-    or built.
+    target. `scan`: the sensitivity scan a measured mapping (`space.mapping: measured`)
+    chooses each unit's scheme from (`scheme_map.measured_scan`). Raises SearchError naming
+    `space.budget` or `space` when the section cannot be met or built.
     """
     s = cfg.space
     budget = Budget(kind=s.budget.kind, keep=s.budget.keep) if (s.budget and with_budget) \
         else None
     n_groups, fill = space_defaults(cfg)
+    if s.mapping == "measured" and scan is None:
+        raise SearchError("space.mapping: measured needs the sensitivity scan of this model "
+                          "(build_space makes it; or run `prunetune map CONFIG` first)")
     try:
+        templates = None
+        if scan is not None:
+            if scan.device.startswith("cuda"):
+                mapping_device = "gpu"
+            templates = map_schemes(analysis, mapping_device, tuple(s.schemes),
+                                    method="measured", scan=scan)
         return PruningSpace(None, schemes=tuple(s.schemes), ratio_bounds=tuple(s.ratio_bounds),
                             budget=budget, n_groups=n_groups, fill_budget=fill,
                             scheme_search=s.scheme_search, seed=cfg.seed,
-                            device=mapping_device, analysis=analysis, latency=latency)
+                            device=mapping_device, analysis=analysis, latency=latency,
+                            templates=templates)
     except BudgetError as err:
         raise SearchError(f"space.budget: {err}") from err
     except SpaceError as err:
@@ -90,12 +104,13 @@ def _latency_weights(cfg: PrunetuneConfig, model: nn.Module, example_input: obje
 
 
 def build_space(cfg: PrunetuneConfig, model: nn.Module, example_input: object,
-                workdir: Path | None = None) -> PruningSpace:
+                workdir: Path | None = None, scan: SchemeScan | None = None) -> PruningSpace:
     """The search space the config describes, over `model`. A latency budget is fitted from
     the search's latency table (`latency_table_file`), measuring missing layer entries on the
-    trials' device now."""
+    trials' device now; `scan`: what `space.mapping: measured` chooses schemes from
+    (`scheme_map.measured_scan`)."""
     analysis = analyze(model, example_input)
     latency = None
     if cfg.space.budget is not None and cfg.space.budget.kind == "latency":
         latency = _latency_weights(cfg, model, example_input, analysis, workdir)
-    return space_from_analysis(cfg, analysis, latency=latency)
+    return space_from_analysis(cfg, analysis, latency=latency, scan=scan)

@@ -7,7 +7,16 @@ from .analysis import ModelAnalysis, PrunableUnit, analyze
 from .apply import apply_policy
 from .clustering import cluster_units
 from .cost import Cost, CostModel, LatencyWeights, count_cost
-from .mapping import map_schemes, unit_template
+from .mapping import (
+    MAPPING_METHODS,
+    SCAN_RATIOS,
+    SchemeProbe,
+    SchemeScan,
+    map_schemes,
+    measured_scores,
+    scan_candidates,
+    unit_template,
+)
 from .policy import IMPORTANCES, POLICY_SCHEMA, Policy, PolicyError, UnitPolicy
 from .protocol import STEP_FEATURES, SearchSpace, StepFeatures
 from .schemes import (
@@ -28,6 +37,7 @@ __all__ = [
     "CostModel",
     "IMPORTANCES",
     "LatencyWeights",
+    "MAPPING_METHODS",
     "ModelAnalysis",
     "NM_M_VALUES",
     "PATTERN_KINDS",
@@ -36,8 +46,11 @@ __all__ = [
     "PolicyError",
     "PrunableUnit",
     "PruningSpace",
+    "SCAN_RATIOS",
     "SCHEMES",
     "STEP_FEATURES",
+    "SchemeProbe",
+    "SchemeScan",
     "SearchSpace",
     "SpaceError",
     "StepFeatures",
@@ -49,5 +62,7 @@ __all__ = [
     "count_cost",
     "enforce_masks",
     "map_schemes",
+    "measured_scores",
+    "scan_candidates",
     "unit_template",
 ]

@@ -25,7 +25,7 @@ policies; the returned bounds narrow the box to the range of the best points.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -39,7 +39,7 @@ from .budget import BUDGET_KINDS, Budget
 from .clustering import cluster_units
 from .cost import SPARSE_KEYS, LatencyWeights, sparse_key
 from .mapping import map_schemes, unit_template
-from .policy import IMPORTANCES, Policy, UnitPolicy
+from .policy import IMPORTANCES, Policy, PolicyError, UnitPolicy
 from .protocol import StepFeatures, step_features_of
 from .schemes import SCHEMES, nm_from_ratio
 
@@ -64,6 +64,8 @@ class PruningSpace:
     their analysis is kept (no modules, no graph), so the space pickles small.
     latency: a linear latency model over the analysis's cost model (`LatencyWeights`); needed
     by a latency budget, and with it `cost()` also reports `latency_ms`.
+    templates: each unit's scheme (a ratio-0 `UnitPolicy`, e.g. from `map_schemes(...,
+    method="measured")`); default: the rule-based mapping for `device`.
     """
 
     def __init__(self, model: nn.Module | None, example_input: Any = None, *,
@@ -74,7 +76,8 @@ class PruningSpace:
                  device: str = "gpu",
                  importance: str = "magnitude", round_to: int | None = None,
                  analysis: ModelAnalysis | None = None,
-                 latency: LatencyWeights | None = None) -> None:
+                 latency: LatencyWeights | None = None,
+                 templates: Mapping[str, UnitPolicy] | None = None) -> None:
         schemes = tuple(schemes)
         if not schemes or any(s not in SCHEMES for s in schemes):
             raise SpaceError(f"schemes must be a non-empty subset of {list(SCHEMES)}, got "
@@ -103,7 +106,8 @@ class PruningSpace:
         self.budget, self.scheme_search, self.seed = budget, bool(scheme_search), int(seed)
         self.fill_budget = bool(fill_budget)
         self.device, self.importance, self.round_to = device, importance, round_to
-        self.templates = map_schemes(analysis, device, schemes)
+        self.templates = (map_schemes(analysis, device, schemes) if templates is None
+                          else self._check_templates(templates, analysis, schemes))
         self.units: list[PrunableUnit] = [u for u in analysis.units if u.name in self.templates]
         if not self.units:
             raise SpaceError(f"none of the schemes {list(schemes)} applies to any unit of this "
@@ -134,6 +138,25 @@ class PruningSpace:
             raise SpaceError(f"latency weights must give the dense model a latency > 0 ms, got "
                              f"{latency.dense_ms}")
         return latency
+
+    @staticmethod
+    def _check_templates(templates: Mapping[str, UnitPolicy], analysis: ModelAnalysis,
+                         schemes: tuple[str, ...]) -> dict[str, UnitPolicy]:
+        known = {u.name for u in analysis.units}
+        out: dict[str, UnitPolicy] = {}
+        for name, up in templates.items():
+            if name not in known or not isinstance(up, UnitPolicy):
+                raise SpaceError(f"templates must map this model's unit names to UnitPolicy, "
+                                 f"got {name!r}: {up!r}; map them on this model's analysis")
+            if up.scheme not in schemes:
+                raise SpaceError(f"template of unit {name!r} has scheme {up.scheme!r}, not one "
+                                 f"of the space's schemes {list(schemes)}")
+            try:
+                analysis.unit(name).check(up)
+            except PolicyError as err:
+                raise SpaceError(f"template of unit {name!r}: {err}") from err
+            out[name] = UnitPolicy(up.scheme, 0.0, block=up.block, m=up.m, pattern=up.pattern)
+        return out
 
     def _setup(self, groups: list[list[str]], bounds: np.ndarray | None = None) -> None:
         self.groups = groups

@@ -29,15 +29,18 @@ class MacsClock:
     convolution / linear MACs. Real timings are noisy; this makes exactness checkable."""
 
     name, threads = "macs-clock", 1
+    layer_types: tuple[type, ...] = (nn.Conv2d, nn.Linear)  # the layers that cost time
+
+    def macs(self, m: nn.Module, out: torch.Tensor) -> float:
+        return out.numel() * m.weight[0].numel()  # weights per output element (input x kernel)
 
     def measure(self, model: Any, x: torch.Tensor, **_: Any) -> LatencyMeasurement:
         macs = [0.0]
 
         def hook(m: nn.Module, args: tuple, out: torch.Tensor) -> None:
-            per_out = m.weight[0].numel()  # weights per output element (input x kernel)
-            macs[0] += out.numel() * per_out
+            macs[0] += self.macs(m, out)
 
-        layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        layers = [m for m in model.modules() if isinstance(m, self.layer_types)]
         handles = [m.register_forward_hook(hook) for m in layers]
         try:
             with torch.inference_mode():
