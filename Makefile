@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: venv install data demo pretrain-demo test test-slow lint clean
+.PHONY: venv install data demo pretrain-demo test test-slow lint clean gpu-wheels
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,15 @@ test: install
 
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow tests
+
+# Pure-Python packages (and pydantic's compiled core) the GPU machine's image lacks, for its
+# Python 3.12, into benchmarks/gpu_wheels/ (git-ignored): carry that folder with
+# benchmarks/gpu_suite.sh. The versions are the ones the test suite runs with.
+GPU_WHEELS := torch-pruning==1.6.1 pydantic==2.14.4 pydantic-core==2.50.5 \
+              annotated-types==0.8.0 typing-inspection==0.4.5
+gpu-wheels: install
+	$(BIN)/python -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+	  --platform manylinux2014_x86_64 -d benchmarks/gpu_wheels $(GPU_WHEELS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -2,6 +2,7 @@
 
     python benchmarks/latency_table.py                       # ResNet-20/56, MobileNetV2, 50 each
     python benchmarks/latency_table.py --smoke --out F.json  # 2 policies of ResNet-20 (plumbing)
+    python benchmarks/latency_table.py --device cuda --batch 32 --schemes channel block nm
 
 For each model: random points of the `PruningSpace` box are decoded to policies, applied
 (`apply_policy`), put in deployment form, and both predicted from the latency table (sum of
@@ -66,14 +67,14 @@ def drift_correlation(rows: list[dict[str, Any]]) -> float | None:
 
 
 def make_space(model: torch.nn.Module, x: torch.Tensor, schemes: tuple[str, ...], seed: int,
-               predictor: LatencyPredictor) -> Any:
-    """A PruningSpace for CPU without a budget (policies spread over the whole ratio range),
+               predictor: LatencyPredictor, mapping_device: str = "cpu") -> Any:
+    """A PruningSpace for the device's rule-based mapping without a budget (policies spread over the whole ratio range),
     with the linear latency model a latency budget would use (`cost(x)["latency_ms"]`)."""
     from prunetune.search_spaces import LatencyWeights, PruningSpace, analyze
 
     analysis = analyze(model, x)
     weights = LatencyWeights.from_layers(analysis.cost_model, *predictor.linear_terms(model))
-    return PruningSpace(None, schemes=schemes, budget=None, seed=seed, device="cpu",
+    return PruningSpace(None, schemes=schemes, budget=None, seed=seed, device=mapping_device,
                         analysis=analysis, latency=weights)
 
 
@@ -86,12 +87,13 @@ def run_model(name: str, args: argparse.Namespace, measurer: DeviceMeasurer,
     x = torch.randn(args.batch, 3, 32, 32, generator=gen)
     table = LatencyTable()
     started = time.time()
-    predictors = {stat: LatencyPredictor(dense, x, table, measurer=measurer,
+    predictors = {stat: LatencyPredictor(dense, x, table, device=args.device, measurer=measurer,
                                          repeats=args.repeats, statistic=stat)
                   for stat in ("median", "min")}
     dense_predicted = predictors["median"].predict(dense).total_ms
     dense_predicted_min = predictors["min"].predict(dense).total_ms
-    space = make_space(dense, x, tuple(args.schemes), args.seed, predictors["min"])
+    space = make_space(dense, x, tuple(args.schemes), args.seed, predictors["min"],
+                       "gpu" if args.device == "cuda" else "cpu")
     rows = []
     for i in range(args.policies):
         vector = torch.rand(space.dim, generator=gen, dtype=torch.float64)
@@ -167,6 +169,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              "model's)")
     parser.add_argument("--schemes", nargs="+", default=["channel", "block"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where the models run (cuda: CUDA events; block-sparse layers "
+                             "with the Triton kernels)")
     parser.add_argument("--smoke", action="store_true", help="2 policies of ResNet-20, batch 2")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -178,7 +183,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # Everything (shape passes, apply_policy) at the measured thread count: on a shared machine
     # extra torch threads only wait for each other.
     torch.set_num_threads(args.threads)
-    measurer = DeviceMeasurer("cpu", threads=args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA GPU is visible here; use --device cpu")
+    measurer = DeviceMeasurer(args.device, threads=args.threads)
     load_before = os.getloadavg()
     models = [run_model(name, args, measurer) for name in args.models]
     result = {
@@ -199,7 +206,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },
         "models": models,
     }
-    out = args.out or RESULTS / "latency_table-cpu.json"
+    out = args.out or RESULTS / f"latency_table-{args.device}.json"
     write_result(out, result, show=result["overall"])
     return result
 

@@ -115,10 +115,9 @@ def cmd_map(args: argparse.Namespace) -> int:
     """Scan (or read from the cache) the config's model on a device; print and save the
     measured scheme mapping."""
     from prunetune.files import atomic_writer
-    from prunetune.search_spaces import analyze
+    from prunetune.search_spaces import analyze, scan_templates
 
     from .scheme_map import format_mapping, mapping_rows, measured_scan
-    from .spaces import space_from_analysis
 
     if args.ratios:
         bad = [r for r in args.ratios if not 0.0 < r < 1.0]
@@ -130,12 +129,13 @@ def cmd_map(args: argparse.Namespace) -> int:
     scan, cached = measured_scan(cfg, model, device=args.device, progress=not args.quiet,
                                  rescan=args.rescan, **({"ratios": ratios} if ratios else {}))
     analysis = analyze(model, example)
-    space = space_from_analysis(cfg, analysis, with_budget=False, scan=scan)
-    rows = mapping_rows(analysis, scan, space.templates)
+    # Without a space (and so without Ray or a searcher): the suite on a bare GPU runs this.
+    templates = scan_templates(analysis, scan, tuple(cfg.space.schemes))
+    rows = mapping_rows(analysis, scan, templates)
     out = Path(args.out or cfg.workdir_path() / f"{cfg.name or cfg.model.name}-mapping.json")
     result = {"model": cfg.model.name, "device": scan.device, "dense_ms": scan.dense_ms,
               "dense_accuracy": scan.dense_accuracy, "scan_file": str(cached),
-              "choice": {n: t.to_dict() for n, t in space.templates.items()}, "rows": rows}
+              "choice": {n: t.to_dict() for n, t in templates.items()}, "rows": rows}
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_writer(out, "w") as handle:
         json.dump(result, handle, indent=1)
@@ -144,7 +144,7 @@ def cmd_map(args: argparse.Namespace) -> int:
         return 0
     print(format_mapping(rows))
     counts: dict[str, int] = {}
-    for t in space.templates.values():
+    for t in templates.values():
         counts[t.scheme] = counts.get(t.scheme, 0) + 1
     print(f"\nmeasured mapping on {scan.device} (dense {scan.dense_ms:.3f} ms, proxy accuracy "
           f"{scan.dense_accuracy:.4f}): " + ", ".join(f"{s} on {n} units"

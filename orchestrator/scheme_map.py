@@ -94,6 +94,7 @@ def measured_scan(cfg: PrunetuneConfig, dense: nn.Module, *, device: str,
     scan = scan_schemes(dense, data, analysis, service, device_name=service.measurer.name,
                         schemes=cfg.space.schemes, ratios=ratios, proxy=proxy, seed=cfg.seed,
                         progress=say)
+    scan.meta["device_type"] = device
     service.save()
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_writer(path, "w") as handle:

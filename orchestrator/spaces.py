@@ -19,7 +19,7 @@ from prunetune.search_spaces import (
     PruningSpace,
     SchemeScan,
     analyze,
-    map_schemes,
+    scan_templates,
 )
 
 from .config import PrunetuneConfig
@@ -69,12 +69,7 @@ def space_from_analysis(cfg: PrunetuneConfig, analysis: ModelAnalysis, *,
         raise SearchError("space.mapping: measured needs the sensitivity scan of this model "
                           "(build_space makes it; or run `prunetune map CONFIG` first)")
     try:
-        templates = None
-        if scan is not None:
-            if scan.device.startswith("cuda"):
-                mapping_device = "gpu"
-            templates = map_schemes(analysis, mapping_device, tuple(s.schemes),
-                                    method="measured", scan=scan)
+        templates = None if scan is None else scan_templates(analysis, scan, tuple(s.schemes))
         return PruningSpace(None, schemes=tuple(s.schemes), ratio_bounds=tuple(s.ratio_bounds),
                             budget=budget, n_groups=n_groups, fill_budget=fill,
                             scheme_search=s.scheme_search, seed=cfg.seed,

@@ -15,6 +15,7 @@ from .mapping import (
     map_schemes,
     measured_scores,
     scan_candidates,
+    scan_templates,
     unit_template,
 )
 from .policy import IMPORTANCES, POLICY_SCHEMA, Policy, PolicyError, UnitPolicy
@@ -64,5 +65,6 @@ __all__ = [
     "map_schemes",
     "measured_scores",
     "scan_candidates",
+    "scan_templates",
     "unit_template",
 ]

@@ -26,7 +26,7 @@ from .schemes import BLOCK_SHAPES, SCHEMES
 
 __all__ = ["DEVICES", "MAPPING_METHODS", "SCAN_RATIOS", "SchemeProbe", "SchemeScan",
            "choose_block", "map_schemes", "measured_scores", "scan_candidates",
-           "unit_template"]
+           "scan_templates", "unit_template"]
 
 DEVICES = ("gpu", "cpu")
 MAPPING_METHODS = ("rules", "measured")
@@ -215,3 +215,11 @@ def map_schemes(analysis: ModelAnalysis, device: str = "gpu",
         else:
             out[unit.name] = _rules_choice(unit, usable, device)
     return out
+
+
+def scan_templates(analysis: ModelAnalysis, scan: SchemeScan,
+                   schemes: Sequence[str] = SCHEMES) -> dict[str, UnitPolicy]:
+    """The measured mapping of `scan`; units it did not probe take the rules of the scan's
+    device (`meta["device_type"]`: a CUDA scan takes the GPU rules, else the CPU rules)."""
+    device = "gpu" if scan.meta.get("device_type") == "cuda" else "cpu"
+    return map_schemes(analysis, device, schemes, method="measured", scan=scan)
