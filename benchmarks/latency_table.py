@@ -68,8 +68,9 @@ def drift_correlation(rows: list[dict[str, Any]]) -> float | None:
 
 def make_space(model: torch.nn.Module, x: torch.Tensor, schemes: tuple[str, ...], seed: int,
                predictor: LatencyPredictor, mapping_device: str = "cpu") -> Any:
-    """A PruningSpace for the device's rule-based mapping without a budget (policies spread over the whole ratio range),
-    with the linear latency model a latency budget would use (`cost(x)["latency_ms"]`)."""
+    """A PruningSpace on the device's rule-based mapping without a budget (policies spread
+    over the whole ratio range), with the linear latency model a latency budget would use
+    (`cost(x)["latency_ms"]`)."""
     from prunetune.search_spaces import LatencyWeights, PruningSpace, analyze
 
     analysis = analyze(model, x)
