@@ -261,6 +261,22 @@ def _measured_scan(cfg: PrunetuneConfig, dense: DenseBaseline, workdir: Path,
     return scan
 
 
+def _hold_latency_actor(cfg: PrunetuneConfig, workdir: Path) -> Any:
+    """With `search.latency: table`, the device's latency-table actor, created by the driver:
+    a non-detached actor lives as long as its creator holds it, so one that a trial created
+    died with that trial's handle while other trials were still asking it. None otherwise."""
+    if cfg.search.latency != "table":
+        return None
+    from prunetune.trainers import resolve_device
+    from prunetune.trainers.latency_actor import latency_service
+
+    from .spaces import latency_table_file
+
+    return latency_service(str(latency_table_file(cfg, workdir)),
+                           device=str(resolve_device(cfg.finetune.device)),
+                           repeats=cfg.search.latency_repeats)
+
+
 def run_search(cfg: PrunetuneConfig, *, resume: bool = False,
                progress: bool = True) -> SearchSummary:
     """Run (or resume) a search: its stages as Ray Tune experiments, tracked in MLflow."""
@@ -297,6 +313,7 @@ def run_search(cfg: PrunetuneConfig, *, resume: bool = False,
               f"{cfg.search.searcher}; dense val accuracy {dense.val_accuracy:.4f}", flush=True)
         print(f"[search] {_schemes_line(space, cfg.space.mapping)}", flush=True)
     _init_ray(cfg, progress)
+    table_actor = _hold_latency_actor(cfg, workdir)  # noqa: F841 (held until the search ends)
     run = SearchRun(cfg, name, storage, workdir, dense, space, options, progress)
     # Writes a driver that ended during a tracking outage kept go in before anything is read.
     settle_tracking(run, stage_tracker(run, stages[0]))

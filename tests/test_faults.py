@@ -318,3 +318,28 @@ def test_a_mixed_scheme_search_runs_every_trial(local_ray, tmp_path: Path) -> No
     assert all(t.metrics["flops_ratio"] <= cfg.space.budget.keep for t in trials)
     schemes = {v for t in trials for k, v in t.params.items() if k.startswith("scheme.")}
     assert schemes == {"channel", "nm"}
+
+
+def test_one_latency_table_actor_serves_every_trial_of_a_search(local_ray,
+                                                                 tmp_path: Path) -> None:
+    """The driver holds the device's table actor: trials that get it and drop their handle
+    (as a trial does when it ends) all reach the same live actor; one a trial created died
+    with that trial's handle while another trial was still asking it."""
+    import ray
+
+    from prunetune.orchestrator.driver import _hold_latency_actor
+    from prunetune.trainers.latency_actor import latency_service
+
+    cfg = load_config(_config(tmp_path, "table", trials=2, searcher="random"))
+    cfg = cfg.model_copy(update={"search": cfg.search.model_copy(update={"latency": "table"})})
+    held = _hold_latency_actor(cfg, tmp_path)
+
+    @ray.remote(num_cpus=0)
+    def trial_asks() -> str:
+        svc = latency_service(None, device="cpu")
+        ray.get(svc.entries.remote())
+        return svc._actor_id.hex()
+
+    for _ in range(3):  # one after another: each drops its handle before the next asks
+        assert ray.get(trial_asks.remote()) == held._actor_id.hex()
+    assert ray.get(held.save.remote()) == 0
