@@ -44,18 +44,25 @@ OUT = ROOT / "benchmarks" / "results" / "end_to_end.json"
 MODEL_NAME = "proxy-bo-resnet56"
 
 
-def searched(cfg: PrunetuneConfig) -> dict[str, Any]:
-    """Run the search (or resume / reuse it); its finalists and timing, from MLflow."""
+def run_or_resume(cfg: PrunetuneConfig) -> float | None:
+    """Run the config's search, resume it when interrupted, or reuse it when it finished;
+    the wall time it took now (None: reused)."""
     client = MlflowClient(cfg.tracking_uri())
     try:
         status = find_search(client, cfg.tracking.experiment, cfg.name).info.status
     except (SearchNotFoundError, Exception):  # no store yet either
         status = None
-    wall = None
-    if status != "FINISHED":
-        t0 = time.perf_counter()
-        run_search(cfg, resume=status is not None)
-        wall = time.perf_counter() - t0
+    if status == "FINISHED":
+        return None
+    t0 = time.perf_counter()
+    run_search(cfg, resume=status is not None)
+    return time.perf_counter() - t0
+
+
+def searched(cfg: PrunetuneConfig) -> dict[str, Any]:
+    """Run the search (or resume / reuse it); its finalists and timing, from MLflow."""
+    client = MlflowClient(cfg.tracking_uri())
+    wall = run_or_resume(cfg)
     parent = find_search(client, cfg.tracking.experiment, cfg.name)
     trials = search_trials(client, parent)
     rows = [{"trial": t.name, "stage": t.stage, "status": t.status, **t.metrics}
@@ -112,7 +119,7 @@ def main() -> None:
                    experiment=cfg.tracking.experiment)
     dense = pretrain_dense(cfg.model, cfg.data, cfg.pretrain, cache_dir=cfg.cache_dir)
     example = load_data(cfg.data).example_input(1)
-    policy = _promoted_policy(cfg, done.run_id)
+    policy = run_policy(cfg, done.run_id)
     uniform = uniform_policy(dense.model, example, cfg.space.budget.keep)
     print("searched policy, fine-tuned per seed:", flush=True)
     ours = fine_tuned(cfg, policy, args.seeds)
@@ -136,8 +143,9 @@ def main() -> None:
                                                            "target_met")})
 
 
-def _promoted_policy(cfg: PrunetuneConfig, run_id: str) -> Policy:
-    """The policy the promote run registered (its `policy.json`)."""
+def run_policy(cfg: PrunetuneConfig, run_id: str) -> Policy:
+    """The policy a run logged (its `policy.json`): a trial's, or the one a promotion
+    registered."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:

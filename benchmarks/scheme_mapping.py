@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +32,11 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine_info, write_result
-from end_to_end import fine_tuned
+from end_to_end import fine_tuned, run_or_resume, run_policy
 from mlflow.tracking import MlflowClient
 
 from prunetune.orchestrator.config import PrunetuneConfig, load_config
-from prunetune.orchestrator.driver import run_search
-from prunetune.orchestrator.results import SearchNotFoundError, find_search, search_trials
-from prunetune.search_spaces import Policy
+from prunetune.orchestrator.results import find_search, search_trials
 from prunetune.trainers import default_cache_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,16 +72,8 @@ def config(name: str, space: dict[str, Any], args: argparse.Namespace) -> Prunet
 
 def searched(cfg: PrunetuneConfig) -> tuple[list[dict[str, Any]], float | None]:
     """Run the search (resumed when interrupted, reused when done); its trials from MLflow."""
+    wall = run_or_resume(cfg)
     client = MlflowClient(cfg.tracking_uri())
-    try:
-        status = find_search(client, cfg.tracking.experiment, cfg.name).info.status
-    except (SearchNotFoundError, Exception):  # no store yet either
-        status = None
-    wall = None
-    if status != "FINISHED":
-        t0 = time.perf_counter()
-        run_search(cfg, resume=status is not None)
-        wall = time.perf_counter() - t0
     trials = search_trials(client, find_search(client, cfg.tracking.experiment, cfg.name))
     rows = [{"trial": t.name, "run_id": t.run_id, **t.metrics} for t in trials
             if t.status == "finished"]
@@ -103,14 +92,6 @@ def summary(rows: list[dict[str, Any]], keep: float) -> dict[str, Any]:
                                                            for r in rows])),
             "best": None if best is None else {k: best[k] for k in (
                 "trial", "run_id", "accuracy", "latency_ms", "speedup", "flops_ratio")}}
-
-
-def run_policy(cfg: PrunetuneConfig, run_id: str) -> Policy:
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = MlflowClient(cfg.tracking_uri()).download_artifacts(run_id, "policy.json", tmp)
-        return Policy.load(path)
 
 
 def main() -> None:

@@ -135,20 +135,14 @@ def stored_density(mask_taps: torch.Tensor, block: tuple[int, int]) -> float:
     return occupied * bo * bi / float(mask_taps.numel())
 
 
-def kernel_block_from_prune_block(prune_block: tuple[int, int] | None, taps: int,
+def kernel_block_from_prune_block(prune_block: tuple[int, int] | None,
                                   ) -> tuple[int, int] | None:
-    """Translate the contract's `prune_block` (on `out x in*kh*kw`, order (ci, r, s)) to a
-    kernel block (order (r, s, ci)), or None where no kernel block covers it exactly.
-
-    A prune block of width `bi` spans `bi / taps` whole input channels across every tap, so in
-    tap order it is a `bo x (bi / taps)` block repeated in each tap.
-    """
+    """The contract's `prune_block` as a kernel block, or None where the kernels have no block
+    of that size. The engine's blocks lie on the tap-major GEMM view `out x kh*kw*in` (order
+    (r, s, ci)), the kernels' own layout, so a prune block is a kernel block as it is."""
     if prune_block is None:
         return None
     bo, bi = int(prune_block[0]), int(prune_block[1])
-    if bi % taps != 0:
-        return None
-    bi //= taps
     return (bo, bi) if bo in KERNEL_BLOCKS and bi in KERNEL_BLOCKS else None
 
 

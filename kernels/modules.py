@@ -83,7 +83,7 @@ def _pick_block(layer: nn.Module, mask: torch.Tensor, taps: int,
                 block: tuple[int, int] | None) -> tuple[int, int]:
     if block is not None:
         return (int(block[0]), int(block[1]))
-    preferred = kernel_block_from_prune_block(getattr(layer, "prune_block", None), taps)
+    preferred = kernel_block_from_prune_block(getattr(layer, "prune_block", None))
     return choose_block(conv_weight_to_taps(mask), preferred=preferred)
 
 

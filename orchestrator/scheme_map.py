@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+import prunetune
 from prunetune.errors import SearchError
 from prunetune.files import atomic_writer
 from prunetune.search_spaces import (
@@ -39,12 +40,13 @@ SCAN_DEVICES = ("cpu", "cuda")
 def _scan_key(cfg: PrunetuneConfig, dense: nn.Module, device_name: str,
               ratios: tuple[float, ...]) -> str:
     """What a scan depends on: the dense weights, the validation data, the proxy, the device,
-    the schemes and the ratios."""
+    the schemes, the ratios and the code that masks and measures (prunetune's version)."""
     h = hashlib.sha256()
     for name, t in sorted(dense.state_dict().items()):
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    h.update(json.dumps({"data": cfg.data.model_dump(mode="json"), "device": device_name,
+    h.update(json.dumps({"prunetune": prunetune.__version__,
+                         "data": cfg.data.model_dump(mode="json"), "device": device_name,
                          "schemes": list(cfg.space.schemes), "ratios": list(ratios),
                          "bn": cfg.finetune.bn_calibration, "seed": cfg.seed},
                         sort_keys=True).encode())

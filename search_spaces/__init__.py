@@ -27,6 +27,8 @@ from .schemes import (
     SCHEMES,
     block_sparse_weight,
     enforce_masks,
+    from_gemm_view,
+    gemm_view,
 )
 from .space import Budget, BudgetError, PruningSpace, SpaceError
 
@@ -62,6 +64,8 @@ __all__ = [
     "cluster_units",
     "count_cost",
     "enforce_masks",
+    "from_gemm_view",
+    "gemm_view",
     "map_schemes",
     "measured_scores",
     "scan_candidates",

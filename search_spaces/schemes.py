@@ -1,9 +1,10 @@
 """Sparse pruning schemes: masks for `block`, `nm`, `unstructured` and `pattern` pruning.
 
 Every mask here is a float tensor of the weight's exact shape, 1.0 = kept, 0.0 = pruned (the
-contract in docs/CONTRACTS.md). Masks are computed on the *GEMM view* of a weight,
-`weight.flatten(1)` of shape `(out, in/groups * kh * kw)`, whose reduction dimension is ordered
-`in, kh, kw`; that is the layout the block-sparse kernels consume.
+contract in docs/CONTRACTS.md). Masks are computed on a GEMM view of a weight: N:M and
+patterns on `weight.flatten(1)`, `(out, in/groups * kh * kw)` with the reduction ordered
+`in, kh, kw`; blocks on the tap-major view `gemm_view`, `(out, kh * kw * in)`, the layout the
+block-sparse kernels consume (the same matrix for Linear and 1x1 layers).
 
 `channel` pruning is structural and lives in `channel.py`; this module only knows single layers.
 All choices are deterministic: ties are broken by a stable sort, never by chance.
@@ -29,6 +30,8 @@ __all__ = [
     "block_mask",
     "block_sparse_weight",
     "enforce_masks",
+    "from_gemm_view",
+    "gemm_view",
     "layer_applies",
     "nm_from_ratio",
     "nm_mask",
@@ -111,14 +114,15 @@ def unstructured_mask(weight: torch.Tensor, ratio: float) -> torch.Tensor:
 
 @torch.no_grad()
 def block_mask(weight: torch.Tensor, ratio: float, block: tuple[int, int]) -> torch.Tensor:
-    """Block sparsity on the GEMM view `(out, in*kh*kw)` with blocks of `block = (bo, bi)`.
+    """Block sparsity on the tap-major GEMM view `(out, kh*kw*in)` (`gemm_view`) with blocks
+    of `block = (bo, bi)`.
 
     Blocks are ranked by their L2 norm. Edge blocks of a shape that `block` does not divide are
     partial; blocks are pruned lowest-norm first until at least `ratio * numel` elements are,
     so the density never exceeds `1 - ratio` (the cost a budget counts) with partial blocks.
     """
     bo, bi = block
-    w2 = weight.detach().flatten(1).float()
+    w2 = gemm_view(weight.detach()).float()
     rows, cols = w2.shape
     pr, pc = math.ceil(rows / bo) * bo, math.ceil(cols / bi) * bi
     padded = torch.zeros(pr, pc)
@@ -137,7 +141,25 @@ def block_mask(weight: torch.Tensor, ratio: float, block: tuple[int, int]) -> to
     keep = torch.ones(norms.numel())
     keep[order[:n_pruned]] = 0.0
     full = keep.view(pr // bo, 1, pc // bi, 1).expand(pr // bo, bo, pc // bi, bi)
-    return full.reshape(pr, pc)[:rows, :cols].reshape(weight.shape).to(weight.dtype)
+    return from_gemm_view(full.reshape(pr, pc)[:rows, :cols], weight.shape).to(weight.dtype)
+
+
+def gemm_view(weight: torch.Tensor) -> torch.Tensor:
+    """A weight as the `(out, kh*kw*in)` matrix the block-sparse kernels multiply: for a k x k
+    convolution the reduction runs tap by tap over the input channels (a block then covers
+    channels of one tap, which the implicit-GEMM kernel can skip); Linear and 1 x 1 weights
+    are `weight.flatten(1)`."""
+    if weight.dim() == 4:
+        return weight.permute(0, 2, 3, 1).flatten(1)
+    return weight.flatten(1)
+
+
+def from_gemm_view(matrix: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
+    """The inverse of `gemm_view` for a weight of `shape`."""
+    if len(shape) == 4:
+        out, cin, kh, kw = shape
+        return matrix.reshape(out, kh, kw, cin).permute(0, 3, 1, 2).contiguous()
+    return matrix.reshape(shape)
 
 
 def nm_from_ratio(ratio: float, m: int) -> int:
@@ -225,12 +247,13 @@ def enforce_masks(model: nn.Module) -> None:
 
 
 def block_sparse_weight(layer: nn.Module) -> torch.Tensor:
-    """The block-pruned layer's GEMM view `(out, in*kh*kw)` as a torch BSR tensor with
-    blocksize `layer.prune_block`. Both dimensions must be multiples of the block shape."""
+    """The block-pruned layer's GEMM view `(out, kh*kw*in)` (`gemm_view`) as a torch BSR
+    tensor with blocksize `layer.prune_block`. Both dimensions must be multiples of the block
+    shape."""
     block = getattr(layer, "prune_block", None)
     if block is None:
         raise ValueError("layer has no prune_block: only block-pruned layers convert to BSR")
-    w2 = layer.weight.detach().flatten(1)
+    w2 = gemm_view(layer.weight.detach())
     if w2.shape[0] % block[0] or w2.shape[1] % block[1]:
         raise ValueError(f"GEMM view {tuple(w2.shape)} is not a multiple of block {block}; "
                          "choose a block shape that divides it (see map_schemes)")

@@ -22,6 +22,7 @@ from prunetune.kernels import (
     taps_to_conv_weight,
 )
 from prunetune.kernels.bsr import choose_block, kernel_block_from_prune_block
+from prunetune.search_spaces import from_gemm_view
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -84,10 +85,10 @@ def test_conv_taps_order_is_r_s_ci() -> None:
 
 
 def test_prune_block_translation_and_choice() -> None:
-    # (32, 144) on a 3x3 conv spans 16 whole channels: kernel block (32, 16) in tap order.
-    assert kernel_block_from_prune_block((32, 144), 9) == (32, 16)
-    assert kernel_block_from_prune_block((32, 10), 9) is None
-    assert kernel_block_from_prune_block((4, 4), 1) is None
+    # Prune blocks lie on the kernels' tap-major view: a kernel-sized one is taken as it is.
+    assert kernel_block_from_prune_block((32, 16)) == (32, 16)
+    assert kernel_block_from_prune_block((32, 144)) is None
+    assert kernel_block_from_prune_block((4, 4)) is None
     gen = torch.Generator().manual_seed(1)
     mask = block_mask(128, 128, (64, 64), 0.5, gen).unsqueeze(1)
     assert choose_block(mask, preferred=(64, 64)) == (64, 64)
@@ -213,11 +214,12 @@ def test_empty_block_rows_and_all_zero_weight() -> None:
 
 def masked(layer: nn.Module, prune_block: tuple[int, int], density: float, seed: int,
            ) -> nn.Module:
-    """Block-prune like the engine: blocks on `weight.flatten(1)` (order ci, r, s), a
+    """Block-prune like the engine: blocks on the tap-major GEMM view (`gemm_view`), a
     `weight_mask` buffer, zeroed weights and the `prune_block` attribute."""
     gen = torch.Generator().manual_seed(seed)
     w = layer.weight
-    mask = block_mask(w.shape[0], w[0].numel(), prune_block, density, gen).reshape(w.shape)
+    mask = from_gemm_view(block_mask(w.shape[0], w[0].numel(), prune_block, density, gen),
+                          w.shape)
     with torch.no_grad():
         w.mul_(mask)
     layer.register_buffer("weight_mask", mask)
@@ -246,8 +248,8 @@ class SmallNet(nn.Module):
 def pruned_small_net() -> SmallNet:
     torch.manual_seed(0)
     net = SmallNet().eval()
-    # conv2's prune_block (32, 144) is 16 whole channels across all 9 taps in (ci, r, s) order.
-    masked(net.conv2, (32, 144), 0.3, 1)
+    # conv2's prune_block (32, 16): 32 filters x 16 channels of one tap (tap-major view).
+    masked(net.conv2, (32, 16), 0.3, 1)
     masked(net.conv3, (16, 16), 0.4, 2)
     masked(net.fc, (16, 16), 0.25, 3)
     return net
@@ -261,7 +263,7 @@ def test_module_reads_mask_buffer_and_prune_block() -> None:
     x = torch.randn(4, 48)
     torch.testing.assert_close(lin(x), net.fc(x), atol=1e-5, rtol=1e-5)  # torch path on CPU
     conv = BlockSparseConv2d.from_dense(net.conv2)
-    assert conv.block == (32, 16)  # the prune block, translated to tap order
+    assert conv.block == (32, 16)  # the prune block, as the kernel's block
     assert conv.density == pytest.approx(net.conv2.weight_mask.mean().item())
     with pytest.raises(ValueError, match="groups=1"):
         BlockSparseConv2d.from_dense(net.dw)

@@ -15,6 +15,8 @@ from prunetune.search_spaces import (
     block_sparse_weight,
     count_cost,
     enforce_masks,
+    from_gemm_view,
+    gemm_view,
 )
 from prunetune.search_spaces.channel import kept_channels
 from prunetune.trainers import build_model
@@ -74,7 +76,7 @@ def test_sparse_scheme_at_half(zoo, scheme):
             assert torch.all(mask.flatten(1).reshape(-1, 4).sum(1) == 2)
         elif scheme == "block":
             bo, bi = layer.prune_block
-            m2 = mask.flatten(1)
+            m2 = gemm_view(mask)
             if m2.shape[0] % bo == 0 and m2.shape[1] % bi == 0:
                 blocks = m2.reshape(m2.shape[0] // bo, bo, m2.shape[1] // bi, bi)
                 assert torch.all(blocks.amax((1, 3)) == blocks.amin((1, 3)))
@@ -151,5 +153,27 @@ def test_block_mask_converts_to_bsr():
     layer = dict(pruned.named_modules())["layer1.0.conv1"]
     assert layer.prune_block == (8, 4)
     bsr = block_sparse_weight(layer)
-    assert torch.equal(bsr.to_dense(), layer.weight.detach().flatten(1))
+    assert torch.equal(bsr.to_dense(), gemm_view(layer.weight.detach()))
     assert bsr.values().shape[0] == 16 * 144 // 32 // 2  # half of the 8x4 blocks remain
+    assert torch.equal(from_gemm_view(gemm_view(layer.weight), layer.weight.shape), layer.weight)
+
+
+def test_block_pruned_3x3_convolutions_run_as_block_sparse_kernels():
+    """Blocks lie on the kernels' tap-major GEMM view, so a block-pruned k x k convolution is
+    swapped for the block-sparse module at the density the policy asked for (on the
+    `in*kh*kw` view its blocks mixed channels and taps, and no kernel block was ever empty)."""
+    from prunetune.kernels.modules import BlockSparseConv2d, sparsify_model
+
+    model = build_model("resnet20").eval()
+    unit = "layer3.1.conv1"  # two 64 x 64 x 3 x 3 convolutions
+    pruned = apply_policy(model, Policy({unit: UnitPolicy("block", 0.5, block=(16, 16))}), X[:1])
+    deployed = dict(sparsify_model(pruned, backend="torch").named_modules())
+    masked = {n: m for n, m in pruned.named_modules() if hasattr(m, "weight_mask")}
+    assert masked and all(m.kernel_size == (3, 3) for m in masked.values())
+    for name, conv in masked.items():
+        layer = deployed[name]
+        assert isinstance(layer, BlockSparseConv2d), (name, type(layer))
+        assert layer.density == pytest.approx(0.5, abs=0.02)
+        with torch.no_grad():
+            x = torch.randn(2, conv.in_channels, 8, 8)
+            assert torch.allclose(layer(x), conv(x), atol=1e-4)
