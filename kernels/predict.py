@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .bsr import KERNEL_BLOCKS
 from .latency import DeviceMeasurer, LatencyMeasurement, default_measurer, torch_threads
 from .layers import GEMM_TYPES, LayerSpec, build_layer, deploy, layer_specs
 from .modules import DEFAULT_MIN_DENSITY_GAIN, resolve_backend
@@ -69,6 +70,8 @@ _FIT_BURSTS = 6
 # Channel fractions a layer's latency line is fitted on (with the dense shape) for
 # `linear_terms`: the range pruned policies live in.
 _FIT_KEEPS = (0.75, 0.5)
+# The density `sparse_gains` measures at: the middle of the range searches use, and 2:4's.
+_GAIN_DENSITY = 0.5
 
 
 @dataclass(frozen=True)
@@ -302,6 +305,28 @@ class LatencyPredictor:
             base += scale * (full - slope)
         return base, layers
 
+    def sparse_gains(self, dense_model: nn.Module, density: float = _GAIN_DENSITY,
+                     ) -> dict[str, float]:
+        """Per sparse format the deployment runs (`bsr`: block-sparse kernels; `nm`: 2:4
+        semi-structured Linear layers): the share of the removed weight work it saves on this
+        device, over the dense model's own GEMM layers at `density`, from table entries
+        (measured if missing). A layer the format cannot run saves nothing but still counts,
+        so a gain is the whole model's. In [0, 1]; 0 where the format never pays."""
+        specs = self._specs(self._deploy(dense_model), self.example_input)
+        saved = dict.fromkeys(("bsr", "nm"), 0.0)
+        removable = 0.0
+        for sp in specs:
+            if sp.key.scheme != "dense" or (sp.key.op == "conv2d" and sp.key.shape[10] != 1):
+                continue
+            full = self.layer_ms(sp.key)
+            removable += full * (1.0 - density)
+            for fmt in saved:
+                variant = _sparse_variant(sp.key, fmt, density)
+                if variant is not None:
+                    saved[fmt] += max(0.0, full - self.layer_ms(variant))
+        return {fmt: (min(1.0, ms / removable) if removable > 0 else 0.0)
+                for fmt, ms in saved.items()}
+
     def __call__(self, model: nn.Module) -> float:
         return self.predict(model).total_ms
 
@@ -328,6 +353,19 @@ class LatencyPredictor:
     def measured_ms(self, model: nn.Module, *, repeats: int | None = None) -> float:
         """Measured whole-model ms in this predictor's statistic (comparable to `predict`)."""
         return self._pick(self.measure(model, repeats=repeats))
+
+
+def _sparse_variant(key: LatencyKey, fmt: str, density: float) -> LatencyKey | None:
+    """`key`'s layer stored as `fmt` at `density`: `bsr` with the largest square kernel block
+    that divides its filters and channels twice over; `nm` (2:4, density 0.5) for Linear
+    layers. None where the format does not apply."""
+    if fmt == "nm":
+        return replace(key, scheme="nm", density=0.5) if key.op == "linear" else None
+    channels, filters = (key.shape[0], key.shape[1])
+    for b in sorted(KERNEL_BLOCKS, reverse=True):
+        if filters % b == 0 and channels % b == 0 and filters >= 2 * b and channels >= 2 * b:
+            return replace(key, scheme="bsr", block=(b, b), density=density)
+    return None
 
 
 def _pick(m: LatencyMeasurement, statistic: str) -> float:

@@ -47,6 +47,11 @@ class LatencyService:
         """`LatencyPredictor.linear_terms` of `dense_model`, for a latency budget."""
         return self._predictor(dense_model, example_input).linear_terms(dense_model)
 
+    def sparse_gains(self, dense_model: nn.Module, example_input: torch.Tensor,
+                     ) -> dict[str, float]:
+        """`LatencyPredictor.sparse_gains` of `dense_model`, for a latency budget."""
+        return self._predictor(dense_model, example_input).sparse_gains(dense_model)
+
     def measure_ms(self, model: nn.Module, example_input: torch.Tensor) -> float:
         """Measured latency of `model`'s deployment form."""
         return self.measurer.measure(deploy(model, self.device), example_input,

@@ -93,9 +93,13 @@ def _latency_weights(cfg: PrunetuneConfig, model: nn.Module, example_input: obje
     service = LatencyService(str(table), device=str(resolve_device(cfg.finetune.device)),
                              repeats=cfg.search.latency_repeats)
     base_ms, layers = service.linear_terms(model, example_input)
+    gains = service.sparse_gains(model, example_input)
     service.save()
+    # Block masks run as block-sparse kernels, 2:4 N:M as semi-structured Linear layers; no
+    # kernel runs other masks (their zeros are multiplied), so they save nothing.
     return LatencyWeights.from_layers(analysis.cost_model, base_ms, layers,
-                                      device=service.measurer.name)
+                                      device=service.measurer.name,
+                                      sparse_gain={"block": gains["bsr"], "nm4": gains["nm"]})
 
 
 def build_space(cfg: PrunetuneConfig, model: nn.Module, example_input: object,

@@ -209,12 +209,15 @@ class CostModel:
         return len(self.channels)
 
     def scales(self, ratio: np.ndarray, channel: np.ndarray, sparse_row: np.ndarray,
-               round_to: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+               round_to: int | None = None, sparse_gain: np.ndarray | None = None,
+               ) -> tuple[np.ndarray, np.ndarray]:
         """Per module (M,): the kept fraction of its weight work (output x input channels x
         density) and of its outputs, for per-unit `ratio` (U,).
 
         channel: (U,) bool, unit is channel-pruned; sparse_row: (U,) int, row of SPARSE_KEYS of
-        the unit's sparse scheme or -1. A sparse unit's density is 1 - ratio.
+        the unit's sparse scheme or -1. A sparse unit's density is 1 - ratio; with
+        `sparse_gain` (one entry per row of SPARSE_KEYS) it is `1 - gain * ratio`, the work a
+        device really saves (`LatencyWeights.sparse_gain`).
         """
         mult = self.multiple if not round_to else np.lcm(self.multiple, int(round_to))
         has_owner = self.owner >= 0
@@ -234,7 +237,9 @@ class CostModel:
         pruned = np.where(channel, 1.0 - kept / self.channels, 0.0)
         f_out = 1.0 - self.w_out @ pruned
         f_in = 1.0 - self.w_in @ pruned
-        density = np.where(sparse_row >= 0, 1.0 - ratio, 1.0)
+        gain = 1.0 if sparse_gain is None else np.where(
+            sparse_row >= 0, np.asarray(sparse_gain)[np.maximum(sparse_row, 0)], 0.0)
+        density = np.where(sparse_row >= 0, 1.0 - gain * ratio, 1.0)
         d = np.where(app, density[owner], 1.0)
         return f_out * f_in * d, f_out
 
@@ -263,6 +268,15 @@ class LatencyWeights:
     w_ms: np.ndarray
     o_ms: np.ndarray
     device: str = ""
+    # Per row of SPARSE_KEYS: the share of a sparse layer's removed weight work that the
+    # device saves (its time scales by `1 - gain * ratio`). None: 0 for every row, because a
+    # masked layer that no sparse kernel runs still multiplies its zeros.
+    sparse_gain: np.ndarray | None = None
+
+    @property
+    def gains(self) -> np.ndarray:
+        return (np.zeros(len(SPARSE_KEYS)) if self.sparse_gain is None
+                else np.asarray(self.sparse_gain, dtype=float))
 
     @property
     def dense_ms(self) -> float:
@@ -273,10 +287,18 @@ class LatencyWeights:
 
     @classmethod
     def from_layers(cls, cost_model: CostModel, base_ms: float,
-                    layers: dict[str, tuple[float, float]], device: str = "") -> LatencyWeights:
+                    layers: dict[str, tuple[float, float]], device: str = "",
+                    sparse_gain: dict[str, float] | None = None) -> LatencyWeights:
         """From per-layer `(weight-work ms, output-work ms)` keyed by module name. A layer the
         cost model does not scale counts in full in `base_ms`, so the model never
-        under-estimates for it."""
+        under-estimates for it. `sparse_gain`: measured gains by SPARSE_KEYS name (`block`,
+        `nm4`, ...); a key not given saves nothing."""
+        gains = np.zeros(len(SPARSE_KEYS))
+        for key, g in (sparse_gain or {}).items():
+            if key not in SPARSE_KEYS or not (math.isfinite(g) and 0.0 <= g <= 1.0):
+                raise ValueError(f"sparse_gain must map names of {list(SPARSE_KEYS)} to gains "
+                                 f"in [0, 1], got {key!r}: {g!r}")
+            gains[SPARSE_KEYS.index(key)] = g
         index = {n: i for i, n in enumerate(cost_model.names)}
         w, o = np.zeros(len(index)), np.zeros(len(index))
         base = float(base_ms)
@@ -289,4 +311,4 @@ class LatencyWeights:
                 o[index[name]] += o_ms
             else:
                 base += w_ms + o_ms
-        return cls(base, w, o, device)
+        return cls(base, w, o, device, gains)

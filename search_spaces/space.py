@@ -281,7 +281,10 @@ class PruningSpace:
         flops, params = cm.totals(scale_w, f_out)
         out = {"flops": flops, "params": params}
         if self.latency is not None:
-            out["latency"] = self.latency.ms(scale_w, f_out)
+            # Sparse masks save time only as far as the device's kernels run them.
+            scale_lat = scale_w if not (row >= 0).any() else cm.scales(
+                full, channel, row, self.round_to, sparse_gain=self.latency.gains)[0]
+            out["latency"] = self.latency.ms(scale_lat, f_out)
         return out
 
     def _cost(self, ratios: np.ndarray, tmpl: list[UnitPolicy]) -> float:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from prunetune.kernels import LatencyMeasurement, LatencyPredictor, LatencyTable
+from prunetune.kernels.modules import BlockSparseConv2d, BlockSparseLinear
 from prunetune.search_spaces import (
     Budget,
     LatencyWeights,
@@ -102,6 +103,49 @@ def test_every_vector_meets_a_latency_budget(resnet20: tuple) -> None:
     assert min(shares) < 0.45  # vectors already inside the budget are left alone
     untouched = space.cost(np.ones(space.dim), project=False)
     assert untouched["latency_share"] < 0.5 and "latency_ms" in untouched
+
+
+class DensityClock(MacsClock):
+    """Block-sparse modules cost their stored blocks' MACs: the kernels pay in full."""
+
+    layer_types = (nn.Conv2d, nn.Linear, BlockSparseConv2d, BlockSparseLinear)
+
+    def macs(self, m: nn.Module, out: torch.Tensor) -> float:
+        if isinstance(m, (BlockSparseConv2d, BlockSparseLinear)):
+            return out.numel() * m.taps * m.channels * m.density
+        return super().macs(m, out)
+
+
+class ZerosCostClock(DensityClock):
+    """Block-sparse modules cost as much as dense ones: the kernels never pay."""
+
+    def macs(self, m: nn.Module, out: torch.Tensor) -> float:
+        if isinstance(m, (BlockSparseConv2d, BlockSparseLinear)):
+            return out.numel() * m.taps * m.channels
+        return MacsClock.macs(self, m, out)
+
+
+def test_sparse_gains_are_what_the_device_saves(resnet20: tuple) -> None:
+    model, analysis = resnet20
+    paying = LatencyPredictor(model, X, LatencyTable(), measurer=DensityClock())
+    gains = paying.sparse_gains(model)
+    # About 0.6: the 16-channel layers take no kernel block, the others pay in full.
+    assert 0.4 < gains["bsr"] < 1.0 and gains["nm"] == 0.0  # no Linear 2:4 on a CPU
+    flat = LatencyPredictor(model, X, LatencyTable(), measurer=ZerosCostClock())
+    assert flat.sparse_gains(model) == {"bsr": 0.0, "nm": 0.0}
+    # The latency model then credits a sparse unit only as far as its kernels pay: with no
+    # measured gain, pruning unstructured or block weights saves nothing on paper either.
+    base, layers = flat.linear_terms(model)
+    none = LatencyWeights.from_layers(analysis.cost_model, base, layers)
+    full = LatencyWeights.from_layers(analysis.cost_model, base, layers,
+                                      sparse_gain={"block": 1.0})
+    for weights, saves in ((none, False), (full, True)):
+        space = PruningSpace(None, schemes=("block",), analysis=analysis, latency=weights,
+                             device="gpu")
+        ms = space.cost(np.full(space.dim, 0.8), project=False)["latency_ms"]
+        assert (ms < 0.9 * weights.dense_ms) is saves, (ms, weights.dense_ms)
+    with pytest.raises(ValueError, match="sparse_gain must map names"):
+        LatencyWeights.from_layers(analysis.cost_model, base, layers, sparse_gain={"x": 0.5})
 
 
 def test_latency_budget_errors(resnet20: tuple) -> None:
