@@ -1,7 +1,7 @@
 """Which scheme mapping wins on this CPU: channel only, the measured mapping, or BO that searches
 schemes, at equal measured latency.
 
-    python benchmarks/scheme_mapping.py [--trials 60] [--seeds 0]
+    python benchmarks/scheme_mapping.py [--trials 40] [--seeds 0]
 
 Three `prunetune search` runs (`run_search`, the product's path) on ResNet-20 / Fashion-MNIST
 (the demo's dense model) under a latency budget of `--keep` of the dense latency, fitted from
@@ -96,12 +96,12 @@ def summary(rows: list[dict[str, Any]], keep: float) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--trials", type=int, default=60)
+    parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--keep", type=float, default=0.6, help="latency budget (of dense)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--threads", type=int, default=2, help="torch threads while fine-tuning")
-    parser.add_argument("--work", type=Path, default=default_cache_dir() / "scheme_mapping")
+    parser.add_argument("--work", type=Path, default=default_cache_dir() / "scheme_mapping40")
     args = parser.parse_args()
     variants: dict[str, Any] = {}
     for name in args.variants:
