@@ -71,10 +71,12 @@ def make_space(model: torch.nn.Module, x: torch.Tensor, schemes: tuple[str, ...]
     """A PruningSpace on the device's rule-based mapping without a budget (policies spread
     over the whole ratio range), with the linear latency model a latency budget would use
     (`cost(x)["latency_ms"]`)."""
+    from prunetune.orchestrator.spaces import scheme_gains
     from prunetune.search_spaces import LatencyWeights, PruningSpace, analyze
 
     analysis = analyze(model, x)
-    weights = LatencyWeights.from_layers(analysis.cost_model, *predictor.linear_terms(model))
+    weights = LatencyWeights.from_layers(analysis.cost_model, *predictor.linear_terms(model),
+                                         sparse_gain=scheme_gains(predictor.sparse_gains(model)))
     return PruningSpace(None, schemes=schemes, budget=None, seed=seed, device=mapping_device,
                         analysis=analysis, latency=weights)
 

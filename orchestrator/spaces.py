@@ -24,7 +24,8 @@ from prunetune.search_spaces import (
 
 from .config import PrunetuneConfig
 
-__all__ = ["build_space", "latency_table_file", "space_defaults", "space_from_analysis"]
+__all__ = ["build_space", "latency_table_file", "scheme_gains", "space_defaults",
+           "space_from_analysis"]
 
 
 def latency_table_file(cfg: PrunetuneConfig, workdir: Path | None = None) -> Path:
@@ -93,13 +94,18 @@ def _latency_weights(cfg: PrunetuneConfig, model: nn.Module, example_input: obje
     service = LatencyService(str(table), device=str(resolve_device(cfg.finetune.device)),
                              repeats=cfg.search.latency_repeats)
     base_ms, layers = service.linear_terms(model, example_input)
-    gains = service.sparse_gains(model, example_input)
+    gains = scheme_gains(service.sparse_gains(model, example_input))
     service.save()
-    # Block masks run as block-sparse kernels, 2:4 N:M as semi-structured Linear layers; no
-    # kernel runs other masks (their zeros are multiplied), so they save nothing.
     return LatencyWeights.from_layers(analysis.cost_model, base_ms, layers,
-                                      device=service.measurer.name,
-                                      sparse_gain={"block": gains["bsr"], "nm4": gains["nm"]})
+                                      device=service.measurer.name, sparse_gain=gains)
+
+
+def scheme_gains(format_gains: dict[str, float]) -> dict[str, float]:
+    """`LatencyPredictor.sparse_gains` (per kernel format) as `LatencyWeights.sparse_gain`
+    (per scheme): block masks run as block-sparse kernels, 2:4 N:M as semi-structured Linear
+    layers; no kernel runs the other masks (their zeros are multiplied), so they save
+    nothing."""
+    return {"block": format_gains["bsr"], "nm4": format_gains["nm"]}
 
 
 def build_space(cfg: PrunetuneConfig, model: nn.Module, example_input: object,
