@@ -115,7 +115,7 @@ def cmd_map(args: argparse.Namespace) -> int:
     """Scan (or read from the cache) the config's model on a device; print and save the
     measured scheme mapping."""
     from prunetune.files import atomic_writer
-    from prunetune.search_spaces import analyze, scan_templates
+    from prunetune.search_spaces import SCAN_RATIOS, analyze, scan_templates
 
     from .scheme_map import format_mapping, mapping_rows, measured_scan
 
@@ -125,9 +125,9 @@ def cmd_map(args: argparse.Namespace) -> int:
             raise CLIError(f"--ratios must lie in (0, 1), got {bad}; e.g. --ratios 0.25 0.5")
     args.quiet = args.quiet or args.json  # stdout holds the JSON alone
     cfg, _, model, example = _setup(args)
-    ratios = tuple(args.ratios) if args.ratios else None
     scan, cached = measured_scan(cfg, model, device=args.device, progress=not args.quiet,
-                                 rescan=args.rescan, **({"ratios": ratios} if ratios else {}))
+                                 rescan=args.rescan,
+                                 ratios=tuple(args.ratios) if args.ratios else SCAN_RATIOS)
     analysis = analyze(model, example)
     # Without a space (and so without Ray or a searcher): the suite on a bare GPU runs this.
     templates = scan_templates(analysis, scan, tuple(cfg.space.schemes))

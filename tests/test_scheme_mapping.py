@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from prunetune.errors import SearchError
+from prunetune.errors import SearchError, SpaceError
 from prunetune.kernels import LatencyPredictor, LatencyTable
 from prunetune.kernels.modules import BlockSparseConv2d, BlockSparseLinear
 from prunetune.orchestrator.cli import main
@@ -138,7 +138,7 @@ def test_bad_mapping_input_is_refused_with_the_fix(digits_mobilenet) -> None:
     with pytest.raises(PolicyError, match="scan again"):
         SchemeScan.from_dict({"device": "x"})
     name = analysis.units[0].name
-    with pytest.raises(Exception, match="not one of the space's schemes"):
+    with pytest.raises(SpaceError, match="not one of the space's schemes"):
         PruningSpace(None, schemes=("channel",), analysis=analysis,
                      templates={name: UnitPolicy("block", 0.0, block=(4, 4))})
     probe = SchemeProbe(name, UnitPolicy("channel", 0.0), 0.5, 1.0, 0.01)
