@@ -145,7 +145,8 @@ def test_bad_mapping_input_is_refused_with_the_fix(digits_mobilenet) -> None:
     assert probe.to_dict()["unit"] == name
 
 
-def test_prunetune_map_prints_and_saves_the_mapping(tmp_path: Path, capsys) -> None:
+def test_prunetune_map_prints_and_saves_the_mapping(tmp_path: Path, capsys,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = write_config(tmp_path, "map", space={"schemes": ["channel", "block", "pattern"]},
                        finetune={"epochs": 0, "bn_calibration": 64})
     out = tmp_path / "mapping.json"
@@ -160,6 +161,10 @@ def test_prunetune_map_prints_and_saves_the_mapping(tmp_path: Path, capsys) -> N
     assert json.loads(capsys.readouterr().out)["choice"] == saved["choice"]
     assert main(["map", str(cfg), "--ratios", "1.5"]) != 0
     assert "--ratios must lie in (0, 1)" in capsys.readouterr().err
+    with monkeypatch.context() as m:  # no GPU: refused before any pretraining or scan
+        m.setattr(torch.cuda, "is_available", lambda: False)
+        assert main(["map", str(cfg), "--device", "cuda"]) != 0
+    assert "no CUDA GPU is visible" in capsys.readouterr().err
     # A search with `space.mapping: measured` builds its space on the same (cached) scan.
     conf = load_config(cfg).model_copy(update={"space": load_config(cfg).space.model_copy(
         update={"mapping": "measured"})})
