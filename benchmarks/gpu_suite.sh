@@ -9,8 +9,9 @@
 # source tree is put first on PYTHONPATH as the `prunetune` package. Packages the GPU image lacks
 # (torch-pruning, pydantic) come from the wheels in benchmarks/gpu_wheels/ (`make gpu-wheels`
 # downloads them here; carry that folder to the GPU machine). Each step has its own time limit,
-# so one slow step cannot eat the others' time. Result files (<= 4, in DIR):
+# so one slow step cannot eat the others' time. Result files (<= 5, in DIR):
 #   kernels-<gpu>.json          block-sparse kernels vs dense and vs torch's bsr_dense_mm
+#   semi_structured-<gpu>.json  2:4 semi-structured Linear layers vs dense
 #   latency_table-<gpu>.json    the latency table's predictions vs measured whole models
 #                               (channel / block / N:M policies, block-sparse modules swapped in)
 #   scheme_mapping-<gpu>-<model>.json   `prunetune map --device cuda`: the measured mapping
@@ -60,12 +61,12 @@ echo "prunetune from the source tree: $("$PY" -c \
 
 if [ "$SMOKE" = 1 ]; then
   export TRITON_INTERPRET=1
-  TAG=cpu-smoke; DEVICE=cpu; LIMIT_KERNELS=300; LIMIT_TABLE=300; LIMIT_MAP=300
+  TAG=cpu-smoke; DEVICE=cpu; LIMIT_KERNELS=300; LIMIT_SEMI=120; LIMIT_TABLE=300; LIMIT_MAP=300
   KERNEL_ARGS=(--smoke); TABLE_ARGS=(--smoke); MAP_MODELS=(resnet20); MAP_RATIOS=(0.5)
 else
   TAG="$("$PY" -c "import re, torch; print(re.sub(r'[^a-z0-9]+', '-', \
 torch.cuda.get_device_name().lower()).strip('-'))")" || { echo "no CUDA GPU" >&2; exit 2; }
-  DEVICE=cuda; LIMIT_KERNELS=200; LIMIT_TABLE=150; LIMIT_MAP=55
+  DEVICE=cuda; LIMIT_KERNELS=180; LIMIT_SEMI=30; LIMIT_TABLE=140; LIMIT_MAP=55
   KERNEL_ARGS=(); TABLE_ARGS=(--device cuda --batch 32 --policies 12 --schemes channel block nm)
   MAP_MODELS=(resnet20 mobilenetv2); MAP_RATIOS=(0.25 0.5 0.75)
 fi
@@ -83,6 +84,8 @@ step() {  # step NAME LIMIT_S COMMAND...: run with a time limit, remember a fail
 
 step kernels "$LIMIT_KERNELS" "$PY" "$ROOT/benchmarks/kernels.py" "${KERNEL_ARGS[@]}" \
   --out "$OUT/kernels-$TAG.json"
+step semi_structured "$LIMIT_SEMI" "$PY" "$ROOT/benchmarks/semi_structured.py" \
+  "${KERNEL_ARGS[@]}" --out "$OUT/semi_structured-$TAG.json"
 step latency_table "$LIMIT_TABLE" "$PY" "$ROOT/benchmarks/latency_table.py" "${TABLE_ARGS[@]}" \
   --out "$OUT/latency_table-$TAG.json"
 for model in "${MAP_MODELS[@]}"; do
@@ -111,6 +114,8 @@ def load(name):
 print(f"\nGPU suite summary ({tag}), results in {out}")
 k = load(f"kernels-{tag}.json")
 print("kernels:", json.dumps(k["summary"]) if k else "no result")
+ss = load(f"semi_structured-{tag}.json")
+print("2:4 semi-structured:", json.dumps(ss["summary"]) if ss else "no result")
 t = load(f"latency_table-{tag}.json")
 if t:
     o = t["overall"]

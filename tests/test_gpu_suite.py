@@ -33,6 +33,8 @@ def test_gpu_suite_smoke_writes_every_result_and_a_summary(tmp_path: Path) -> No
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     kernels = json.loads((tmp_path / "out" / "kernels-cpu-smoke.json").read_text())
     assert kernels["smoke"] and kernels["summary"]["max_abs_err"] < 1e-3
+    semi = json.loads((tmp_path / "out" / "semi_structured-cpu-smoke.json").read_text())
+    assert semi["summary"]["shapes"] == 1 and semi["rows"][0]["dense_ms"] > 0
     table = json.loads((tmp_path / "out" / "latency_table-cpu-smoke.json").read_text())
     assert table["overall"]["median_based"]["n"] == 2
     mapping = json.loads((tmp_path / "out" / "scheme_mapping-cpu-smoke-resnet20.json").read_text())
