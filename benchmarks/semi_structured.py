@@ -27,6 +27,7 @@ from _machine import machine_info, write_result
 
 from kernels import RESULTS, device_slug, make_timer
 from prunetune.kernels.modules import SemiStructuredLinear
+from prunetune.search_spaces.schemes import attach_mask, nm_mask
 
 # (in_features, out_features, tokens): a transformer block's GEMMs and a CNN classifier's.
 GPU_SHAPES = ((4096, 4096, 4096), (4096, 11008, 4096), (11008, 4096, 4096), (2048, 1000, 256))
@@ -34,15 +35,8 @@ SMOKE_SHAPES = ((64, 64, 32),)
 
 
 def two_four(linear: nn.Linear) -> nn.Linear:
-    """`linear` with the 2 smallest of every 4 consecutive input weights zeroed, and the mask."""
-    w = linear.weight.detach()
-    groups = w.abs().reshape(w.shape[0], -1, 4)
-    keep = torch.zeros_like(groups, dtype=torch.bool)
-    keep.scatter_(2, groups.topk(2, dim=2).indices, True)
-    mask = keep.reshape(w.shape).to(w.dtype)
-    with torch.no_grad():
-        linear.weight.mul_(mask)
-    linear.register_buffer("weight_mask", mask)
+    """`linear` 2:4-pruned as the engine prunes (`nm_mask`, `attach_mask`)."""
+    attach_mask(linear, nm_mask(linear.weight, 2, 4))
     return linear
 
 

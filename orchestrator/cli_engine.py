@@ -117,18 +117,13 @@ def cmd_map(args: argparse.Namespace) -> int:
     from prunetune.files import atomic_writer
     from prunetune.search_spaces import SCAN_RATIOS, analyze, scan_templates
 
-    from .scheme_map import format_mapping, mapping_rows, measured_scan
+    from .scheme_map import check_scan_device, format_mapping, mapping_rows, measured_scan
 
     if args.ratios:
         bad = [r for r in args.ratios if not 0.0 < r < 1.0]
         if bad:
             raise CLIError(f"--ratios must lie in (0, 1), got {bad}; e.g. --ratios 0.25 0.5")
-    if args.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise CLIError("--device cuda: no CUDA GPU is visible here; map on --device cpu, "
-                           "or run on a machine with one (benchmarks/gpu_suite.sh)")
+    check_scan_device(args.device)  # before any pretraining
     args.quiet = args.quiet or args.json  # stdout holds the JSON alone
     cfg, _, model, example = _setup(args)
     scan, cached = measured_scan(cfg, model, device=args.device, progress=not args.quiet,

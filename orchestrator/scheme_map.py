@@ -30,8 +30,8 @@ from prunetune.search_spaces import (
 from .config import PrunetuneConfig
 from .spaces import latency_table_file
 
-__all__ = ["SCAN_DEVICES", "SCAN_FORMAT", "format_mapping", "mapping_rows", "measured_scan",
-           "scan_cache_file"]
+__all__ = ["SCAN_DEVICES", "SCAN_FORMAT", "check_scan_device", "format_mapping", "mapping_rows",
+           "measured_scan", "scan_cache_file"]
 
 SCAN_FORMAT = "prunetune-scheme-scan/1"
 SCAN_DEVICES = ("cpu", "cuda")
@@ -53,6 +53,17 @@ def _scan_key(cfg: PrunetuneConfig, dense: nn.Module, device_name: str,
     return h.hexdigest()[:16]
 
 
+def check_scan_device(device: str) -> None:
+    """Raise SearchError unless a scan can run on `device` here ("cpu", or "cuda" with a GPU)."""
+    if device not in SCAN_DEVICES:
+        raise SearchError(f"the measured mapping's device must be one of "
+                          f"{', '.join(SCAN_DEVICES)}, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SearchError("the measured mapping was asked for on cuda, but no CUDA GPU is "
+                          "visible here; map on --device cpu, or run on a machine with one "
+                          "(benchmarks/gpu_suite.sh)")
+
+
 def scan_cache_file(cfg: PrunetuneConfig, key: str) -> Path:
     from prunetune.trainers import default_cache_dir
 
@@ -70,12 +81,7 @@ def measured_scan(cfg: PrunetuneConfig, dense: nn.Module, *, device: str,
     from prunetune.trainers import load_data
     from prunetune.trainers.sensitivity import scan_schemes
 
-    if device not in SCAN_DEVICES:
-        raise SearchError(f"the measured mapping's device must be one of "
-                          f"{', '.join(SCAN_DEVICES)}, got {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise SearchError("the measured mapping was asked for on cuda, but no CUDA GPU is "
-                          "visible here; map on --device cpu, or run on a machine with one")
+    check_scan_device(device)
     table = latency_table_file(cfg, workdir)
     table.parent.mkdir(parents=True, exist_ok=True)
     service = LatencyService(str(table), device=device, repeats=cfg.search.latency_repeats)

@@ -41,15 +41,18 @@ _MIN_SAVED_FRACTION = 0.005
 _DROP_FLOOR = 0.005
 
 
-def choose_block(unit: PrunableUnit) -> tuple[int, int]:
-    """The largest block shape that divides every block-prunable layer's GEMM view and leaves
-    at least 4 blocks along each side (so ranking has a choice); (4, 4) when none does."""
+def _fitting_blocks(unit: PrunableUnit) -> list[tuple[int, int]]:
+    """Block shapes, largest first, that divide every block-prunable layer's GEMM view and
+    leave at least 4 blocks along each side (so ranking has a choice)."""
     shapes = [unit.shapes[n] for n in unit.sparse_layers.get("block", ()) if n in unit.shapes]
-    for bo, bi in sorted(BLOCK_SHAPES, key=lambda b: -b[0] * b[1]):
-        if shapes and all(o % bo == 0 and k % bi == 0 and o >= 4 * bo and k >= 4 * bi
-                          for o, k in shapes):
-            return (bo, bi)
-    return (4, 4)
+    return [(bo, bi) for bo, bi in sorted(BLOCK_SHAPES, key=lambda b: -b[0] * b[1])
+            if shapes and all(o % bo == 0 and k % bi == 0 and o >= 4 * bo and k >= 4 * bi
+                              for o, k in shapes)]
+
+
+def choose_block(unit: PrunableUnit) -> tuple[int, int]:
+    """The largest fitting block shape (`_fitting_blocks`); (4, 4) when none fits."""
+    return next(iter(_fitting_blocks(unit)), (4, 4))
 
 
 def unit_template(unit: PrunableUnit, scheme: str, ratio: float = 0.0) -> UnitPolicy:
@@ -73,11 +76,8 @@ def scan_candidates(unit: PrunableUnit, schemes: Sequence[str] = SCHEMES) -> lis
         if scheme != "block":
             out.append(unit_template(unit, scheme))
             continue
-        shapes = [unit.shapes[n] for n in unit.sparse_layers.get("block", ()) if n in unit.shapes]
-        fitting = [b for b in sorted(BLOCK_SHAPES, key=lambda b: -b[0] * b[1])
-                   if shapes and all(o % b[0] == 0 and k % b[1] == 0 and o >= 4 * b[0]
-                                     and k >= 4 * b[1] for o, k in shapes)]
-        out.extend(UnitPolicy("block", 0.0, block=b) for b in (fitting[:2] or [(4, 4)]))
+        fitting = _fitting_blocks(unit)[:2] or [choose_block(unit)]
+        out.extend(UnitPolicy("block", 0.0, block=b) for b in fitting)
     return out
 
 
@@ -210,7 +210,7 @@ def map_schemes(analysis: ModelAnalysis, device: str = "gpu",
         usable = [s for s in schemes if s in unit.schemes]
         if not usable:
             continue
-        if method == "measured" and scan is not None and scan.of_unit(unit.name):
+        if method == "measured" and scan.of_unit(unit.name):
             out[unit.name] = _measured_choice(unit, usable, scan, device)
         else:
             out[unit.name] = _rules_choice(unit, usable, device)
