@@ -150,6 +150,8 @@ class TrackingJournal:
                     return
                 except Exception as err:
                     if not (self.buffered and _is_outage(err)):
+                        if op["op"] == "log_artifact":  # refused: its copy is not kept
+                            shutil.rmtree(Path(op["local"]).parent, ignore_errors=True)
                         raise
                     logger.warning("the MLflow tracking server does not answer (%s); keeping "
                                    "its writes in %s until it does", str(err)[:160],

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import time
 import uuid
@@ -23,12 +24,12 @@ from prunetune.errors import SearchError
 from prunetune.files import atomic_write, atomic_write_json
 
 from .config import PrunetuneConfig
-from .results import search_trials, select_finalists
+from .results import TAG_STAGE, TAG_TRIAL, TrialRecord, select_finalists
 from .spaces import latency_table_file
 
 __all__ = ["FINALIST_SUFFIX", "DenseBaseline", "FinalistSearcher", "SearchRun", "Stage",
            "journal_dir", "progress_callback", "run_stage", "search_stages", "settle_tracking",
-           "stage_done", "stage_tracker", "trial_dirname"]
+           "stage_done", "stage_results", "stage_tracker", "trial_dirname"]
 
 
 # A two-stage search's finalists run as a Tune experiment of their own beside the first
@@ -62,36 +63,68 @@ def progress_callback(stage: Stage, tracker: Any) -> Any:
     from ray.tune import Callback
 
     class ProgressPrinter(Callback):
-        """One line per finished trial: running count, metrics, best so far. Trials are named
+        """One line per finished trial (running count, metrics, best so far), per finalist
+        epoch, and per trial failure (with the file holding its traceback). Trials are named
         as the tracker (an earlier callback) named their child runs."""
 
         def __init__(self) -> None:
-            self.done, self.best, self.t0 = 0, -math.inf, time.perf_counter()
+            self.done: set[str] = set()
+            self.best, self.t0 = -math.inf, time.perf_counter()
 
         def setup(self, **info: Any) -> None:
-            # Also on resume: count from the trials the tracker (set up first) found finished.
-            self.done, self.t0 = len(tracker._finished), time.perf_counter()
+            # Also on resume: count from the trials the tracker (set up first) found finished;
+            # a trial Tune runs again after that counts once.
+            self.done = {self._name(t) for t in tracker._finished}
+            self.t0 = time.perf_counter()
+
+        def _name(self, trial: Any) -> str:
+            trial_id = getattr(trial, "trial_id", trial)
+            return tracker._names.get(trial_id, trial_id)
+
+        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                            **info: Any) -> None:
+            if stage.name != "finalist" or result.get("final") or "accuracy" not in result:
+                return
+            print(f"[search] {self._name(trial)} epoch {result.get('epoch', '?')}/"
+                  f"{math.ceil(stage.epochs)}: accuracy {result['accuracy']:.4f} "
+                  f"({time.perf_counter() - self.t0:.0f}s)", flush=True)
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any,
                               **info: Any) -> None:
             res = trial.last_result or {}
-            self.done += 1
+            name = self._name(trial)
+            self.done.add(name)
             if res.get("final"):
                 self.best = max(self.best, res.get("accuracy", -math.inf))
                 line = (f"accuracy {res['accuracy']:.4f}  flops x{res['flops_ratio']:.2f}  "
                         f"speedup {res['speedup']:.2f}x  latency {res['latency_ms']:.2f} ms")
             else:
                 line = f"stopped early at epoch {res.get('epoch', '?')}"
-            name = tracker._names.get(trial.trial_id, trial.trial_id)
-            print(f"[search] {self.done}/{stage.trials} {name}: {line}  "
-                  f"(best {self.best:.4f}, {time.perf_counter() - self.t0:.0f}s)", flush=True)
+            print(f"[search] {min(len(self.done), stage.trials)}/{stage.trials} {name}: "
+                  f"{line}  (best {self.best:.4f}, {time.perf_counter() - self.t0:.0f}s)",
+                  flush=True)
+
+        def on_trial_recover(self, iteration: int, trials: list, trial: Any,
+                             **info: Any) -> None:
+            print(f"[search] {self._name(trial)} failed ({_error_line(trial)}); running it "
+                  f"again (traceback: {trial.error_file})", flush=True)
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            name = tracker._names.get(trial.trial_id, trial.trial_id)
-            print(f"[search] {name} failed: see {trial.error_file}", flush=True)
+            print(f"[search] {self._name(trial)} failed ({_error_line(trial)}; traceback: "
+                  f"{trial.error_file})", flush=True)
 
     return ProgressPrinter()
 
+
+def _error_line(trial: Any) -> str:
+    """The last `Type: message` line of the traceback Tune kept for a failed trial."""
+    try:
+        lines = [line.strip() for line in Path(trial.error_file).read_text().splitlines()
+                 if line.strip()]
+    except (OSError, TypeError):
+        return "no traceback kept"
+    raised = [line for line in lines if _EXCEPTION_LINE.match(line)]
+    return (raised[-1] if raised else lines[-1] if lines else "no message")[:200]
 
 
 def _latency_table_path(cfg: PrunetuneConfig, workdir: Path) -> str | None:
@@ -257,20 +290,85 @@ class FinalistSearcher(Searcher):
         self.points, self.given = state["points"], int(state["given"])
 
 
-def _finalist_points(run: SearchRun, tracker: Any, first: Stage) -> list[dict[str, Any]]:
+def stage_results(run: SearchRun, stage: Stage) -> tuple[list[TrialRecord], dict[str, str]]:
+    """A stage's trials as Ray Tune kept them in its experiment folder (each trial's last
+    result, with its policy and seed), not as MLflow has them: the search decides from its
+    own results. Returns the trials (`finished` when their last result is final; named as
+    their child runs when MLflow answers, else by Tune id) and their policies by trial id."""
+    from ray.tune import ExperimentAnalysis
+
+    analysis = ExperimentAnalysis(str(run.storage / stage.experiment))
+    names = _run_names(run, stage)
+    records, policies = [], {}
+    for trial in analysis.trials:
+        res = trial.last_result or {}
+        policy = res.get("policy") or (trial.config or {}).get("policy")
+        if policy:
+            policies[trial.trial_id] = policy
+        seed = res.get("seed", (trial.config or {}).get("seed"))
+        metrics = {k: float(v) for k, v in res.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        records.append(TrialRecord(
+            trial_id=trial.trial_id, run_id="", name=names.get(trial.trial_id, trial.trial_id),
+            status="finished" if res.get("final") else str(trial.status).lower(),
+            metrics=metrics, params={} if seed is None else {"seed": str(seed)},
+            tags={TAG_STAGE: stage.name}))
+    return records, policies
+
+
+def _run_names(run: SearchRun, stage: Stage) -> dict[str, str]:
+    """Trial id -> child run name (`proxy-003`), for the labels people read; empty when the
+    tracking store does not answer (then trials go by their Tune ids)."""
+    try:
+        tracker = stage_tracker(run, stage)
+        exp = tracker.client.get_experiment_by_name(run.cfg.tracking.experiment)
+        parent = tracker.find_search()
+        runs = tracker.client.search_runs(
+            [exp.experiment_id], filter_string=(f"tags.`mlflow.parentRunId` = '{parent}' and "
+                                                f"tags.`{TAG_STAGE}` = '{stage.name}'"),
+            max_results=10000)
+    except Exception:  # noqa: BLE001 - names are labels: the search goes on without them
+        return {}
+    return {r.data.tags[TAG_TRIAL]: r.info.run_name for r in runs if TAG_TRIAL in r.data.tags}
+
+
+def _finalist_points(run: SearchRun, first: Stage) -> list[dict[str, Any]]:
     """The trial configs of the finalists: the chosen first-stage trials' policies and seeds,
-    read back from their MLflow child runs, with the proxy trial and its score."""
+    from the first stage's own results (`stage_results`), with the proxy trial and its
+    score."""
     fin = run.cfg.search.finalists
-    parent = tracker.client.get_run(tracker.find_search())
-    trials = [t for t in search_trials(tracker.client, parent) if t.stage == first.name]
-    chosen = select_finalists(trials, fin.count, fin.select)
+    trials, policies = stage_results(run, first)
+    chosen = select_finalists([t for t in trials if t.trial_id in policies], fin.count,
+                              fin.select)
     if not chosen:
         raise SearchError(f"search {run.name}: no {first.name} trial finished, so there is no "
                           "policy to fine-tune as a finalist; see the errors above")
-    return [{"policy": tracker.policy_json(t), "finalist": rank,
+    return [{"policy": policies[t.trial_id], "finalist": rank,
              "seed": int(t.params.get("seed", run.cfg.seed)), "proxy_trial": t.name,
              "proxy_trial_id": t.trial_id, "proxy_accuracy": t.get("accuracy")}
             for rank, t in enumerate(chosen, start=1)]
+
+
+def _repair_stage(run: SearchRun, stage: Stage, index: int) -> None:
+    """Write what the stage's child runs lack (an artifact the store refused during the
+    stage, or before an interruption) from the stage's own results, and end FINISHED the runs
+    whose trial finished: a finished trial's run is FINISHED only with its artifacts. A store
+    that still refuses ends the search with one line and the resume command."""
+    tracker = stage_tracker(run, stage)
+    try:
+        _, policies = stage_results(run, stage)
+        repaired = tracker.repair(policies)
+    except Exception as err:  # MlflowException, OSError: whatever the store raises
+        from .tracking import tracking_failed
+
+        try:
+            tracker.mark_interrupted()
+        except Exception:  # noqa: BLE001 - the store may refuse this too; resume redoes it
+            pass
+        raise tracking_failed(run.name, err) from err
+    if repaired and run.progress:
+        print(f"[search] stage {index + 1} ({stage.name}): wrote what MLflow lacked for "
+              f"{repaired} trial run(s)", flush=True)
 
 
 def run_stage(run: SearchRun, stages: list[Stage], index: int, resume: bool) -> None:
@@ -278,6 +376,9 @@ def run_stage(run: SearchRun, stages: list[Stage], index: int, resume: bool) -> 
     from ray import tune
 
     stage = stages[index]
+    # A failed trial is one line of ours naming the file with its traceback (the progress
+    # callback), not Tune's 60-120 lines of it on the terminal.
+    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
     tracker = stage_tracker(run, stage)
     callbacks = [tracker] + ([progress_callback(stage, tracker)] if run.progress else [])
     path = run.storage / stage.experiment
@@ -285,8 +386,7 @@ def run_stage(run: SearchRun, stages: list[Stage], index: int, resume: bool) -> 
         # Tune runs the callbacks it saved with the experiment, ours are not used.
         tuner = _restored_tuner(run, stage, path)
     elif stage.name == "finalist":
-        settle_tracking(run, tracker)  # the proxy results are read back from MLflow
-        points = _finalist_points(run, tracker, stages[0])
+        points = _finalist_points(run, stages[0])
         stage = Stage(stage.name, stage.experiment, len(points), stage.epochs)
         if run.progress:
             chosen = ", ".join(f"{p['proxy_trial']} ({p['proxy_accuracy']:.4f})"
@@ -328,6 +428,7 @@ def run_stage(run: SearchRun, stages: list[Stage], index: int, resume: bool) -> 
                   f"continue it with: prunetune search CONFIG --resume --name {run.name}",
                   flush=True)
         raise KeyboardInterrupt
+    _repair_stage(run, stage, index)
 
 
 def _restored_tuner(run: SearchRun, stage: Stage, path: Path) -> Any:

@@ -13,10 +13,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +42,10 @@ from .results import (
 )
 
 __all__ = ["BEST_POLICY_PICTURE", "POLICY_PICTURE", "MLflowTracker", "flatten",
-           "get_or_create_experiment", "set_up_ui", "ui_url", "ui_view_state", "unit_params"]
+           "get_or_create_experiment", "run_url", "set_up_ui", "tracking_failed", "ui_url",
+           "ui_view_state", "unit_params"]
+
+logger = logging.getLogger(__name__)
 
 _FINAL_METRICS = ("accuracy", "val_loss", "accuracy_drop", "flops", "params", "flops_ratio",
                   "params_ratio", "sparsity", "latency_ms", "dense_latency_ms", "speedup",
@@ -49,6 +54,7 @@ _EPOCH_METRICS = ("accuracy", "val_loss", "train_loss")
 # MLflow takes at most 100 params in one log_batch call.
 _PARAMS_PER_BATCH = 100
 POLICY_PICTURE = "policy.png"  # per finished trial: ratio and width per layer, by scheme
+POLICY_FILE = "policy.json"  # per trial: the policy it ran
 BEST_POLICY_PICTURE = "best_policy.png"  # on the parent run
 # The runs table a search opens on (MLflow's shared view state, an experiment tag).
 UI_VIEW_KEY = "prunetune"
@@ -101,11 +107,40 @@ def set_up_ui(client: MlflowClient, exp_id: str) -> None:
                               json.dumps(ui_view_state()))
 
 
+# MLflow 3's UI picks its GenAI or model-training pages from the address's `workflowType`
+# (else from the browser's last choice, GenAI at first), not from the experiment's tags: every
+# address prunetune prints or stores says it.
+MODEL_TRAINING = "workflowType=machine_learning"
+
+
 def ui_url(base: str, exp_id: str) -> str:
     """The address of a search's runs in the MLflow UI at `base` (http://HOST:PORT): the
     model-training view, with the shared view state `set_up_ui` stored."""
     return (f"{base.rstrip('/')}/#/experiments/{exp_id}/runs?viewStateShareKey={UI_VIEW_KEY}"
-            "&workflowType=machine_learning")
+            f"&{MODEL_TRAINING}")
+
+
+def run_url(base: str, exp_id: str, run_id: str) -> str:
+    """The address of one run's page in the MLflow UI at `base` ('' for a link relative to
+    the UI, as run descriptions hold them), in the model-training view."""
+    return f"{base.rstrip('/')}/#/experiments/{exp_id}/runs/{run_id}?{MODEL_TRAINING}"
+
+
+def dense_metric_names(metrics: dict[str, float]) -> dict[str, float]:
+    """The dense baseline's metrics as the parent run logs them: `dense_` before each name
+    that does not start with it already (`val_accuracy` -> `dense_val_accuracy`,
+    `dense_latency_ms` stays)."""
+    return {(k if k.startswith("dense_") else f"dense_{k}"): v for k, v in metrics.items()}
+
+
+def tracking_failed(search: str, err: BaseException) -> SearchError:
+    """The one-line error for an MLflow write or read the search cannot do without, with the
+    command that continues the search once the store takes writes again."""
+    first = (str(err).strip().splitlines() or [""])[0][:300]
+    return SearchError(f"search {search}: the MLflow tracking store refused a write or read "
+                       f"({type(err).__name__}: {first}). The search's results are kept by Ray "
+                       f"Tune; make the store (and its artifact folder) writable, then continue "
+                       f"with: prunetune search CONFIG --resume --name {search}")
 
 
 def _finite(value: Any) -> bool:
@@ -139,6 +174,8 @@ class MLflowTracker(Callback):
         self._names: dict[str, str] = {}  # trial id -> run name (`trial-007`)
         self._finished: set[str] = set()  # trial ids whose final result is logged
         self._seeds: dict[str, str] = {}  # trial id -> its seed param (which suggestion it is)
+        # Child runs an artifact of which the store refused: they stay open until `repair`.
+        self._missing: set[str] = set()
         self._client: MlflowClient | None = None
         self._journal: TrackingJournal | None = None
 
@@ -153,7 +190,8 @@ class MLflowTracker(Callback):
         # A search saved by an earlier prunetune lacks the attributes added since; they take
         # their defaults so that `--resume` still works after an upgrade.
         self.__dict__.update(journal_dir=None, stage="trial", epochs=None, _names={},
-                             _seeds={}, _finished=set(), _client=None, _journal=None)
+                             _seeds={}, _finished=set(), _missing=set(), _client=None,
+                             _journal=None)
         self.__dict__.update(state)
 
     @property
@@ -194,8 +232,7 @@ class MLflowTracker(Callback):
                                params=[Param(k, v[:6000]) for k, v in params.items()])
         self.journal.log_dict(self.parent_run_id, self.config, "config.json")
         self.journal.log_dict(self.parent_run_id, self.space_description, "space.json")
-        self._log_metrics(self.parent_run_id, {f"dense_{k}": v
-                                               for k, v in self.dense_metrics.items()})
+        self._log_metrics(self.parent_run_id, dense_metric_names(self.dense_metrics))
         return self.parent_run_id
 
     def _find_parent(self, exp_id: str) -> str | None:
@@ -258,7 +295,10 @@ class MLflowTracker(Callback):
                            "and attributes.status = 'RUNNING'"), max_results=10000)
         for run in open_runs:
             if run.data.tags.get(TAG_STATUS) == "finished":  # its final result is in
-                self.journal.set_terminated(run.info.run_id, status="FINISHED")
+                # FINISHED only with its artifacts: else KILLED until a resume writes them
+                whole = not self.missing_artifacts(run.info.run_id, finished=True)
+                self.journal.set_terminated(run.info.run_id,
+                                            status="FINISHED" if whole else "KILLED")
             else:
                 self.journal.set_tag(run.info.run_id, TAG_STATUS, "interrupted")
                 self.journal.set_terminated(run.info.run_id, status="KILLED")
@@ -293,9 +333,10 @@ class MLflowTracker(Callback):
         self.journal.set_tag(run_id, TAG_TRIAL, trial.trial_id)
         return run_id
 
-    def _child(self, trial: Any, known: set[str] | None = None) -> str:
-        """The trial's child run, created on first use (or adopted, see `_adopt`). `known`:
-        the trial ids Tune has now."""
+    def _child(self, trial: Any, known: set[str] | None = None,
+               name: str | None = None) -> str:
+        """The trial's child run, created on first use (or adopted, see `_adopt`) and named
+        `name` (default: the next trial number). `known`: the trial ids Tune has now."""
         run_id = self._children.get(trial.trial_id)
         if run_id is not None:
             return run_id
@@ -306,7 +347,8 @@ class MLflowTracker(Callback):
         exp_id = self._experiment_id()
         config = trial.config or {}
         # finalists by their rank among the proxy trials, others in the order Tune started them
-        name = trial_name(int(config.get("finalist", len(self._children) + 1)), self.stage)
+        name = name or trial_name(int(config.get("finalist", len(self._children) + 1)),
+                                  self.stage)
         tags = {"mlflow.parentRunId": parent, TAG_ROLE: "trial", TAG_SEARCH: self.search_name,
                 TAG_TRIAL: trial.trial_id, TAG_STATUS: "running", TAG_STAGE: self.stage}
         if "proxy_trial" in config:  # a finalist: the proxy trial whose policy it fine-tunes
@@ -330,13 +372,68 @@ class MLflowTracker(Callback):
             policy = Policy.from_json(config["policy"])
             params.update({k: str(v) for k, v in policy.summary().items()})
             params.update(unit_params(policy))
-            self.journal.log_text(run_id, config["policy"], "policy.json")
+            self._artifact(run_id, POLICY_FILE,
+                           lambda: self.journal.log_text(run_id, config["policy"], POLICY_FILE))
         if "x" in config:
             params["x"] = json.dumps([round(v, 4) for v in config["x"]])[:6000]
         batch = [Param(k, v) for k, v in params.items()]
         for i in range(0, len(batch), _PARAMS_PER_BATCH):
             self.journal.log_batch(run_id, params=batch[i:i + _PARAMS_PER_BATCH])
         return run_id
+
+    def _artifact(self, run_id: str, path: str, write: Callable[[], None]) -> bool:
+        """One artifact of a child run, written by `write`; False, with one warning line, when
+        the store refuses it: the run then stays open until `repair` writes it (a tracking
+        server that does not answer is the journal's to wait for: that raises nothing)."""
+        try:
+            write()
+            return True
+        except Exception as err:  # MlflowException, OSError: whatever the store raises
+            self._missing.add(run_id)
+            logger.warning("MLflow did not take %s of run %s (%s: %s); the run stays open "
+                           "until the search writes it at the end of its stage or on --resume",
+                           path, run_id, type(err).__name__, str(err).splitlines()[0][:200]
+                           if str(err) else "")
+            return False
+
+    def missing_artifacts(self, run_id: str, finished: bool) -> list[str]:
+        """What a child run lacks of what it must hold: its policy, and the policy picture once
+        its trial finished (all of it when the store cannot list them)."""
+        want = [POLICY_FILE] + ([POLICY_PICTURE] if finished else [])
+        try:
+            have = {Path(f.path).name for f in self.client.list_artifacts(run_id)}
+        except Exception:  # noqa: BLE001 - an unreadable artifact folder holds nothing usable
+            return want
+        return [w for w in want if w not in have]
+
+    def repair(self, policies: dict[str, str]) -> int:
+        """Write what this stage's child runs lack (`missing_artifacts`) from their trials'
+        policies as Ray Tune kept them (`policies`: trial id -> policy JSON), and end FINISHED
+        each run whose final result is in. Returns how many runs it wrote to; raises what the
+        store raises when it still refuses."""
+        parent = self.journal.resolve(self.find_search())
+        runs = self.client.search_runs(
+            [self._experiment_id()],
+            filter_string=(f"tags.`mlflow.parentRunId` = '{parent}' and "
+                           f"tags.`{TAG_STAGE}` = '{self.stage}' and tags.`{TAG_ROLE}` = 'trial'"),
+            max_results=10000)
+        repaired = 0
+        for run in runs:
+            run_id, policy = run.info.run_id, policies.get(run.data.tags.get(TAG_TRIAL, ""))
+            finished = run.data.tags.get(TAG_STATUS) == "finished"
+            missing = self.missing_artifacts(run_id, finished)
+            if missing and policy is None:
+                continue  # a trial Tune no longer has: nothing to write it from
+            if POLICY_FILE in missing:
+                self.journal.log_text(run_id, policy, POLICY_FILE)
+            if POLICY_PICTURE in missing:
+                self._log_policy_picture(run_id, policy, POLICY_PICTURE,
+                                         f"{self.search_name} {run.info.run_name}")
+            if finished and run.info.status != "FINISHED":
+                self.journal.set_terminated(run_id, status="FINISHED")
+            self._missing.discard(run_id)
+            repaired += bool(missing) or (finished and run.info.status != "FINISHED")
+        return repaired
 
     def _log_policy_picture(self, run_id: str, policy_json: str, path: str, title: str) -> None:
         from prunetune.search_spaces import Policy
@@ -355,10 +452,15 @@ class MLflowTracker(Callback):
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         known = {t.trial_id for t in trials}
         existed = trial.trial_id in self._children or self._adopt(trial, known) is not None
-        run_id = self._child(trial, known)  # a new child run starts out running
         if existed and not self._done_before(trial):  # run again: resumed, retried, adopted
-            self.journal.update_run(run_id, status="RUNNING")
-            self.journal.set_tag(run_id, TAG_STATUS, "running")
+            # The attempt that counts gets a run of its own under the same name: the earlier
+            # attempt's epoch points are not its history.
+            name, old = self._names.pop(trial.trial_id, None), self._children.pop(trial.trial_id)
+            self.journal.delete_run(old)
+            self._missing.discard(old)
+            self._child(trial, known, name=name)
+            return
+        self._child(trial, known)  # a new child run starts out running
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
@@ -392,9 +494,11 @@ class MLflowTracker(Callback):
         policy = (trial.config or {}).get("policy")
         if final and policy:
             name = self._names.get(trial.trial_id, trial.trial_id)
-            self._log_policy_picture(run_id, policy, POLICY_PICTURE,
-                                     f"{self.search_name} {name}")
+            self._artifact(run_id, POLICY_PICTURE, lambda: self._log_policy_picture(
+                run_id, policy, POLICY_PICTURE, f"{self.search_name} {name}"))
         self.journal.set_tag(run_id, TAG_STATUS, status)
+        if final and run_id in self._missing:
+            return  # FINISHED once its artifacts are in (`repair`)
         self.journal.set_terminated(run_id, status="FINISHED" if final else "KILLED")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -432,7 +536,23 @@ class MLflowTracker(Callback):
         and end it FINISHED: the best trial of the deciding stage (finalists when there are
         any) with its policy and picture, `results.csv` of every finished trial, the Pareto
         front and its plot. Returns the best trial's metrics with `policy`, `seed`, `trial`
-        and `stage` (None when no trial finished)."""
+        and `stage` (None when no trial finished). A store that refuses a write ends the
+        parent KILLED and raises SearchError with the resume command (which writes it all
+        again)."""
+        from prunetune.errors import PrunetuneError
+
+        try:
+            return self._finish_search(trials)
+        except PrunetuneError:
+            raise
+        except Exception as err:  # MlflowException, OSError: the store refused
+            try:
+                self.journal.set_terminated(self.find_search(), status="KILLED")
+            except Exception:  # noqa: BLE001 - the store may refuse this too; resume redoes it
+                pass
+            raise tracking_failed(self.search_name, err) from err
+
+    def _finish_search(self, trials: list[TrialRecord]) -> dict[str, Any] | None:
         parent = self.find_search()
         finished = [t for t in trials if t.status == "finished"]
         deciding = deciding_trials(trials)
