@@ -7,7 +7,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from prunetune.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, PrunetuneError
+from prunetune.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USER_ERROR, PrunetuneError
+
+from .interrupts import handle_sigterm_as_interrupt, terminated
 
 __all__ = ["add_search_override_args", "search_overrides", "add_tracking_args", "run_command",
            "tracking_from"]
@@ -30,8 +32,10 @@ def quiet_libraries() -> None:
 
 def run_command(args: argparse.Namespace) -> int:
     """Run a parsed command (`args.func`) under the exit-code scheme of `prunetune.errors`: a
-    `PrunetuneError` is one line on stderr and `EXIT_USER_ERROR`, never a traceback."""
+    `PrunetuneError` is one line on stderr and `EXIT_USER_ERROR`, never a traceback; SIGTERM
+    ends it as Ctrl-C does (a search saves its state), with `EXIT_TERMINATED`."""
     quiet_libraries()
+    handle_sigterm_as_interrupt()
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
@@ -39,6 +43,9 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"prunetune {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
+        if terminated():
+            print(f"prunetune {args.command}: terminated (SIGTERM)", file=sys.stderr)
+            return EXIT_TERMINATED
         print(f"prunetune {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
 

@@ -15,7 +15,10 @@ from typing import TYPE_CHECKING, Any
 from prunetune.errors import SearchError
 
 from .config import PrunetuneConfig
+from .interrupts import keep_sigterm_handler
+from .local_ray import record_local_ray, start_local_ray, stop_leftovers
 from .results import format_table, search_trials
+from .search_lock import hold_search_lock
 from .spaces import build_space
 from .stages import (
     FINALIST_SUFFIX,
@@ -80,32 +83,76 @@ def _quiet_start_up() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
 
-def _init_ray(cfg: PrunetuneConfig, progress: bool) -> None:
+def _init_ray(cfg: PrunetuneConfig, progress: bool, workdir: Path) -> None:
     import ray
 
     if ray.is_initialized():
         return
     if progress:
         where = (f"joining the Ray cluster at {cfg.ray.address}" if cfg.ray.address else
-                 f"starting a local Ray ({cfg.ray.num_cpus or os.cpu_count()} CPUs)")
+                 f"starting a local Ray on 127.0.0.1 "
+                 f"({cfg.ray.num_cpus or os.cpu_count()} CPUs)")
         print(f"[search] {where} ...", flush=True)
     # Trials import prunetune from the driver's environment; on a cluster the nodes must
     # have it installed (see clusters/).
     env = {"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning,ignore::FutureWarning"}}
     try:
-        if cfg.ray.address:
-            from .jobs import use_ray_token_if_present
+        with keep_sigterm_handler():  # ray.init sets its own, which aborts the driver
+            if cfg.ray.address:
+                from .jobs import use_ray_token_if_present
 
-            use_ray_token_if_present()  # a token-authenticated cluster, as `ray start` joins it
-            ray.init(address=cfg.ray.address, runtime_env=env, log_to_driver=False,
-                     logging_level=logging.WARNING)
-        else:
-            ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, runtime_env=env,
-                     log_to_driver=False, logging_level=logging.WARNING)
+                use_ray_token_if_present()  # a token-authenticated cluster, as `ray start`
+                ray.init(address=cfg.ray.address, runtime_env=env, log_to_driver=False,
+                         logging_level=logging.WARNING)
+            else:
+                start_local_ray(cfg.ray.num_cpus, env)
     except (ConnectionError, RuntimeError, ValueError) as err:
         raise SearchError(f"cannot connect to the Ray cluster at {cfg.ray.address!r}: {err}. "
                           "Check the address (auto, HOST:6379 of a running head) or leave "
                           "ray.address empty for a local Ray.") from err
+    if not cfg.ray.address:
+        record_local_ray(workdir)  # for the next start, should this driver be killed
+    elif progress:
+        print(f"[search] {_cluster_line()}", flush=True)
+
+
+def _cluster_line() -> str:
+    """Which cluster the driver joined: its address, live nodes, CPUs and GPUs."""
+    import ray
+
+    nodes = sum(bool(n.get("Alive")) for n in ray.nodes())
+    total = ray.cluster_resources()
+    return (f"joined the Ray cluster at {ray.get_runtime_context().gcs_address}: {nodes} "
+            f"node(s), {total.get('CPU', 0):g} CPUs, {total.get('GPU', 0):g} GPUs")
+
+
+def _reachable_cluster(address: str) -> None:
+    """Refuse, in seconds, a cluster address nothing answers at (`ray.init` would wait for
+    it for ever); `auto` is the cluster Ray would pick ($RAY_ADDRESS, else the latest
+    `ray start` on this machine)."""
+    import socket
+
+    from ray._private.services import get_ray_address_from_environment
+
+    what = "leave out --address (ray.address) for a local Ray"
+    try:
+        resolved = (get_ray_address_from_environment("auto", None) if address == "auto"
+                    else address)
+    except ConnectionError:
+        raise SearchError(f"--address auto: no running Ray cluster found on this machine "
+                          f"($RAY_ADDRESS is unset and no `ray start` head runs here). Start "
+                          f"one (`ray start --head`), give its HOST:PORT, or {what}") from None
+    host, _, port = resolved.split("://")[-1].rpartition(":")
+    if not host or not port.isdigit():
+        raise SearchError(f"ray.address {address!r} is not auto or HOST:PORT (e.g. "
+                          f"10.0.0.5:6379); give a running head's address, or {what}")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as err:
+        raise SearchError(
+            f"the Ray cluster at {resolved} does not answer ({err.strerror or err}): no Ray "
+            f"head listens there. Start it (`ray start --head --port {port}`, or "
+            f"clusters/local-cluster.sh start N), check the address, or {what}") from None
 
 
 def _latest_experiment(storage: Path) -> str | None:
@@ -172,21 +219,27 @@ def _schemes_line(space: Any, mapping: str = "rules") -> str:
             f"{mapped} (space.scheme_search: true searches them per group)")
 
 
-def _experiment_name(cfg: PrunetuneConfig, storage: Path, resume: bool) -> str:
+def _requested_name(cfg: PrunetuneConfig, storage: Path, resume: bool) -> str | None:
+    """The search's name: the config's; else, resuming, the newest search in `storage` (None
+    when there is none), or a new one made from the model and data."""
+    if cfg.name:
+        return cfg.name
+    return _latest_experiment(storage) if resume else search_name(cfg)
+
+
+def _experiment_name(name: str | None, storage: Path, resume: bool) -> str:
     """The Tune experiment (= search) name; refuses a resume with nothing to resume and a new
     search over an existing one."""
     from ray import tune
 
     if resume:
-        name = cfg.name or _latest_experiment(storage)
         if name is None or not tune.Tuner.can_restore(str(storage / name)):
-            raise SearchError(f"nothing to resume: no search {cfg.name or ''} in {storage}. "
+            raise SearchError(f"nothing to resume: no search {name or ''} in {storage}. "
                               "Give the search's name (config 'name') and the same storage_path.")
         for folder in (storage / name, storage / f"{name}{FINALIST_SUFFIX}"):
             if folder.is_dir():
                 _check_tune_state(folder, name)
         return name
-    name = search_name(cfg)
     if (storage / name / "tuner.pkl").exists():
         raise SearchError(f"a search named {name!r} already exists in {storage}; use "
                           "--resume to continue it or choose another name")
@@ -281,18 +334,34 @@ def run_search(cfg: PrunetuneConfig, *, resume: bool = False,
                progress: bool = True) -> SearchSummary:
     """Run (or resume) a search: its stages as Ray Tune experiments, tracked in MLflow."""
     from .results import check_store
-    from .searchers import check_options
 
     _quiet_start_up()
     if cfg.tracking_uri().startswith(("http://", "https://")):
         # A tracking server that does not answer fails now, in seconds, before any training,
         # Ray start or Tune state (a sqlite store is created by the search itself).
         check_store(cfg.tracking_uri())
+    if cfg.ray.address:  # as the tracking server: in seconds, before any training
+        _reachable_cluster(cfg.ray.address)
     storage = cfg.storage_dir()
     storage.mkdir(parents=True, exist_ok=True)
-    name = _experiment_name(cfg, storage, resume)
+    requested = _requested_name(cfg, storage, resume)
+    if requested is None:  # nothing to resume
+        _experiment_name(requested, storage, resume)
+    # One driver per search, from before anything writes its MLflow store or Tune state.
+    with hold_search_lock(storage, str(requested), progress):
+        return _run_locked(cfg, _experiment_name(requested, storage, resume), storage, resume,
+                           progress)
+
+
+def _run_locked(cfg: PrunetuneConfig, name: str, storage: Path, resume: bool,
+                progress: bool) -> SearchSummary:
+    """`run_search` once the driver holds the search's lock."""
+    from .searchers import check_options
+
     workdir = cfg.workdir_path()
     workdir.mkdir(parents=True, exist_ok=True)
+    for line in stop_leftovers(workdir):  # what a killed driver's local Ray left running
+        print(f"[search] {line}", flush=True)
     # Before any training: a bad searcher, option or warm_start fails in seconds.
     options = {} if resume else _resolve_warm_start(cfg, workdir, cfg.tracking_uri())
     if not resume:
@@ -312,7 +381,7 @@ def run_search(cfg: PrunetuneConfig, *, resume: bool = False,
               f"{plan} ({cfg.search.max_concurrent} at a time), searcher "
               f"{cfg.search.searcher}; dense val accuracy {dense.val_accuracy:.4f}", flush=True)
         print(f"[search] {_schemes_line(space, cfg.space.mapping)}", flush=True)
-    _init_ray(cfg, progress)
+    _init_ray(cfg, progress, workdir)
     table_actor = _hold_latency_actor(cfg, workdir)  # noqa: F841 (held until the search ends)
     run = SearchRun(cfg, name, storage, workdir, dense, space, options, progress)
     # Writes a driver that ended during a tracking outage kept go in before anything is read.

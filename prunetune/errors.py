@@ -15,6 +15,7 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "EXIT_NO_RESULT",
     "EXIT_OK",
+    "EXIT_TERMINATED",
     "EXIT_USER_ERROR",
     "BudgetError",
     "CLIError",
@@ -40,6 +41,7 @@ EXIT_OK = 0
 EXIT_NO_RESULT = 1  # the command ran, but produced nothing (a search where no trial finished)
 EXIT_USER_ERROR = 2  # a PrunetuneError: bad input or an unusable environment, told in one line
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, as shells report it)
+EXIT_TERMINATED = 143  # SIGTERM (128 + SIGTERM), ended the way Ctrl-C ends a command
 
 
 class PrunetuneError(Exception):

@@ -1,0 +1,54 @@
+"""SIGTERM handled as Ctrl-C.
+
+Slurm, Kubernetes and `timeout` stop a program with SIGTERM. A search treats it as Ctrl-C: the
+SIGINT handler in force runs (Ray Tune's during a stage, which stops the trials and saves the
+experiment's state; Python's elsewhere, which raises KeyboardInterrupt), so the search ends the
+same resumable way, and the command exits with its own code (`EXIT_TERMINATED`). `ray.init`
+installs a SIGTERM handler of its own (a bare `sys.exit`, which aborts the driver while Tune's
+threads run): `keep_sigterm_handler` puts ours back after it.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+__all__ = ["handle_sigterm_as_interrupt", "keep_sigterm_handler", "terminated"]
+
+_received = threading.Event()
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    _received.set()
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signal.SIGINT, frame)
+    else:  # SIGINT ignored or default (a background job): still end as Ctrl-C would
+        raise KeyboardInterrupt
+
+
+def handle_sigterm_as_interrupt() -> None:
+    """From now on SIGTERM runs the SIGINT handler in force (main thread only)."""
+    if threading.current_thread() is threading.main_thread():
+        _received.clear()
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def terminated() -> bool:
+    """Whether the interruption being handled came from SIGTERM."""
+    return _received.is_set()
+
+
+@contextmanager
+def keep_sigterm_handler() -> Iterator[None]:
+    """Restore the SIGTERM handler in force before the body (`ray.init` replaces it)."""
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if main and before is _on_sigterm:
+            signal.signal(signal.SIGTERM, before)
