@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from prunetune.errors import KernelError
+
 __all__ = [
     "KERNEL_BLOCKS",
     "BSRWeight",
@@ -87,8 +89,8 @@ class BSRWeight:
 
 def _check_block(block: tuple[int, int]) -> tuple[int, int]:
     if len(block) != 2 or any(b not in KERNEL_BLOCKS for b in block):
-        raise ValueError(f"kernel block must be two sizes from {KERNEL_BLOCKS}, got {block!r}; "
-                         "pass block=(bo, bi) with e.g. (32, 32)")
+        raise KernelError(f"kernel block must be two sizes from {KERNEL_BLOCKS}, got {block!r}; "
+                          "pass block=(bo, bi) with e.g. (32, 32)")
     return int(block[0]), int(block[1])
 
 
@@ -97,8 +99,8 @@ def conv_weight_to_taps(weight: torch.Tensor) -> torch.Tensor:
     if weight.dim() == 2:
         return weight.unsqueeze(1)
     if weight.dim() != 4:
-        raise ValueError(f"weight must be 2-D (linear) or 4-D (conv), got shape "
-                         f"{tuple(weight.shape)}")
+        raise KernelError(f"weight must be 2-D (linear) or 4-D (conv), got shape "
+                          f"{tuple(weight.shape)}")
     co, ci, r, s = weight.shape
     return weight.permute(0, 2, 3, 1).reshape(co, r * s, ci)
 
@@ -108,7 +110,7 @@ def taps_to_conv_weight(taps: torch.Tensor, kernel_size: tuple[int, int]) -> tor
     co, rs, ci = taps.shape
     r, s = kernel_size
     if r * s != rs:
-        raise ValueError(f"kernel_size {kernel_size} has {r * s} taps, the weight has {rs}")
+        raise KernelError(f"kernel_size {kernel_size} has {r * s} taps, the weight has {rs}")
     return taps.reshape(co, r, s, ci).permute(0, 3, 1, 2).contiguous()
 
 
@@ -156,7 +158,7 @@ def choose_block(mask_taps: torch.Tensor, *, preferred: tuple[int, int] | None =
     if candidates is None:
         candidates = tuple((bo, bi) for bo in KERNEL_BLOCKS for bi in KERNEL_BLOCKS)
     if not candidates:
-        raise ValueError("choose_block needs at least one candidate block, got none")
+        raise KernelError("choose_block needs at least one candidate block, got none")
     best, best_cost = None, float("inf")
     for block in candidates:
         cost = stored_density(mask_taps, block) * max(_BLOCK_COST[block[0]], _BLOCK_COST[block[1]])
@@ -179,8 +181,8 @@ def dense_to_bsr(weight: torch.Tensor, mask: torch.Tensor | None, block: tuple[i
     if mask is None:
         mask = weight != 0
     if mask.shape != weight.shape:
-        raise ValueError(f"mask shape {tuple(mask.shape)} must equal weight shape "
-                         f"{tuple(weight.shape)}")
+        raise KernelError(f"mask shape {tuple(mask.shape)} must equal weight shape "
+                          f"{tuple(weight.shape)}")
     w_taps = conv_weight_to_taps(weight * (mask != 0).to(weight.dtype))
     n, taps, channels = w_taps.shape
     occupied = block_occupancy(conv_weight_to_taps(mask), (bo, bi))

@@ -30,6 +30,8 @@ import torch
 from filelock import FileLock
 from torch import nn
 
+from prunetune.errors import KernelError
+
 __all__ = [
     "CLOCKS",
     "DEFAULT_CPU_THREADS",
@@ -149,10 +151,10 @@ def _time_cuda(fn: Callable[[], Any], device: torch.device, repeats: int,
 def resolve_clock(clock: str, threads: int) -> str:
     """'auto' -> 'thread' (CPU time of the calling thread) with one thread, else 'wall'."""
     if clock not in CLOCKS:
-        raise ValueError(f"clock must be one of {CLOCKS}, got {clock!r}")
+        raise KernelError(f"clock must be one of {CLOCKS}, got {clock!r}")
     if clock == "thread" and threads != 1:
-        raise ValueError(f"clock='thread' counts only the calling thread, so it needs threads=1, "
-                         f"got threads={threads}; use clock='wall'")
+        raise KernelError(f"clock='thread' counts only the calling thread, so it needs threads=1, "
+                          f"got threads={threads}; use clock='wall'")
     if clock == "auto":
         return "thread" if threads == 1 else "wall"
     return clock
@@ -260,11 +262,11 @@ def measure_interleaved(items: Sequence[tuple[nn.Module | Callable[..., Any],
     `repeats` and `warmup` are per burst; the other arguments are as for `measure_latency`.
     """
     if repeats < 1 or warmup < 0 or bursts < 1:
-        raise ValueError(f"repeats and bursts must be >= 1 and warmup >= 0, got "
-                         f"repeats={repeats}, warmup={warmup}, bursts={bursts}")
+        raise KernelError(f"repeats and bursts must be >= 1 and warmup >= 0, got "
+                          f"repeats={repeats}, warmup={warmup}, bursts={bursts}")
     device = torch.device(device)
     if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu' or 'cuda[:i]', got {device}")
+        raise KernelError(f"device must be 'cpu' or 'cuda[:i]', got {device}")
     threads = threads or DEFAULT_CPU_THREADS
     calls = [_caller(model, inputs, device, dtype) for model, inputs in items]
     times: list[list[float]] = [[] for _ in calls]

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunetune.errors import KernelError
+
 from .bsr import taps_to_conv_weight
 from .modules import (
     DEFAULT_MIN_DENSITY_GAIN,
@@ -133,10 +135,10 @@ def build_layer(key: LatencyKey, *, backend: str = "auto",
         x = torch.randn(key.batch, ci, h, w, generator=gen)
         taps = kh * kw
     else:
-        raise ValueError(f"only 'linear' and 'conv2d' keys describe a layer, got {key.op!r}")
+        raise KernelError(f"only 'linear' and 'conv2d' keys describe a layer, got {key.op!r}")
     if key.scheme == "bsr":
         if key.block is None:
-            raise ValueError(f"a 'bsr' key needs a block, got none: {key.to_str()}")
+            raise KernelError(f"a 'bsr' key needs a block, got none: {key.to_str()}")
         n_out = layer.weight.shape[0]
         c = layer.weight.shape[1]
         mask_taps = _random_block_mask(n_out, taps, c, key.block, key.density, seed)

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prunetune.errors import KernelError, KernelInputError, KernelUnavailableError
+
 from .bsr import (
     BSRWeight,
     bsr_to_dense,
@@ -59,7 +61,7 @@ def resolve_backend(backend: str, device: torch.device | str) -> str:
     """'auto' -> 'triton' on CUDA when Triton is usable, else 'torch'. Explicit names pass
     through after validation ('triton' on CPU needs TRITON_INTERPRET=1)."""
     if backend not in _BACKENDS:
-        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+        raise KernelError(f"backend must be one of {_BACKENDS}, got {backend!r}")
     device = torch.device(device)
     if backend == "auto":
         return "triton" if device.type == "cuda" and triton_supported(device) else "torch"
@@ -74,8 +76,8 @@ def layer_mask(layer: nn.Module, mask: torch.Tensor | None = None) -> torch.Tens
     if mask is None:
         mask = weight != 0
     if mask.shape != weight.shape:
-        raise ValueError(f"mask shape {tuple(mask.shape)} must equal the weight shape "
-                         f"{tuple(weight.shape)}")
+        raise KernelError(f"mask shape {tuple(mask.shape)} must equal the weight shape "
+                          f"{tuple(weight.shape)}")
     return mask.to(weight.device)
 
 
@@ -131,9 +133,9 @@ class _BlockSparseBase(nn.Module):
         if resolve_backend(self.backend, x.device) != "triton":
             return False
         if torch.is_grad_enabled() and x.requires_grad:
-            raise RuntimeError(f"{type(self).__name__} with the Triton backend is inference-only "
-                               "and the input requires grad; wrap the call in "
-                               "torch.inference_mode() or use backend='torch'")
+            raise KernelUnavailableError(
+                f"{type(self).__name__} with the Triton backend is inference-only and the input "
+                "requires grad; wrap the call in torch.inference_mode() or use backend='torch'")
         return True
 
     def extra_repr(self) -> str:
@@ -151,7 +153,7 @@ class BlockSparseLinear(_BlockSparseBase):
         """Build from a (masked) Linear. `mask` defaults to its `weight_mask` buffer; `block`
         to the kernel block matching its `prune_block`, else the cheapest for the mask."""
         if not isinstance(linear, nn.Linear):
-            raise TypeError(f"from_dense needs an nn.Linear, got {type(linear).__name__}")
+            raise KernelInputError(f"from_dense needs an nn.Linear, got {type(linear).__name__}")
         mask = layer_mask(linear, mask)
         block = _pick_block(linear, mask, 1, block)
         bsr = dense_to_bsr(linear.weight.detach(), mask, block)
@@ -222,11 +224,11 @@ class BlockSparseConv2d(_BlockSparseBase):
                    ) -> BlockSparseConv2d:
         """Build from a (masked) Conv2d; `mask` and `block` as in `BlockSparseLinear`."""
         if not isinstance(conv, nn.Conv2d):
-            raise TypeError(f"from_dense needs an nn.Conv2d, got {type(conv).__name__}")
+            raise KernelInputError(f"from_dense needs an nn.Conv2d, got {type(conv).__name__}")
         if conv.groups != 1 or conv.padding_mode != "zeros":
-            raise ValueError(f"block-sparse convolution needs groups=1 and padding_mode='zeros', "
-                             f"got groups={conv.groups}, padding_mode={conv.padding_mode!r}; "
-                             "leave such layers dense")
+            raise KernelError(f"block-sparse convolution needs groups=1 and padding_mode='zeros', "
+                              f"got groups={conv.groups}, padding_mode={conv.padding_mode!r}; "
+                              "leave such layers dense")
         mask = layer_mask(conv, mask)
         kh, kw = conv.kernel_size
         block = _pick_block(conv, mask, kh * kw, block)
@@ -340,7 +342,7 @@ def sparsify_model(model: nn.Module, *, min_density_gain: float = DEFAULT_MIN_DE
     mode and meant for inference.
     """
     if not 0.0 <= min_density_gain <= 1.0:
-        raise ValueError(f"min_density_gain must lie in [0, 1], got {min_density_gain}")
+        raise KernelError(f"min_density_gain must lie in [0, 1], got {min_density_gain}")
     resolve_backend(backend, "cpu")
     result = copy.deepcopy(model).eval()
     with torch.no_grad():

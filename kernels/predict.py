@@ -41,6 +41,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from prunetune.errors import KernelError, KernelInputError
+
 from .bsr import KERNEL_BLOCKS
 from .latency import DeviceMeasurer, LatencyMeasurement, default_measurer, torch_threads
 from .layers import GEMM_TYPES, LayerSpec, build_layer, deploy, layer_specs
@@ -150,13 +152,13 @@ class LatencyPredictor:
                  min_density_gain: float = DEFAULT_MIN_DENSITY_GAIN,
                  residual_batch_factor: int = 4, statistic: str = "auto") -> None:
         if statistic not in (*STATISTICS, "auto"):
-            raise ValueError(f"statistic must be 'auto' or one of {sorted(STATISTICS)}, got "
-                             f"{statistic!r}")
+            raise KernelError(f"statistic must be 'auto' or one of {sorted(STATISTICS)}, got "
+                              f"{statistic!r}")
         if not isinstance(example_input, torch.Tensor):
-            raise TypeError("LatencyPredictor needs one example input tensor (batch first), got "
-                            f"{type(example_input).__name__}")
+            raise KernelInputError("LatencyPredictor needs one example input tensor (batch first), "
+                                   f"got {type(example_input).__name__}")
         if residual_batch_factor < 2:
-            raise ValueError(f"residual_batch_factor must be >= 2, got {residual_batch_factor}")
+            raise KernelError(f"residual_batch_factor must be >= 2, got {residual_batch_factor}")
         self.device = torch.device(device)
         self.measurer = measurer or default_measurer(self.device)
         self.table = table if table is not None else LatencyTable()
@@ -429,7 +431,7 @@ def measured_models_ms(models: list[nn.Module], example_input: torch.Tensor, *,
     `bursts` bursts of about `repeats / bursts` runs (`measure_interleaved`, serialised per
     device): a dense and a pruned model timed so give a speedup free of the machine's drift."""
     if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
+        raise KernelError(f"repeats must be >= 1, got {repeats}")
     bursts = max(1, min(bursts, repeats))
     items = [(deploy(m, device), example_input) for m in models]
     measured = default_measurer(device).measure_interleaved(
@@ -440,6 +442,6 @@ def measured_models_ms(models: list[nn.Module], example_input: torch.Tensor, *,
 def speedup(dense_ms: float, pruned_ms: float) -> float:
     """Dense latency over pruned latency (same device): > 1 means the pruned model is faster."""
     if not (dense_ms > 0 and pruned_ms > 0):
-        raise ValueError(f"latencies must be > 0 ms, got dense_ms={dense_ms}, "
-                         f"pruned_ms={pruned_ms}")
+        raise KernelError(f"latencies must be > 0 ms, got dense_ms={dense_ms}, "
+                          f"pruned_ms={pruned_ms}")
     return dense_ms / pruned_ms

@@ -19,6 +19,7 @@ from typing import Any
 
 from filelock import FileLock
 
+from prunetune.errors import KernelError
 from prunetune.files import atomic_write
 
 __all__ = ["DENSITY_BUCKET", "OPS", "SCHEMES", "LatencyKey", "LatencyTable", "bucket_density"]
@@ -34,7 +35,7 @@ _FORMAT_VERSION = 1
 def bucket_density(density: float) -> float:
     """Round to the nearest `DENSITY_BUCKET`; a nonzero density never rounds to 0."""
     if not 0.0 <= density <= 1.0 + 1e-6:
-        raise ValueError(f"density must lie in [0, 1], got {density}")
+        raise KernelError(f"density must lie in [0, 1], got {density}")
     bucket = round(density / DENSITY_BUCKET) * DENSITY_BUCKET
     if density > 0.0:
         bucket = max(bucket, DENSITY_BUCKET)
@@ -62,11 +63,11 @@ class LatencyKey:
 
     def __post_init__(self) -> None:
         if self.op not in OPS:
-            raise ValueError(f"op must be one of {OPS}, got {self.op!r}")
+            raise KernelError(f"op must be one of {OPS}, got {self.op!r}")
         if self.scheme not in SCHEMES:
-            raise ValueError(f"scheme must be one of {SCHEMES}, got {self.scheme!r}")
+            raise KernelError(f"scheme must be one of {SCHEMES}, got {self.scheme!r}")
         if self.batch < 1:
-            raise ValueError(f"batch must be >= 1, got {self.batch}")
+            raise KernelError(f"batch must be >= 1, got {self.batch}")
         object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
         if self.block is not None:
             object.__setattr__(self, "block", (int(self.block[0]), int(self.block[1])))
@@ -126,7 +127,7 @@ class LatencyTable:
         """Record (or replace) an entry; `extra` holds further JSON-able numbers. Only a residual
         (a difference of measurements, an intercept) may be negative."""
         if not math.isfinite(ms) or (ms < 0 and key.op != "residual"):
-            raise ValueError(f"a {key.op} latency must be a finite number >= 0 ms, got {ms}")
+            raise KernelError(f"a {key.op} latency must be a finite number >= 0 ms, got {ms}")
         self.entries[key.to_str()] = {"key": key.to_dict(), "ms": float(ms),
                                       "repeats": int(repeats), "measured_at": time.time(),
                                       **extra}
@@ -148,11 +149,11 @@ class LatencyTable:
     def from_json(cls, text: str) -> LatencyTable:
         data = json.loads(text)
         if data.get("format") != "prunetune-latency-table":
-            raise ValueError("not a prunetune latency table (missing format marker); expected "
-                             "a file written by LatencyTable.save")
+            raise KernelError("not a prunetune latency table (missing format marker); expected "
+                              "a file written by LatencyTable.save")
         if data.get("version") != _FORMAT_VERSION:
-            raise ValueError(f"latency table version {data.get('version')} is not supported "
-                             f"(this code reads version {_FORMAT_VERSION}); re-measure")
+            raise KernelError(f"latency table version {data.get('version')} is not supported "
+                              f"(this code reads version {_FORMAT_VERSION}); re-measure")
         return cls(entries=dict(data["entries"]))
 
     @classmethod

@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from prunetune.errors import KernelError, KernelInputError, KernelUnavailableError
+
 from .bsr import BSRWeight
 
 try:  # triton is a Linux-only dependency; the torch fallback works without it
@@ -168,8 +170,8 @@ def _autotune_configs() -> list[Any]:
 def _compiled(interpret: bool) -> dict[str, Callable[..., Any]]:
     """Jit the kernels once per mode; autotuned on GPU, a fixed config in the interpreter."""
     if triton is None:
-        raise RuntimeError("triton is not installed; install it (pip install triton) or use "
-                           "backend='torch'")
+        raise KernelUnavailableError("triton is not installed; install it (pip install triton) "
+                                     "or use backend='torch'")
     gemm, conv = triton.jit(_bsr_gemm_kernel), triton.jit(_bsr_conv_kernel)
     if not interpret:
         gemm = triton.autotune(configs=_autotune_configs(),
@@ -181,8 +183,8 @@ def _compiled(interpret: bool) -> dict[str, Callable[..., Any]]:
 
 def _launch_options(x: torch.Tensor, interpret: bool) -> dict[str, Any]:
     if x.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"block-sparse kernels take {SUPPORTED_DTYPES}, got {x.dtype}; cast the "
-                        "input (e.g. x.float())")
+        raise KernelInputError(f"block-sparse kernels take {SUPPORTED_DTYPES}, got {x.dtype}; "
+                               "cast the input (e.g. x.float())")
     if x.dtype == torch.float32 and not interpret and torch.backends.cuda.matmul.allow_tf32:
         precision = "tf32"  # follow torch's own matmul setting for fp32
     else:
@@ -195,13 +197,14 @@ def _launch_options(x: torch.Tensor, interpret: bool) -> dict[str, Any]:
 
 def _check_operands(x: torch.Tensor, bsr: BSRWeight, bias: torch.Tensor | None) -> bool:
     if not triton_supported(x.device):
-        raise RuntimeError(f"the Triton kernels cannot run on {x.device}: they need CUDA, or "
-                           "TRITON_INTERPRET=1 on CPU; use backend='torch' instead")
+        raise KernelUnavailableError(f"the Triton kernels cannot run on {x.device}: they need "
+                                     "CUDA, or TRITON_INTERPRET=1 on CPU; use backend='torch' "
+                                     "instead")
     if bsr.values.dtype != x.dtype or bsr.values.device != x.device:
-        raise ValueError(f"weight is {bsr.values.dtype} on {bsr.values.device}, input is "
-                         f"{x.dtype} on {x.device}; move the module with .to(x)")
+        raise KernelError(f"weight is {bsr.values.dtype} on {bsr.values.device}, input is "
+                          f"{x.dtype} on {x.device}; move the module with .to(x)")
     if bias is not None and bias.numel() != bsr.n_out:
-        raise ValueError(f"bias has {bias.numel()} elements, the weight {bsr.n_out} outputs")
+        raise KernelError(f"bias has {bias.numel()} elements, the weight {bsr.n_out} outputs")
     return interpreter_enabled() and x.device.type == "cpu"
 
 
@@ -210,9 +213,9 @@ def bsr_linear(x: torch.Tensor, bsr: BSRWeight, bias: torch.Tensor | None = None
     """`... x K` activations times a BSR `N x K` weight (taps == 1) -> `... x N`."""
     interpret = _check_operands(x, bsr, bias)
     if bsr.taps != 1:
-        raise ValueError(f"bsr_linear needs a 1-tap weight, got {bsr.taps} taps; use bsr_conv2d")
+        raise KernelError(f"bsr_linear needs a 1-tap weight, got {bsr.taps} taps; use bsr_conv2d")
     if x.shape[-1] != bsr.channels:
-        raise ValueError(f"input has {x.shape[-1]} features, the weight expects {bsr.channels}")
+        raise KernelError(f"input has {x.shape[-1]} features, the weight expects {bsr.channels}")
     lead = x.shape[:-1]
     x2 = x.reshape(-1, bsr.channels)
     m = x2.shape[0]
@@ -249,10 +252,10 @@ def bsr_conv2d(x: torch.Tensor, bsr: BSRWeight, bias: torch.Tensor | None, *,
     """
     interpret = _check_operands(x, bsr, bias)
     if x.dim() != 4 or x.shape[1] != bsr.channels:
-        raise ValueError(f"input must be B x {bsr.channels} x H x W, got {tuple(x.shape)}")
+        raise KernelError(f"input must be B x {bsr.channels} x H x W, got {tuple(x.shape)}")
     r, s = kernel_size
     if r * s != bsr.taps:
-        raise ValueError(f"kernel_size {kernel_size} has {r * s} taps, the weight {bsr.taps}")
+        raise KernelError(f"kernel_size {kernel_size} has {r * s} taps, the weight {bsr.taps}")
     b, c, h, w = x.shape
     if out_size is None:
         out_size = tuple((size + 2 * pad - dil * (kern - 1) - 1) // st + 1

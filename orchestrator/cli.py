@@ -21,12 +21,12 @@ __all__ = ["main", "build_parser"]
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from prunetune.trainers import pretrain_dense
-
     from .config import load_config
 
     cfg = load_config(args.config, {"pretrain.epochs": args.epochs, "pretrain.device": args.device,
                                     "cache_dir": args.cache_dir})
+    from prunetune.trainers import pretrain_dense  # torch: only once the config is good
+
     result = pretrain_dense(cfg.model, cfg.data, cfg.pretrain, cache_dir=cfg.cache_dir,
                             force=args.force, progress=not args.quiet)
     summary = {"model": cfg.model.name, "dataset": cfg.data.name, "cached": result.cached,
@@ -36,6 +36,18 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def _run_search(cfg, resume: bool) -> int:  # type: ignore[no-untyped-def]
+    from prunetune.files import check_writable
+
+    from .config import check_devices
+
+    # What would fail only after the pretraining or deep inside Ray, refused in seconds with
+    # nothing created: folders the search writes to, devices it trains and times on.
+    check_writable(cfg.workdir_path(), "workdir")
+    check_writable(cfg.storage_dir(), "storage_path")
+    check_devices(cfg)
+    from prunetune.trainers.pretrain import check_dense_inputs
+
+    check_dense_inputs(cfg.model, cfg.data)
     from .driver import run_search
 
     summary = run_search(cfg, resume=resume)
@@ -119,8 +131,27 @@ def _port_in_use(host: str, port: int) -> bool:
     return False
 
 
+def _wait_until_answers(url: str, server: object, timeout_s: float) -> bool:
+    """Poll `url` until it answers HTTP (True), the server process ends or `timeout_s` passes
+    (False): the UI's address is printed only once it can be opened."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and server.poll() is None:  # type: ignore[attr-defined]
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return True
+        except urllib.error.HTTPError:
+            return True  # it answered, with an HTTP status
+        except OSError:  # not listening yet (URLError is an OSError)
+            time.sleep(0.5)
+    return False
+
+
 def _cmd_ui(args: argparse.Namespace) -> int:
-    import os
+    import subprocess
 
     from mlflow.tracking import MlflowClient
 
@@ -133,16 +164,34 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     if uri.startswith(("http://", "https://")):  # a server has its UI already
         print(ui_url(uri, exp.experiment_id) if exp else uri)
         return EXIT_OK
+    if not 1 <= args.port <= 65535:
+        raise CLIError(f"--port must lie in 1..65535, got {args.port}")
     if _port_in_use(args.host, args.port):
-        raise CLIError(f"port {args.port} on {args.host} is in use (another UI or server?); "
-                       "choose a free one with --port")
+        raise CLIError(f"port {args.port} on {args.host} is in use (another UI or server?), or "
+                       f"{args.host} is not an address of this machine; choose a free one with "
+                       "--port (and --host)")
     base = f"http://{args.host}:{args.port}"
-    print(f"MLflow UI for {uri} at {base} (Ctrl-C stops it)\n  runs of experiment "
-          f"{experiment!r}: {ui_url(base, exp.experiment_id) if exp else base}", flush=True)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
-           "--port", str(args.port)]
-    os.execv(sys.executable, cmd)
-    return EXIT_OK  # not reached
+           "--port", str(args.port), "--workers", "1"]  # one user: one worker
+    print(f"starting the MLflow UI for {uri} on {base} ...", file=sys.stderr, flush=True)
+    server = subprocess.Popen(cmd)
+    try:
+        if not _wait_until_answers(base, server, args.start_timeout):
+            server.terminate()
+            server.wait(timeout=30)
+            raise CLIError(f"the MLflow UI on {base} did not answer within "
+                           f"{args.start_timeout:.0f} s (its own output above says why); "
+                           "try again, or raise --start-timeout")
+        print(f"MLflow UI for {uri} at {base} (Ctrl-C stops it)\n  runs of experiment "
+              f"{experiment!r}: {ui_url(base, exp.experiment_id) if exp else base}", flush=True)
+        return server.wait()
+    finally:
+        if server.poll() is None:
+            server.terminate()
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -191,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_tracking_args(p)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--start-timeout", type=float, default=300.0,
+                   help="seconds to wait for the UI to answer before giving up (default 300)")
     p.set_defaults(func=_cmd_ui)
 
     from .cli_cluster import add_cluster_commands

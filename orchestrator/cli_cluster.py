@@ -125,9 +125,11 @@ def _cmd_server(args: argparse.Namespace) -> int:
 
 
 def _cmd_promote(args: argparse.Namespace) -> int:
-    from .registry import promote
+    from .registry import parse_select, promote
 
     _quiet_downloads()
+    if args.select is not None:
+        parse_select(args.select)  # a typo is told before the store is read
     uri, experiment = tracking_from(args)
     # Progress and MLflow's own messages go to stderr: stdout is the JSON result alone.
     with contextlib.redirect_stdout(sys.stderr):

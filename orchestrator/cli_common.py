@@ -40,7 +40,10 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         return func(args)
     except PrunetuneError as err:
-        print(f"prunetune {args.command}: error: {err}", file=sys.stderr)
+        # One line, whatever the message holds (a list of places looked in, a library's
+        # multi-line report): scripts and people read the first line of stderr.
+        message = " ".join(part.strip() for part in str(err).splitlines() if part.strip())
+        print(f"prunetune {args.command}: error: {message}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         if terminated():

@@ -16,11 +16,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from prunetune.errors import ConfigError
-from prunetune.trainers import DataConfig, FinetuneConfig, ModelConfig, TrainConfig
+from prunetune.trainers.settings import DataConfig, FinetuneConfig, ModelConfig, TrainConfig
 
 __all__ = ["ConfigError", "PrunetuneConfig", "SpaceConfig", "BudgetConfig", "SearchConfig",
            "FinalistsConfig", "SchedulerConfig", "RayConfig", "TrackingConfig", "load_config",
-           "apply_overrides"]
+           "apply_overrides", "check_devices"]
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -60,7 +60,7 @@ class SpaceConfig(_Section):
     def _check_bounds(cls, value: tuple[float, float]) -> tuple[float, float]:
         lo, hi = value
         if not 0.0 <= lo <= hi < 1.0:
-            raise ValueError("must satisfy 0 <= low <= high < 1 (fractions pruned per unit)")
+            raise ConfigError("must satisfy 0 <= low <= high < 1 (fractions pruned per unit)")
         return value
 
 
@@ -166,15 +166,16 @@ class PrunetuneConfig(BaseModel):
 
 
 def _format_errors(err: ValidationError, source: str) -> str:
-    lines = [f"invalid config {source}:"]
+    """One line: every field that broke a rule, with the rule and the value it had."""
+    problems = []
     for e in err.errors():
         field = ".".join(str(p) for p in e["loc"]) or "(top level)"
         if e["type"] == "extra_forbidden":
-            lines.append(f"  {field}: unknown field; check the spelling (see examples/ for the "
-                         "allowed fields)")
+            problems.append(f"{field}: unknown field (check the spelling; examples/ shows the "
+                            "allowed fields)")
         else:
-            lines.append(f"  {field}: {e['msg']}, got {e.get('input')!r}")
-    return "\n".join(lines)
+            problems.append(f"{field}: {e['msg']}, got {e.get('input')!r}")
+    return f"invalid config {source}: " + "; ".join(problems)
 
 
 def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -195,6 +196,14 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
     return raw
 
 
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's multi-line report as one clause: what is wrong and at which line and column."""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    mark = getattr(err, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{problem}{where}"
+
+
 def load_config(path: str | os.PathLike | None = None,
                 overrides: dict[str, Any] | None = None) -> PrunetuneConfig:
     """Read and validate a YAML config; `overrides` maps dotted field names to values."""
@@ -208,7 +217,11 @@ def load_config(path: str | os.PathLike | None = None,
         try:
             loaded = yaml.safe_load(p.read_text())
         except yaml.YAMLError as err:
-            raise ConfigError(f"config file {p} is not valid YAML: {err}") from err
+            raise ConfigError(f"config file {p} is not valid YAML: {_yaml_problem(err)}; fix "
+                              "the file (a YAML linter shows the spot)") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"config file {p} cannot be read ({err}); check its permissions "
+                              "and that it is a UTF-8 text file") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -220,3 +233,18 @@ def load_config(path: str | os.PathLike | None = None,
         return PrunetuneConfig.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(_format_errors(err, source)) from None
+
+
+def check_devices(cfg: PrunetuneConfig,
+                  fields: tuple[str, ...] = ("pretrain.device", "finetune.device")) -> None:
+    """Every device the config names exists on this machine (`cuda` without a GPU is refused
+    here, in seconds, not after the pretraining). Imports torch."""
+    from prunetune.trainers.train import resolve_device
+
+    for field in fields:
+        section, key = field.split(".")
+        try:
+            resolve_device(getattr(getattr(cfg, section), key))
+        except ConfigError as err:
+            raise ConfigError(f"{field}: {err}") from None
+

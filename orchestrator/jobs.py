@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 
 import yaml
 
-from prunetune.errors import ClusterError, JobNotFoundError
+from prunetune.errors import CLIError, ClusterError, JobNotFoundError
 
 from .config import apply_overrides, load_config
 
@@ -229,6 +229,8 @@ def server_command(*, host: str = "127.0.0.1", port: int = 5000,
     """
     import sys
 
+    if not 0 < port < 65536:  # before any folder is made
+        raise CLIError(f"--port must lie in 1..65535, got {port}")
     base = Path(workdir).expanduser().resolve()
     if backend_store_uri is None:
         base.mkdir(parents=True, exist_ok=True)
@@ -238,8 +240,6 @@ def server_command(*, host: str = "127.0.0.1", port: int = 5000,
     if "://" not in artifacts_destination:
         Path(artifacts_destination).expanduser().mkdir(parents=True, exist_ok=True)
         artifacts_destination = str(Path(artifacts_destination).expanduser().resolve())
-    if not 0 < port < 65536:
-        raise ValueError(f"--port must lie in 1..65535, got {port}")
     return [python or sys.executable, "-m", "mlflow", "server", "--host", host, "--port",
             str(port), "--backend-store-uri", backend_store_uri, "--serve-artifacts",
             "--artifacts-destination", artifacts_destination, "--workers", "1"]

@@ -22,8 +22,13 @@ __all__ = [
     "CheckpointError",
     "ClusterError",
     "ConfigError",
+    "DatasetError",
     "DatasetNotFoundError",
     "JobNotFoundError",
+    "KernelError",
+    "KernelInputError",
+    "KernelUnavailableError",
+    "ModelMismatchError",
     "ModelNotFoundError",
     "NoMatchingTrialError",
     "PolicyError",
@@ -32,6 +37,7 @@ __all__ = [
     "SearchError",
     "SearchNotFoundError",
     "SearcherError",
+    "SearcherStateError",
     "SelectionError",
     "SpaceError",
 ]
@@ -66,12 +72,36 @@ class DatasetNotFoundError(PrunetuneError, FileNotFoundError):
     """The dataset's files are not where the config says (nothing downloads unless allowed)."""
 
 
+class DatasetError(PrunetuneError, ValueError):
+    """Dataset files that are there but cannot be used (not the format, an empty split)."""
+
+
 class ModelNotFoundError(PrunetuneError, ValueError):
     """A model name that is not in the zoo, torchvision or an importable factory."""
 
 
 class CheckpointError(PrunetuneError, ValueError):
     """A checkpoint file is missing, unreadable or not a prunetune checkpoint."""
+
+
+class ModelMismatchError(PrunetuneError, ValueError):
+    """A model (or checkpoint) that does not fit the dataset: its input channels, image size or
+    number of classes differ from the data's (e.g. a factory that ignores `in_channels`)."""
+
+
+# ---- kernels and latency measurement (kernels) --------------------------------------------
+class KernelError(PrunetuneError, ValueError):
+    """A sparse kernel, latency table or measurement asked for with arguments it cannot take
+    (unknown backend or clock, a block that does not fit, a damaged latency table, ...)."""
+
+
+class KernelInputError(KernelError, TypeError):
+    """A sparse kernel given a module or tensor of the wrong type (dtype, layer class)."""
+
+
+class KernelUnavailableError(PrunetuneError, RuntimeError):
+    """A kernel that cannot run here: Triton not installed, no CUDA device, or a backend that
+    only runs inference asked to train."""
 
 
 # ---- searches, searchers, tracking, registry, clusters (orchestrator) ----------------------
@@ -81,6 +111,10 @@ class ConfigError(PrunetuneError, ValueError):
 
 class SearcherError(PrunetuneError, RuntimeError):
     """A searcher was used in a way it does not support (bad state file, unknown metric, ...)."""
+
+
+class SearcherStateError(SearcherError, ValueError):
+    """A searcher's saved state (or options) that does not fit this searcher or search."""
 
 
 class SearchError(PrunetuneError, RuntimeError):

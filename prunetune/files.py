@@ -5,7 +5,8 @@ never half of one: the data goes to a temporary file in the same folder, is flus
 fsync'd, then renamed over the target (`os.replace` is atomic on POSIX), and the folder is
 fsync'd so the rename itself survives a power loss.
 
-This module imports only the standard library, so every part of prunetune can use it.
+This module imports only the standard library (and `prunetune.errors`), so every part of
+prunetune can use it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "atomic_write_json", "atomic_writer"]
+from prunetune.errors import ConfigError
+
+__all__ = ["atomic_write", "atomic_write_json", "atomic_writer", "check_writable"]
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -64,3 +67,23 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any, **dump: Any) -> Pa
     with atomic_writer(path) as handle:
         json.dump(obj, handle, **dump)
     return Path(path)
+
+
+def check_writable(folder: str | os.PathLike[str], field: str) -> None:
+    """`folder` can be created (if absent) and written to; tried with a temporary file in the
+    nearest folder that exists, so nothing is left behind (a read-only filesystem or missing
+    permission is found even for root, which `os.access` would not tell)."""
+    folder = Path(folder).expanduser().absolute()
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{field} {folder} cannot be created: {existing} is a file, not a "
+                          f"folder; choose another {field}")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise ConfigError(f"{field} {folder} is not writable ({existing}: {err.strerror}); "
+                          f"choose a folder you can write to (set {field} in the config or "
+                          "pass its flag)") from None

@@ -24,6 +24,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from prunetune.errors import SpaceError
+
 from .channel import kept_channels_np
 
 __all__ = ["SPARSE_KEYS", "Cost", "CostModel", "LatencyWeights", "count_cost", "layer_costs",
@@ -296,7 +298,7 @@ class LatencyWeights:
         gains = np.zeros(len(SPARSE_KEYS))
         for key, g in (sparse_gain or {}).items():
             if key not in SPARSE_KEYS or not (math.isfinite(g) and 0.0 <= g <= 1.0):
-                raise ValueError(f"sparse_gain must map names of {list(SPARSE_KEYS)} to gains "
+                raise SpaceError(f"sparse_gain must map names of {list(SPARSE_KEYS)} to gains "
                                  f"in [0, 1], got {key!r}: {g!r}")
             gains[SPARSE_KEYS.index(key)] = g
         index = {n: i for i, n in enumerate(cost_model.names)}
@@ -304,7 +306,7 @@ class LatencyWeights:
         base = float(base_ms)
         for name, (w_ms, o_ms) in layers.items():
             if not (math.isfinite(w_ms) and math.isfinite(o_ms) and w_ms >= 0 and o_ms >= 0):
-                raise ValueError(f"latency terms must be finite and >= 0 ms, got {w_ms}, {o_ms} "
+                raise SpaceError(f"latency terms must be finite and >= 0 ms, got {w_ms}, {o_ms} "
                                  f"for layer {name!r}")
             if name in index:
                 w[index[name]] += w_ms

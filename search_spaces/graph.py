@@ -23,6 +23,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from prunetune.errors import SpaceError
+
 __all__ = ["IMPORTANCES", "ChannelGraph", "make_importance"]
 
 _OPT = tp.ops.OPTYPE
@@ -41,7 +43,7 @@ IMPORTANCES = tuple(_IMPORTANCE_FACTORIES)
 def make_importance(name: str) -> Any:
     """Torch-Pruning importance criterion by name (one of `IMPORTANCES`)."""
     if name not in _IMPORTANCE_FACTORIES:
-        raise ValueError(f"unknown importance {name!r}; use one of {', '.join(IMPORTANCES)}")
+        raise SpaceError(f"unknown importance {name!r}; use one of {', '.join(IMPORTANCES)}")
     return _IMPORTANCE_FACTORIES[name]()
 
 

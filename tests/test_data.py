@@ -65,11 +65,41 @@ def test_missing_fashion_mnist_says_where_it_looked(tmp_path: Path,
     monkeypatch.setattr(data_mod, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "no-such-dir")
     monkeypatch.setenv("PRUNETUNE_DATA", str(tmp_path / "env-data"))
     with pytest.raises(DatasetNotFoundError) as err:
-        load_data(DataConfig(name="fashion-mnist", root=str(tmp_path / "given")))
+        load_data(DataConfig(name="fashion-mnist"))
     msg = str(err.value)
-    assert str(tmp_path / "given") in msg and str(tmp_path / "env-data") in msg
-    assert str(tmp_path / "no-such-dir") in msg
+    assert str(tmp_path / "env-data") in msg and str(tmp_path / "no-such-dir") in msg
     assert "apt-get install dataset-fashion-mnist" in msg and "allow_download" in msg
+
+
+def write_fake_fashion_mnist(folder: Path, n: int = 20) -> None:
+    """The four idx files of a tiny Fashion-MNIST (random pixels) in `folder`."""
+    import gzip
+    import struct
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, count in (("train", n), ("t10k", n)):
+        images = torch.randint(0, 256, (count, 28, 28), dtype=torch.uint8)
+        labels = torch.arange(count, dtype=torch.uint8) % 10
+        for kind, tensor in (("images", images), ("labels", labels)):
+            header = struct.pack(">HBB", 0, 0x08, tensor.ndim)
+            header += struct.pack(">" + "I" * tensor.ndim, *tensor.shape)
+            with gzip.open(folder / f"{split}-{kind}-idx{tensor.ndim}-ubyte.gz", "wb") as f:
+                f.write(header + tensor.numpy().tobytes())
+
+
+def test_a_fashion_mnist_root_that_is_not_there_is_refused(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # A copy elsewhere ($PRUNETUNE_DATA): a data.root with a typo must not fall back to it.
+    write_fake_fashion_mnist(tmp_path / "env-data")
+    monkeypatch.setenv("PRUNETUNE_DATA", str(tmp_path / "env-data"))
+    assert len(load_data(DataConfig(name="fashion-mnist", val_fraction=0.5)).train) == 10
+    with pytest.raises(DatasetNotFoundError) as err:
+        load_data(DataConfig(name="fashion-mnist", root=str(tmp_path / "typo")))
+    msg = str(err.value)
+    assert f"data.root {tmp_path / 'typo'} does not exist" in msg and "allow_download" in msg
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetNotFoundError, match="holds none of the four idx files"):
+        load_data(DataConfig(name="fashion-mnist", root=str(tmp_path / "empty")))
 
 
 def test_missing_cifar_and_imagefolder_errors(tmp_path: Path) -> None:

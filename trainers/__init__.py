@@ -1,20 +1,55 @@
-"""Datasets, model zoo, training / fine-tuning / evaluation, and the Ray Tune trial function."""
+"""Datasets, model zoo, training / fine-tuning / evaluation, and the Ray Tune trial function.
 
-from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
-from .data import DataBundle, DataConfig, DatasetNotFoundError, load_data
-from .models import ModelNotFoundError, build_model, zoo_names
-from .pretrain import ModelConfig, PretrainResult, default_cache_dir, pretrain_dense
-from .prune import PrunedModel, prune_and_evaluate
-from .train import (
-    EvalResult,
-    FinetuneConfig,
-    TrainConfig,
-    evaluate,
-    fit,
-    resolve_device,
-    seed_everything,
-)
-from .trial import FINAL_KEY, TrialSetup, dense_reference_ms, evaluate_policy, run_trial
+The names below are imported on first use (PEP 562), so `prunetune.trainers.settings`, the
+config sections, is read without importing torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+    from .data import DataBundle, load_data
+    from .models import build_model, zoo_names
+    from .pretrain import PretrainResult, default_cache_dir, pretrain_dense
+    from .prune import PrunedModel, prune_and_evaluate
+    from .settings import DataConfig, FinetuneConfig, ModelConfig, TrainConfig
+    from .train import EvalResult, evaluate, fit, resolve_device, seed_everything
+    from .trial import FINAL_KEY, TrialSetup, dense_reference_ms, evaluate_policy, run_trial
+
+_WHERE = {
+    "CheckpointError": "prunetune.errors",
+    "DatasetNotFoundError": "prunetune.errors",
+    "ModelNotFoundError": "prunetune.errors",
+    "DataConfig": ".settings",
+    "FinetuneConfig": ".settings",
+    "ModelConfig": ".settings",
+    "TrainConfig": ".settings",
+    "load_checkpoint": ".checkpoint",
+    "model_from_checkpoint": ".checkpoint",
+    "save_checkpoint": ".checkpoint",
+    "DataBundle": ".data",
+    "load_data": ".data",
+    "build_model": ".models",
+    "zoo_names": ".models",
+    "PretrainResult": ".pretrain",
+    "default_cache_dir": ".pretrain",
+    "pretrain_dense": ".pretrain",
+    "PrunedModel": ".prune",
+    "prune_and_evaluate": ".prune",
+    "EvalResult": ".train",
+    "evaluate": ".train",
+    "fit": ".train",
+    "resolve_device": ".train",
+    "seed_everything": ".train",
+    "FINAL_KEY": ".trial",
+    "TrialSetup": ".trial",
+    "dense_reference_ms": ".trial",
+    "evaluate_policy": ".trial",
+    "run_trial": ".trial",
+}
 
 __all__ = [
     "CheckpointError",
@@ -22,8 +57,8 @@ __all__ = [
     "DataConfig",
     "DatasetNotFoundError",
     "EvalResult",
-    "FinetuneConfig",
     "FINAL_KEY",
+    "FinetuneConfig",
     "ModelConfig",
     "ModelNotFoundError",
     "PretrainResult",
@@ -47,3 +82,16 @@ __all__ = [
     "seed_everything",
     "zoo_names",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(where, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))

@@ -15,16 +15,20 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from prunetune.errors import DatasetNotFoundError
+from prunetune.errors import DatasetError, DatasetNotFoundError
+
+from .settings import DataConfig
 
 __all__ = [
     "DataConfig",
     "DataBundle",
     "DatasetNotFoundError",
     "TensorImageDataset",
+    "DatasetShape",
+    "check_data_present",
+    "dataset_shape",
     "load_data",
     "FASHION_MNIST_SYSTEM_DIR",
 ]
@@ -43,34 +47,6 @@ _STATS = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "imagefolder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
-
-
-class DataConfig(BaseModel):
-    """Which dataset, how it is split, and how it is loaded."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: Literal["fashion-mnist", "digits", "cifar10", "imagefolder"] = "fashion-mnist"
-    # Folder with the dataset's files; None searches the usual places (see load_data).
-    root: str | None = None
-    # Share of the training set carved out as validation (deterministic, seeded).
-    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
-    # Optional sizes of the splits actually used (first n of the seeded order); None: all.
-    train_subset: int | None = Field(None, ge=1)
-    val_subset: int | None = Field(None, ge=1)
-    test_subset: int | None = Field(None, ge=1)
-    batch_size: int = Field(128, ge=1)
-    eval_batch_size: int = Field(512, ge=1)
-    # DataLoader worker processes; 0 loads in the training process (best for in-memory sets).
-    workers: int = Field(0, ge=0)
-    # Random crop (pad 2 for 28x28, 4 for 32x32) and horizontal flip on the training split.
-    augment: bool = True
-    # Only fashion-mnist / cifar10 can be downloaded, and only when this is true.
-    allow_download: bool = False
-    # Seed of the train/val carving; the same seed gives the same splits.
-    split_seed: int = 0
-    # Side length images are resized to (imagefolder only).
-    image_size: int = Field(32, ge=8)
 
 
 class TensorImageDataset(Dataset):
@@ -201,17 +177,19 @@ def _read_idx(path: Path) -> torch.Tensor:
         data = f.read()
     zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
     if zero != 0 or dtype_code != 0x08:
-        raise ValueError(f"{path} is not an unsigned-byte IDX file")
+        raise DatasetError(f"{path} is not an unsigned-byte IDX file")
     shape = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
     tensor = torch.frombuffer(bytearray(data[4 + 4 * ndim :]), dtype=torch.uint8)
     return tensor.view(*shape)
 
 
 def _fmnist_candidates(root: str | None) -> list[Path]:
-    candidates: list[Path] = []
+    # A data.root the user gave is the only place looked in: a typo in it must not be covered
+    # up by another copy of the dataset found elsewhere.
     if root is not None:
-        r = Path(root)
-        candidates += [r, r / "fashion-mnist", r / "FashionMNIST" / "raw"]
+        r = Path(root).expanduser()
+        return [r, r / "fashion-mnist", r / "FashionMNIST" / "raw"]
+    candidates: list[Path] = []
     env = os.environ.get("PRUNETUNE_DATA")
     if env:
         candidates += [Path(env) / "fashion-mnist", Path(env), Path(env) / "FashionMNIST" / "raw"]
@@ -236,6 +214,15 @@ def _load_fashion_mnist(cfg: DataConfig) -> DataBundle:
         torchvision.datasets.FashionMNIST(str(target.expanduser()), train=True, download=True)
         torchvision.datasets.FashionMNIST(str(target.expanduser()), train=False, download=True)
         folder = _find_fmnist(str(target.expanduser()))
+    if folder is None and cfg.root is not None:
+        root = Path(cfg.root).expanduser()
+        state = "does not exist" if not root.exists() else (
+            f"holds none of the four idx files ({', '.join(_FMNIST_FILES.values())}), nor "
+            "its fashion-mnist/ or FashionMNIST/raw/ sub-folder")
+        raise DatasetNotFoundError(
+            f"data.root {root} {state}: point data.root at the folder that holds the "
+            "Fashion-MNIST idx files, remove data.root to use $PRUNETUNE_DATA or "
+            f"{FASHION_MNIST_SYSTEM_DIR}, or set data.allow_download: true")
     if folder is None:
         looked = "\n  ".join(str(p) for p in _fmnist_candidates(cfg.root))
         raise DatasetNotFoundError(
@@ -279,11 +266,10 @@ def _load_digits(cfg: DataConfig) -> DataBundle:
 # CIFAR-10 (torchvision's python format) and ImageFolder
 
 
-def _load_cifar10(cfg: DataConfig) -> DataBundle:
-    import torchvision
-
-    roots = [Path(cfg.root)] if cfg.root else []
-    if os.environ.get("PRUNETUNE_DATA"):
+def _cifar10_root(cfg: DataConfig) -> Path:
+    # A data.root the user gave is the only place looked in (as for Fashion-MNIST).
+    roots = [Path(cfg.root).expanduser()] if cfg.root else []
+    if not roots and os.environ.get("PRUNETUNE_DATA"):
         roots.append(Path(os.environ["PRUNETUNE_DATA"]))
     root = next((r for r in roots if (r / "cifar-10-batches-py").is_dir()), None)
     if root is None and not cfg.allow_download:
@@ -293,7 +279,13 @@ def _load_cifar10(cfg: DataConfig) -> DataBundle:
             "the folder that holds 'cifar-10-batches-py' (torchvision's format), or set "
             "data.allow_download: true."
         )
-    root = root or (roots[0] if roots else Path("~/.cache/prunetune/data").expanduser())
+    return root or (roots[0] if roots else Path("~/.cache/prunetune/data").expanduser())
+
+
+def _load_cifar10(cfg: DataConfig) -> DataBundle:
+    import torchvision
+
+    root = _cifar10_root(cfg)
     train = torchvision.datasets.CIFAR10(str(root), train=True, download=cfg.allow_download)
     test = torchvision.datasets.CIFAR10(str(root), train=False, download=cfg.allow_download)
 
@@ -305,15 +297,19 @@ def _load_cifar10(cfg: DataConfig) -> DataBundle:
                                 num_classes=10, pad=4, flip=True)
 
 
-def _load_imagefolder(cfg: DataConfig) -> DataBundle:
-    import torchvision
-    from torchvision import transforms
-
+def _check_imagefolder_root(cfg: DataConfig) -> None:
     if cfg.root is None or not Path(cfg.root).is_dir():
         raise DatasetNotFoundError(
             f"imagefolder needs data.root to be a folder of class sub-folders, got {cfg.root!r}. "
             "Use ROOT/train and ROOT/test (or ROOT/val), or one folder that is split for you."
         )
+
+
+def _load_imagefolder(cfg: DataConfig) -> DataBundle:
+    import torchvision
+    from torchvision import transforms
+
+    _check_imagefolder_root(cfg)
     root = Path(cfg.root)
     mean, std = _STATS["imagefolder"]
     size = cfg.image_size
@@ -352,6 +348,42 @@ _LOADERS = {
     "cifar10": _load_cifar10,
     "imagefolder": _load_imagefolder,
 }
+
+
+@dataclass(frozen=True)
+class DatasetShape:
+    """What a model must take and give for a dataset, known without reading the data."""
+
+    in_channels: int
+    image_size: tuple[int, int]
+    num_classes: int
+
+
+_SHAPES = {"fashion-mnist": DatasetShape(1, (28, 28), 10), "digits": DatasetShape(1, (8, 8), 10),
+           "cifar10": DatasetShape(3, (32, 32), 10)}
+
+
+def dataset_shape(cfg: DataConfig) -> DatasetShape:
+    """Input channels, image size and classes of the config's dataset, from the config alone
+    (an image folder: its class sub-folders are counted), so a model that does not fit is
+    refused before any data is read or any training starts."""
+    if cfg.name in _SHAPES:
+        return _SHAPES[cfg.name]
+    root = Path(cfg.root or ".").expanduser()
+    train_dir = root / "train" if (root / "train").is_dir() else root
+    classes = sum(1 for d in train_dir.iterdir() if d.is_dir()) if train_dir.is_dir() else 0
+    return DatasetShape(3, (cfg.image_size, cfg.image_size), classes)
+
+
+def check_data_present(cfg: DataConfig) -> None:
+    """The dataset's files are where the config says (`DatasetNotFoundError` otherwise),
+    found without reading them: a search checks this before it creates anything."""
+    if cfg.name == "fashion-mnist" and not cfg.allow_download and _find_fmnist(cfg.root) is None:
+        _load_fashion_mnist(cfg)  # raises, naming the places looked in
+    elif cfg.name == "cifar10":
+        _cifar10_root(cfg)
+    elif cfg.name == "imagefolder":
+        _check_imagefolder_root(cfg)
 
 
 def load_data(cfg: DataConfig | None = None) -> DataBundle:

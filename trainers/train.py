@@ -5,58 +5,24 @@ from __future__ import annotations
 import math
 import os
 import random
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from prunetune.errors import ConfigError, DatasetError
+
+from .settings import FinetuneConfig, TrainConfig
+
 __all__ = ["TrainConfig", "FinetuneConfig", "EvalResult", "EpochCallback", "evaluate", "fit",
            "resolve_device", "seed_everything"]
-
-
-class TrainConfig(BaseModel):
-    """Optimisation settings for pretraining and fine-tuning."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    # May be fractional (0.5 trains on half an epoch of batches); 0 trains nothing.
-    epochs: float = Field(10, ge=0)
-    lr: float = Field(0.1, gt=0)  # peak learning rate of SGD
-    momentum: float = Field(0.9, ge=0, lt=1)
-    nesterov: bool = True
-    weight_decay: float = Field(5e-4, ge=0)
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
-    schedule: Literal["cosine", "constant"] = "cosine"
-    warmup_epochs: float = Field(0.0, ge=0)  # linear warm-up before the schedule starts
-    # Knowledge distillation from the dense teacher (fine-tuning only): loss =
-    # (1 - kd_alpha) * CE + kd_alpha * T^2 * KL(student_T || teacher_T).
-    kd_alpha: float = Field(0.0, ge=0, le=1)
-    kd_temperature: float = Field(4.0, gt=0)
-    seed: int = 0
-    device: str = "auto"  # "auto" picks CUDA when present, else CPU
-    # Threads for CPU work; None leaves PyTorch's default.
-    threads: int | None = Field(None, ge=1)
-
-
-class FinetuneConfig(TrainConfig):
-    """Fine-tuning of each pruned candidate: `TrainConfig` with the defaults fine-tuning
-    wants (the same whether the config's `finetune` section is absent or partly given)."""
-
-    epochs: float = Field(0, ge=0)  # 0 scores the candidate without fine-tuning
-    lr: float = Field(0.01, gt=0)
-    warmup_epochs: float = Field(0.0, ge=0)
-    # Training images the pruned model's BatchNorm statistics are re-estimated on before it is
-    # evaluated (no weight changes); 0 keeps the statistics it has. Without it, a pruned but
-    # not fine-tuned model scores near chance (the dense model's statistics no longer fit).
-    bn_calibration: int = Field(512, ge=0)
 
 
 @dataclass(frozen=True)
@@ -74,10 +40,18 @@ def resolve_device(device: str = "auto") -> torch.device:
     """`auto` is CUDA when present, else CPU; anything else is passed to `torch.device`."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"device {device!r} is not a device name; use auto, cpu, cuda or "
+                          "cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but CUDA is not available; use 'auto' "
-                         "or 'cpu'")
+        raise ConfigError(f"device {device!r} asked for, but this machine has no usable CUDA "
+                          "GPU (torch.cuda.is_available() is false); use auto or cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {device!r} asked for, but this machine has "
+                          f"{torch.cuda.device_count()} CUDA GPU(s); use cuda:0 .. "
+                          f"cuda:{torch.cuda.device_count() - 1}, auto or cpu")
     return dev
 
 
@@ -107,7 +81,8 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device | str = 
         n += len(y)
     model.train(was_training)
     if n == 0:
-        raise ValueError("evaluate() got an empty loader")
+        raise DatasetError("no images to evaluate on: the split is empty; give it images "
+                           "(data.val_fraction > 0, a *_subset >= 1)")
     return EvalResult(accuracy=correct / n, loss=loss_sum / n, samples=n)
 
 
@@ -196,6 +171,7 @@ def fit(
         if progress:
             shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k != "epoch")
             tqdm.write(f"[{desc}] epoch {epoch}/{n_epochs}: {shown}")
+            sys.stdout.flush()  # seen as it happens when stdout is a pipe or a log file
         if on_epoch_end is not None:
             on_epoch_end(epoch, metrics)
     return metrics

@@ -29,6 +29,8 @@ from botorch.utils.multi_objective.pareto import is_non_dominated
 from gpytorch.mlls import ExactMarginalLogLikelihood
 from torch import Tensor
 
+from prunetune.errors import SearcherStateError
+
 __all__ = [
     "AcqSettings",
     "GPSettings",
@@ -52,11 +54,11 @@ def _at_least(settings: GPSettings | AcqSettings, minima: dict[str, float]) -> N
     for name, low in minima.items():
         value = getattr(settings, name)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low:
-            raise ValueError(f"{name} must be a number >= {low:g}, got {value!r}")
+            raise SearcherStateError(f"{name} must be a number >= {low:g}, got {value!r}")
     timeout = settings.timeout_s
     if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
-        raise ValueError(f"timeout_s must be a positive number of seconds or None, got "
-                         f"{timeout!r}")
+        raise SearcherStateError(f"timeout_s must be a positive number of seconds or None, got "
+                                 f"{timeout!r}")
 
 
 @dataclass(frozen=True)
@@ -189,8 +191,8 @@ def _one_gp(X: Tensor, y: Tensor, bounds: Tensor, hypers: Hypers | None, fit: bo
         with _quiet():
             fit_gpytorch_mll(mll, optimizer_kwargs=kwargs, max_attempts=settings.max_attempts)
     elif not warm:
-        raise ValueError("a GP can be rebuilt without fitting only from matching saved "
-                         "hyper-parameters; fit it instead")
+        raise SearcherStateError("a GP can be rebuilt without fitting only from matching saved "
+                                 "hyper-parameters; fit it instead")
     model.eval()
     return model, _get_hypers(model)
 

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from prunetune.errors import SearcherStateError
+
 __all__ = ["DDPGAgent", "GraphEncoder", "ReplayBuffer", "decode_array", "encode_array"]
 
 
@@ -151,8 +153,9 @@ class ReplayBuffer:
         n = min(int(state["size"]), self.capacity)
         for k in self.FIELDS:
             if rows[k].shape[1:] != self.data[k].shape[1:]:
-                raise ValueError(f"saved transitions have {k} of width {rows[k].shape[1:]}, "
-                                 f"this agent {self.data[k].shape[1:]}")
+                raise SearcherStateError(f"saved transitions have {k} of width "
+                                         f"{rows[k].shape[1:]}, this agent "
+                                         f"{self.data[k].shape[1:]}")
             self.data[k][:n] = rows[k][-n:]
         if as_source:
             self.data["source"][:n] = 1.0
@@ -269,10 +272,10 @@ class DDPGAgent:
         saved buffer joins this one as source experience."""
         if (state["state_dim"], state["graph_dim"], state["gnn"]) != (
                 self.state_dim, self.graph_dim, self.gnn):
-            raise ValueError(f"the saved agent has state_dim {state['state_dim']}, graph_dim "
-                             f"{state['graph_dim']}, gnn {state['gnn']}; this one has "
-                             f"{self.state_dim}, {self.graph_dim}, {self.gnn}: warm-start only "
-                             "from a search with the same gnn setting")
+            raise SearcherStateError(f"the saved agent has state_dim {state['state_dim']}, "
+                                     f"graph_dim {state['graph_dim']}, gnn {state['gnn']}; this "
+                                     f"one has {self.state_dim}, {self.graph_dim}, {self.gnn}: "
+                                     "warm-start only from a search with the same gnn setting")
         for name in ("actor", "critic", "actor_target", "critic_target"):
             _load_module_state(getattr(self, name), state[name])
         if not transfer:
