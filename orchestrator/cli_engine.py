@@ -43,13 +43,13 @@ def input_size(text: str) -> tuple[int, int, int]:
 def _setup(args: argparse.Namespace, *, untrained: bool = False) -> tuple[Any, Any, Any, Any]:
     """(config, data bundle or None, dense model, example input) for a config file. With
     `--untrained --input-size C,H,W` no data is read at all (any model, no dataset)."""
-    import torch
-
-    from prunetune.trainers import build_model, load_data, pretrain_dense
-
     from .config import load_config
 
     cfg = load_config(args.config, {"cache_dir": getattr(args, "cache_dir", None)})
+    import torch  # only once the config is good: a typo is told in well under a second
+
+    from prunetune.trainers import build_model, load_data, pretrain_dense
+
     size = getattr(args, "input_size", None)
     if untrained and size is not None:
         model = build_model(cfg.model.name, num_classes=args.num_classes, in_channels=size[0],
@@ -86,11 +86,11 @@ def format_units(rows: list[dict[str, Any]]) -> str:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     """Print the prunable units of the config's model with their features and group."""
+    cfg, _, model, example = _setup(args, untrained=args.untrained)
     from prunetune.search_spaces import analyze
 
     from .spaces import space_from_analysis
 
-    cfg, _, model, example = _setup(args, untrained=args.untrained)
     analysis = analyze(model, example)
     if args.groups is not None:
         groups = args.groups if args.groups == "auto" else int(args.groups)
@@ -114,15 +114,18 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_map(args: argparse.Namespace) -> int:
     """Scan (or read from the cache) the config's model on a device; print and save the
     measured scheme mapping."""
-    from prunetune.files import atomic_writer
-    from prunetune.search_spaces import SCAN_RATIOS, analyze, scan_templates
-
-    from .scheme_map import check_scan_device, format_mapping, mapping_rows, measured_scan
+    from .config import load_config
 
     if args.ratios:
         bad = [r for r in args.ratios if not 0.0 < r < 1.0]
         if bad:
             raise CLIError(f"--ratios must lie in (0, 1), got {bad}; e.g. --ratios 0.25 0.5")
+    load_config(args.config)  # a bad config is told before torch is imported
+    from prunetune.files import atomic_writer
+    from prunetune.search_spaces import SCAN_RATIOS, analyze, scan_templates
+
+    from .scheme_map import check_scan_device, format_mapping, mapping_rows, measured_scan
+
     check_scan_device(args.device)  # before any pretraining
     args.quiet = args.quiet or args.json  # stdout holds the JSON alone
     cfg, _, model, example = _setup(args)
@@ -165,16 +168,27 @@ def _save_pruned(path: Path, payload: dict[str, Any]) -> None:
 
 def cmd_apply(args: argparse.Namespace) -> int:
     """Prune the dense model with a policy file; print cost before / after and val accuracy."""
+    from prunetune.errors import ConfigError
+
+    from .config import load_config
+
+    # A bad config, device or policy file is told before any pretraining (and a bad config
+    # before torch is imported).
+    device_field = "--device" if args.device else "finetune.device"
+    device_name = args.device or load_config(args.config).finetune.device
     from prunetune.kernels import default_measurer, measured_models_ms, speedup
     from prunetune.search_spaces import Policy, PolicyError
     from prunetune.trainers import evaluate, prune_and_evaluate, resolve_device
 
     try:
+        device = resolve_device(device_name)
+    except ConfigError as err:
+        raise ConfigError(f"{device_field}: {err}") from None
+    try:
         policy = Policy.load(args.policy)
     except PolicyError as err:
         raise CLIError(str(err)) from None
     cfg, data, dense, _ = _setup(args)
-    device = resolve_device(args.device or cfg.finetune.device)
     ft = cfg.finetune.model_copy(update={"epochs": args.finetune_epochs or 0.0})
     try:
         pruned = prune_and_evaluate(dense, policy, data, ft, seed=cfg.seed, device=device,
