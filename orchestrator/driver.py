@@ -113,46 +113,57 @@ def _init_ray(cfg: PrunetuneConfig, progress: bool, workdir: Path) -> None:
     if not cfg.ray.address:
         record_local_ray(workdir)  # for the next start, should this driver be killed
     elif progress:
-        print(f"[search] {_cluster_line()}", flush=True)
+        print(f"[search] {_cluster_line(cfg.ray.address)}", flush=True)
 
 
-def _cluster_line() -> str:
+def _cluster_line(address: str) -> str:
     """Which cluster the driver joined: its address, live nodes, CPUs and GPUs."""
     import ray
 
     nodes = sum(bool(n.get("Alive")) for n in ray.nodes())
     total = ray.cluster_resources()
-    return (f"joined the Ray cluster at {ray.get_runtime_context().gcs_address}: {nodes} "
-            f"node(s), {total.get('CPU', 0):g} CPUs, {total.get('GPU', 0):g} GPUs")
+    return (f"joined the Ray cluster at {_resolved_address(address)}: {nodes} node(s), "
+            f"{total.get('CPU', 0):g} CPUs, {total.get('GPU', 0):g} GPUs")
+
+
+_NO_CLUSTER_HINT = "leave out --address (ray.address) for a local Ray"
+
+
+def _resolved_address(address: str) -> str:
+    """The cluster `ray.init(address=...)` joins: `auto` is $RAY_ADDRESS, else the latest
+    `ray start` head on this machine."""
+    from ray._private.services import get_ray_address_from_environment
+
+    if address != "auto":
+        return address
+    try:
+        return get_ray_address_from_environment("auto", None)
+    except ConnectionError:
+        raise SearchError(f"--address auto: no running Ray cluster found on this machine "
+                          f"($RAY_ADDRESS is unset and no `ray start` head runs here). Start "
+                          f"one (`ray start --head`), give its HOST:PORT, or "
+                          f"{_NO_CLUSTER_HINT}") from None
 
 
 def _reachable_cluster(address: str) -> None:
     """Refuse, in seconds, a cluster address nothing answers at (`ray.init` would wait for
-    it for ever); `auto` is the cluster Ray would pick ($RAY_ADDRESS, else the latest
-    `ray start` on this machine)."""
+    it for ever)."""
     import socket
 
-    from ray._private.services import get_ray_address_from_environment
-
-    what = "leave out --address (ray.address) for a local Ray"
-    try:
-        resolved = (get_ray_address_from_environment("auto", None) if address == "auto"
-                    else address)
-    except ConnectionError:
-        raise SearchError(f"--address auto: no running Ray cluster found on this machine "
-                          f"($RAY_ADDRESS is unset and no `ray start` head runs here). Start "
-                          f"one (`ray start --head`), give its HOST:PORT, or {what}") from None
+    resolved = _resolved_address(address)
     host, _, port = resolved.split("://")[-1].rpartition(":")
     if not host or not port.isdigit():
         raise SearchError(f"ray.address {address!r} is not auto or HOST:PORT (e.g. "
-                          f"10.0.0.5:6379); give a running head's address, or {what}")
+                          f"10.0.0.5:6379); give a running head's address, or "
+                          f"{_NO_CLUSTER_HINT}")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
     except OSError as err:
         raise SearchError(
             f"the Ray cluster at {resolved} does not answer ({err.strerror or err}): no Ray "
             f"head listens there. Start it (`ray start --head --port {port}`, or "
-            f"clusters/local-cluster.sh start N), check the address, or {what}") from None
+            f"clusters/local-cluster.sh start N), check the address, or "
+            f"{_NO_CLUSTER_HINT}") from None
 
 
 def _latest_experiment(storage: Path) -> str | None:
