@@ -17,10 +17,8 @@ from typing import Any
 
 from prunetune.errors import CLIError
 
-__all__ = ["PRUNED_FORMAT", "add_engine_commands", "cmd_analyze", "cmd_apply", "cmd_map",
-           "format_units"]
+__all__ = ["add_engine_commands", "cmd_analyze", "cmd_apply", "cmd_map", "format_units"]
 
-PRUNED_FORMAT = "prunetune-pruned/1"
 _COLUMNS = (("unit", "unit"), ("group", "group"), ("type", "type"), ("channels", "ch"),
             ("in_channels", "in"), ("out_channels", "out"), ("kernel", "k"), ("stride", "s"),
             ("groups", "g"), ("n_layers", "layers"), ("flops_share", "flops%"),
@@ -157,15 +155,6 @@ def cmd_map(args: argparse.Namespace) -> int:
     return 0
 
 
-def _save_pruned(path: Path, payload: dict[str, Any]) -> None:
-    import torch
-
-    from prunetune.files import atomic_writer
-
-    with atomic_writer(path, "wb") as handle:
-        torch.save(payload, handle)
-
-
 def cmd_apply(args: argparse.Namespace) -> int:
     """Prune the dense model with a policy file; print cost before / after and val accuracy."""
     from prunetune.errors import ConfigError
@@ -188,7 +177,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         policy = Policy.load(args.policy)
     except PolicyError as err:
         raise CLIError(str(err)) from None
-    cfg, data, dense, _ = _setup(args)
+    cfg, data, dense, example = _setup(args)
     ft = cfg.finetune.model_copy(update={"epochs": args.finetune_epochs or 0.0})
     try:
         pruned = prune_and_evaluate(dense, policy, data, ft, seed=cfg.seed, device=device,
@@ -214,8 +203,14 @@ def cmd_apply(args: argparse.Namespace) -> int:
             str(device)).name,
     }
     if args.out:
-        _save_pruned(Path(args.out), {"format": PRUNED_FORMAT, "model": pruned.model.cpu(),
-                                      "policy": policy.to_dict(), "result": result})
+        # Weights, policy and model name, no pickled objects: `load_pruned` rebuilds the
+        # model and reads the file with torch.load(weights_only=True).
+        from prunetune.trainers.pruned_file import save_pruned
+
+        save_pruned(args.out, pruned.model, policy, model_name=cfg.model.name,
+                    num_classes=data.num_classes, in_channels=data.in_channels,
+                    input_shape=tuple(example.shape[1:]), kwargs=cfg.model.kwargs,
+                    result=result)
         result["out"] = str(args.out)
     if args.json:
         print(json.dumps(result, indent=2))
@@ -229,8 +224,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
     print(f"{'latency (ms)':16s}{dense_ms:14.3f}{pruned_ms:14.3f}{pruned_ms / dense_ms:8.3f}"
           f"   speedup {result['speedup']:.2f}x on {result['latency_device']}")
     if args.out:
-        print(f"pruned model saved to {args.out} (torch.load(path, weights_only=False)"
-              "['model'])")
+        print(f"pruned model saved to {args.out}; load it with prunetune.trainers.pruned_file."
+              "load_pruned(path) (state dict + policy, read with torch.load(weights_only=True))")
     return 0
 
 
@@ -270,7 +265,8 @@ def add_engine_commands(subparsers: Any) -> None:
     p = subparsers.add_parser("apply", help="prune the dense model with a policy file")
     p.add_argument("config", help="YAML config (see examples/)")
     p.add_argument("--policy", required=True, help="policy JSON (schema 1)")
-    p.add_argument("--out", help="save the pruned model (torch.save of a dict) here")
+    p.add_argument("--out", help="save the pruned model here (state dict + policy; load with "
+                        "prunetune.trainers.pruned_file.load_pruned(path))")
     p.add_argument("--finetune-epochs", type=float, default=0.0,
                    help="fine-tune this many epochs with the config's finetune settings")
     p.add_argument("--device", help="evaluation / fine-tuning device (default: finetune.device)")

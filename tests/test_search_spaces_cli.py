@@ -11,6 +11,7 @@ import torch
 from prunetune.errors import CLIError
 from prunetune.orchestrator.cli_engine import add_engine_commands
 from prunetune.search_spaces import Policy, UnitPolicy
+from prunetune.trainers.pruned_file import load_pruned
 
 
 def _run(argv):
@@ -60,10 +61,18 @@ def test_apply_prints_costs_and_saves(config, tmp_path, capsys):
     assert result["latency_ms"] > 0 and result["dense_latency_ms"] > 0
     assert result["speedup"] == pytest.approx(result["dense_latency_ms"] / result["latency_ms"])
     assert result["latency_device"]
-    saved = torch.load(out, weights_only=False)
-    assert Policy.from_dict(saved["policy"]) == policy
-    layer = dict(saved["model"].named_modules())["layer3.0.conv2"]
+    # The file holds no pickled objects (a file from someone else runs no code when read),
+    # and load_pruned rebuilds the fine-tuned pruned model from it exactly.
+    saved = torch.load(out, weights_only=True)
+    spec = json.loads(saved["spec"])
+    assert Policy.from_dict(spec["policy"]) == policy and spec["model"]["name"] == "resnet20"
+    rebuilt = load_pruned(out)
+    assert rebuilt.state_dict().keys() == saved["state_dict"].keys()
+    assert all(torch.equal(v, saved["state_dict"][k]) for k, v in rebuilt.state_dict().items())
+    layer = dict(rebuilt.named_modules())["layer3.0.conv2"]
     assert torch.all(layer.weight[layer.weight_mask == 0] == 0)  # fine-tuning kept the mask
+    assert layer.weight_mask.mean() < 0.6 and rebuilt.layer1[0].conv1.out_channels == 8
+    assert rebuilt(torch.zeros(1, *spec["input_shape"])).shape == (1, 10)
     assert _run(["apply", str(config), "--policy", str(ppath)]) == 0
     table = capsys.readouterr().out
     assert "val accuracy" in table and "latency (ms)" in table and "speedup" in table
