@@ -42,9 +42,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # corrupted file, pickle with code in it, ...
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise CheckpointError(f"checkpoint {path} is not a file torch.load(weights_only=True) "
-                              f"reads ({first}); give a checkpoint written by `prunetune "
-                              "pretrain` (it is in the cache_dir's checkpoints/)") from None
+        raise CheckpointError(f"checkpoint {path} could not be read safely (torch.load with "
+                              f"weights_only=True: {first}); give a checkpoint written by "
+                              "`prunetune pretrain` (in the cache_dir's checkpoints/)") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(f"{path} is not a prunetune checkpoint (expected format "
