@@ -139,8 +139,9 @@ def _cmd_promote(args: argparse.Namespace) -> int:
                          progress=not args.quiet)
     print(json.dumps({"model": result.model_name, "version": result.version,
                       "alias": result.alias, "uri": result.uri, "run_id": result.run_id,
-                      "search": result.search, "trial": result.trial_id,
-                      "metrics": result.metrics, "tracking_uri": uri}, indent=2))
+                      "search": result.search, "trial": result.trial,
+                      "trial_id": result.trial_id, "metrics": result.metrics,
+                      "tracking_uri": uri}, indent=2))
     return 0
 
 
@@ -202,7 +203,7 @@ def _cmd_load(args: argparse.Namespace) -> int:
           f"{summary['flops']:,.0f}, params {summary['params']:,.0f}, sparsity "
           f"{summary['sparsity']:.3f}")
     print(f"source: search {spec['source'].get('search')}, trial "
-          f"{spec['source'].get('trial_id')}; test accuracy "
+          f"{spec['source'].get('trial') or spec['source'].get('trial_id')}; test accuracy "
           f"{spec['metrics'].get('test_accuracy', float('nan')):.4f}")
     if summary["layers"]:
         print(format_table(summary["layers"], ["layer", "type", "dense_out", "out", "in",
@@ -260,7 +261,9 @@ def add_cluster_commands(sub: Any) -> None:
     which = p.add_mutually_exclusive_group()
     which.add_argument("--select", help="e.g. 'max accuracy where speedup >= 2' or 'min "
                                         "latency_ms where accuracy >= 0.9' (default: max accuracy)")
-    which.add_argument("--trial", help="a trial id (or its MLflow run id) instead of --select")
+    which.add_argument("--trial", help="a trial as `prunetune results` names it (trial-003, "
+                                       "finalist-1), or its Tune id or MLflow run id, instead "
+                                       "of --select")
     p.add_argument("--finetune-epochs", type=float,
                    help="fine-tuning before registering (default: as the search's trials; 0: none)")
     p.add_argument("--alias", default="champion", help="alias to point at the new version "

@@ -159,14 +159,18 @@ def select_trial(trials: list[TrialRecord], selection: Selection, *,
 
 
 def _trial_by_id(trials: list[TrialRecord], trial_id: str, search: str) -> TrialRecord:
-    match = [t for t in trials if trial_id in (t.trial_id, t.run_id)]
+    """The trial `trial_id` names: its name as `results` and the UI show it (`trial-003`),
+    its Ray Tune trial id or its MLflow run id."""
+    match = [t for t in trials if trial_id in (t.name, t.trial_id, t.run_id)]
     if not match:
-        some = ", ".join(sorted(t.trial_id for t in trials)[:10]) or "none"
+        some = ", ".join(sorted(t.name for t in trials)[:10]) or "none"
         raise SelectionError(f"--trial {trial_id!r} is not a trial of search {search!r}; its "
-                             f"trials are {some} (trial id or MLflow run id)")
+                             f"trials are {some} (a name as `prunetune results` shows it, or "
+                             "its Tune trial id or MLflow run id)")
     if match[0].status != "finished":
-        raise SelectionError(f"trial {trial_id} of search {search!r} is {match[0].status}, not "
-                             "finished; promote needs a trial that ran to its final report")
+        raise SelectionError(f"trial {match[0].name} of search {search!r} is "
+                             f"{match[0].status}, not finished; promote needs a trial that ran "
+                             "to its final report")
     return match[0]
 
 
@@ -182,10 +186,11 @@ class PromotionResult:
     uri: str  # models:/NAME@ALIAS
     run_id: str  # the promote run
     search: str
-    trial_id: str
+    trial_id: str  # its Ray Tune id
     metrics: dict[str, float]
     model: Any = field(repr=False)  # the promoted nn.Module (CPU, eval mode)
     example_input: Any = field(repr=False)  # test-split inputs (tensor)
+    trial: str = ""  # the trial's name, as `results` and the UI show it (`trial-003`)
 
 
 def _check_names(model_name: str, alias: str) -> None:
@@ -206,10 +211,14 @@ def _mlflow_uri(uri: str) -> Iterator[None]:
     from mlflow.tracking._model_registry import utils as registry_utils
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
-    env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI",
+                                          "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT")}
     tracking, registry = tracking_utils._tracking_uri, registry_utils._registry_uri
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    # MLflow's own "View run at" link opens its GenAI pages; promote prints its own
+    # (`tracking.run_url`).
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     try:
         yield
     finally:
@@ -280,12 +289,12 @@ def _choose(client: Any, experiment: str, search: str, select: str | None,
     cfg = _rebuild_config(client, parent)
     try:
         policy = Policy.from_json(_artifact_text(client, chosen.run_id, "policy.json",
-                                                 f"trial {chosen.trial_id}"))
+                                                 f"trial {chosen.name}"))
     except PolicyError as err:
-        raise PromotionError(f"the policy of trial {chosen.trial_id} does not load: "
+        raise PromotionError(f"the policy of trial {chosen.name} does not load: "
                              f"{err}") from None
-    return _Chosen(parent, name, chosen, f"trial {trial}" if trial else str(selection), cfg,
-                   policy)
+    return _Chosen(parent, name, chosen, f"trial {chosen.name}" if trial else str(selection),
+                   cfg, policy)
 
 
 def _check_reproduced(c: _Chosen, dense: Any, example: Any) -> None:
@@ -296,12 +305,12 @@ def _check_reproduced(c: _Chosen, dense: Any, example: Any) -> None:
     try:
         cost = count_cost(apply_policy(dense, c.policy, example), example)
     except PolicyError as err:
-        raise PromotionError(f"trial {c.trial.trial_id}'s policy does not fit the dense model "
+        raise PromotionError(f"trial {c.trial.name}'s policy does not fit the dense model "
                              f"rebuilt from the search config: {err}") from None
     want = c.trial.metrics.get("flops")
     if want is not None and not _close(cost.effective_flops, want):
         raise PromotionError(
-            f"re-applying trial {c.trial.trial_id}'s policy gives {cost.effective_flops:.6g} "
+            f"re-applying trial {c.trial.name}'s policy gives {cost.effective_flops:.6g} "
             f"effective FLOPs but the trial reported {want:.6g}: the dense checkpoint differs from "
             "the one the search used (model.checkpoint / cache_dir in the search config must "
             "point at the same weights)")
@@ -356,10 +365,12 @@ def _register(c: _Chosen, r: _Rebuilt, *, model_name: str, alias: str, epochs: f
     source_tags = {f"{TAG_PREFIX}role": "promote", TAG_SEARCH: c.search,
                    f"{TAG_PREFIX}search_run_id": c.parent.info.run_id,
                    TAG_TRIAL: c.trial.trial_id, f"{TAG_PREFIX}trial_run_id": c.trial.run_id,
+                   f"{TAG_PREFIX}trial": c.trial.name,
                    f"{TAG_PREFIX}selection": c.how}
     metrics = r.metrics
     spec = {**r.spec, "source": {"search": c.search, "search_run_id": c.parent.info.run_id,
-                               "trial_id": c.trial.trial_id, "trial_run_id": c.trial.run_id,
+                               "trial": c.trial.name, "trial_id": c.trial.trial_id,
+                               "trial_run_id": c.trial.run_id,
                                "selection": c.how, "tracking_uri": tracking_uri}}
     trial_metrics = {f"trial_{k}": v for k, v in c.trial.metrics.items()
                      if isinstance(v, float) and math.isfinite(v)}
@@ -391,7 +402,7 @@ def _register(c: _Chosen, r: _Rebuilt, *, model_name: str, alias: str, epochs: f
             mv = mlflow.register_model(info.model_uri, model_name, tags=version_tags)
             client.set_registered_model_alias(model_name, alias, mv.version)
             client.update_model_version(model_name, mv.version, description=(
-                f"Search {c.search}, trial {c.trial.trial_id} ({c.how}): test accuracy "
+                f"Search {c.search}, trial {c.trial.name} ({c.how}): test accuracy "
                 f"{metrics['test_accuracy']:.4f}, FLOPs x{metrics['flops_ratio']:.3f}, params "
                 f"x{metrics['params_ratio']:.3f}"))
             mlflow.set_tag(f"{TAG_PREFIX}registered", f"{model_name}/{mv.version}")
@@ -406,8 +417,11 @@ def _link_from_search(client: Any, c: _Chosen, model_name: str, version: int, ru
     parent = c.parent.info.run_id
     client.set_tag(parent, f"{TAG_PREFIX}registered.{model_name}", str(version))
     note = client.get_run(parent).data.tags.get("mlflow.note.content", "")
+    from .tracking import run_url
+
+    link = run_url("", c.parent.info.experiment_id, run_id)
     line = (f"Promoted {c.trial.name} ({c.how}) to registered model "
-            f"{model_name} version {version} (promote run {run_id}): test accuracy "
+            f"{model_name} version {version} ([promote run]({link})): test accuracy "
             f"{metrics['test_accuracy']:.4f}, FLOPs x{metrics['flops_ratio']:.3f}.")
     client.set_tag(parent, "mlflow.note.content", f"{note}\n\n{line}".strip())
 
@@ -434,7 +448,7 @@ def promote(search: str, model_name: str, *, tracking_uri: str, experiment: str 
     client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     c = _choose(client, experiment, search, select, trial)
     if progress:
-        print(f"[promote] search {c.search}: trial {c.trial.trial_id} chosen by '{c.how}' "
+        print(f"[promote] search {c.search}: trial {c.trial.name} chosen by '{c.how}' "
               f"(accuracy {c.trial.get('accuracy'):.4f}, speedup "
               f"{c.trial.get('speedup'):.2f}x)", flush=True)
     # The trial's own fine-tuning (a finalist's epochs, not the first stage's).
@@ -447,10 +461,15 @@ def promote(search: str, model_name: str, *, tracking_uri: str, experiment: str 
     if progress:
         print(f"[promote] registered {model_name} version {version}, alias {alias}: test "
               f"accuracy {m['test_accuracy']:.4f}, FLOPs x{m['flops_ratio']:.3f}", flush=True)
+        if tracking_uri.startswith(("http://", "https://")):
+            from .tracking import run_url
+
+            print(f"[promote] promote run: "
+                  f"{run_url(tracking_uri, c.parent.info.experiment_id, run_id)}", flush=True)
     return PromotionResult(model_name=model_name, version=version, alias=alias,
                            uri=f"models:/{model_name}@{alias}", run_id=run_id, search=c.search,
                            trial_id=c.trial.trial_id, metrics=m, model=rebuilt.model,
-                           example_input=rebuilt.inputs)
+                           example_input=rebuilt.inputs, trial=c.trial.name)
 
 
 # ---------------------------------------------------------------------------------------------

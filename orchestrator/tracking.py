@@ -91,12 +91,28 @@ def unit_params(policy: Any) -> dict[str, str]:
     return out
 
 
+# The chart the Charts view of a search's experiment opens with, in a section of its own
+# above MLflow's generated ones: accuracy against speedup, one point per trial.
+UI_CHART_SECTION = "prunetune-trade-off"
+UI_CHART_TITLE = "accuracy against speedup"
+
+
 def ui_view_state() -> dict[str, Any]:
-    """The runs-table view a search's experiment opens on: the key metrics as columns, best
-    accuracy first (sorted by a metric, MLflow lists the trials, not nested in their search)."""
+    """The runs view a search's experiment opens on: the key metrics as columns, best
+    accuracy first (sorted by a metric, MLflow lists the trials, not nested in their search),
+    and in its Charts view a scatter of accuracy against speedup first (MLflow's shared view
+    state holds the runs view's UI state: `compareRunCharts`, `compareRunSections`)."""
     metrics = [f"metrics.`{m}`" for m in UI_COLUMNS]
+    scatter = {"type": "SCATTER", "uuid": f"{UI_CHART_SECTION}-scatter", "isGenerated": False,
+               "deleted": False, "metricSectionId": UI_CHART_SECTION,
+               "displayName": UI_CHART_TITLE, "runsCountToCompare": 1000,
+               "xaxis": {"key": "speedup", "type": "METRIC"},
+               "yaxis": {"key": "accuracy", "type": "METRIC"}}
+    section = {"uuid": UI_CHART_SECTION, "name": "Trade-off", "display": True,
+               "isReordered": False}
     return {"orderByKey": "metrics.`accuracy`", "orderByAsc": False,
-            "selectedColumns": ["attributes.`Models`", *metrics]}
+            "selectedColumns": ["attributes.`Models`", *metrics],
+            "compareRunCharts": [scatter], "compareRunSections": [section]}
 
 
 def set_up_ui(client: MlflowClient, exp_id: str) -> None:

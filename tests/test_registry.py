@@ -265,7 +265,8 @@ def test_promote_registers_versions_and_moves_the_alias(
     assert main(["promote", SEARCH, "--model-name", name, "--tracking-uri", server,
                  "--experiment", EXPERIMENT, "--finetune-epochs", "0", "--quiet"]) == 0
     shown = json.loads(capsys.readouterr().out)
-    assert (shown["version"], shown["alias"], shown["trial"]) == (1, "champion", best.trial_id)
+    assert (shown["version"], shown["alias"], shown["trial"], shown["trial_id"]) == (
+        1, "champion", best.name, best.trial_id)
     mv1 = client.get_model_version_by_alias(name, "champion")
     assert mv1.version == "1"
     tags = mv1.tags
@@ -316,11 +317,15 @@ def test_promote_registers_versions_and_moves_the_alias(
     table = capsys.readouterr().out
     assert f"read from {server}" in table and pruned_layer in table and "dense_out" in table
 
-    # Version 2 (another trial, fine-tuned as the search did) takes the alias.
+    # Version 2 (another trial, fine-tuned as the search did) takes the alias; the trial is
+    # named as `results` and the UI name it, and the version says that name.
     other = next(t for t in trials if t.trial_id != best.trial_id)
     result = promote(SEARCH, name, tracking_uri=server, experiment=EXPERIMENT,
-                     trial=other.trial_id, progress=False)
+                     trial=other.name, progress=False)
     assert (result.version, result.uri) == (2, f"models:/{name}@champion")
+    assert (result.trial, result.trial_id) == (other.name, other.trial_id)
+    description = client.get_model_version(name, "2").description
+    assert f"trial {other.name} " in description and other.trial_id not in description
     assert client.get_model_version_by_alias(name, "champion").version == "2"
     assert client.get_model_version(name, "1").aliases == []
     assert client.get_model_version(name, "2").tags["prunetune.trial_id"] == other.trial_id

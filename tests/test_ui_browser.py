@@ -1,6 +1,8 @@
 """The MLflow UI a finished search opens on, in a real headless Chromium (Debian's `chromium`,
 which `.ci/run` installs as root) against a real `prunetune server`: the model-training view,
-the trials by name with their accuracy."""
+the trials by name with their accuracy, a trial's own page opened from its link (MLflow 3
+opens a plain run address in its GenAI pages), and the Charts view's accuracy-against-speedup
+scatter."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from prunetune.orchestrator.config import load_config
 from prunetune.orchestrator.driver import run_search
 from prunetune.orchestrator.results import find_search, search_trials
-from prunetune.orchestrator.tracking import ui_url
+from prunetune.orchestrator.tracking import run_url, ui_url
 
 from .test_registry import await_mlflow_server, launch_mlflow_server, stop_process_group
 
@@ -46,6 +48,11 @@ def server(tmp_path: Path):
     await_mlflow_server(proc, url)
     yield url
     stop_process_group(proc)
+
+
+def _text(dom: subprocess.CompletedProcess) -> str:
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom.stdout))
 
 
 def test_the_ui_opens_on_the_trials_and_their_accuracy(server: str, tmp_path: Path) -> None:
@@ -79,3 +86,15 @@ def test_the_ui_opens_on_the_trials_and_their_accuracy(server: str, tmp_path: Pa
     shot = Path(os.environ.get("PRUNETUNE_UI_SCREENSHOT", tmp_path / "ui.png"))
     done = _chromium(url, tmp_path / "profile-shot", f"--screenshot={shot}")
     assert done.returncode == 0 and shot.stat().st_size > 10_000
+
+    # A trial's link, opened in a fresh browser: its page in the model-training view (the
+    # address without `workflowType` opens the GenAI sidebar: "Evaluation runs").
+    page = _text(_chromium(run_url(server, exp_id, trials[0].run_id), tmp_path / "p-run",
+                           "--dump-dom"))
+    assert f"Runs {trials[0].name}" in page and "Model metrics" in page
+    assert "Evaluation runs" not in page and "Evaluations" not in page
+    # The Charts view opens with the trade-off: accuracy against speedup, one point a trial.
+    charts = _text(_chromium(f"{url}&compareRunsMode=CHART", tmp_path / "p-charts",
+                             "--dump-dom"))
+    assert "Trade-off (1)" in charts and "speedup vs. accuracy" in charts, charts[-3000:]
+    assert "Evaluation runs" not in charts
