@@ -305,9 +305,6 @@ def test_the_local_ray_listens_on_loopback_only(driver_ray: Path) -> None:
         return os.getpid()
 
     ray.get(started.remote())
-    record = json.loads((driver_ray / SESSIONS_DIR / f"driver-{os.getpid()}.json").read_text())
-    assert {"gcs_server", "raylet", "ray::DashboardAgent"} <= {
-        p["name"] for p in record["processes"]}
     me = psutil.Process()
     listening = {}
     for proc in [me, *me.children(recursive=True)]:
@@ -320,6 +317,10 @@ def test_the_local_ray_listens_on_loopback_only(driver_ray: Path) -> None:
     assert len(listening) >= 6, listening
     exposed = {where: ip for where, ip in listening.items() if not _loopback(ip)}
     assert exposed == {}, f"Ray sockets reachable from other machines: {exposed}"
+    # The driver recorded them, for the next start to stop should it be killed.
+    record = json.loads((driver_ray / SESSIONS_DIR / f"driver-{os.getpid()}.json").read_text())
+    assert {"gcs_server", "raylet", "ray::DashboardAgent"} <= {
+        p["name"] for p in record["processes"]}
 
 
 def test_trial_workers_run_at_the_drivers_priority(driver_ray: Path) -> None:
