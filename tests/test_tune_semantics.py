@@ -145,3 +145,80 @@ def test_rl_threads_option(space: PruningSpace) -> None:
     assert torch.get_num_threads() == before  # restored after each step
     with pytest.raises(SearcherError, match="threads must be a positive integer or None"):
         RLSearcher(space=space, threads=0)
+
+
+def _epochs_objective(epochs: int = 4) -> Any:
+    """prunetune's trial function's reporting: one result per epoch, `final` only on the last
+    (a plain Tune objective that a scheduler or stop rule may end before its last report)."""
+    final = FINAL_KEY
+
+    def objective(config: dict[str, Any]) -> None:
+        import numpy
+        from ray import tune as t
+
+        x = numpy.asarray(config["x"], dtype=float)
+        for epoch in range(1, epochs + 1):
+            t.report({"loss": float(numpy.mean((x - 0.7) ** 2)) / epoch,
+                      final: epoch == epochs})
+
+    return objective
+
+
+def _fit_without_param_space(searcher: Any, tmp_path: Path, *, asha: bool) -> Any:
+    """A plain Tune run with no param_space (so Tune tells the searcher nothing): ASHA with
+    max_t=2, or a RunConfig(stop=) rule at 2 iterations, ends 4-epoch trials at epoch 2."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=2, grace_period=2,
+                               metric="loss", mode="min") if asha else None)
+    tuner = tune.Tuner(
+        _epochs_objective(),
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=3,
+                                    max_concurrent_trials=1),
+        run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0,
+                                  stop=None if asha else {"training_iteration": 2}))
+    grid = tuner.fit()
+    assert not grid.errors and len(grid) == 3
+    assert all(r.metrics["training_iteration"] == 2 and not r.metrics[FINAL_KEY] for r in grid)
+    return grid
+
+
+@pytest.mark.parametrize("asha", [True, False], ids=["asha-max_t", "stop-rule"])
+def test_trials_ended_by_max_t_or_a_stop_rule_without_param_space(
+        space: PruningSpace, local_ray: Any, tmp_path: Path, asha: bool,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 26, point 12. Tune passes neither the scheduler nor (without a param_space) the
+    stop rules to a searcher. By default the trials ended before their `final` report are
+    discarded, and one warning says the searcher learns nothing and what to do; with
+    `learn_from_stopped=True` every ended trial's last result is learned from, as Ray's own
+    searchers learn from `on_trial_complete`'s result."""
+    quiet = RandomSearcher(space=space, metric="loss", mode="min", seed=0)
+    with caplog.at_level(logging.WARNING):
+        _fit_without_param_space(quiet, tmp_path / "default", asha=asha)
+    assert [o.status for o in quiet.observations] == [TrialOutcome.STOPPED] * 3
+    warned = [r.getMessage() for r in caplog.records if "none learned from" in r.getMessage()]
+    assert len(warned) == 1 and "learn_from_stopped=True" in warned[0], warned
+
+    learner = BOSearcher(space=space, metric="loss", mode="min", seed=0, n_init=2,
+                         learn_from_stopped=True)
+    grid = _fit_without_param_space(learner, tmp_path / "learn", asha=asha)
+    learned = [o for o in learner.observations if o.status is TrialOutcome.FINAL]
+    assert len(learned) == 3
+    assert sorted(o.value for o in learned) == pytest.approx(
+        sorted(r.metrics["loss"] for r in grid))  # the last result of each ended trial
+    assert learner.finished()[1].shape == (3,)
+
+
+def test_a_stop_rule_counts_in_a_real_run_once_tune_passes_it(
+        space: PruningSpace, local_ray: Any, tmp_path: Path) -> None:
+    """With any non-empty param_space Tune hands the searcher its stop rules: trials the rule
+    ended are learned from without any option."""
+    searcher = RandomSearcher(space=space, seed=0)
+    tuner = tune.Tuner(
+        _epochs_objective(), param_space={"tag": "prune"},
+        tune_config=tune.TuneConfig(search_alg=searcher, metric="loss", mode="min",
+                                    num_samples=2, max_concurrent_trials=1),
+        run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0,
+                                  stop={"training_iteration": 2}))
+    assert not tuner.fit().errors
+    assert [o.status for o in searcher.observations] == [TrialOutcome.FINAL] * 2

@@ -20,9 +20,14 @@ from `tune.TuneConfig` (Tune hands those to a searcher with the `param_space`; t
 re-reads its objective directions); a result counts once Tune completes its trial. prunetune's
 trial function also marks its last report `final`: then a trial completed with a result not so
 marked was stopped early by a scheduler such as ASHA, and is recorded as stopped, never learned
-from, unless a `RunConfig(stop=...)` rule ended it. An objective that never reports `final` has
-each trial's last result learned from (and one warning says that scheduler-stopped trials
-cannot then be told apart). A `param_space` holding search domains is refused
+from, unless a `RunConfig(stop=...)` rule ended it (Tune passes its stop rules to a searcher only
+along with a non-empty `param_space`). With `learn_from_stopped=True` the last result of every
+trial a scheduler or stop rule ended is learned from, as Ray's own searchers (Optuna, HyperOpt)
+learn from `on_trial_complete`'s result: the choice when trials end at ASHA's `max_t` or a stop
+rule before their last report. Without it, the first trial recorded as stopped while none has
+been learned from logs one warning that says so and what to do. An objective that never reports
+`final` has each trial's last result learned from (and one warning says that scheduler-stopped
+trials cannot then be told apart). A `param_space` holding search domains is refused
 (`set_search_properties` returns False, and Tune says so): the space is the searcher's.
 """
 
@@ -132,7 +137,8 @@ class PolicySearcher(Searcher, abc.ABC):
     default_fill_budget: ClassVar[bool] = False
 
     def __init__(self, *, space: SearchSpace, metric: str | None = None,
-                 mode: str | None = None, seed: int = 0) -> None:
+                 mode: str | None = None, seed: int = 0,
+                 learn_from_stopped: bool = False) -> None:
         _check_mode(mode)
         super().__init__(metric=metric, mode=mode)
         self.space: SearchSpace = space
@@ -143,6 +149,8 @@ class PolicySearcher(Searcher, abc.ABC):
         self.observations: list[Observation] = []
         self._stop: dict[str, float] = {}  # Tune's RunConfig(stop={...}) rules, if any
         self._warned_no_final = False
+        self.learn_from_stopped = bool(learn_from_stopped)
+        self._warned_stopped = False
 
     # -- what subclasses implement --------------------------------------------------------
     @abc.abstractmethod
@@ -234,7 +242,8 @@ class PolicySearcher(Searcher, abc.ABC):
             return TrialOutcome.STOPPED, {}
         if FINAL_KEY not in result:
             self._warn_no_final()
-        elif not result[FINAL_KEY] and not self._ended_by_stop_rule(result):
+        elif (not result[FINAL_KEY] and not self.learn_from_stopped
+              and not self._ended_by_stop_rule(result)):
             return TrialOutcome.STOPPED, {}
         values = _numbers(result)
         if any(name not in values for name in self.objectives):
@@ -256,6 +265,26 @@ class PolicySearcher(Searcher, abc.ABC):
                 "prunetune's trial function does) to tell them apart.",
                 type(self).__name__, FINAL_KEY, FINAL_KEY)
 
+    def _warn_nothing_learned(self, trial_id: str) -> None:
+        """One warning when a trial is recorded as stopped and no trial has been learned from:
+        the searcher may be discarding every trial (a scheduler's `max_t` or a stop rule that
+        ends trials before their `final` report) and would otherwise search blind, silently."""
+        if self._warned_stopped or any(o.status is TrialOutcome.FINAL
+                                       for o in self.observations):
+            return
+        self._warned_stopped = True
+        stopped = sum(o.status is TrialOutcome.STOPPED for o in self.observations)
+        logger.warning(
+            "%s: trial %s ended on a result marked %r: False (a scheduler such as ASHA, or a "
+            "RunConfig(stop=...) rule, ended it) and is not learned from; %d trial(s) ended so "
+            "far, none learned from. Early-stopped trials are discarded by design. If your "
+            "trials end at ASHA's max_t or a stop rule before their final report, pass "
+            "learn_from_stopped=True to the searcher (it then learns from each ended trial's "
+            "last result, as Ray's own searchers do), or give tune.Tuner a non-empty "
+            "param_space such as {'tag': 'prune'} so Tune passes its stop rules to the "
+            "searcher, or make max_t the trials' length.",
+            type(self).__name__, trial_id, FINAL_KEY, stopped)
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
         x = self._live.pop(trial_id, None)
@@ -269,6 +298,8 @@ class PolicySearcher(Searcher, abc.ABC):
         if outcome is TrialOutcome.FINAL:
             self._observe(trial_id, np.asarray(x), values)
         else:
+            if outcome is TrialOutcome.STOPPED and result is not None:
+                self._warn_nothing_learned(trial_id)
             self._discard(trial_id, outcome)
 
     # -- helpers for subclasses --------------------------------------------------------------

@@ -179,8 +179,10 @@ class BOSearcher(PolicySearcher):
                  ref_point: Sequence[float] | None = None,
                  gp: GPSettings | Mapping[str, Any] | None = None,
                  acq: AcqSettings | Mapping[str, Any] | None = None,
-                 max_fit_points: int | None = 300, threads: int | None = 1) -> None:
-        super().__init__(space=space, metric=metric, mode=mode, seed=seed)
+                 max_fit_points: int | None = 300, threads: int | None = 1,
+                 learn_from_stopped: bool = False) -> None:
+        super().__init__(space=space, metric=metric, mode=mode, seed=seed,
+                         learn_from_stopped=learn_from_stopped)
         if n_init < 1:
             raise SearcherError(f"n_init must be >= 1, got {n_init}")
         self.n_init = n_init

@@ -17,8 +17,10 @@ class _SeededSearcher(PolicySearcher):
     """A searcher whose only state is a NumPy generator, saved as its bit-generator state."""
 
     def __init__(self, *, space: SearchSpace, metric: str | None = None,
-                 mode: str | None = None, seed: int = 0) -> None:
-        super().__init__(space=space, metric=metric, mode=mode, seed=seed)
+                 mode: str | None = None, seed: int = 0,
+                 learn_from_stopped: bool = False) -> None:
+        super().__init__(space=space, metric=metric, mode=mode, seed=seed,
+                         learn_from_stopped=learn_from_stopped)
         self._rng = np.random.default_rng(seed)
 
     def _algorithm_state(self) -> dict[str, Any]:

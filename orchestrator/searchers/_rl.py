@@ -107,8 +107,10 @@ class RLSearcher(PolicySearcher):
                  transfer_delta: float = 0.2, critic_pretrain: int = 200,
                  screen: int | str = "auto", action: str = "absolute",
                  lr_actor: float = 1e-3, lr_critic: float = 2e-3,
-                 threads: int | None = 1) -> None:
-        super().__init__(space=space, metric=metric, mode=mode, seed=seed)
+                 threads: int | None = 1,
+                 learn_from_stopped: bool = False) -> None:
+        super().__init__(space=space, metric=metric, mode=mode, seed=seed,
+                         learn_from_stopped=learn_from_stopped)
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
                                     or threads < 1):
             raise SearcherError(f"threads must be a positive integer or None, got {threads!r}")
