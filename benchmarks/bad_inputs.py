@@ -146,6 +146,13 @@ CASES: list[Case] = [
                                                "policy_not_json.json", "--device", "cuda"),
          ("--device", "cuda"), imports_torch=True),
     Case("map: --ratios out of range", ("map", "good.yaml", "--ratios", "1.5"), ("--ratios",)),
+    # clusters and servers
+    Case("submit: bad config", ("submit", "unknown_top.yaml", "--address", "http://127.0.0.1:9"),
+         ("nmae", "unknown field")),
+    Case("status: no cluster there", ("status", "abc", "--address", "http://127.0.0.1:9"),
+         ("http://127.0.0.1:9",)),
+    Case("server: port out of range", ("server", "--port", "70000", "--workdir", "{R}/srv"),
+         ("--port", "70000")),
     # the tracking store, searches, trials
     Case("results: no store", ("results", "fake", "--workdir", "{R}/empty"),
          ("no MLflow store", "empty")),

@@ -37,12 +37,14 @@ def _quiet_downloads() -> None:
 
 def _cmd_submit(args: argparse.Namespace) -> int:
     from .config import load_config
+
+    overrides = search_overrides(args)
+    # A bad config, searcher or searcher option fails before the cluster is contacted (a bad
+    # config before the searchers, and torch with them, are imported).
+    cfg = load_config(args.config, overrides)
     from .jobs import follow_logs, jobs_client, submit_search, wait_for_job
     from .searchers import check_options
 
-    overrides = search_overrides(args)
-    # A bad config, searcher or searcher option fails before the cluster is contacted.
-    cfg = load_config(args.config, overrides)
     check_options(cfg.search.searcher, cfg.search.searcher_options)
     client = jobs_client(args.address)
     job = submit_search(args.config, args.address, overrides=overrides,
