@@ -74,6 +74,38 @@ DRILLS: dict[str, tuple[str, ...]] = {
     "mixed-scheme space (channel + N:M per group)": (
         "every trial finishes within the budget",
         "tests/test_faults.py::test_a_mixed_scheme_search_runs_every_trial"),
+    "two drivers of one search started together": (
+        "one runs the search, the other exits 2 in one line naming the first's pid and host "
+        "(no sqlite traceback); 4 child runs for 4 trials, each run once",
+        "tests/test_driver_faults.py::test_two_drivers_started_together_run_the_search_once"),
+    "a second driver while a search runs": (
+        "exit 2 in seconds, one line naming the holder (pid, host, since when); no MLflow "
+        "store or Tune state written",
+        "tests/test_driver_faults.py::"
+        "test_a_second_driver_of_a_running_search_is_refused_naming_the_first"),
+    "driver alone killed (kill -9), its Ray agents left running, resumed": (
+        "the resume takes the lock over and says so, stops exactly the recorded leftovers "
+        "(ray::DashboardAgent, ...) in one line; 6 child runs for 6 trials, each run once",
+        "tests/test_driver_faults.py::"
+        "test_a_killed_drivers_lock_and_leftover_ray_processes_are_taken_over"),
+    "SIGTERM to the driver, resumed": (
+        "exit 143 with the --resume command, no abort dump, parent KILLED; the resume ends "
+        "with 6 child runs for 6 trials, each run once",
+        "tests/test_driver_faults.py::test_sigterm_ends_a_search_as_ctrl_c_does"),
+    "cluster address nothing listens at": (
+        "exit 2 in seconds naming the address and `ray start --head`; nothing trained, "
+        "no workdir",
+        "tests/test_driver_faults.py::test_a_cluster_address_nothing_answers_at_fails_in_seconds"),
+    "--address auto": (
+        "names the cluster joined (address, 1 node(s), 1 CPUs, 0 GPUs) before the first "
+        "trial",
+        "tests/test_driver_faults.py::test_address_auto_says_which_cluster_it_joined"),
+    "the local Ray's listening sockets": (
+        "every socket of the driver's local Ray (metrics exporters included) on 127.0.0.1",
+        "tests/test_driver_faults.py::test_the_local_ray_listens_on_loopback_only"),
+    "the local Ray's trial workers' priority": (
+        "trial workers at the driver's niceness (Ray's default: +15)",
+        "tests/test_driver_faults.py::test_trial_workers_run_at_the_drivers_priority"),
 }
 
 
