@@ -153,7 +153,9 @@ def test_two_stage_search_fine_tunes_the_best_proxy_policies(
 def test_interrupted_in_the_finalist_stage_resumes_without_redoing_the_proxy_stage(
         tmp_path: Path) -> None:
     path = _config(tmp_path, "two-resume",
-                   search={"max_concurrent": 1, "finalists": {"count": 2, "epochs": 3}})
+                   # epochs enough that the first finalist is still running 2 s after it
+                   # started, on an idle machine too
+                   search={"max_concurrent": 1, "finalists": {"count": 2, "epochs": 6}})
     cfg = load_config(path)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "prunetune.orchestrator.cli", "search", str(path)]
