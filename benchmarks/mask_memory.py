@@ -12,13 +12,16 @@ model) and its masks (1x the masked weights) are part of any peak; the rest is t
 
 `--reference COMMIT` also runs every policy with `search_spaces/schemes.py` as it was at that
 commit (read with `git show`), the engine before masks were computed by selection, for the
-comparison the README table shows. Writes benchmarks/results/mask_memory.json.
+comparison the README table shows, and times each sparse scheme's mask alone, both engines in
+turn (best of `--repeats`), on that classifier layer's shape (4096 x 25088) and on a
+512 x 512 x 3 x 3 convolution (random weights). Writes benchmarks/results/mask_memory.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import resource
 import subprocess
 import sys
@@ -38,16 +41,53 @@ def _rss() -> int:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
-def _use_reference_schemes(commit: str) -> None:
-    """Make `apply_policy` compute masks with schemes.py as of `commit`."""
-    from prunetune.search_spaces import apply as apply_module
-
+def _reference_schemes(commit: str) -> types.ModuleType:
+    """schemes.py as of `commit`, as a module."""
     source = subprocess.run(["git", "show", f"{commit}:search_spaces/schemes.py"], cwd=ROOT,
                             capture_output=True, text=True, check=True).stdout
     old = types.ModuleType("reference_schemes")
     exec(compile(source, f"{commit}:search_spaces/schemes.py", "exec"), old.__dict__)  # noqa: S102
+    return old
+
+
+def _use_reference_schemes(commit: str) -> None:
+    """Make `apply_policy` compute masks with schemes.py as of `commit`."""
+    from prunetune.search_spaces import apply as apply_module
+
+    old = _reference_schemes(commit)
     for name in ("unstructured_mask", "block_mask", "nm_mask", "pattern_mask"):
         setattr(apply_module, name, getattr(old, name))
+
+
+def scheme_seconds(reference: str, repeats: int) -> list[dict[str, object]]:
+    """Seconds per mask, this engine and `reference`'s in turn, best of `repeats`."""
+    import torch
+
+    from prunetune.search_spaces import schemes
+
+    old = _reference_schemes(reference)
+    gen = torch.Generator().manual_seed(0)
+    linear = torch.randn(4096, 25088, generator=gen)
+    conv = torch.randn(512, 512, 3, 3, generator=gen)
+    cases = [("unstructured 0.5", linear, lambda m, w: m.unstructured_mask(w, 0.5)),
+             ("block 8x4 0.5", linear, lambda m, w: m.block_mask(w, 0.5, (8, 4))),
+             ("nm 2:4", linear, lambda m, w: m.nm_mask(w, 2, 4)),
+             ("unstructured 0.5", conv, lambda m, w: m.unstructured_mask(w, 0.5)),
+             ("block 8x4 0.5", conv, lambda m, w: m.block_mask(w, 0.5, (8, 4))),
+             ("nm 2:4", conv, lambda m, w: m.nm_mask(w, 2, 4)),
+             ("pattern patdnn 0.7", conv, lambda m, w: m.pattern_mask(w, 0.7))]
+    rows = []
+    for label, weight, mask in cases:
+        best = {"selection": math.inf, reference: math.inf}
+        for _ in range(repeats):
+            for name, module in (("selection", schemes), (reference, old)):
+                t0 = time.perf_counter()
+                mask(module, weight)
+                best[name] = min(best[name], time.perf_counter() - t0)
+        rows.append({"scheme": label, "shape": list(weight.shape),
+                     "seconds": {k: round(v, 3) for k, v in best.items()}})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
 
 
 def run_one(policy_name: str, reference: str | None) -> dict[str, object]:
@@ -86,6 +126,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--reference", help="also run with schemes.py as of this commit")
     parser.add_argument("--out", default=str(RESULTS / "mask_memory.json"))
+    parser.add_argument("--repeats", type=int, default=3, help="timings per scheme mask")
     parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)  # child: POLICY ENGINE
     args = parser.parse_args()
     if args.one:
@@ -103,7 +144,9 @@ def main() -> None:
             line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
             runs.append(json.loads(line[len("RESULT "):]))
             print(json.dumps(runs[-1]), flush=True)
-    write_result(Path(args.out), {"machine": machine_info(), "runs": runs}, show={})
+    times = scheme_seconds(args.reference, args.repeats) if args.reference else []
+    write_result(Path(args.out), {"machine": machine_info(), "runs": runs,
+                                  "mask_seconds": times}, show={})
 
 
 if __name__ == "__main__":
