@@ -154,3 +154,20 @@ def test_mask_of_a_large_layer_needs_little_more_memory_than_the_mask(scheme):
     got = json.loads(done.stdout.strip().splitlines()[-1])
     assert got["mask"] == got["weight"]
     assert got["extra"] < 1.5 * got["weight"], got
+
+
+def test_masks_leave_torch_threads_as_they_found_them():
+    """Masks run on one thread (the per-slice calls are memory-bound); the caller's setting
+    comes back, after an error too."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        w = torch.randn(64, 16, 3, 3)
+        for mask in (unstructured_mask(w, 0.5), block_mask(w, 0.5, (8, 4)), nm_mask(w, 2, 4),
+                     pattern_mask(w, 0.5)):
+            assert mask.shape == w.shape and torch.get_num_threads() == 2
+        with pytest.raises(ValueError, match="multiple of m"):
+            nm_mask(torch.randn(4, 3), 2, 4)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
