@@ -124,7 +124,8 @@ def _error_line(trial: Any) -> str:
     except (OSError, TypeError):
         return "no traceback kept"
     raised = [line for line in lines if _EXCEPTION_LINE.match(line)]
-    return (raised[-1] if raised else lines[-1] if lines else "no message")[:200]
+    line = raised[-1] if raised else lines[-1] if lines else "no message"
+    return line.split(". ")[0][:120]  # its first sentence: the file holds the rest
 
 
 def _latency_table_path(cfg: PrunetuneConfig, workdir: Path) -> str | None:
