@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import socket
 import time
 from pathlib import Path
@@ -48,11 +49,19 @@ def start_local_ray(num_cpus: int | None, runtime_env: dict[str, Any]) -> None:
     # answers for its own address.
     single_machine = ray_constants.ENABLE_RAY_CLUSTER
     ray_constants.ENABLE_RAY_CLUSTER = False
+    # SIGTERM to the driver's whole process group (`timeout`, Slurm's scancel) would reach
+    # Ray's processes too: the GCS and raylet would die while the driver ends the search as
+    # Ctrl-C ends it (Tune then waits 60 s for the GCS and the driver dies, exit 1). Processes
+    # inherit the signal mask of the thread that starts them: with SIGTERM blocked, they leave
+    # it to the driver, which stops them as it ends (they die with it, killed or not: Ray's
+    # fate sharing; the agents that do not, the next start stops).
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     try:
         ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env,
                  log_to_driver=False, logging_level=logging.WARNING,
                  _system_config=_SYSTEM_CONFIG)
     finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         ray_constants.ENABLE_RAY_CLUSTER = single_machine
 
 

@@ -37,8 +37,10 @@ ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
 def _start(path: Path, *flags: str, cwd: Path) -> subprocess.Popen:
+    """`prunetune search` in a process group of its own (with the Ray it starts)."""
     return subprocess.Popen([*CLI, str(path), *flags], env=ENV, cwd=cwd, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
 
 
 def _run(path: Path, *flags: str, cwd: Path, timeout: float = 600,
@@ -200,15 +202,20 @@ def test_only_the_processes_of_a_dead_drivers_record_are_stopped(tmp_path: Path)
 # ---- SIGTERM --------------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_sigterm_ends_a_search_as_ctrl_c_does(tmp_path: Path) -> None:
-    """SIGTERM to the driver (what Kubernetes, Slurm and `timeout` send): Tune stops and saves,
-    the parent run ends KILLED, the resume command is printed, exit EXIT_TERMINATED; the
-    resume then finishes the search with one run per trial."""
+@pytest.mark.parametrize("to", ["driver", "process group"])
+def test_sigterm_ends_a_search_as_ctrl_c_does(to: str, tmp_path: Path) -> None:
+    """SIGTERM to the driver (as Kubernetes sends it), or to its whole process group, Ray's
+    processes included (as `timeout` and Slurm send it): Tune stops and saves, the parent run
+    ends KILLED, the resume command is printed, exit EXIT_TERMINATED; the resume then
+    finishes the search with one run per trial."""
     path = write_config(tmp_path, "termed", search={"trials": 6})
     cfg = load_config(path)
     proc = _start(path, cwd=tmp_path)
     _wait_for(cfg.tracking_uri(), "termed", 1, proc)
-    proc.send_signal(signal.SIGTERM)
+    if to == "driver":
+        proc.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(proc.pid, signal.SIGTERM)
     out, _ = proc.communicate(timeout=180)
     assert proc.returncode == EXIT_TERMINATED, out
     assert "continue it with: prunetune search CONFIG --resume --name termed" in out
