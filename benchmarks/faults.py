@@ -88,9 +88,9 @@ DRILLS: dict[str, tuple[str, ...]] = {
         "(ray::DashboardAgent, ...) in one line; 6 child runs for 6 trials, each run once",
         "tests/test_driver_faults.py::"
         "test_a_killed_drivers_lock_and_leftover_ray_processes_are_taken_over"),
-    "SIGTERM to the driver, resumed": (
-        "exit 143 with the --resume command, no abort dump, parent KILLED; the resume ends "
-        "with 6 child runs for 6 trials, each run once",
+    "SIGTERM to the driver, and to its process group, resumed": (
+        "each: exit 143 with the --resume command, no abort dump, parent KILLED; the resume "
+        "ends with 6 child runs for 6 trials, each run once",
         "tests/test_driver_faults.py::test_sigterm_ends_a_search_as_ctrl_c_does"),
     "cluster address nothing listens at": (
         "exit 2 in seconds naming the address and `ray start --head`; nothing trained, "
