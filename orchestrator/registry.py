@@ -417,7 +417,7 @@ def _link_from_search(client: Any, c: _Chosen, model_name: str, version: int, ru
     parent = c.parent.info.run_id
     client.set_tag(parent, f"{TAG_PREFIX}registered.{model_name}", str(version))
     note = client.get_run(parent).data.tags.get("mlflow.note.content", "")
-    from .tracking import run_url
+    from .mlflow_ui import run_url
 
     link = run_url("", c.parent.info.experiment_id, run_id)
     line = (f"Promoted {c.trial.name} ({c.how}) to registered model "
@@ -462,7 +462,7 @@ def promote(search: str, model_name: str, *, tracking_uri: str, experiment: str 
         print(f"[promote] registered {model_name} version {version}, alias {alias}: test "
               f"accuracy {m['test_accuracy']:.4f}, FLOPs x{m['flops_ratio']:.3f}", flush=True)
         if tracking_uri.startswith(("http://", "https://")):
-            from .tracking import run_url
+            from .mlflow_ui import run_url
 
             print(f"[promote] promote run: "
                   f"{run_url(tracking_uri, c.parent.info.experiment_id, run_id)}", flush=True)

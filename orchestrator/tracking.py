@@ -29,6 +29,7 @@ from ray.tune import Callback
 from prunetune.errors import SearchError
 
 from .journal import TrackingJournal
+from .mlflow_ui import run_url, set_up_ui, ui_url, ui_view_state
 from .results import (
     TAG_ROLE,
     TAG_SEARCH,
@@ -56,9 +57,6 @@ _PARAMS_PER_BATCH = 100
 POLICY_PICTURE = "policy.png"  # per finished trial: ratio and width per layer, by scheme
 POLICY_FILE = "policy.json"  # per trial: the policy it ran
 BEST_POLICY_PICTURE = "best_policy.png"  # on the parent run
-# The runs table a search opens on (MLflow's shared view state, an experiment tag).
-UI_VIEW_KEY = "prunetune"
-UI_COLUMNS = ("accuracy", "speedup", "latency_ms", "flops_ratio", "params_ratio", "sparsity")
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -89,57 +87,6 @@ def unit_params(policy: Any) -> dict[str, str]:
         out[f"ratio.{name}"[:250]] = f"{up.ratio:.4f}"
         out[f"scheme.{name}"[:250]] = up.scheme
     return out
-
-
-# The chart the Charts view of a search's experiment opens with, in a section of its own
-# above MLflow's generated ones: accuracy against speedup, one point per trial.
-UI_CHART_SECTION = "prunetune-trade-off"
-UI_CHART_TITLE = "accuracy against speedup"
-
-
-def ui_view_state() -> dict[str, Any]:
-    """The runs view a search's experiment opens on: the key metrics as columns, best
-    accuracy first (sorted by a metric, MLflow lists the trials, not nested in their search),
-    and in its Charts view a scatter of accuracy against speedup first (MLflow's shared view
-    state holds the runs view's UI state: `compareRunCharts`, `compareRunSections`)."""
-    metrics = [f"metrics.`{m}`" for m in UI_COLUMNS]
-    scatter = {"type": "SCATTER", "uuid": f"{UI_CHART_SECTION}-scatter", "isGenerated": False,
-               "deleted": False, "metricSectionId": UI_CHART_SECTION,
-               "displayName": UI_CHART_TITLE, "runsCountToCompare": 1000,
-               "xaxis": {"key": "speedup", "type": "METRIC"},
-               "yaxis": {"key": "accuracy", "type": "METRIC"}}
-    section = {"uuid": UI_CHART_SECTION, "name": "Trade-off", "display": True,
-               "isReordered": False}
-    return {"orderByKey": "metrics.`accuracy`", "orderByAsc": False,
-            "selectedColumns": ["attributes.`Models`", *metrics],
-            "compareRunCharts": [scatter], "compareRunSections": [section]}
-
-
-def set_up_ui(client: MlflowClient, exp_id: str) -> None:
-    """Tag the experiment so MLflow's UI opens it as model training (not its GenAI view), with
-    the key metrics as columns (`ui_url` gives the address)."""
-    client.set_experiment_tag(exp_id, "mlflow.experimentKind", "custom_model_development")
-    client.set_experiment_tag(exp_id, f"mlflow.sharedViewState.{UI_VIEW_KEY}",
-                              json.dumps(ui_view_state()))
-
-
-# MLflow 3's UI picks its GenAI or model-training pages from the address's `workflowType`
-# (else from the browser's last choice, GenAI at first), not from the experiment's tags: every
-# address prunetune prints or stores says it.
-MODEL_TRAINING = "workflowType=machine_learning"
-
-
-def ui_url(base: str, exp_id: str) -> str:
-    """The address of a search's runs in the MLflow UI at `base` (http://HOST:PORT): the
-    model-training view, with the shared view state `set_up_ui` stored."""
-    return (f"{base.rstrip('/')}/#/experiments/{exp_id}/runs?viewStateShareKey={UI_VIEW_KEY}"
-            f"&{MODEL_TRAINING}")
-
-
-def run_url(base: str, exp_id: str, run_id: str) -> str:
-    """The address of one run's page in the MLflow UI at `base` ('' for a link relative to
-    the UI, as run descriptions hold them), in the model-training view."""
-    return f"{base.rstrip('/')}/#/experiments/{exp_id}/runs/{run_id}?{MODEL_TRAINING}"
 
 
 def dense_metric_names(metrics: dict[str, float]) -> dict[str, float]:
@@ -246,8 +193,8 @@ class MLflowTracker(Callback):
         params = flatten(self.config)
         self.journal.log_batch(self.parent_run_id,
                                params=[Param(k, v[:6000]) for k, v in params.items()])
-        self.journal.log_dict(self.parent_run_id, self.config, "config.json")
-        self.journal.log_dict(self.parent_run_id, self.space_description, "space.json")
+        self._log_search_files(self.parent_run_id, only=("config.json", "space.json"),
+                               refused_ok=True)
         self._log_metrics(self.parent_run_id, dense_metric_names(self.dense_metrics))
         return self.parent_run_id
 
@@ -422,12 +369,32 @@ class MLflowTracker(Callback):
             return want
         return [w for w in want if w not in have]
 
+    def _log_search_files(self, parent: str, only: tuple[str, ...], refused_ok: bool) -> None:
+        """The parent run's `config.json` and `space.json` (those of them in `only`): what
+        promote rebuilds a trial from. `refused_ok`: a refusal leaves them to `repair`."""
+        files = {"config.json": self.config, "space.json": self.space_description}
+        for name in only:
+            def write(name: str = name) -> None:
+                self.journal.log_dict(parent, files[name], name)
+            if refused_ok:
+                self._artifact(parent, name, write)
+            else:
+                write()
+
     def repair(self, policies: dict[str, str]) -> int:
         """Write what this stage's child runs lack (`missing_artifacts`) from their trials'
         policies as Ray Tune kept them (`policies`: trial id -> policy JSON), and end FINISHED
-        each run whose final result is in. Returns how many runs it wrote to; raises what the
-        store raises when it still refuses."""
+        each run whose final result is in; and the search's own config and space files when
+        its parent run lacks them. Returns how many runs it wrote to; raises what the store
+        raises when it still refuses."""
         parent = self.journal.resolve(self.find_search())
+        try:
+            have = {Path(f.path).name for f in self.client.list_artifacts(parent)}
+        except Exception:  # noqa: BLE001 - unreadable: write them again
+            have = set()
+        lacking = tuple(n for n in ("config.json", "space.json") if n not in have)
+        if lacking:
+            self._log_search_files(parent, only=lacking, refused_ok=False)
         runs = self.client.search_runs(
             [self._experiment_id()],
             filter_string=(f"tags.`mlflow.parentRunId` = '{parent}' and "
@@ -449,7 +416,7 @@ class MLflowTracker(Callback):
                 self.journal.set_terminated(run_id, status="FINISHED")
             self._missing.discard(run_id)
             repaired += bool(missing) or (finished and run.info.status != "FINISHED")
-        return repaired
+        return repaired + bool(lacking)
 
     def _log_policy_picture(self, run_id: str, policy_json: str, path: str, title: str) -> None:
         from prunetune.search_spaces import Policy

@@ -45,10 +45,10 @@ def _artifacts(client: MlflowClient, run_id: str) -> set[str]:
 
 
 def _tracker(tmp_path: Path, **kwargs: Any) -> MLflowTracker:
-    return MLflowTracker(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-                         experiment="prunetune", search_name="unit", config={},
-                         space_description={}, journal_dir=str(tmp_path / "journal"),
-                         **{"dense_metrics": {}, **kwargs})
+    return MLflowTracker(**{"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+                            "experiment": "prunetune", "search_name": "unit", "config": {},
+                            "space_description": {}, "journal_dir": str(tmp_path / "journal"),
+                            "dense_metrics": {}, **kwargs})
 
 
 @pytest.mark.slow
@@ -177,3 +177,20 @@ def test_the_dense_baseline_metrics_are_named_once(tmp_path: Path) -> None:
     tracker.setup()
     metrics = MlflowClient(tracker.tracking_uri).get_run(tracker.parent_run_id).data.metrics
     assert metrics == {"dense_val_accuracy": 0.9, "dense_latency_ms": 2.5}
+
+
+def test_the_search_files_a_refused_start_lacks_are_written_by_the_repair(
+        tmp_path: Path) -> None:
+    """The store refuses the parent run's config.json and space.json (what promote rebuilds
+    a trial from) as the search starts: the search goes on, and the repair writes them."""
+    art = tmp_path / "artifacts"
+    art.write_text("not a folder: every artifact write fails\n")
+    tracker = _tracker(tmp_path, config={"seed": 3}, space_description={"units": {}},
+                       artifact_root=art.as_uri())
+    tracker.setup()  # raised before
+    art.unlink()
+    client = MlflowClient(tracker.tracking_uri)
+    assert _artifacts(client, tracker.parent_run_id) == set()
+    assert tracker.repair({}) == 1
+    assert _artifacts(client, tracker.parent_run_id) == {"config.json", "space.json"}
+    assert tracker.repair({}) == 0  # nothing left to write
