@@ -182,7 +182,14 @@ def _log_searcher_state(tracker: Any, parent: str, experiment_dir: Path) -> None
     states = sorted(experiment_dir.glob("searcher-state-*"), key=lambda p: p.stat().st_mtime)
     if not states:
         return
-    tracker.client.log_text(parent, states[-1].read_text(), SEARCHER_ARTIFACT)
+    try:
+        tracker.client.log_text(parent, states[-1].read_text(), SEARCHER_ARTIFACT)
+    except Exception as err:  # MLflow raises several types for a refused artifact write
+        # Only a later search's warm start by name needs it: the search itself is complete.
+        print(f"[search] warning: the searcher's state was not kept in MLflow "
+              f"({type(err).__name__}: {str(err).strip()[:200]}); a later search can still "
+              f"warm-start from its file: searcher_options.warm_start: {states[-1]}",
+              flush=True)
 
 
 def _resolve_warm_start(cfg: PrunetuneConfig, workdir: Path,
@@ -412,10 +419,17 @@ def _summarise(run: SearchRun, stages: list[Stage]) -> SearchSummary:
     cfg = run.cfg
     tracker = stage_tracker(run, stages[-1])
     settle_tracking(run, tracker)
-    parent = tracker.find_search()
-    trials = search_trials(tracker.client, tracker.client.get_run(parent))
-    best = tracker.finish_search(trials)
+    from mlflow.exceptions import MlflowException
+
+    from .tracking import tracking_failed
+
+    try:
+        parent = tracker.find_search()
+        trials = search_trials(tracker.client, tracker.client.get_run(parent))
+    except (MlflowException, OSError) as err:
+        raise tracking_failed(run.name, err) from err
     _log_searcher_state(tracker, parent, run.storage / run.name)
+    best = tracker.finish_search(trials)
     finalists = sorted(({"trial": t.name, **t.metrics} for t in trials
                         if t.stage == "finalist" and t.status == "finished"),
                        key=lambda r: -r.get("accuracy", -math.inf))
