@@ -244,10 +244,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds to wait for the UI to answer before giving up (default 300)")
     p.set_defaults(func=_cmd_ui)
 
+    from .cli_baselines import add_baselines_command
     from .cli_cluster import add_cluster_commands
     from .cli_engine import add_engine_commands
 
     add_engine_commands(sub)
+    add_baselines_command(sub)
     add_cluster_commands(sub)
     return parser
 
