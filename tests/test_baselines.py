@@ -142,3 +142,18 @@ def test_cli_writes_policies_that_apply_accepts(config, tmp_path, capsys):
 def test_cli_bad_methods_is_one_line(config):
     with pytest.raises(CLIError, match="--methods must be a comma-separated subset"):
         _run(["baselines", str(config), "--methods", "uniform,magic"])
+
+
+def test_latency_budget_is_met_through_the_spaces_latency_model():
+    from prunetune.search_spaces import LatencyWeights, analyze
+
+    model = _trained_like("resnet20", seed=1)
+    example = torch.randn(1, 3, 32, 32)
+    analysis = analyze(model, example)
+    cm = analysis.cost_model
+    latency = LatencyWeights(0.2, cm.w_flops / 1e6, cm.o_flops / 1e7)
+    space = PruningSpace(None, budget=Budget("latency", 0.6), analysis=analysis,
+                         latency=latency)
+    for b in baseline_policies(space, model, example, ("uniform", "tp-magnitude")):
+        ms = space.cost(space.encode(b.policy), project=False)["latency_ms"]
+        assert space.limit - 0.01 * latency.dense_ms <= ms <= space.limit, (b.method, ms)
