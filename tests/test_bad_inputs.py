@@ -8,10 +8,11 @@ from __future__ import annotations
 import ast
 import importlib.util
 import os
-import select
+import queue
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -41,7 +42,10 @@ def test_there_are_at_least_30_cases() -> None:
     assert len(CASES) >= 30
 
 
-@pytest.mark.parametrize("name", list(CASES))
+# Config errors (a fraction of a second each) run in every suite; the inputs whose check needs
+# torch (seconds each) with the slow drills.
+@pytest.mark.parametrize("name", [pytest.param(name, marks=[pytest.mark.slow] if case.imports_torch
+                                               else []) for name, case in CASES.items()])
 def test_a_bad_input_is_one_line_exit_2_and_leaves_nothing(bench, name: str) -> None:
     base, marks = bench
     case = CASES[name]
@@ -74,17 +78,24 @@ def test_help_and_results_do_not_import_torch(bench) -> None:
 
 def _lines_until(proc: subprocess.Popen, marker: str, timeout_s: float) -> list[str]:
     """stdout lines of `proc` up to the one holding `marker` (a `|` separates alternatives),
-    or all of them at the timeout or the end."""
+    or all of them at the timeout or the end. A reader thread, not select() on the pipe: a
+    buffered readline can hold the next lines where select() no longer sees them."""
+    found: queue.Queue[str | None] = queue.Queue()
+
+    def read() -> None:
+        for line in proc.stdout:
+            found.put(line)
+        found.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
     lines: list[str] = []
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], 1.0)
-        if not ready:
-            if proc.poll() is not None:
-                break
-            continue
-        line = proc.stdout.readline()
-        if not line:
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            line = found.get(timeout=left)
+        except queue.Empty:
+            break
+        if line is None:
             break
         lines.append(line)
         if any(m in line for m in marker.split("|")):

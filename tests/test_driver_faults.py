@@ -163,8 +163,11 @@ def test_only_the_processes_of_a_dead_drivers_record_are_stopped(tmp_path: Path)
     ignores SIGTERM (as Ray's agents do) is killed; a live driver's processes, and a process
     whose pid no longer matches its recorded start, are left alone."""
     stubborn = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-                "time.sleep(600)")
-    procs = [subprocess.Popen([sys.executable, "-c", stubborn]) for _ in range(3)]
+                "print('ready', flush=True); time.sleep(600)")
+    procs = [subprocess.Popen([sys.executable, "-c", stubborn], stdout=subprocess.PIPE,
+                              text=True) for _ in range(3)]
+    for p in procs:  # SIGTERM ignored from here on (a busy machine starts them slowly)
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead_identity = {"pid": dead.pid, "created": psutil.Process(dead.pid).create_time()}
     dead.wait()

@@ -139,7 +139,10 @@ make = {"unstructured": lambda: schemes.unstructured_mask(w, 0.5),
         "nm": lambda: schemes.nm_mask(w, 2, 4),
         "pattern": lambda: schemes.pattern_mask(w, 0.7, "patdnn")}[scheme]
 mask = make()
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+# VmHWM: this address space's high-water mark. getrusage's ru_maxrss is not: exec keeps
+# the parent's peak as its floor, so under a large pytest process it reads the parent.
+with open("/proc/self/status") as f:
+    peak = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) * 1024
 print(json.dumps({"extra": peak - base, "weight": w.nbytes, "mask": mask.nbytes}))
 """
 
