@@ -26,6 +26,21 @@ def write_config(tmp_path: Path, name: str, **sections: dict) -> Path:
     return path
 
 
+def write_engine_config(root: Path, space: str) -> Path:
+    """A ResNet-20 / digits config with a short pretraining, for the engine commands
+    (`analyze`, `apply`, `baselines`); `space` is the YAML flow mapping of its `space`."""
+    path = root / "cfg.yaml"
+    path.write_text(f"""
+model: {{name: resnet20}}
+data: {{name: digits, batch_size: 64}}
+pretrain: {{epochs: 0.3, lr: 0.05}}
+finetune: {{epochs: 0.2, lr: 0.01}}
+space: {space}
+cache_dir: {root / 'cache'}
+""")
+    return path
+
+
 def children(uri: str, name: str) -> list[TrialRecord]:
     """The search's child runs, or none while its store or parent run does not exist yet."""
     try:

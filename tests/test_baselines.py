@@ -22,6 +22,8 @@ from prunetune.search_spaces.baselines import (
 )
 from prunetune.trainers import build_model
 
+from .search_helpers import write_engine_config
+
 
 def _trained_like(name: str, seed: int = 0) -> torch.nn.Module:
     """A zoo model with spread-out BatchNorm scales, as training leaves them (untrained ones
@@ -104,17 +106,8 @@ def _run(argv):
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory):
-    root = tmp_path_factory.mktemp("baselines-cli")
-    path = root / "cfg.yaml"
-    path.write_text(f"""
-model: {{name: resnet20}}
-data: {{name: digits, batch_size: 64}}
-pretrain: {{epochs: 0.3, lr: 0.05}}
-finetune: {{epochs: 0.2, lr: 0.01}}
-space: {{budget: {{kind: flops, keep: 0.5}}}}
-cache_dir: {root / 'cache'}
-""")
-    return path
+    return write_engine_config(tmp_path_factory.mktemp("baselines-cli"),
+                               "{budget: {kind: flops, keep: 0.5}}")
 
 
 def test_cli_writes_policies_that_apply_accepts(config, tmp_path, capsys):

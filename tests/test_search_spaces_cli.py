@@ -13,6 +13,8 @@ from prunetune.orchestrator.cli_engine import add_engine_commands
 from prunetune.search_spaces import Policy, UnitPolicy
 from prunetune.trainers.pruned_file import load_pruned
 
+from .search_helpers import write_engine_config
+
 
 def _run(argv):
     parser = argparse.ArgumentParser()
@@ -23,17 +25,8 @@ def _run(argv):
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory):
-    root = tmp_path_factory.mktemp("engine-cli")
-    path = root / "cfg.yaml"
-    path.write_text(f"""
-model: {{name: resnet20}}
-data: {{name: digits, batch_size: 64}}
-pretrain: {{epochs: 0.3, lr: 0.05}}
-finetune: {{epochs: 0.2, lr: 0.01}}
-space: {{schemes: [channel, unstructured], groups: 3}}
-cache_dir: {root / 'cache'}
-""")
-    return path
+    return write_engine_config(tmp_path_factory.mktemp("engine-cli"),
+                               "{schemes: [channel, unstructured], groups: 3}")
 
 
 def test_analyze_prints_units_and_groups(config, capsys):
