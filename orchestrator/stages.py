@@ -24,7 +24,7 @@ from prunetune.errors import SearchError
 from prunetune.files import atomic_write, atomic_write_json
 
 from .config import PrunetuneConfig
-from .results import TAG_STAGE, TAG_TRIAL, TrialRecord, select_finalists
+from .results import TAG_STAGE, TrialRecord, search_trials, select_finalists
 from .spaces import latency_table_file
 
 __all__ = ["FINALIST_SUFFIX", "DenseBaseline", "FinalistSearcher", "SearchRun", "Stage",
@@ -123,8 +123,7 @@ def _error_line(trial: Any) -> str:
                  if line.strip()]
     except (OSError, TypeError):
         return "no traceback kept"
-    raised = [line for line in lines if _EXCEPTION_LINE.match(line)]
-    line = raised[-1] if raised else lines[-1] if lines else "no message"
+    line = _last_raised(lines) or (lines[-1] if lines else "no message")
     return line.split(". ")[0][:120]  # its first sentence: the file holds the rest
 
 
@@ -322,15 +321,10 @@ def _run_names(run: SearchRun, stage: Stage) -> dict[str, str]:
     tracking store does not answer (then trials go by their Tune ids)."""
     try:
         tracker = stage_tracker(run, stage)
-        exp = tracker.client.get_experiment_by_name(run.cfg.tracking.experiment)
-        parent = tracker.find_search()
-        runs = tracker.client.search_runs(
-            [exp.experiment_id], filter_string=(f"tags.`mlflow.parentRunId` = '{parent}' and "
-                                                f"tags.`{TAG_STAGE}` = '{stage.name}'"),
-            max_results=10000)
+        trials = search_trials(tracker.client, tracker.client.get_run(tracker.find_search()))
     except Exception:  # noqa: BLE001 - names are labels: the search goes on without them
         return {}
-    return {r.data.tags[TAG_TRIAL]: r.info.run_name for r in runs if TAG_TRIAL in r.data.tags}
+    return {t.trial_id: t.name for t in trials if t.stage == stage.name}
 
 
 def _finalist_points(run: SearchRun, first: Stage) -> list[dict[str, Any]]:
@@ -484,6 +478,12 @@ def _stage_failed(run: SearchRun, stage: Stage, index: int, err: Exception) -> S
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b.*")
 
 
+def _last_raised(lines: list[str]) -> str | None:
+    """The last `Type: message` line of a traceback's lines: the exception that ended it."""
+    raised = [line for line in lines if _EXCEPTION_LINE.match(line)]
+    return raised[-1] if raised else None
+
+
 def _root_cause(err: BaseException) -> str:
     """`Type: first line` of the innermost exception behind `err` (Tune wraps what a
     callback or Ray raised, as a chained exception or as a traceback in its message)."""
@@ -491,10 +491,8 @@ def _root_cause(err: BaseException) -> str:
                                         and not err.__suppress_context__):
         err = err.__cause__ or err.__context__
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    if lines and lines[0].startswith("Traceback"):
-        raised = [line for line in lines if _EXCEPTION_LINE.match(line)]
-        if raised:
-            return raised[-1]
+    if lines and lines[0].startswith("Traceback") and (raised := _last_raised(lines)):
+        return raised
     return f"{type(err).__name__}: {lines[0] if lines else ''}"
 
 

@@ -108,6 +108,15 @@ def _from_checkpoint(model_cfg: ModelConfig, data_cfg: DataConfig) -> PretrainRe
                           ckpt)
 
 
+def _fresh_model(model_cfg: ModelConfig, data_cfg: DataConfig) -> nn.Module:
+    """The model built for the dataset's images and classes, refused when it does not fit."""
+    shape = dataset_shape(data_cfg)
+    model = build_model(model_cfg.name, num_classes=shape.num_classes,
+                        in_channels=shape.in_channels, **model_cfg.kwargs)
+    _check_fits(model, shape, f"model {model_cfg.name!r}", _FACTORY_FIX)
+    return model
+
+
 def check_dense_inputs(model_cfg: ModelConfig, data_cfg: DataConfig) -> None:
     """What `pretrain_dense` would refuse, refused without training or reading the data: the
     dataset's files are there, the checkpoint (or the freshly built model) fits the dataset's
@@ -116,10 +125,7 @@ def check_dense_inputs(model_cfg: ModelConfig, data_cfg: DataConfig) -> None:
     if model_cfg.checkpoint:
         _from_checkpoint(model_cfg, data_cfg)
         return
-    shape = dataset_shape(data_cfg)
-    model = build_model(model_cfg.name, num_classes=shape.num_classes,
-                        in_channels=shape.in_channels, **model_cfg.kwargs)
-    _check_fits(model, shape, f"model {model_cfg.name!r}", _FACTORY_FIX)
+    _fresh_model(model_cfg, data_cfg)
 
 
 def pretrain_dense(
@@ -154,9 +160,7 @@ def pretrain_dense(
         raise ConfigError(f"pretrain.device: {err}") from None
     check_writable(path.parent, "cache_dir")  # not after the training, where it is saved
     seed_everything(train_cfg.seed)
-    model = build_model(model_cfg.name, num_classes=dataset_shape(data_cfg).num_classes,
-                        in_channels=dataset_shape(data_cfg).in_channels, **model_cfg.kwargs)
-    _check_fits(model, dataset_shape(data_cfg), f"model {model_cfg.name!r}", _FACTORY_FIX)
+    model = _fresh_model(model_cfg, data_cfg)
     if progress:  # flushed: a pretraining can run for minutes, and stdout may be a pipe or file
         print(f"[pretrain] no cached checkpoint: training {model_cfg.name} on {data_cfg.name} "
               f"for {train_cfg.epochs} epochs on {device}; loading the data", flush=True)
