@@ -363,11 +363,15 @@ class MLflowTracker(Callback):
         """What a child run lacks of what it must hold: its policy, and the policy picture once
         its trial finished (all of it when the store cannot list them)."""
         want = [POLICY_FILE] + ([POLICY_PICTURE] if finished else [])
-        try:
-            have = {Path(f.path).name for f in self.client.list_artifacts(run_id)}
-        except Exception:  # noqa: BLE001 - an unreadable artifact folder holds nothing usable
-            return want
+        have = self._artifact_names(run_id)
         return [w for w in want if w not in have]
+
+    def _artifact_names(self, run_id: str) -> set[str]:
+        """The names of a run's top-level artifacts; none when the store cannot list them."""
+        try:
+            return {Path(f.path).name for f in self.client.list_artifacts(run_id)}
+        except Exception:  # noqa: BLE001 - an unreadable artifact folder holds nothing usable
+            return set()
 
     def _log_search_files(self, parent: str, only: tuple[str, ...], refused_ok: bool) -> None:
         """The parent run's `config.json` and `space.json` (those of them in `only`): what
@@ -388,10 +392,7 @@ class MLflowTracker(Callback):
         its parent run lacks them. Returns how many runs it wrote to; raises what the store
         raises when it still refuses."""
         parent = self.journal.resolve(self.find_search())
-        try:
-            have = {Path(f.path).name for f in self.client.list_artifacts(parent)}
-        except Exception:  # noqa: BLE001 - unreadable: write them again
-            have = set()
+        have = self._artifact_names(parent)  # unreadable: write them again
         lacking = tuple(n for n in ("config.json", "space.json") if n not in have)
         if lacking:
             self._log_search_files(parent, only=lacking, refused_ok=False)
