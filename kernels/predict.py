@@ -45,14 +45,16 @@ from prunetune.errors import KernelError, KernelInputError
 
 from .bsr import KERNEL_BLOCKS
 from .latency import DeviceMeasurer, LatencyMeasurement, default_measurer, torch_threads
-from .layers import GEMM_TYPES, LayerSpec, build_layer, deploy, layer_specs
-from .modules import DEFAULT_MIN_DENSITY_GAIN, resolve_backend
+from .latency_backends import LatencyBackend, get_backend
+from .layers import GEMM_TYPES, LayerSpec, build_layer, layer_specs
+from .modules import resolve_backend
 from .table import LatencyKey, LatencyTable
 
 __all__ = [
     "STATISTICS",
     "LatencyPrediction",
     "LatencyPredictor",
+    "clock_name",
     "measured_models_ms",
     "model_latency_ms",
     "predict_latency",
@@ -144,13 +146,18 @@ class LatencyPredictor:
     (default) is "min" on CPU, where other jobs only ever add time and the median of a shared
     machine drifts with its load (benchmarks/README.md, "latency table"), and "median" on a
     GPU, whose timings (CUDA events, L2 flushed) are steady.
+
+    `backend` (a `LatencyBackend` or its name, default "eager") runs every timed layer and
+    model; its clock names the table's entries. A backend with a per-call overhead (a runtime's
+    session call) has that overhead, timed once on an empty graph, taken off each layer entry:
+    a model pays it once, not once per layer.
     """
 
     def __init__(self, dense_model: nn.Module, example_input: torch.Tensor,
                  table: LatencyTable | None = None, *, device: torch.device | str = "cpu",
                  measurer: DeviceMeasurer | None = None, repeats: int = 15, warmup: int = 3,
-                 min_density_gain: float = DEFAULT_MIN_DENSITY_GAIN,
-                 residual_batch_factor: int = 4, statistic: str = "auto") -> None:
+                 residual_batch_factor: int = 4, statistic: str = "auto",
+                 backend: str | LatencyBackend = "eager") -> None:
         if statistic not in (*STATISTICS, "auto"):
             raise KernelError(f"statistic must be 'auto' or one of {sorted(STATISTICS)}, got "
                               f"{statistic!r}")
@@ -164,17 +171,20 @@ class LatencyPredictor:
         self.table = table if table is not None else LatencyTable()
         self.example_input = example_input
         self.repeats, self.warmup = repeats, warmup
-        self.min_density_gain = min_density_gain
+        self.latency_backend = get_backend(backend)
+        self.latency_backend.check(self.device)
         self.backend = resolve_backend("auto", self.device)
         if statistic == "auto":
             statistic = "min" if self.device.type == "cpu" else "median"
         self.statistic = statistic
+        self.call_overhead = self._call_overhead() if self.latency_backend.per_call_overhead \
+            else None
         self.c0_ms, self.c1_ms_per_elem, self.delta_ratio = self._residual_model(
             dense_model, residual_batch_factor)
 
     @property
     def device_name(self) -> str:
-        return self.measurer.name
+        return clock_name(self.latency_backend, self.measurer)
 
     def _pick(self, m: LatencyMeasurement) -> float:
         return _pick(m, self.statistic)
@@ -184,7 +194,18 @@ class LatencyPredictor:
             return layer_specs(deployed, x.to(self.device), device_name=self.device_name)
 
     def _deploy(self, model: nn.Module) -> nn.Module:
-        return deploy(model, self.device, min_density_gain=self.min_density_gain)
+        return self.latency_backend.torch_form(model, self.device)
+
+    def _run(self, deployed: nn.Module, x: torch.Tensor) -> tuple[Any, torch.Tensor]:
+        """What the measurer times for `deployed` on `x`: the backend's runner, and `x`."""
+        x = x.to(self.device)
+        return self.latency_backend.runner(deployed, (x,), self.device,
+                                           self.measurer.threads), x
+
+    def _call_overhead(self) -> LatencyMeasurement:
+        """The backend's cost of one call of an (almost) empty graph."""
+        return self.measurer.measure(*self._run(_AddOne(), torch.zeros(1, 1)),
+                                     repeats=self.repeats, warmup=self.warmup)
 
     # -- layers -----------------------------------------------------------------------------
 
@@ -199,7 +220,9 @@ class LatencyPredictor:
 
     def _measure_layer(self, key: LatencyKey) -> LatencyMeasurement:
         layer, x = build_layer(key, backend=self.backend)
-        return self.measurer.measure(layer, x, repeats=self.repeats, warmup=self.warmup)
+        measured = self.measurer.measure(*self._run(layer, x), repeats=self.repeats,
+                                         warmup=self.warmup)
+        return measured if self.call_overhead is None else _less(measured, self.call_overhead)
 
     def _put_layer(self, key: LatencyKey, measured: list[LatencyMeasurement]) -> None:
         """A layer entry from one or more measurements (each statistic's median over them)."""
@@ -232,11 +255,14 @@ class LatencyPredictor:
         the median of the rounds. A round measures the dense model's layer entries afresh, then
         the two skeletons and the whole model in turn, in `_FIT_BURSTS` bursts
         (`measure_interleaved`): delta compares layers and whole model taken moments apart.
-        The dense layers' entries keep the median of the rounds too."""
+        The dense layers' entries keep the median of the rounds too.
+
+        A backend with a per-call overhead compiles the graph it is given, so a skeleton's
+        recorded outputs would fold into constants: there the call overhead stands for both
+        skeletons (c0 = the overhead, c1 = 0) and delta carries the rest, which such runtimes
+        mostly fuse into the layers anyway (BatchNorm, activations)."""
         x1 = self.example_input.to(self.device)
         xk = _with_batch(x1, x1.shape[0] * factor)
-        with torch_threads(self.measurer.threads):
-            skel1, skelk = skeleton(deployed, x1), skeleton(deployed, xk)
         specs = self._specs(deployed, x1)
         a1 = sum(sp.out_elements for sp in specs)
         ak = sum(sp.out_elements for sp in self._specs(deployed, xk))
@@ -244,10 +270,7 @@ class LatencyPredictor:
         rounds = []
         for _ in range(_FIT_ROUNDS):
             layers = {k: self._measure_layer(k) for k in keys}
-            wholes = self.measurer.measure_interleaved(
-                [(skel1, x1), (skelk, xk), (deployed, x1)], repeats=self.repeats,
-                warmup=self.warmup, bursts=_FIT_BURSTS)
-            rounds.append((layers, *wholes))
+            rounds.append((layers, *self._fit_round(deployed, x1, xk)))
         for k in keys:
             self._put_layer(k, [r[0][k] for r in rounds])
         fits: dict[str, float] = {}
@@ -264,6 +287,21 @@ class LatencyPredictor:
                 statistics.median(col) for col in zip(*per_round, strict=True))
         self.table.put(key, fits.pop("ms"), repeats=self.repeats, **fits)
         return self.table.entry(key)
+
+    def _fit_round(self, deployed: nn.Module, x1: torch.Tensor, xk: torch.Tensor,
+                   ) -> tuple[LatencyMeasurement, LatencyMeasurement, LatencyMeasurement]:
+        """(skeleton at B, skeleton at factor*B, whole model at B), timed in turn in bursts."""
+        if self.call_overhead is not None:
+            (whole,) = self.measurer.measure_interleaved(
+                [self._run(deployed, x1)], repeats=self.repeats, warmup=self.warmup,
+                bursts=_FIT_BURSTS)
+            return self.call_overhead, self.call_overhead, whole
+        with torch_threads(self.measurer.threads):
+            skel1, skelk = skeleton(deployed, x1), skeleton(deployed, xk)
+        s1, sk, whole = self.measurer.measure_interleaved(
+            [self._run(skel1, x1), self._run(skelk, xk), self._run(deployed, x1)],
+            repeats=self.repeats, warmup=self.warmup, bursts=_FIT_BURSTS)
+        return s1, sk, whole
 
     # -- whole models -----------------------------------------------------------------------
 
@@ -314,6 +352,8 @@ class LatencyPredictor:
         device, over the dense model's own GEMM layers at `density`, from table entries
         (measured if missing). A layer the format cannot run saves nothing but still counts,
         so a gain is the whole model's. In [0, 1]; 0 where the format never pays."""
+        if not self.latency_backend.runs_sparse_kernels:  # zeros are multiplied like others
+            return dict.fromkeys(("bsr", "nm"), 0.0)
         specs = self._specs(self._deploy(dense_model), self.example_input)
         saved = dict.fromkeys(("bsr", "nm"), 0.0)
         removable = 0.0
@@ -340,7 +380,7 @@ class LatencyPredictor:
 
     def measure(self, model: nn.Module, *, repeats: int | None = None) -> LatencyMeasurement:
         """Measured whole-model latency of the deployment form (serialised on the device)."""
-        return self.measurer.measure(self._deploy(model), self.example_input,
+        return self.measurer.measure(*self._run(self._deploy(model), self.example_input),
                                      repeats=repeats or self.repeats, warmup=self.warmup)
 
     def measure_interleaved(self, models: list[nn.Module], *, bursts: int = 6,
@@ -349,12 +389,35 @@ class LatencyPredictor:
         spread over time (`prunetune.kernels.measure_interleaved`): steadier on a shared CPU
         than one measurement, and ratios between the models (speedups) free of its drift."""
         return self.measurer.measure_interleaved(
-            [(self._deploy(m), self.example_input) for m in models],
+            [self._run(self._deploy(m), self.example_input) for m in models],
             repeats=repeats or self.repeats, warmup=self.warmup, bursts=bursts)
 
     def measured_ms(self, model: nn.Module, *, repeats: int | None = None) -> float:
         """Measured whole-model ms in this predictor's statistic (comparable to `predict`)."""
         return self._pick(self.measure(model, repeats=repeats))
+
+
+class _AddOne(nn.Module):
+    """The (almost) empty graph a backend's per-call overhead is timed on."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + 1
+
+
+def _less(measured: LatencyMeasurement, overhead: LatencyMeasurement) -> LatencyMeasurement:
+    """`measured` less a fixed `overhead`, statistic by statistic (never below 1% of it)."""
+    def off(name: str) -> float:
+        value = getattr(measured, name)
+        return max(0.01 * value, value - getattr(overhead, name))
+
+    return replace(measured, median_ms=off("median_ms"), p25_ms=off("p25_ms"),
+                   p75_ms=off("p75_ms"), min_ms=off("min_ms"))
+
+
+def clock_name(backend: str | LatencyBackend, measurer: DeviceMeasurer) -> str:
+    """The name of the clock `backend` times with on `measurer`'s device (table keys, the
+    trials' `latency_clock`): the device, its threads and clock, and the backend."""
+    return get_backend(backend).clock_name(measurer.name)
 
 
 def _sparse_variant(key: LatencyKey, fmt: str, density: float) -> LatencyKey | None:
@@ -420,21 +483,28 @@ def model_latency_ms(model: nn.Module, example_input: torch.Tensor, *,
     if table is not None:
         return predict_latency(model, example_input, table, device=device,
                                dense_model=dense_model).total_ms
-    deployed = deploy(model, device)
-    return default_measurer(device).measure(deployed, example_input, repeats=repeats).median_ms
+    (ms,) = measured_models_ms([model], example_input, device=device, repeats=repeats, bursts=1)
+    return ms
 
 
 def measured_models_ms(models: list[nn.Module], example_input: torch.Tensor, *,
                        device: torch.device | str = "cpu", repeats: int = 20,
-                       bursts: int = 4) -> list[float]:
+                       bursts: int = 4, backend: str | LatencyBackend = "eager",
+                       ) -> list[float]:
     """Measured median latency (ms) of each model's deployment form, the models timed in turn in
     `bursts` bursts of about `repeats / bursts` runs (`measure_interleaved`, serialised per
-    device): a dense and a pruned model timed so give a speedup free of the machine's drift."""
+    device): a dense and a pruned model timed so give a speedup free of the machine's drift.
+    `backend` runs them (default: eager PyTorch)."""
     if repeats < 1:
         raise KernelError(f"repeats must be >= 1, got {repeats}")
     bursts = max(1, min(bursts, repeats))
-    items = [(deploy(m, device), example_input) for m in models]
-    measured = default_measurer(device).measure_interleaved(
+    runtime, device = get_backend(backend), torch.device(device)
+    runtime.check(device)
+    measurer = default_measurer(device)
+    x = example_input.to(device)
+    items = [(runtime.runner(runtime.torch_form(m, device), (x,), device, measurer.threads), x)
+             for m in models]
+    measured = measurer.measure_interleaved(
         items, repeats=-(-repeats // bursts), bursts=bursts)
     return [m.median_ms for m in measured]
 

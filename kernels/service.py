@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from .latency import DeviceMeasurer
-from .layers import deploy
-from .predict import LatencyPredictor
+from .latency_backends import get_backend
+from .predict import LatencyPredictor, clock_name, measured_models_ms
 from .table import LatencyTable
 
 __all__ = ["LatencyService"]
@@ -26,16 +26,23 @@ class LatencyService:
     """A device's latency table with its measurer (also the body of the shared Ray actor)."""
 
     def __init__(self, table_path: str | None = None, device: str = "cpu",
-                 repeats: int = 15) -> None:
+                 repeats: int = 15, backend: str = "eager") -> None:
         self.table_path = table_path
         self.table = LatencyTable.load(table_path) if table_path else LatencyTable()
         self.measurer = DeviceMeasurer(device)
-        self.device, self.repeats = device, repeats
+        self.device, self.repeats, self.backend = device, repeats, backend
+        get_backend(backend).check(torch.device(device))
+
+    @property
+    def clock(self) -> str:
+        """The name of the clock this service's numbers come from (device and backend)."""
+        return clock_name(self.backend, self.measurer)
 
     def _predictor(self, dense_model: nn.Module, example_input: torch.Tensor,
                    ) -> LatencyPredictor:
         return LatencyPredictor(dense_model, example_input, self.table, device=self.device,
-                                measurer=self.measurer, repeats=self.repeats)
+                                measurer=self.measurer, repeats=self.repeats,
+                                backend=self.backend)
 
     def predict_ms(self, model: nn.Module, dense_model: nn.Module,
                    example_input: torch.Tensor) -> float:
@@ -53,9 +60,10 @@ class LatencyService:
         return self._predictor(dense_model, example_input).sparse_gains(dense_model)
 
     def measure_ms(self, model: nn.Module, example_input: torch.Tensor) -> float:
-        """Measured latency of `model`'s deployment form."""
-        return self.measurer.measure(deploy(model, self.device), example_input,
-                                     repeats=self.repeats).median_ms
+        """Measured latency of `model`'s deployment form, run by this service's backend."""
+        (ms,) = measured_models_ms([model], example_input, device=self.device,
+                                   repeats=self.repeats, bursts=1, backend=self.backend)
+        return ms
 
     def entries(self) -> dict[str, dict[str, Any]]:
         return dict(self.table.entries)

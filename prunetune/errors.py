@@ -28,6 +28,8 @@ __all__ = [
     "KernelError",
     "KernelInputError",
     "KernelUnavailableError",
+    "LatencyBackendError",
+    "LatencyBackendUnavailableError",
     "ModelMismatchError",
     "ModelNotFoundError",
     "NoMatchingTrialError",
@@ -102,6 +104,16 @@ class KernelInputError(KernelError, TypeError):
 class KernelUnavailableError(PrunetuneError, RuntimeError):
     """A kernel that cannot run here: Triton not installed, no CUDA device, or a backend that
     only runs inference asked to train."""
+
+
+class LatencyBackendError(KernelError):
+    """A latency backend asked for that does not exist or cannot take the model (an unknown
+    name, a `module:attr` that is not a backend, a model the backend cannot export)."""
+
+
+class LatencyBackendUnavailableError(KernelUnavailableError):
+    """A latency backend that cannot run here: its package is not installed, or the device it
+    needs (TensorRT: a CUDA GPU) is not on this machine."""
 
 
 # ---- searches, searchers, tracking, registry, clusters (orchestrator) ----------------------

@@ -16,11 +16,12 @@ __all__ = ["latency_service"]
 
 def latency_service(table_path: str | None = None, *, device: str = "cpu",
                     name: str = "prunetune-latency", num_gpus: float = 0.0,
-                    repeats: int = 15) -> Any:
+                    repeats: int = 15, backend: str = "eager") -> Any:
     """The named `LatencyService` actor for `device` (created on first call, then shared).
 
     `num_gpus`: the actor's GPU share on a GPU node (a small fraction, e.g. 0.01, so it can sit
-    beside training trials). Needs `ray.init()` (or a Ray Tune run) first.
+    beside training trials). `backend`: the latency backend that runs what it times (one actor
+    per device and backend). Needs `ray.init()` (or a Ray Tune run) first.
     """
     import ray
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -29,7 +30,8 @@ def latency_service(table_path: str | None = None, *, device: str = "cpu",
     # Outside any placement group: a Tune trial that creates the actor must not have it
     # counted against (and blocked by) the trial's own reserved resources. No CPU reserved:
     # the actor only measures while the per-device lock is held.
-    return actor.options(name=f"{name}-{device}", get_if_exists=True, num_cpus=0,
+    label = f"{name}-{device}" if backend == "eager" else f"{name}-{backend}-{device}"
+    return actor.options(name=label, get_if_exists=True, num_cpus=0,
                          num_gpus=num_gpus,
                          scheduling_strategy=PlacementGroupSchedulingStrategy(
-                             placement_group=None)).remote(table_path, device, repeats)
+                             placement_group=None)).remote(table_path, device, repeats, backend)

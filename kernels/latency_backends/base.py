@@ -1,0 +1,148 @@
+"""The latency backend seam: what a backend is, and the registry that names them.
+
+A latency backend says how a model runs when it is timed: eager PyTorch, ONNX Runtime, TensorRT,
+or a user's own. It turns a PyTorch model into a callable that runs one inference, names the
+clock its numbers come from (table keys and MLflow metrics carry that name, so numbers of two
+backends are never mixed), and writes the model in the format it deploys. The timing itself
+(`prunetune.kernels.measure_interleaved`: CPU timer blocks or CUDA events, serialised per
+device) is shared by every backend.
+
+A new backend is one module: a `LatencyBackendBase` subclass, registered with
+`register_backend`. Config names it as `latency.backend: NAME`, or `package.module:attr` for a
+backend outside this package (the module registers nothing then; the attribute is used).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+from prunetune.errors import LatencyBackendError, LatencyBackendUnavailableError
+
+__all__ = [
+    "LatencyBackend",
+    "LatencyBackendBase",
+    "backend_names",
+    "get_backend",
+    "register_backend",
+]
+
+Inputs = tuple[torch.Tensor, ...]
+
+
+@runtime_checkable
+class LatencyBackend(Protocol):
+    """What the latency code needs of a backend (`LatencyBackendBase` gives the defaults)."""
+
+    # The config name, and the prefix of every clock name this backend gives.
+    name: str
+    # The deployment file `export` writes ("onnx", ...); None: the PyTorch state dict is it.
+    export_format: str | None
+    # True where one call carries a fixed cost (a runtime's session call) that running the
+    # layers inside one model pays once, not per layer: per-layer table entries drop it.
+    per_call_overhead: bool
+    # True where `torch_form` swaps in block-sparse / 2:4 kernels, so masked weights can pay.
+    runs_sparse_kernels: bool
+
+    def default_device(self, trial_device: torch.device) -> torch.device:
+        """Where this backend times when the config does not say (`latency.device: auto`)."""
+
+    def check(self, device: torch.device) -> None:
+        """Raise `LatencyBackendUnavailableError` (in seconds) when it cannot run here."""
+
+    def clock_name(self, device_name: str) -> str:
+        """The name of this backend's clock on a device (`device_name` names the device, its
+        threads and clock): the device part of latency-table keys and of trials' metrics."""
+
+    def torch_form(self, model: nn.Module, device: torch.device) -> nn.Module:
+        """The PyTorch model whose layers this backend runs (eager: block-sparse modules
+        swapped in; a runtime: the model as it is, masked weights as zeros)."""
+
+    def runner(self, model: nn.Module, example_input: Inputs, device: torch.device,
+               threads: int) -> Callable[..., Any] | nn.Module:
+        """A callable that runs one inference of `model` on the positional inputs it is given
+        (shaped like `example_input`), with `threads` CPU threads."""
+
+    def export(self, model: nn.Module, example_input: Inputs, path: Path) -> Path:
+        """Write `model` in this backend's deployment format at `path`; return the path."""
+
+
+class LatencyBackendBase:
+    """Defaults for a backend that runs on the trials' device and needs no extra package."""
+
+    name = "base"
+    export_format: str | None = None
+    per_call_overhead = False
+    runs_sparse_kernels = False
+
+    def default_device(self, trial_device: torch.device) -> torch.device:
+        return trial_device
+
+    def check(self, device: torch.device) -> None:
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise LatencyBackendUnavailableError(
+                f"latency backend {self.name!r} was asked to time on {device}, but CUDA is not "
+                "available here; set latency.device: cpu (or auto)")
+
+    def clock_name(self, device_name: str) -> str:
+        return f"{self.name}: {device_name}"
+
+    def torch_form(self, model: nn.Module, device: torch.device) -> nn.Module:
+        return model
+
+    def runner(self, model: nn.Module, example_input: Inputs, device: torch.device,
+               threads: int) -> Callable[..., Any] | nn.Module:
+        return model
+
+    def export(self, model: nn.Module, example_input: Inputs, path: Path) -> Path:
+        raise LatencyBackendError(
+            f"latency backend {self.name!r} has no deployment format of its own; the pruned "
+            "PyTorch model (state dict + policy) is what it runs")
+
+    def __repr__(self) -> str:
+        return f"<latency backend {self.name}>"
+
+
+_BACKENDS: dict[str, LatencyBackend] = {}
+
+
+def register_backend(backend: LatencyBackend) -> LatencyBackend:
+    """Add `backend` under its `name` (a later one of the same name replaces it)."""
+    if not isinstance(backend, LatencyBackend):
+        raise LatencyBackendError(f"{backend!r} is not a latency backend: it lacks part of "
+                                  "LatencyBackend (subclass LatencyBackendBase)")
+    _BACKENDS[backend.name] = backend
+    return backend
+
+
+def backend_names() -> Sequence[str]:
+    """The registered backends' names."""
+    return tuple(_BACKENDS)
+
+
+def get_backend(name: str | LatencyBackend) -> LatencyBackend:
+    """The backend registered as `name`, or the object `package.module:attr` names (a class
+    is instantiated). A backend object passes through."""
+    if not isinstance(name, str):
+        return name
+    if name in _BACKENDS:
+        return _BACKENDS[name]
+    if ":" not in name:
+        raise LatencyBackendError(f"latency backend must be one of {sorted(_BACKENDS)} or "
+                                  f"'package.module:attr', got {name!r}")
+    module_name, _, attr = name.partition(":")
+    try:
+        found = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise LatencyBackendError(f"latency backend {name!r} cannot be imported ({err}); "
+                                  "check the module path and attribute name") from None
+    backend = found() if isinstance(found, type) else found
+    if not isinstance(backend, LatencyBackend):
+        raise LatencyBackendError(f"{name!r} is not a latency backend (subclass "
+                                  "prunetune.kernels.latency_backends.LatencyBackendBase)")
+    return backend

@@ -1,0 +1,107 @@
+"""ONNX Runtime on the CPU: each model exported to ONNX and timed in an `InferenceSession`
+with the measurer's thread count (all graph optimisations on, as a deployment runs it).
+
+Sessions are cached by architecture (`architecture_key`), not by weights: policies that leave
+the same widths share one export, and a reused trial actor exports each shape once. Masked
+weights stay dense: ONNX Runtime's CPU kernels do not skip zeros, so only channel pruning pays.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from prunetune.errors import LatencyBackendUnavailableError
+
+from .base import Inputs, LatencyBackendBase, register_backend
+from .onnx_export import architecture_key, export_onnx, input_names, onnx_bytes
+
+__all__ = ["OnnxRuntimeBackend", "onnxruntime_session"]
+
+# Sessions kept per process: a search's distinct architectures are few; each holds its weights.
+_MAX_SESSIONS = 64
+_SESSIONS: OrderedDict[tuple[str, int], Any] = OrderedDict()
+_SESSIONS_GUARD = threading.Lock()
+
+
+def _onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise LatencyBackendUnavailableError(
+            "latency.backend onnxruntime needs the onnxruntime package; pip install "
+            "'onnxruntime>=1.20,<2' (or choose latency.backend: eager)") from None
+    return onnxruntime
+
+
+def onnxruntime_session(onnx: bytes | str | Path, threads: int = 1) -> Any:
+    """An `onnxruntime.InferenceSession` on the CPU with `threads` intra-op threads, one
+    inter-op thread and every graph optimisation (what a CPU deployment uses)."""
+    ort = _onnxruntime()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # warnings about unused initialisers are not the user's
+    source = str(onnx) if isinstance(onnx, Path) else onnx
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+class _SessionRunner:
+    """Calls a session with torch tensors (zero-copy to numpy); returns its first output."""
+
+    def __init__(self, session: Any, count: int) -> None:
+        self.session, self.names = session, input_names(count)
+
+    def __call__(self, *inputs: torch.Tensor) -> np.ndarray:
+        feeds = {n: t.numpy() for n, t in zip(self.names, inputs, strict=True)}
+        return self.session.run(None, feeds)[0]
+
+
+class OnnxRuntimeBackend(LatencyBackendBase):
+    name = "onnxruntime"
+    export_format = "onnx"
+    per_call_overhead = True
+
+    def default_device(self, trial_device: torch.device) -> torch.device:
+        return torch.device("cpu")
+
+    def check(self, device: torch.device) -> None:
+        if device.type != "cpu":
+            raise LatencyBackendUnavailableError(
+                f"latency backend onnxruntime times on the CPU, got latency.device {device}; "
+                "set latency.device: cpu (or auto), or use latency.backend: tensorrt on a GPU")
+        _onnxruntime()
+
+    def clock_name(self, device_name: str) -> str:
+        return f"onnxruntime {_onnxruntime().__version__}: {device_name}"
+
+    def runner(self, model: nn.Module, example_input: Inputs, device: torch.device,
+               threads: int) -> Callable[..., Any]:
+        self.check(device)
+        key = (architecture_key(model, example_input), threads)
+        with _SESSIONS_GUARD:
+            session = _SESSIONS.get(key)
+            if session is not None:
+                _SESSIONS.move_to_end(key)
+        if session is None:
+            session = onnxruntime_session(onnx_bytes(model, example_input), threads)
+            with _SESSIONS_GUARD:
+                _SESSIONS[key] = session
+                while len(_SESSIONS) > _MAX_SESSIONS:
+                    _SESSIONS.popitem(last=False)
+        return _SessionRunner(session, len(example_input))
+
+    def export(self, model: nn.Module, example_input: Inputs, path: Path) -> Path:
+        return export_onnx(model, example_input, path)
+
+
+register_backend(OnnxRuntimeBackend())
