@@ -19,7 +19,7 @@ from prunetune.errors import ConfigError
 from prunetune.trainers.settings import DataConfig, FinetuneConfig, ModelConfig, TrainConfig
 
 __all__ = ["ConfigError", "PrunetuneConfig", "SpaceConfig", "BudgetConfig", "SearchConfig",
-           "FinalistsConfig", "SchedulerConfig", "RayConfig", "TrackingConfig", "load_config",
+           "FinalistsConfig", "SchedulerConfig", "LatencyConfig", "RayConfig", "TrackingConfig", "load_config",
            "apply_overrides", "check_devices"]
 
 class _Section(BaseModel):
@@ -114,6 +114,39 @@ class SearchConfig(_Section):
     latency_table: str | None = None
 
 
+# The latency backends prunetune ships (prunetune.kernels.latency_backends); any other
+# backend is named "package.module:attr".
+LATENCY_BACKENDS = ("eager", "onnxruntime", "tensorrt")
+
+
+class LatencyConfig(_Section):
+    # What runs a model when it is timed (trials' latency_ms / speedup, the latency table and
+    # budget, `prunetune map`, and the format `promote` / `export` write): "eager" (PyTorch as
+    # trials run it, block-sparse kernels where they pay), "onnxruntime" (exported to ONNX,
+    # ONNX Runtime on the CPU: what a CPU deployment runs), "tensorrt" (NVIDIA GPU), or your
+    # own as "package.module:attr" (a LatencyBackendBase subclass).
+    backend: str = "eager"
+    # Where it is timed, whatever device trials fine-tune on: "auto" (eager: finetune.device;
+    # onnxruntime: cpu; tensorrt: cuda), "cpu" or "cuda[:i]".
+    device: str = "auto"
+
+    @field_validator("backend")
+    @classmethod
+    def _check_backend(cls, value: str) -> str:
+        module, _, attr = value.partition(":")
+        if value not in LATENCY_BACKENDS and not (module and attr):
+            raise ConfigError(f"must be one of {list(LATENCY_BACKENDS)} or "
+                              "'package.module:attr' (your own LatencyBackendBase subclass)")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if value not in ("auto", "cpu") and not value.startswith("cuda"):
+            raise ConfigError("must be 'auto', 'cpu' or 'cuda[:i]'")
+        return value
+
+
 class RayConfig(_Section):
     # None starts an embedded local Ray; "auto" or HOST:PORT joins an existing cluster.
     address: str | None = None
@@ -149,6 +182,7 @@ class PrunetuneConfig(BaseModel):
     # Fine-tuning of each first-stage trial (epochs 0, the default: none, the policy is scored
     # after BatchNorm calibration alone), and the recipe finalists fine-tune with.
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    latency: LatencyConfig = Field(default_factory=LatencyConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     # Ray Tune's storage (experiment state for --resume); None: <workdir>/ray_results.
@@ -238,7 +272,8 @@ def load_config(path: str | os.PathLike | None = None,
 def check_devices(cfg: PrunetuneConfig,
                   fields: tuple[str, ...] = ("pretrain.device", "finetune.device")) -> None:
     """Every device the config names exists on this machine (`cuda` without a GPU is refused
-    here, in seconds, not after the pretraining). Imports torch."""
+    here, in seconds, not after the pretraining), and the latency backend runs on its device.
+    Imports torch."""
     from prunetune.trainers.train import resolve_device
 
     for field in fields:
@@ -247,4 +282,27 @@ def check_devices(cfg: PrunetuneConfig,
             resolve_device(getattr(getattr(cfg, section), key))
         except ConfigError as err:
             raise ConfigError(f"{field}: {err}") from None
+    latency_device(cfg)
+
+
+def latency_device(cfg: PrunetuneConfig) -> str:
+    """The device the config's latency backend times on (`latency.device`, "auto" resolved
+    by the backend), checked: a backend that cannot run there, or whose package is missing,
+    is a ConfigError naming `latency.backend` and the fix. Imports torch."""
+    import torch
+
+    from prunetune.errors import KernelError, KernelUnavailableError
+    from prunetune.kernels.latency_backends import get_backend
+    from prunetune.trainers.train import resolve_device
+
+    try:
+        backend = get_backend(cfg.latency.backend)
+        if cfg.latency.device == "auto":
+            device = backend.default_device(resolve_device(cfg.finetune.device))
+        else:
+            device = torch.device(cfg.latency.device)
+        backend.check(device)
+    except (KernelError, KernelUnavailableError) as err:
+        raise ConfigError(f"latency.backend: {err}") from None
+    return str(device)
 
