@@ -1,6 +1,9 @@
 """Triton block-sparse kernels, the sparse layer modules that use them, latency measurement and
 the latency table (see docs/CONTRACTS.md for the mask contract these read).
 
+Latency backends (`latency_backends/`: eager, ONNX Runtime, TensorRT) say what runs a model
+when it is timed; the measurement, the table and its predictor take one by name.
+
 Ray is not imported here: `LatencyService` (`service.py`) is a plain object; the Ray actor that
 shares it between trials lives in `prunetune.trainers.latency_actor`.
 """
@@ -23,6 +26,13 @@ from .latency import (
     measure_interleaved,
     measure_latency,
 )
+from .latency_backends import (
+    LatencyBackend,
+    LatencyBackendBase,
+    backend_names,
+    get_backend,
+    register_backend,
+)
 from .layers import LayerSpec, build_layer, deploy, layer_specs
 from .modules import (
     BlockSparseConv2d,
@@ -36,6 +46,7 @@ from .modules import (
 from .predict import (
     LatencyPrediction,
     LatencyPredictor,
+    clock_name,
     measured_models_ms,
     model_latency_ms,
     predict_latency,
@@ -51,6 +62,8 @@ __all__ = [
     "BlockSparseConv2d",
     "BlockSparseLinear",
     "DeviceMeasurer",
+    "LatencyBackend",
+    "LatencyBackendBase",
     "LatencyKey",
     "LatencyMeasurement",
     "LatencyPrediction",
@@ -58,15 +71,18 @@ __all__ = [
     "LatencyTable",
     "LayerSpec",
     "SemiStructuredLinear",
+    "backend_names",
     "bsr_conv2d",
     "bsr_linear",
     "bsr_to_dense",
+    "clock_name",
     "bucket_density",
     "build_layer",
     "choose_block",
     "conv_weight_to_taps",
     "default_measurer",
     "dense_to_bsr",
+    "get_backend",
     "deploy",
     "device_name",
     "interpreter_enabled",
@@ -77,6 +93,7 @@ __all__ = [
     "measured_models_ms",
     "model_latency_ms",
     "predict_latency",
+    "register_backend",
     "resolve_backend",
     "semi_structured_supported",
     "skeleton",

@@ -43,7 +43,8 @@ def _setup(args: argparse.Namespace, *, untrained: bool = False) -> tuple[Any, A
     `--untrained --input-size C,H,W` no data is read at all (any model, no dataset)."""
     from .config import load_config
 
-    cfg = load_config(args.config, {"cache_dir": getattr(args, "cache_dir", None)})
+    cfg = load_config(args.config, {"cache_dir": getattr(args, "cache_dir", None),
+                                    "latency.backend": getattr(args, "backend", None)})
     import torch  # only once the config is good: a typo is told in well under a second
 
     from prunetune.trainers import build_model, load_data, pretrain_dense
@@ -118,13 +119,18 @@ def cmd_map(args: argparse.Namespace) -> int:
         bad = [r for r in args.ratios if not 0.0 < r < 1.0]
         if bad:
             raise CLIError(f"--ratios must lie in (0, 1), got {bad}; e.g. --ratios 0.25 0.5")
-    load_config(args.config)  # a bad config is told before torch is imported
+    # A bad config is told before torch is imported; a device or backend that cannot time
+    # here before any pretraining.
+    cfg = load_config(args.config, {"latency.backend": args.backend,
+                                    "latency.device": args.device})
     from prunetune.files import atomic_writer
     from prunetune.search_spaces import SCAN_RATIOS, analyze, scan_templates
 
+    from .config import latency_device
     from .scheme_map import check_scan_device, format_mapping, mapping_rows, measured_scan
 
-    check_scan_device(args.device)  # before any pretraining
+    check_scan_device(args.device)
+    latency_device(cfg)
     args.quiet = args.quiet or args.json  # stdout holds the JSON alone
     cfg, _, model, example = _setup(args)
     scan, cached = measured_scan(cfg, model, device=args.device, progress=not args.quiet,
@@ -165,9 +171,10 @@ def cmd_apply(args: argparse.Namespace) -> int:
     # before torch is imported).
     device_field = "--device" if args.device else "finetune.device"
     device_name = args.device or load_config(args.config).finetune.device
-    from prunetune.kernels import default_measurer, measured_models_ms, speedup
+    from prunetune.kernels import measured_models_ms, speedup
     from prunetune.search_spaces import Policy, PolicyError
     from prunetune.trainers import evaluate, prune_and_evaluate, resolve_device
+    from prunetune.trainers.trial import latency_clock
 
     try:
         device = resolve_device(device_name)
@@ -178,6 +185,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     except PolicyError as err:
         raise CLIError(str(err)) from None
     cfg, data, dense, example = _setup(args)
+    timing = _timing_device(cfg, device)
     ft = cfg.finetune.model_copy(update={"epochs": args.finetune_epochs or 0.0})
     try:
         pruned = prune_and_evaluate(dense, policy, data, ft, seed=cfg.seed, device=device,
@@ -187,10 +195,12 @@ def cmd_apply(args: argparse.Namespace) -> int:
     dense_acc = evaluate(dense.to(device), data.loader("val"), device).accuracy
     val = pruned.scores["val"]
     before, after = pruned.dense_cost, pruned.cost
-    # Timed in turn, in bursts, on the evaluation device: a speedup free of the machine's drift.
+    # Timed in turn, in bursts, by the config's latency backend (eager: on the evaluation
+    # device): a speedup free of the machine's drift.
     dense_ms, pruned_ms = measured_models_ms([dense.eval(), pruned.model],
-                                             data.example_input(1).to(device),
-                                             device=str(device), repeats=args.latency_repeats)
+                                             data.example_input(1), device=timing,
+                                             repeats=args.latency_repeats,
+                                             backend=cfg.latency.backend)
     result = {
         "model": cfg.model.name, "policy": str(args.policy),
         "finetune_epochs": args.finetune_epochs or 0,
@@ -199,8 +209,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
         "params_ratio": after.effective_params / before.params,
         "dense_val_accuracy": dense_acc, "val_accuracy": val.accuracy, "val_loss": val.loss,
         "dense_latency_ms": dense_ms, "latency_ms": pruned_ms,
-        "speedup": speedup(dense_ms, pruned_ms), "latency_device": default_measurer(
-            str(device)).name,
+        "speedup": speedup(dense_ms, pruned_ms), "latency_backend": cfg.latency.backend,
+        "latency_device": latency_clock(cfg.latency.backend, timing),
     }
     if args.out:
         # Weights, policy and model name, no pickled objects: `load_pruned` rebuilds the
@@ -227,6 +237,20 @@ def cmd_apply(args: argparse.Namespace) -> int:
         print(f"pruned model saved to {args.out}; load it with prunetune.trainers.pruned_file."
               "load_pruned(path) (state dict + policy, read with torch.load(weights_only=True))")
     return 0
+
+
+def _timing_device(cfg: Any, evaluation: Any) -> str:
+    """Where `apply` times: `latency.device`, or with "auto" the backend's own choice given
+    the evaluation device (eager: that device). A backend that cannot time there is refused."""
+    import torch
+
+    from prunetune.kernels import get_backend
+
+    backend = get_backend(cfg.latency.backend)
+    device = (backend.default_device(evaluation) if cfg.latency.device == "auto"
+              else torch.device(cfg.latency.device))
+    backend.check(device)
+    return str(device)
 
 
 def add_engine_commands(subparsers: Any) -> None:
@@ -257,6 +281,8 @@ def add_engine_commands(subparsers: Any) -> None:
                    help="pruning ratios each candidate is measured at (default 0.25 0.5 0.75)")
     p.add_argument("--out", help="JSON file (default: <workdir>/<name>-mapping.json)")
     p.add_argument("--rescan", action="store_true", help="measure again, ignoring the cache")
+    p.add_argument("--backend", help="override latency.backend: what runs the timed layers "
+                   "(eager, onnxruntime, tensorrt or package.module:attr)")
     p.add_argument("--cache-dir", help="override cache_dir")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -272,6 +298,8 @@ def add_engine_commands(subparsers: Any) -> None:
     p.add_argument("--device", help="evaluation / fine-tuning device (default: finetune.device)")
     p.add_argument("--latency-repeats", type=int, default=20,
                    help="timed runs per model for latency and speedup (default 20)")
+    p.add_argument("--backend", help="override latency.backend: what runs the models when "
+                   "they are timed (eager, onnxruntime, tensorrt or package.module:attr)")
     p.add_argument("--cache-dir", help="override cache_dir")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--quiet", action="store_true", help="no progress output")

@@ -19,8 +19,8 @@ from prunetune.errors import ConfigError
 from prunetune.trainers.settings import DataConfig, FinetuneConfig, ModelConfig, TrainConfig
 
 __all__ = ["ConfigError", "PrunetuneConfig", "SpaceConfig", "BudgetConfig", "SearchConfig",
-           "FinalistsConfig", "SchedulerConfig", "LatencyConfig", "RayConfig", "TrackingConfig", "load_config",
-           "apply_overrides", "check_devices"]
+           "FinalistsConfig", "SchedulerConfig", "LatencyConfig", "RayConfig", "TrackingConfig",
+           "load_config", "apply_overrides", "check_devices", "latency_device"]
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -54,6 +54,19 @@ class SpaceConfig(_Section):
     # trials' device per point of proxy accuracy lost, from a sensitivity scan that is cached
     # per dense model (`prunetune map CONFIG` shows and makes it).
     mapping: Literal["rules", "measured"] = "rules"
+    # Kept channels rounded down to a multiple of this (an int), none (null), or "auto": what
+    # the latency backend runs fastest (eager: none; onnxruntime: its CPU convolutions' channel
+    # block, 16 with AVX-512, else 8). ONNX Runtime runs a 50%-FLOPs ResNet-20 with arbitrary
+    # widths slower than the dense model (0.83x; MobileNetV2 0.52x), with widths rounded to 16
+    # at 1.76x (benchmarks/README.md, "latency backends").
+    round_to: int | Literal["auto"] | None = Field("auto")
+
+    @field_validator("round_to")
+    @classmethod
+    def _check_round_to(cls, value: int | str | None) -> int | str | None:
+        if isinstance(value, int) and not isinstance(value, bool) and value < 1:
+            raise ConfigError("must be an integer >= 1, null or 'auto'")
+        return value
 
     @field_validator("ratio_bounds")
     @classmethod

@@ -291,13 +291,9 @@ def _check_tune_state(folder: Path, name: str) -> None:
 
 
 def _dense_baseline(cfg: PrunetuneConfig, progress: bool) -> DenseBaseline:
-    from prunetune.trainers import (
-        dense_reference_ms,
-        evaluate,
-        load_data,
-        pretrain_dense,
-        resolve_device,
-    )
+    from prunetune.trainers import dense_reference_ms, evaluate, load_data, pretrain_dense
+
+    from .config import latency_device
 
     dense = pretrain_dense(cfg.model, cfg.data, cfg.pretrain, cache_dir=cfg.cache_dir,
                            progress=progress)
@@ -308,8 +304,8 @@ def _dense_baseline(cfg: PrunetuneConfig, progress: bool) -> DenseBaseline:
     reference = None
     if cfg.search.latency == "measured":  # with a latency table, trials share its prediction
         reference = dense_reference_ms(dense.model.eval(), data.example_input(1),
-                                       str(resolve_device(cfg.finetune.device)),
-                                       cfg.search.latency_repeats)
+                                       latency_device(cfg), cfg.search.latency_repeats,
+                                       backend=cfg.latency.backend)
         metrics["dense_latency_ms"] = reference[1]
     return DenseBaseline(dense, data.example_input(1), val.accuracy, metrics, reference)
 
@@ -318,13 +314,14 @@ def _measured_scan(cfg: PrunetuneConfig, dense: DenseBaseline, workdir: Path,
                    progress: bool) -> SchemeScan | None:
     """`space.mapping: measured`: the sensitivity scan on the trials' device (cached per dense
     model, so a `prunetune map` before the search measured it already)."""
-    from prunetune.trainers import resolve_device
+    import torch
 
+    from .config import latency_device
     from .scheme_map import measured_scan
 
     if cfg.space.mapping != "measured":
         return None
-    device = resolve_device(cfg.finetune.device).type
+    device = torch.device(latency_device(cfg)).type
     scan, path = measured_scan(cfg, dense.result.model, device=device, workdir=workdir,
                                progress=progress)
     if progress:
@@ -338,14 +335,13 @@ def _hold_latency_actor(cfg: PrunetuneConfig, workdir: Path) -> Any:
     died with that trial's handle while other trials were still asking it. None otherwise."""
     if cfg.search.latency != "table":
         return None
-    from prunetune.trainers import resolve_device
     from prunetune.trainers.latency_actor import latency_service
 
+    from .config import latency_device
     from .spaces import latency_table_file
 
-    return latency_service(str(latency_table_file(cfg, workdir)),
-                           device=str(resolve_device(cfg.finetune.device)),
-                           repeats=cfg.search.latency_repeats)
+    return latency_service(str(latency_table_file(cfg, workdir)), device=latency_device(cfg),
+                           repeats=cfg.search.latency_repeats, backend=cfg.latency.backend)
 
 
 def run_search(cfg: PrunetuneConfig, *, resume: bool = False,

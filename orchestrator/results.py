@@ -15,7 +15,8 @@ from prunetune.errors import SearchNotFoundError
 
 __all__ = ["SearchNotFoundError", "TrialRecord", "find_search", "search_trials", "pareto_front",
            "check_store", "format_table", "trial_name", "deciding_trials", "select_finalists",
-           "STAGES", "TAG_ROLE", "TAG_SEARCH", "TAG_STAGE", "TAG_TRIAL", "TAG_STATUS"]
+           "STAGES", "TAG_LATENCY_CLOCK", "TAG_ROLE", "TAG_SEARCH", "TAG_STAGE", "TAG_TRIAL",
+           "TAG_STATUS"]
 
 TAG_ROLE = "prunetune.role"  # "search" (parent) or "trial" (child)
 TAG_SEARCH = "prunetune.search"  # the search name, on parent and children
@@ -24,6 +25,8 @@ TAG_STATUS = "prunetune.status"  # running | finished | stopped | error | interr
 # The stage a trial ran in: "proxy" and "finalist" in a two-stage search (the best proxy
 # policies fine-tuned), "trial" in a search of one stage.
 TAG_STAGE = "prunetune.stage"
+# The clock a trial's latency_ms / speedup came from: latency backend, device, threads.
+TAG_LATENCY_CLOCK = "prunetune.latency_clock"
 STAGES = ("trial", "proxy", "finalist")
 
 

@@ -74,8 +74,9 @@ def scan_cache_file(cfg: PrunetuneConfig, key: str) -> Path:
 def measured_scan(cfg: PrunetuneConfig, dense: nn.Module, *, device: str,
                   workdir: Path | None = None, ratios: tuple[float, ...] = SCAN_RATIOS,
                   progress: bool = True, rescan: bool = False) -> tuple[SchemeScan, Path]:
-    """The config's scan on `device` ("cpu" or "cuda"): from the cache, else measured now
-    (layer latencies go into the search's latency table) and cached. Returns it and its file."""
+    """The config's scan on `device` ("cpu" or "cuda"), its latencies timed by the config's
+    latency backend: from the cache, else measured now (layer latencies go into the search's
+    latency table) and cached. Returns it and its file."""
     from prunetune.kernels.service import LatencyService
     from prunetune.search_spaces import analyze
     from prunetune.trainers import load_data
@@ -84,8 +85,9 @@ def measured_scan(cfg: PrunetuneConfig, dense: nn.Module, *, device: str,
     check_scan_device(device)
     table = latency_table_file(cfg, workdir)
     table.parent.mkdir(parents=True, exist_ok=True)
-    service = LatencyService(str(table), device=device, repeats=cfg.search.latency_repeats)
-    path = scan_cache_file(cfg, _scan_key(cfg, dense, service.measurer.name, ratios))
+    service = LatencyService(str(table), device=device, repeats=cfg.search.latency_repeats,
+                             backend=cfg.latency.backend)
+    path = scan_cache_file(cfg, _scan_key(cfg, dense, service.clock, ratios))
     if path.exists() and not rescan:
         try:
             return SchemeScan.from_dict(json.loads(path.read_text())["scan"]), path
@@ -97,9 +99,9 @@ def measured_scan(cfg: PrunetuneConfig, dense: nn.Module, *, device: str,
     say = (lambda line: print(line, flush=True)) if progress else None
     if say:
         say(f"[map] scanning {len(analysis.units)} units x schemes {list(cfg.space.schemes)} "
-            f"x ratios {list(ratios)} on {service.measurer.name}")
+            f"x ratios {list(ratios)} on {service.clock}")
     proxy = cfg.finetune.model_copy(update={"device": device})
-    scan = scan_schemes(dense, data, analysis, service, device_name=service.measurer.name,
+    scan = scan_schemes(dense, data, analysis, service, device_name=service.clock,
                         schemes=cfg.space.schemes, ratios=ratios, proxy=proxy, seed=cfg.seed,
                         progress=say)
     scan.meta["device_type"] = device

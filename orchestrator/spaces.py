@@ -24,7 +24,7 @@ from prunetune.search_spaces import (
 
 from .config import PrunetuneConfig
 
-__all__ = ["build_space", "latency_table_file", "scheme_gains", "space_defaults",
+__all__ = ["build_space", "latency_table_file", "round_to", "scheme_gains", "space_defaults",
            "space_from_analysis"]
 
 
@@ -48,6 +48,22 @@ def space_defaults(cfg: PrunetuneConfig) -> tuple[int | str | None, bool]:
     groups = cls.default_groups if s.groups == "auto" else s.groups
     fill = cls.default_fill_budget if s.budget is None or s.budget.fill is None else s.budget.fill
     return groups, fill
+
+
+def round_to(cfg: PrunetuneConfig) -> int | None:
+    """`space.round_to` as an integer or None; "auto" asks the latency backend what widths it
+    runs fastest on its device (1, any width, is None)."""
+    if cfg.space.round_to != "auto":
+        return cfg.space.round_to
+    import torch
+
+    from prunetune.kernels import get_backend
+
+    from .config import latency_device
+
+    backend = get_backend(cfg.latency.backend)
+    multiple = backend.channel_multiple(torch.device(latency_device(cfg)))
+    return multiple if multiple > 1 else None
 
 
 def space_from_analysis(cfg: PrunetuneConfig, analysis: ModelAnalysis, *,
@@ -75,7 +91,7 @@ def space_from_analysis(cfg: PrunetuneConfig, analysis: ModelAnalysis, *,
                             budget=budget, n_groups=n_groups, fill_budget=fill,
                             scheme_search=s.scheme_search, seed=cfg.seed,
                             device=mapping_device, analysis=analysis, latency=latency,
-                            templates=templates)
+                            templates=templates, round_to=round_to(cfg))
     except BudgetError as err:
         raise SearchError(f"space.budget: {err}") from err
     except SpaceError as err:
@@ -85,19 +101,21 @@ def space_from_analysis(cfg: PrunetuneConfig, analysis: ModelAnalysis, *,
 def _latency_weights(cfg: PrunetuneConfig, model: nn.Module, example_input: object,
                      analysis: ModelAnalysis, workdir: Path | None) -> LatencyWeights:
     """The latency budget's linear model, fitted from the search's latency table (missing
-    layer entries measured now on the trials' device, then saved for later searches)."""
+    layer entries measured now by the config's latency backend on its device, then saved for
+    later searches)."""
     from prunetune.kernels.service import LatencyService
-    from prunetune.trainers import resolve_device
+
+    from .config import latency_device
 
     table = latency_table_file(cfg, workdir)
     table.parent.mkdir(parents=True, exist_ok=True)
-    service = LatencyService(str(table), device=str(resolve_device(cfg.finetune.device)),
-                             repeats=cfg.search.latency_repeats)
+    service = LatencyService(str(table), device=latency_device(cfg),
+                             repeats=cfg.search.latency_repeats, backend=cfg.latency.backend)
     base_ms, layers = service.linear_terms(model, example_input)
     gains = scheme_gains(service.sparse_gains(model, example_input))
     service.save()
     return LatencyWeights.from_layers(analysis.cost_model, base_ms, layers,
-                                      device=service.measurer.name, sparse_gain=gains)
+                                      device=service.clock, sparse_gain=gains)
 
 
 def scheme_gains(format_gains: dict[str, float]) -> dict[str, float]:

@@ -177,6 +177,9 @@ def _trainable(run: SearchRun, stage: Stage) -> Any:
                        reference_latency=dense.reference_latency,
                        latency_repeats=cfg.search.latency_repeats,
                        latency_table=_latency_table_path(cfg, run.workdir),
+                       latency_backend=cfg.latency.backend,
+                       latency_device=(None if cfg.latency.device == "auto"
+                                       else cfg.latency.device),
                        context_key=run.context_key)
     resources = {"cpu": cfg.search.cpus_per_trial, "gpu": cfg.search.gpus_per_trial}
     return tune.with_resources(tune.with_parameters(run_trial, setup=setup), resources)

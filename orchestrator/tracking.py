@@ -31,6 +31,7 @@ from prunetune.errors import SearchError
 from .journal import TrackingJournal
 from .mlflow_ui import run_url, set_up_ui, ui_url, ui_view_state
 from .results import (
+    TAG_LATENCY_CLOCK,
     TAG_ROLE,
     TAG_SEARCH,
     TAG_STAGE,
@@ -322,6 +323,9 @@ class MLflowTracker(Callback):
         params: dict[str, str] = {"dim": str(config.get("dim", len(config.get("x", []))))}
         if "stage" in config:  # the searcher's space stage (a BO roll-back bumps it)
             params["space_stage"] = str(config["stage"])
+        backend = (self.config.get("latency") or {}).get("backend")
+        if backend:  # what latency_ms and speedup were measured with
+            params["latency_backend"] = str(backend)
         if self.epochs is not None:  # what promote fine-tunes the trial's policy for
             params["finetune_epochs"] = f"{self.epochs:g}"
         if "seed" in config:  # the trial's fine-tuning seed, which promote reuses
@@ -457,6 +461,8 @@ class MLflowTracker(Callback):
             tags += [RunTag("node", str(node)), RunTag("hostname", str(result.get("hostname")))]
         if result.get("node_id"):
             tags.append(RunTag("node_id", str(result["node_id"])))
+        if result.get("latency_clock"):  # which backend, device and threads timed it
+            tags.append(RunTag(TAG_LATENCY_CLOCK, str(result["latency_clock"])))
         step = int(result.get("epoch", result.get("training_iteration", 0)) or 0)
         final = bool(result.get("final"))
         keys = _FINAL_METRICS if final else _EPOCH_METRICS

@@ -40,6 +40,11 @@ class TrialSetup:
     threads: int = 1
     latency_repeats: int = 20
     latency_batch: int = 1
+    # What runs a model when it is timed (a `prunetune.kernels.latency_backends` name or
+    # "package.module:attr"), and where (None: the backend's default given the fine-tuning
+    # device, e.g. eager times where it fine-tunes, onnxruntime on the CPU).
+    latency_backend: str = "eager"
+    latency_device: str | None = None
     # A latency table file: predict latency from it (via the shared per-device Ray actor when
     # Ray runs) instead of timing whole models.
     latency_table: str | None = None
@@ -83,7 +88,7 @@ def evaluate_policy(policy_json: str, setup: TrialSetup, *, report: Any = None,
     fine-tuning epoch but the last, then the final metrics with `FINAL_KEY` set. Returns the
     final metrics.
     """
-    from prunetune.kernels import default_measurer, measured_models_ms, speedup
+    from prunetune.kernels import measured_models_ms, speedup
     from prunetune.search_spaces import Policy
 
     torch.set_num_threads(setup.threads)
@@ -103,18 +108,19 @@ def evaluate_policy(policy_json: str, setup: TrialSetup, *, report: Any = None,
                                 on_epoch_end=on_epoch_end)
     finetune_s = time.perf_counter() - t0
     val, pruned = result.scores["val"], result.model
-    device = resolve_device(setup.finetune.device)
-    # Timed on the trial's own device, dense and pruned alike (in turn, in bursts), so the
+    device = latency_device(setup)
+    # Timed on the trial's own node, dense and pruned alike (in turn, in bursts), so the
     # speedup compares like with like wherever the trial landed, whatever the machine's drift.
     batch = data.example_input(setup.latency_batch)
     measured: dict[str, float] = {}
     if setup.latency_table is not None:
-        dense_ms, pruned_ms = _table_latency_ms(setup, dense, pruned, batch, str(device))
+        dense_ms, pruned_ms = _table_latency_ms(setup, dense, pruned, batch, device)
     else:
-        dense_ms, pruned_ms = measured_models_ms([dense, pruned], batch, device=str(device),
-                                                 repeats=setup.latency_repeats)
+        dense_ms, pruned_ms = measured_models_ms([dense, pruned], batch, device=device,
+                                                 repeats=setup.latency_repeats,
+                                                 backend=setup.latency_backend)
         ref = setup.reference_latency
-        if ref is not None and ref[0] == default_measurer(str(device)).name:
+        if ref is not None and ref[0] == latency_clock(setup.latency_backend, device):
             measured = {"measured_latency_ms": pruned_ms, "measured_dense_latency_ms": dense_ms}
             # The speedup is this trial's own (dense and pruned timed in turn); the latency
             # follows from it and the search's one dense reference.
@@ -128,6 +134,8 @@ def evaluate_policy(policy_json: str, setup: TrialSetup, *, report: Any = None,
         "dense_latency_ms": dense_ms,
         "speedup": speedup(dense_ms, pruned_ms),
         **measured,
+        "latency_backend": setup.latency_backend,
+        "latency_clock": latency_clock(setup.latency_backend, device),
         "epoch": last_epoch,
         "finetune_s": finetune_s,
         "seed": seed,
@@ -139,15 +147,35 @@ def evaluate_policy(policy_json: str, setup: TrialSetup, *, report: Any = None,
     return final
 
 
+def latency_device(setup: TrialSetup) -> str:
+    """The device a trial times on: the setup's latency device, else the backend's choice
+    given the trial's fine-tuning device (resolved where the trial runs)."""
+    if setup.latency_device is not None:
+        return setup.latency_device
+    from prunetune.kernels import get_backend
+
+    backend = get_backend(setup.latency_backend)
+    return str(backend.default_device(resolve_device(setup.finetune.device)))
+
+
+def latency_clock(backend: str, device: str) -> str:
+    """The name of the clock `backend` times with on `device` (device, threads, backend):
+    latencies of two different clocks are never compared."""
+    from prunetune.kernels import clock_name, default_measurer
+
+    return clock_name(backend, default_measurer(device))
+
+
 def dense_reference_ms(dense: torch.nn.Module, batch: torch.Tensor, device: str,
-                       repeats: int) -> tuple[str, float]:
-    """(device name, ms): the dense model timed once for a whole search, in 6 bursts of 3x the
-    trials' repeats (one reference, so it gets more time than a trial's own timing)."""
-    from prunetune.kernels import default_measurer, measured_models_ms
+                       repeats: int, backend: str = "eager") -> tuple[str, float]:
+    """(clock name, ms): the dense model timed once for a whole search by `backend`, in 6
+    bursts of 3x the trials' repeats (one reference, so it gets more time than a trial's own
+    timing)."""
+    from prunetune.kernels import measured_models_ms
 
     (ms,) = measured_models_ms([dense], batch, device=device, repeats=6 * max(1, repeats // 2),
-                               bursts=6)
-    return default_measurer(device).name, ms
+                               bursts=6, backend=backend)
+    return latency_clock(backend, device), ms
 
 
 def _table_latency_ms(setup: TrialSetup, dense: torch.nn.Module, pruned: torch.nn.Module,
@@ -163,12 +191,13 @@ def _table_latency_ms(setup: TrialSetup, dense: torch.nn.Module, pruned: torch.n
 
     if ray.is_initialized():
         svc = latency_service(setup.latency_table, device=device,
-                              repeats=setup.latency_repeats)
+                              repeats=setup.latency_repeats, backend=setup.latency_backend)
         dense_ms = ray.get(svc.predict_ms.remote(dense, dense, batch))
         pruned_ms = ray.get(svc.predict_ms.remote(pruned, dense, batch))
         ray.get(svc.save.remote())
         return dense_ms, pruned_ms
-    local = LatencyService(setup.latency_table, device=device, repeats=setup.latency_repeats)
+    local = LatencyService(setup.latency_table, device=device, repeats=setup.latency_repeats,
+                           backend=setup.latency_backend)
     out = local.predict_ms(dense, dense, batch), local.predict_ms(pruned, dense, batch)
     local.save()
     return out

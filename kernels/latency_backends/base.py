@@ -55,6 +55,9 @@ class LatencyBackend(Protocol):
     def check(self, device: torch.device) -> None:
         """Raise `LatencyBackendUnavailableError` (in seconds) when it cannot run here."""
 
+    def channel_multiple(self, device: torch.device) -> int:
+        """The channel count multiple this backend runs fastest on `device` (1: any width)."""
+
     def clock_name(self, device_name: str) -> str:
         """The name of this backend's clock on a device (`device_name` names the device, its
         threads and clock): the device part of latency-table keys and of trials' metrics."""
@@ -88,6 +91,9 @@ class LatencyBackendBase:
             raise LatencyBackendUnavailableError(
                 f"latency backend {self.name!r} was asked to time on {device}, but CUDA is not "
                 "available here; set latency.device: cpu (or auto)")
+
+    def channel_multiple(self, device: torch.device) -> int:
+        return 1
 
     def clock_name(self, device_name: str) -> str:
         return f"{self.name}: {device_name}"

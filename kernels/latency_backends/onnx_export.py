@@ -20,7 +20,8 @@ from prunetune.errors import LatencyBackendError, LatencyBackendUnavailableError
 
 __all__ = ["ONNX_OPSET", "architecture_key", "export_onnx", "input_names", "onnx_bytes"]
 
-# An opset every current runtime (ONNX Runtime >= 1.20, TensorRT >= 10; the torch.export exporter needs >= 18) reads in full.
+# An opset every current runtime reads in full (ONNX Runtime >= 1.20, TensorRT >= 10), and the
+# lowest the torch.export based exporter writes.
 ONNX_OPSET = 18
 
 
