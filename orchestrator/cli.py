@@ -247,9 +247,11 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_baselines import add_baselines_command
     from .cli_cluster import add_cluster_commands
     from .cli_engine import add_engine_commands
+    from .cli_export import add_export_command
 
     add_engine_commands(sub)
     add_baselines_command(sub)
+    add_export_command(sub)
     add_cluster_commands(sub)
     return parser
 

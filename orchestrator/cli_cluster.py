@@ -143,6 +143,7 @@ def _cmd_promote(args: argparse.Namespace) -> int:
                       "alias": result.alias, "uri": result.uri, "run_id": result.run_id,
                       "search": result.search, "trial": result.trial,
                       "trial_id": result.trial_id, "metrics": result.metrics,
+                      "latency_backend": result.latency_backend, "onnx_uri": result.onnx_uri,
                       "tracking_uri": uri}, indent=2))
     return 0
 

@@ -6,6 +6,12 @@ the dense checkpoint the search used, fine-tunes it as the trial was, evaluates 
 split, logs it with `mlflow.pytorch.log_model` under a promote
 run (tagged with the source search and trial), registers a new version of the named model,
 points the alias at it and tags the version with the policy, the metrics and the source.
+Beside the PyTorch model it logs the pruned model in the deployment format of the latency
+backend the search was timed with (`latency.backend`; ONNX for onnxruntime and tensorrt, with
+MLflow's ONNX flavour, checked to reproduce the PyTorch outputs within 1e-4 first: see
+`deployable.py`), and tags the version with the backend, the trial's measured latency and the
+ONNX model's URI (`prunetune.onnx_model_uri`). `prunetune export` writes the same files to a
+folder (`choose_trial` + `rebuild_trial`).
 
 Every check that can fail (the search, the selection, the config, the dense checkpoint) runs
 before anything is written, so a failed promotion registers nothing.
@@ -39,6 +45,7 @@ from typing import Any
 
 from prunetune.errors import NoMatchingTrialError, PromotionError, SelectionError
 
+from .deployable import Deployable, deploy_tags, log_deployable, resolve_backend, write_deployable
 from .results import (
     TAG_SEARCH,
     TAG_TRIAL,
@@ -57,11 +64,16 @@ __all__ = [
     "PromotionResult",
     "Selection",
     "SelectionError",
+    "ChosenTrial",
+    "RebuiltTrial",
+    "choose_trial",
     "load_promoted",
     "load_promoted_with_spec",
     "parse_select",
     "promote",
+    "rebuild_trial",
     "select_trial",
+    "trial_epochs",
 ]
 
 SPEC_FORMAT = "prunetune-promoted/1"
@@ -191,6 +203,8 @@ class PromotionResult:
     model: Any = field(repr=False)  # the promoted nn.Module (CPU, eval mode)
     example_input: Any = field(repr=False)  # test-split inputs (tensor)
     trial: str = ""  # the trial's name, as `results` and the UI show it (`trial-003`)
+    latency_backend: str = "eager"  # what the search timed with (`latency.backend`)
+    onnx_uri: str | None = None  # the ONNX model logged beside it (ONNX backends), else None
 
 
 def _check_names(model_name: str, alias: str) -> None:
@@ -263,7 +277,7 @@ def _tag(value: Any) -> str:
 
 
 @dataclass
-class _Chosen:
+class ChosenTrial:
     """The trial a promotion takes, with what rebuilding it needs."""
 
     parent: Any  # the search's MLflow parent run
@@ -275,7 +289,7 @@ class _Chosen:
 
 
 def _choose(client: Any, experiment: str, search: str, select: str | None,
-            trial: str | None) -> _Chosen:
+            trial: str | None) -> ChosenTrial:
     """Find the search and its trial, and read back its config and policy (nothing written)."""
     from prunetune.search_spaces import Policy, PolicyError
 
@@ -293,11 +307,35 @@ def _choose(client: Any, experiment: str, search: str, select: str | None,
     except PolicyError as err:
         raise PromotionError(f"the policy of trial {chosen.name} does not load: "
                              f"{err}") from None
-    return _Chosen(parent, name, chosen, f"trial {chosen.name}" if trial else str(selection),
-                   cfg, policy)
+    return ChosenTrial(parent, name, chosen,
+                       f"trial {chosen.name}" if trial else str(selection), cfg, policy)
 
 
-def _check_reproduced(c: _Chosen, dense: Any, example: Any) -> None:
+def choose_trial(search: str, *, tracking_uri: str, experiment: str = "prunetune",
+                 select: str | None = None, trial: str | None = None) -> ChosenTrial:
+    """The trial of `search` that `select` (default: the best by accuracy, among the finalists
+    when there are any) or `trial` (a name or id) names, with its search's config and its
+    policy read back; nothing is written. Raises SearchNotFoundError, SelectionError,
+    NoMatchingTrialError or PromotionError."""
+    from mlflow.tracking import MlflowClient
+
+    if select and trial:
+        raise SelectionError("give either --select or --trial, not both")
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    return _choose(client, experiment, search, select, trial)
+
+
+def trial_epochs(c: ChosenTrial, finetune_epochs: float | None) -> float:
+    """The fine-tuning epochs a rebuild of `c` uses: `finetune_epochs`, or None for the trial's
+    own (a finalist's epochs, not the first stage's)."""
+    if finetune_epochs is None:
+        return float(c.trial.params.get("finetune_epochs", c.cfg.finetune.epochs))
+    if finetune_epochs < 0:
+        raise PromotionError(f"--finetune-epochs must be >= 0, got {finetune_epochs}")
+    return float(finetune_epochs)
+
+
+def _check_reproduced(c: ChosenTrial, dense: Any, example: Any) -> None:
     """The policy must give the trial's FLOPs on the rebuilt dense model, before any
     fine-tuning or registration (else the dense checkpoint is not the search's)."""
     from prunetune.search_spaces import PolicyError, apply_policy, count_cost
@@ -317,7 +355,7 @@ def _check_reproduced(c: _Chosen, dense: Any, example: Any) -> None:
 
 
 @dataclass
-class _Rebuilt:
+class RebuiltTrial:
     """A promoted trial's model, rebuilt: what the promote run logs."""
 
     model: Any  # the pruned, fine-tuned nn.Module (CPU, eval mode)
@@ -326,7 +364,7 @@ class _Rebuilt:
     spec: dict[str, Any]  # prunetune_model.json, less its source
 
 
-def _rebuild(c: _Chosen, epochs: float, progress: bool) -> _Rebuilt:
+def rebuild_trial(c: ChosenTrial, epochs: float, progress: bool) -> RebuiltTrial:
     """Re-apply the policy to the dense checkpoint, fine-tune it as the trial was (its own
     seed), evaluate it on the test split."""
     from prunetune.trainers import load_data, pretrain_dense, prune_and_evaluate
@@ -352,13 +390,13 @@ def _rebuild(c: _Chosen, epochs: float, progress: bool) -> _Rebuilt:
     spec = {"format": SPEC_FORMAT, "model": dense.checkpoint["model"],
             "input_shape": list(inputs.shape[1:]), "dataset": cfg.data.name,
             "policy": c.policy.to_dict(), "cost": pruned.cost.to_dict(), "metrics": metrics}
-    return _Rebuilt(pruned.model, metrics, inputs, spec)
+    return RebuiltTrial(pruned.model, metrics, inputs, spec)
 
 
-def _register(c: _Chosen, r: _Rebuilt, *, model_name: str, alias: str, epochs: float,
-              tracking_uri: str, client: Any) -> tuple[int, str]:
-    """Log the promote run (model, spec, state dict), register a version, move the alias:
-    (version, promote run id)."""
+def _register(c: ChosenTrial, r: RebuiltTrial, dep: Deployable, *, model_name: str, alias: str,
+              epochs: float, tracking_uri: str, client: Any) -> tuple[int, str, dict[str, str]]:
+    """Log the promote run (model, spec, state dict, the deployable file), register a version,
+    move the alias: (version, promote run id, the deployment's version tags)."""
     import mlflow
     import torch
 
@@ -385,7 +423,8 @@ def _register(c: _Chosen, r: _Rebuilt, *, model_name: str, alias: str, epochs: f
                               tags={**source_tags,
                                     "mlflow.parentRunId": c.parent.info.run_id}) as run:
             mlflow.log_params({"model_name": model_name, "alias": alias, "selection": c.how,
-                               "finetune_epochs": epochs, "trial_id": c.trial.trial_id})
+                               "finetune_epochs": epochs, "trial_id": c.trial.trial_id,
+                               "latency_backend": dep.backend})
             mlflow.log_metrics({**metrics, **trial_metrics})
             mlflow.log_text(c.policy.to_json(), "policy.json")
             info = mlflow.pytorch.log_model(
@@ -393,7 +432,9 @@ def _register(c: _Chosen, r: _Rebuilt, *, model_name: str, alias: str, epochs: f
                 serialization_format="pt2", extra_files=[str(spec_path), str(state_path)],
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
                                   f"mlflow=={mlflow.__version__}"])
-            version_tags = {**source_tags, f"{TAG_PREFIX}promote_run_id": run.info.run_id,
+            deploy = {**deploy_tags(dep, c.trial), **log_deployable(dep, r.inputs)}
+            version_tags = {**source_tags, **deploy,
+                            f"{TAG_PREFIX}promote_run_id": run.info.run_id,
                             f"{TAG_PREFIX}policy": (policy_json if len(policy_json) <= 7500 else
                                                     "see the promote run's policy.json"),
                             **{f"metric.{k}": _tag(v) for k, v in metrics.items()},
@@ -407,10 +448,10 @@ def _register(c: _Chosen, r: _Rebuilt, *, model_name: str, alias: str, epochs: f
                 f"x{metrics['params_ratio']:.3f}"))
             mlflow.set_tag(f"{TAG_PREFIX}registered", f"{model_name}/{mv.version}")
     _link_from_search(client, c, model_name, int(mv.version), run.info.run_id, metrics)
-    return int(mv.version), run.info.run_id
+    return int(mv.version), run.info.run_id, deploy
 
 
-def _link_from_search(client: Any, c: _Chosen, model_name: str, version: int, run_id: str,
+def _link_from_search(client: Any, c: ChosenTrial, model_name: str, version: int, run_id: str,
                       metrics: dict[str, float]) -> None:
     """Say on the search's parent run what was promoted from it: a tag per registered version
     and a line in the run's description (shown on its page)."""
@@ -447,20 +488,26 @@ def promote(search: str, model_name: str, *, tracking_uri: str, experiment: str 
         raise PromotionError(f"--finetune-epochs must be >= 0, got {finetune_epochs}")
     client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     c = _choose(client, experiment, search, select, trial)
+    backend = resolve_backend(c.cfg.latency.backend)  # one that cannot load fails here
     if progress:
         print(f"[promote] search {c.search}: trial {c.trial.name} chosen by '{c.how}' "
               f"(accuracy {c.trial.get('accuracy'):.4f}, speedup "
               f"{c.trial.get('speedup'):.2f}x)", flush=True)
-    # The trial's own fine-tuning (a finalist's epochs, not the first stage's).
-    epochs = (float(c.trial.params.get("finetune_epochs", c.cfg.finetune.epochs))
-              if finetune_epochs is None else finetune_epochs)
-    rebuilt = _rebuild(c, epochs, progress)
-    version, run_id = _register(c, rebuilt, model_name=model_name, alias=alias, epochs=epochs,
-                                tracking_uri=tracking_uri, client=client)
+    epochs = trial_epochs(c, finetune_epochs)
+    rebuilt = rebuild_trial(c, epochs, progress)
+    with tempfile.TemporaryDirectory() as tmp:
+        # Written (and round-trip checked) before the promote run starts: a model that does not
+        # export registers nothing.
+        dep = write_deployable(rebuilt.model, rebuilt.inputs, backend, Path(tmp))
+        version, run_id, deploy = _register(c, rebuilt, dep, model_name=model_name, alias=alias,
+                                            epochs=epochs, tracking_uri=tracking_uri,
+                                            client=client)
     m = rebuilt.metrics
     if progress:
         print(f"[promote] registered {model_name} version {version}, alias {alias}: test "
-              f"accuracy {m['test_accuracy']:.4f}, FLOPs x{m['flops_ratio']:.3f}", flush=True)
+              f"accuracy {m['test_accuracy']:.4f}, FLOPs x{m['flops_ratio']:.3f}; latency "
+              f"backend {dep.backend}" + (f", its {dep.format} model beside it" if dep.format
+                                          else ""), flush=True)
         if tracking_uri.startswith(("http://", "https://")):
             from .mlflow_ui import run_url
 
@@ -469,7 +516,9 @@ def promote(search: str, model_name: str, *, tracking_uri: str, experiment: str 
     return PromotionResult(model_name=model_name, version=version, alias=alias,
                            uri=f"models:/{model_name}@{alias}", run_id=run_id, search=c.search,
                            trial_id=c.trial.trial_id, metrics=m, model=rebuilt.model,
-                           example_input=rebuilt.inputs, trial=c.trial.name)
+                           example_input=rebuilt.inputs, trial=c.trial.name,
+                           latency_backend=dep.backend,
+                           onnx_uri=deploy.get(f"{TAG_PREFIX}onnx_model_uri"))
 
 
 # ---------------------------------------------------------------------------------------------
