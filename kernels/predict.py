@@ -148,9 +148,9 @@ class LatencyPredictor:
     GPU, whose timings (CUDA events, L2 flushed) are steady.
 
     `backend` (a `LatencyBackend` or its name, default "eager") runs every timed layer and
-    model; its clock names the table's entries. A backend with a per-call overhead (a runtime's
-    session call) has that overhead, timed once on an empty graph, taken off each layer entry:
-    a model pays it once, not once per layer.
+    model; its clock names the table's entries. A backend that compiles a graph
+    (`compiles_graph`: a runtime session) has a fixed cost per call, timed once on an empty
+    graph and taken off each layer entry: a model pays it once, not once per layer.
     """
 
     def __init__(self, dense_model: nn.Module, example_input: torch.Tensor,
@@ -177,7 +177,7 @@ class LatencyPredictor:
         if statistic == "auto":
             statistic = "min" if self.device.type == "cpu" else "median"
         self.statistic = statistic
-        self.call_overhead = self._call_overhead() if self.latency_backend.per_call_overhead \
+        self.call_overhead = self._call_overhead() if self.latency_backend.compiles_graph \
             else None
         self.c0_ms, self.c1_ms_per_elem, self.delta_ratio = self._residual_model(
             dense_model, residual_batch_factor)
@@ -257,8 +257,8 @@ class LatencyPredictor:
         (`measure_interleaved`): delta compares layers and whole model taken moments apart.
         The dense layers' entries keep the median of the rounds too.
 
-        A backend with a per-call overhead compiles the graph it is given, so a skeleton's
-        recorded outputs would fold into constants: there the call overhead stands for both
+        A backend that compiles the graph it is given (`compiles_graph`) would fold a skeleton's
+        recorded outputs into constants: there the call overhead stands for both
         skeletons (c0 = the overhead, c1 = 0) and delta carries the rest, which such runtimes
         mostly fuse into the layers anyway (BatchNorm, activations)."""
         x1 = self.example_input.to(self.device)

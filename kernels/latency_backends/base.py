@@ -43,9 +43,10 @@ class LatencyBackend(Protocol):
     name: str
     # The deployment file `export` writes ("onnx", ...); None: the PyTorch state dict is it.
     export_format: str | None
-    # True where one call carries a fixed cost (a runtime's session call) that running the
-    # layers inside one model pays once, not per layer: per-layer table entries drop it.
-    per_call_overhead: bool
+    # True where it runs a compiled graph of the model (a runtime session, an engine): the
+    # graph's constant parts fold away, so the latency table cannot time a model's skeleton
+    # there, and one call has a fixed cost that a model pays once, not once per layer.
+    compiles_graph: bool
     # True where `torch_form` swaps in block-sparse / 2:4 kernels, so masked weights can pay.
     runs_sparse_kernels: bool
 
@@ -80,7 +81,7 @@ class LatencyBackendBase:
 
     name = "base"
     export_format: str | None = None
-    per_call_overhead = False
+    compiles_graph = False
     runs_sparse_kernels = False
 
     def default_device(self, trial_device: torch.device) -> torch.device:

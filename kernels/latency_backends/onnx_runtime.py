@@ -81,7 +81,7 @@ class _SessionRunner:
 class OnnxRuntimeBackend(LatencyBackendBase):
     name = "onnxruntime"
     export_format = "onnx"
-    per_call_overhead = True
+    compiles_graph = True
 
     def default_device(self, trial_device: torch.device) -> torch.device:
         return torch.device("cpu")

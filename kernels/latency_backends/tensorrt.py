@@ -82,6 +82,7 @@ class _EngineRunner:
 class TensorRTBackend(LatencyBackendBase):
     name = "tensorrt"
     export_format = "onnx"  # engines are built per GPU from it (trtexec --onnx=...)
+    compiles_graph = True
 
     def default_device(self, trial_device: torch.device) -> torch.device:
         return torch.device("cuda")
