@@ -344,6 +344,17 @@ def _hold_latency_actor(cfg: PrunetuneConfig, workdir: Path) -> Any:
                            repeats=cfg.search.latency_repeats, backend=cfg.latency.backend)
 
 
+def _latency_line(cfg: PrunetuneConfig, space: Any) -> str:
+    """What times the trials, where, and the widths kept channels are rounded to."""
+    from .config import latency_device
+
+    rounding = (f"kept channels rounded to multiples of {space.round_to}" if space.round_to
+                else "kept channels of any width")
+    how = "predicted from the latency table" if cfg.search.latency == "table" else "measured"
+    return (f"latency {how} by the {cfg.latency.backend} backend on {latency_device(cfg)}; "
+            f"{rounding} (space.round_to: {cfg.space.round_to})")
+
+
 def run_search(cfg: PrunetuneConfig, *, resume: bool = False,
                progress: bool = True) -> SearchSummary:
     """Run (or resume) a search: its stages as Ray Tune experiments, tracked in MLflow."""
@@ -395,6 +406,7 @@ def _run_locked(cfg: PrunetuneConfig, name: str, storage: Path, resume: bool,
               f"{plan} ({cfg.search.max_concurrent} at a time), searcher "
               f"{cfg.search.searcher}; dense val accuracy {dense.val_accuracy:.4f}", flush=True)
         print(f"[search] {_schemes_line(space, cfg.space.mapping)}", flush=True)
+        print(f"[search] {_latency_line(cfg, space)}", flush=True)
     _init_ray(cfg, progress, workdir)
     table_actor = _hold_latency_actor(cfg, workdir)  # noqa: F841 (held until the search ends)
     run = SearchRun(cfg, name, storage, workdir, dense, space, options, progress)
