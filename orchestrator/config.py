@@ -103,6 +103,12 @@ class SearchConfig(_Section):
     searcher: str = "bo"
     # Extra keyword arguments for the searcher's constructor.
     searcher_options: dict[str, Any] = Field(default_factory=dict)
+    # The free policies at the budget (`prunetune baselines`) the first trials run, so a
+    # search starts from what a practitioner gets without searching and can only improve:
+    # uniform, tp-magnitude, tp-bn-scale, tp-taylor (Torch-Pruning's global pruning); []
+    # starts from the searcher's own points. Channel units only; others stay dense in them.
+    start_from: list[Literal["uniform", "tp-magnitude", "tp-bn-scale", "tp-taylor"]] = Field(
+        default_factory=lambda: ["uniform", "tp-magnitude", "tp-bn-scale"])
     # Trials of the first stage: with `finetune.epochs: 0` (the default) each scores a policy
     # by its accuracy after BatchNorm calibration alone, in seconds.
     trials: int = Field(100, ge=1)
