@@ -3,6 +3,7 @@
     python benchmarks/latency_table.py                       # ResNet-20/56, MobileNetV2, 50 each
     python benchmarks/latency_table.py --smoke --out F.json  # 2 policies of ResNet-20 (plumbing)
     python benchmarks/latency_table.py --device cuda --batch 32 --schemes channel block nm
+    python benchmarks/latency_table.py --backend onnxruntime --policies 30   # ONNX Runtime, CPU
 
 For each model: random points of the `PruningSpace` box are decoded to policies, applied
 (`apply_policy`), put in deployment form, and both predicted from the latency table (sum of
@@ -17,11 +18,19 @@ default. The linear latency model a latency budget uses (`LatencyPredictor.linea
 scored too, against the min-based table prediction and the measured minimum. Writes
 `benchmarks/results/latency_table-cpu.json`.
 Target (issue 7): >= 90% of predictions within +-10%.
+
+`--backend onnxruntime` (issue 28) runs every timed layer and model through that latency
+backend (`prunetune.kernels.latency_backends`): the table's entries carry its clock, and the
+result goes to `latency_table-<device>-onnxruntime.json` (`-round16` appended with
+`--round-to 16`: kept widths rounded as `space.round_to` does). Its default schemes are `channel`
+alone (ONNX Runtime's CPU kernels multiply masked zeros like any weight). Each finished model
+is kept in `<out>.partial.json` and skipped on a re-run with the same settings.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -66,8 +75,37 @@ def drift_correlation(rows: list[dict[str, Any]]) -> float | None:
     return statistics.correlation(errors, dense)
 
 
+def gemm_out_elements(model: torch.nn.Module, x: torch.Tensor) -> int:
+    """Elements the model's convolution and linear layers output for `x` (one forward): what
+    element-wise work scales with (the residual's `c1` term), kept in each row so that other
+    residual models can be fitted to the rows afterwards."""
+    total = 0
+
+    def count(_module: Any, _args: Any, out: torch.Tensor) -> None:
+        nonlocal total
+        total += out.numel()
+
+    gemm = (torch.nn.Conv2d, torch.nn.Linear)
+    handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, gemm)]
+    try:
+        with torch.inference_mode():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
+def aligned_share(model: torch.nn.Module, multiple: int = 16) -> float:
+    """Share of the convolutions whose output channels are a multiple of `multiple` (ONNX
+    Runtime's CPU convolutions run blocked, NCHWc, only on such widths)."""
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    return sum(m.out_channels % multiple == 0 for m in convs) / max(1, len(convs))
+
+
 def make_space(model: torch.nn.Module, x: torch.Tensor, schemes: tuple[str, ...], seed: int,
-               predictor: LatencyPredictor, mapping_device: str = "cpu") -> Any:
+               predictor: LatencyPredictor, mapping_device: str = "cpu",
+               round_to: int | None = None) -> Any:
     """A PruningSpace on the device's rule-based mapping without a budget (policies spread
     over the whole ratio range), with the linear latency model a latency budget would use
     (`cost(x)["latency_ms"]`)."""
@@ -78,7 +116,19 @@ def make_space(model: torch.nn.Module, x: torch.Tensor, schemes: tuple[str, ...]
     weights = LatencyWeights.from_layers(analysis.cost_model, *predictor.linear_terms(model),
                                          sparse_gain=scheme_gains(predictor.sparse_gains(model)))
     return PruningSpace(None, schemes=schemes, budget=None, seed=seed, device=mapping_device,
-                        analysis=analysis, latency=weights)
+                        analysis=analysis, latency=weights, round_to=round_to)
+
+
+def with_errors(row: dict[str, Any], dense_predicted_min: float) -> dict[str, Any]:
+    """`row` with each prediction's relative error against what it is scored on."""
+    row["err"] = row["predicted_ms"] / row["measured_ms"] - 1.0
+    row["err_min"] = row["predicted_min_ms"] / row["measured_min_ms"] - 1.0
+    row["err_speedup"] = row["speedup_predicted"] / row["speedup_measured"] - 1.0
+    row["err_speedup_min"] = ((dense_predicted_min / row["predicted_min_ms"])
+                              / (row["dense_measured_min_ms"] / row["measured_min_ms"]) - 1.0)
+    row["err_linear_table"] = row["linear_ms"] / row["predicted_min_ms"] - 1.0
+    row["err_linear"] = row["linear_ms"] / row["measured_min_ms"] - 1.0
+    return row
 
 
 def run_model(name: str, args: argparse.Namespace, measurer: DeviceMeasurer,
@@ -89,14 +139,16 @@ def run_model(name: str, args: argparse.Namespace, measurer: DeviceMeasurer,
     dense = build_model(name).eval()
     x = torch.randn(args.batch, 3, 32, 32, generator=gen)
     table = LatencyTable()
-    started = time.time()
+    started, load_before = time.time(), os.getloadavg()
     predictors = {stat: LatencyPredictor(dense, x, table, device=args.device, measurer=measurer,
-                                         repeats=args.repeats, statistic=stat)
+                                         repeats=args.repeats, statistic=stat,
+                                         backend=args.backend)
                   for stat in ("median", "min")}
     dense_predicted = predictors["median"].predict(dense).total_ms
+    dense_layers_min = predictors["min"].predict(dense).layers_ms
     dense_predicted_min = predictors["min"].predict(dense).total_ms
     space = make_space(dense, x, tuple(args.schemes), args.seed, predictors["min"],
-                       "gpu" if args.device == "cuda" else "cpu")
+                       "gpu" if args.device == "cuda" else "cpu", args.round_to)
     rows = []
     for i in range(args.policies):
         vector = torch.rand(space.dim, generator=gen, dtype=torch.float64)
@@ -112,6 +164,7 @@ def run_model(name: str, args: argparse.Namespace, measurer: DeviceMeasurer,
             "schemes": sorted({u.scheme for u in policy.units.values() if u.ratio > 0}),
             "predicted_ms": predicted["median"].total_ms,
             "layers_ms": predicted["median"].layers_ms,
+            "layers_min_ms": predicted["min"].layers_ms,
             "residual_ms": predicted["median"].residual_ms,
             "measured_ms": measured.median_ms,
             "measured_iqr_ms": [measured.p25_ms, measured.p75_ms],
@@ -123,25 +176,26 @@ def run_model(name: str, args: argparse.Namespace, measurer: DeviceMeasurer,
             "speedup_predicted": dense_predicted / predicted["median"].total_ms,
             # The latency budget's linear model (fitted on min-based entries).
             "linear_ms": space.cost(vector)["latency_ms"],
+            "gemm_out_elements": gemm_out_elements(pruned, x),
+            "convs_width_mult16_share": aligned_share(pruned),
         }
-        row["err"] = row["predicted_ms"] / row["measured_ms"] - 1.0
-        row["err_min"] = row["predicted_min_ms"] / row["measured_min_ms"] - 1.0
-        row["err_speedup"] = row["speedup_predicted"] / row["speedup_measured"] - 1.0
-        row["err_speedup_min"] = ((dense_predicted_min / row["predicted_min_ms"])
-                                  / (dense_now.min_ms / measured.min_ms) - 1.0)
-        row["err_linear_table"] = row["linear_ms"] / row["predicted_min_ms"] - 1.0
-        row["err_linear"] = row["linear_ms"] / row["measured_min_ms"] - 1.0
-        rows.append(row)
+        rows.append(with_errors(row, dense_predicted_min))
         print(f"{name} {i:3d} predicted {row['predicted_ms']:8.3f} measured "
               f"{row['measured_ms']:8.3f} ms  err {100 * row['err']:+6.1f}%  "
               f"(min {100 * row['err_min']:+6.1f}%, speedup {100 * row['err_speedup']:+6.1f}%, "
               f"linear {100 * row['err_linear_table']:+6.1f}% of table)", flush=True)
     return {
-        "model": name, "batch": args.batch, "dense_predicted_ms": dense_predicted,
-        "dense_predicted_min_ms": dense_predicted_min,
+        "model": name, "batch": args.batch, "backend": args.backend,
+        "clock": predictors["min"].device_name, "dense_predicted_ms": dense_predicted,
+        "dense_predicted_min_ms": dense_predicted_min, "dense_layers_min_ms": dense_layers_min,
+        "dense_gemm_out_elements": gemm_out_elements(dense, x),
         "residual_fit": {stat: {"c0_ms": p.c0_ms, "c1_ms_per_element": p.c1_ms_per_elem,
                                 "delta_ratio": p.delta_ratio} for stat, p in predictors.items()},
+        "call_overhead_ms": ({"median": predictors["median"].call_overhead.median_ms,
+                              "min": predictors["min"].call_overhead.min_ms}
+                             if predictors["min"].call_overhead is not None else None),
         "table_entries": len(table), "wall_s": time.time() - started,
+        "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "median_based": score([r["err"] for r in rows]),
         "min_based": score([r["err_min"] for r in rows]),
         "speedup": score([r["err_speedup"] for r in rows]),
@@ -170,8 +224,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--bursts", type=int, default=6,
                         help="bursts per whole-model measurement (interleaved with the dense "
                              "model's)")
-    parser.add_argument("--schemes", nargs="+", default=["channel", "block"])
+    parser.add_argument("--schemes", nargs="+", default=None,
+                        help="default: channel block (eager); channel (a runtime backend)")
+    parser.add_argument("--backend", choices=("eager", "onnxruntime"), default="eager",
+                        help="the latency backend every layer and model is timed with")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--round-to", type=int, default=None,
+                        help="kept channels rounded down to a multiple of this (the space's "
+                             "round_to; default: any width)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="where the models run (cuda: CUDA events; block-sparse layers "
                              "with the Triton kernels)")
@@ -182,6 +242,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.models, args.policies, args.batch = ["resnet20"], 2, 2
         args.repeats = args.whole_repeats = 3
         args.bursts = 2
+    if args.schemes is None:
+        args.schemes = ["channel", "block"] if args.backend == "eager" else ["channel"]
     torch.manual_seed(args.seed)
     # Everything (shape passes, apply_policy) at the measured thread count: on a shared machine
     # extra torch threads only wait for each other.
@@ -190,9 +252,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit("--device cuda: no CUDA GPU is visible here; use --device cpu")
     measurer = DeviceMeasurer(args.device, threads=args.threads)
     load_before = os.getloadavg()
-    models = [run_model(name, args, measurer) for name in args.models]
+    suffix = ("" if args.backend == "eager" else f"-{args.backend}") + (
+        f"-round{args.round_to}" if args.round_to else "")
+    out = args.out or RESULTS / f"latency_table-{args.device}{suffix}.json"
+    models = run_models(args, measurer, out.with_suffix(".partial.json"))
     result = {
-        "device": measurer.name, "smoke": args.smoke, "policies_per_model": args.policies,
+        "device": measurer.name, "backend": args.backend, "clock": models[0]["clock"],
+        "round_to": args.round_to,
+        "smoke": args.smoke, "policies_per_model": args.policies,
         "batch": args.batch, "threads": args.threads, "schemes": args.schemes,
         "repeats": args.repeats, "whole_repeats": args.whole_repeats, "bursts": args.bursts,
         "load_average_before": load_before, "load_average_after": os.getloadavg(),
@@ -209,9 +276,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },
         "models": models,
     }
-    out = args.out or RESULTS / f"latency_table-{args.device}.json"
     write_result(out, result, show=result["overall"])
+    out.with_suffix(".partial.json").unlink(missing_ok=True)
     return result
+
+
+def run_models(args: argparse.Namespace, measurer: DeviceMeasurer, partial: Path,
+               ) -> list[dict[str, Any]]:
+    """`run_model` for each of `args.models`, each finished model kept in `partial` (a re-run
+    with the same settings skips it: a model takes minutes, and the machine is shared)."""
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "models")}
+    done: dict[str, Any] = {}
+    if partial.exists():
+        saved = json.loads(partial.read_text())
+        if saved.get("settings") == settings:
+            done = saved["models"]
+            print(f"reusing {sorted(done)} from {partial}", flush=True)
+    for name in args.models:
+        if name not in done:
+            done[name] = run_model(name, args, measurer)
+            write_result(partial, {"settings": settings, "models": done}, show={})
+    return [done[name] for name in args.models]
 
 
 if __name__ == "__main__":
