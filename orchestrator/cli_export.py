@@ -113,9 +113,8 @@ def _write(built: _Built, backend: Any, out: Path) -> dict[str, Any]:
         "model": built.model_spec, "metrics": built.metrics,
         "trial_metrics": built.trial_metrics, "source": built.source}
     # File names inside `out` (the folder travels as a whole to where it is deployed).
-    files = {"pruned": PRUNED_FILE, "policy": POLICY_FILE, "manifest": MANIFEST_FILE}
-    if dep.path is not None:
-        files[dep.format or "deploy"] = dep.path.name
+    files = {dep.format or "deploy": dep.path.name} if dep.path is not None else {}
+    files.update(pruned=PRUNED_FILE, policy=POLICY_FILE, manifest=MANIFEST_FILE)
     manifest["files"] = files
     m = built.model_spec
     save_pruned(out / PRUNED_FILE, built.model, built.policy, model_name=m["name"],

@@ -195,6 +195,7 @@ def ort_search(local_ray, tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"cfg": cfg, "uri": cfg.tracking_uri(), "tmp": tmp}
 
 
+@pytest.mark.slow  # a search (about 30 s) and a promote with fine-tuning (30 s or more)
 def test_promote_of_an_onnxruntime_search_registers_its_onnx_model(
         ort_search: dict, tmp_path: Path) -> None:
     from prunetune.orchestrator.registry import _mlflow_uri, load_promoted, promote
