@@ -60,6 +60,10 @@ class SpaceConfig(_Section):
     # widths slower than the dense model (0.83x; MobileNetV2 0.52x), with widths rounded to 16
     # at 1.76x (benchmarks/README.md, "latency backends").
     round_to: int | Literal["auto"] | None = Field("auto")
+    # Which channels a unit's ratio removes: those scoring lowest by this criterion
+    # (Torch-Pruning's): "magnitude" (L2 norm of the channel's coupled weights), "l1",
+    # "bn_scale" (|BatchNorm gamma|), "lamp" or "fpgm" (distance to the geometric median).
+    importance: Literal["magnitude", "l1", "bn_scale", "lamp", "fpgm"] = "magnitude"
 
     @field_validator("round_to")
     @classmethod

@@ -228,13 +228,16 @@ def _schemes_line(space: Any, mapping: str = "rules") -> str:
     for unit in d["units"].values():
         counts[unit["scheme"]] = counts.get(unit["scheme"], 0) + 1
     mapped = ", ".join(f"{s} on {n} units" for s, n in sorted(counts.items()))
+    # Which channels a ratio removes: the criterion is a config choice (space.importance).
+    chosen = (f"; channel pruning removes each unit's lowest-{d['importance']} channels "
+              "(space.importance)" if "channel" in d["schemes"] else "")
     if d["scheme_search"]:
         return (f"schemes {d['schemes']}: searched per group (space.scheme_search); the "
-                f"{d['device']} mapping's choice first ({mapped})")
+                f"{d['device']} mapping's choice first ({mapped}){chosen}")
     how = ("measured mapping (prunetune map)" if mapping == "measured" else
            f"rule-based {d['device']} mapping")
     return (f"schemes {d['schemes']}: one per unit, by the {how}: "
-            f"{mapped} (space.scheme_search: true searches them per group)")
+            f"{mapped} (space.scheme_search: true searches them per group){chosen}")
 
 
 def _requested_name(cfg: PrunetuneConfig, storage: Path, resume: bool) -> str | None:

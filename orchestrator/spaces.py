@@ -91,7 +91,8 @@ def space_from_analysis(cfg: PrunetuneConfig, analysis: ModelAnalysis, *,
                             budget=budget, n_groups=n_groups, fill_budget=fill,
                             scheme_search=s.scheme_search, seed=cfg.seed,
                             device=mapping_device, analysis=analysis, latency=latency,
-                            templates=templates, round_to=round_to(cfg))
+                            templates=templates, round_to=round_to(cfg),
+                            importance=s.importance)
     except BudgetError as err:
         raise SearchError(f"space.budget: {err}") from err
     except SpaceError as err:
@@ -132,7 +133,7 @@ def build_space(cfg: PrunetuneConfig, model: nn.Module, example_input: object,
     the search's latency table (`latency_table_file`), measuring missing layer entries on the
     trials' device now; `scan`: what `space.mapping: measured` chooses schemes from
     (`scheme_map.measured_scan`)."""
-    analysis = analyze(model, example_input)
+    analysis = analyze(model, example_input, importance=cfg.space.importance)
     latency = None
     if cfg.space.budget is not None and cfg.space.budget.kind == "latency":
         latency = _latency_weights(cfg, model, example_input, analysis, workdir)
