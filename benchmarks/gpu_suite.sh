@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU suite: everything prunetune measures on a CUDA GPU, in one command of <= 8 minutes.
+# The GPU suite: everything prunetune measures on a CUDA GPU, in one command of <= 9 minutes.
 #
 #   benchmarks/gpu_suite.sh [--out DIR]   # on the GPU machine (default DIR: benchmarks/results)
 #   benchmarks/gpu_suite.sh --smoke       # the same code paths on CPU, tiny shapes, Triton
@@ -9,12 +9,15 @@
 # source tree is put first on PYTHONPATH as the `prunetune` package. Packages the GPU image lacks
 # (torch-pruning, pydantic) come from the wheels in benchmarks/gpu_wheels/ (`make gpu-wheels`
 # downloads them here; carry that folder to the GPU machine). Each step has its own time limit,
-# so one slow step cannot eat the others' time. Result files (<= 5, in DIR):
+# so one slow step cannot eat the others' time. Result files (<= 6, in DIR):
 #   kernels-<gpu>.json          block-sparse kernels vs dense and vs torch's bsr_dense_mm
 #   semi_structured-<gpu>.json  2:4 semi-structured Linear layers vs dense
 #   latency_table-<gpu>.json    the latency table's predictions vs measured whole models
 #                               (channel / block / N:M policies, block-sparse modules swapped in)
 #   scheme_mapping-<gpu>-<model>.json   `prunetune map --device cuda`: the measured mapping
+#   latency_backends-<gpu>.json latency backends: eager and TensorRT on the GPU, ONNX Runtime on
+#                               its CPU, dense vs uniform 50%-FLOPs models (TensorRT recorded
+#                               as refused where its package is missing)
 # and a summary table on stdout. Exit status: non-zero if any step failed (the others still run).
 set -uo pipefail
 
@@ -62,11 +65,13 @@ echo "prunetune from the source tree: $("$PY" -c \
 if [ "$SMOKE" = 1 ]; then
   export TRITON_INTERPRET=1
   TAG=cpu-smoke; DEVICE=cpu; LIMIT_KERNELS=300; LIMIT_SEMI=120; LIMIT_TABLE=300; LIMIT_MAP=300
+  LIMIT_BACKENDS=300; BACKEND_ARGS=(--smoke)
   KERNEL_ARGS=(--smoke); TABLE_ARGS=(--smoke); MAP_MODELS=(resnet20); MAP_RATIOS=(0.5)
 else
   TAG="$("$PY" -c "import re, torch; print(re.sub(r'[^a-z0-9]+', '-', \
 torch.cuda.get_device_name().lower()).strip('-'))")" || { echo "no CUDA GPU" >&2; exit 2; }
   DEVICE=cuda; LIMIT_KERNELS=180; LIMIT_SEMI=30; LIMIT_TABLE=140; LIMIT_MAP=55
+  LIMIT_BACKENDS=75; BACKEND_ARGS=(--models resnet20 mobilenetv2 --repeats 12)
   KERNEL_ARGS=(); TABLE_ARGS=(--device cuda --batch 32 --policies 12 --schemes channel block nm)
   MAP_MODELS=(resnet20 mobilenetv2); MAP_RATIOS=(0.25 0.5 0.75)
 fi
@@ -104,6 +109,9 @@ EOF
     --out "$OUT/scheme_mapping-$TAG-$model.json"
 done
 
+step "latency backends" "$LIMIT_BACKENDS" "$PY" "$ROOT/benchmarks/gpu_backends.py" \
+  "${BACKEND_ARGS[@]}" --out "$OUT/latency_backends-$TAG.json"
+
 "$PY" - "$OUT" "$TAG" <<'EOF'
 import json, sys
 from pathlib import Path
@@ -130,6 +138,9 @@ for path in sorted(out.glob(f"scheme_mapping-{tag}-*.json")):
     for choice in m["choice"].values():
         counts[choice["scheme"]] = counts.get(choice["scheme"], 0) + 1
     print(f"measured mapping {m['model']}: {counts} on {m['device']}")
+b = load(f"latency_backends-{tag}.json")
+print("latency backends (speedup over dense per batch):",
+      json.dumps(b["summary"]) if b else "no result")
 EOF
 
 if [ ${#FAILED[@]} -gt 0 ]; then

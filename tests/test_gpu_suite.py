@@ -39,6 +39,11 @@ def test_gpu_suite_smoke_writes_every_result_and_a_summary(tmp_path: Path) -> No
     assert table["overall"]["median_based"]["n"] == 2
     mapping = json.loads((tmp_path / "out" / "scheme_mapping-cpu-smoke-resnet20.json").read_text())
     assert mapping["choice"] and all(r["unit"] in mapping["choice"] for r in mapping["rows"])
+    backends = json.loads((tmp_path / "out" / "latency_backends-cpu-smoke.json").read_text())
+    assert "refused" in backends["models"]["resnet20"]["tensorrt"]  # no CUDA here: told why
+    for name in ("eager", "onnxruntime"):
+        assert backends["models"]["resnet20"][name]["batches"]["1"]["speedup"]["uniform-x8"] > 0
+    assert "latency backends (speedup over dense per batch)" in proc.stdout
     assert "GPU suite summary (cpu-smoke)" in proc.stdout
     assert "measured mapping resnet20" in proc.stdout
     # The package came from this source tree, not from the installed copy.
