@@ -29,7 +29,7 @@ from .spaces import latency_table_file
 
 __all__ = ["FINALIST_SUFFIX", "DenseBaseline", "FinalistSearcher", "SearchRun", "Stage",
            "journal_dir", "progress_callback", "run_stage", "search_stages", "settle_tracking",
-           "stage_done", "stage_results", "stage_tracker", "trial_dirname"]
+           "stage_done", "stage_results", "stage_tracker", "start_policies", "trial_dirname"]
 
 
 # A two-stage search's finalists run as a Tune experiment of their own beside the first
@@ -264,7 +264,59 @@ def _searcher(run: SearchRun) -> Any:
     from .searchers import make_searcher
 
     return make_searcher(run.cfg.search.searcher, space=run.space, metric="accuracy",
-                         mode="max", seed=run.cfg.seed, options=run.options)
+                         mode="max", seed=run.cfg.seed, options=run.options,
+                         start_policies=start_policies(run))
+
+
+_CALIBRATION_SIZE = 64  # labelled training images tp-taylor's gradients are taken on
+
+
+def _labelled_batch(cfg: PrunetuneConfig) -> tuple[Any, Any]:
+    """The first `_CALIBRATION_SIZE` labelled training images (tp-taylor's gradients)."""
+    import torch
+
+    from prunetune.trainers import load_data
+
+    inputs, labels = [], []
+    for x, y in load_data(cfg.data).loader("train"):
+        inputs.append(x)
+        labels.append(y)
+        if sum(len(b) for b in labels) >= _CALIBRATION_SIZE:
+            break
+    return torch.cat(inputs)[:_CALIBRATION_SIZE], torch.cat(labels)[:_CALIBRATION_SIZE]
+
+
+def start_policies(run: SearchRun) -> dict[str, Any]:
+    """The `search.start_from` baselines at the space's budget, by method, for the first
+    stage's searcher to run first; one line printed per baseline. None without a budget (they
+    are defined by one); a method that cannot give one here (no channel unit, an unreachable
+    budget, a model Torch-Pruning cannot prune) is skipped with its reason."""
+    from prunetune.errors import SpaceError
+    from prunetune.search_spaces.baselines import baseline_policies
+
+    methods = list(run.cfg.search.start_from)
+    say = (lambda line: print(f"[search] {line}", flush=True)) if run.progress else (
+        lambda line: None)
+    if not methods:
+        return {}
+    if run.space.budget is None:
+        say(f"start_from {', '.join(methods)}: skipped, the baselines are defined by a budget "
+            "and space.budget is not set; the searcher starts from its own points")
+        return {}
+    batch = _labelled_batch(run.cfg) if "tp-taylor" in methods else None
+    out = {}
+    for method in methods:
+        try:
+            [b] = baseline_policies(run.space, run.dense.result.model, run.dense.example,
+                                    [method], batch=batch)
+        except SpaceError as err:  # BudgetError among them
+            say(f"start_from {method}: skipped ({err})")
+            continue
+        out[method] = b.policy
+        say(f"start_from {method}: flops x{b.flops_share:.3f}, params x{b.params_share:.3f}, "
+            f"{b.units_pruned}/{len(b.policy.units)} units pruned, {b.seconds:.1f} s (runs "
+            "as a first trial)")
+    return out
 
 
 class FinalistSearcher(Searcher):

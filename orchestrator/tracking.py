@@ -323,6 +323,8 @@ class MLflowTracker(Callback):
         params: dict[str, str] = {"dim": str(config.get("dim", len(config.get("x", []))))}
         if "stage" in config:  # the searcher's space stage (a BO roll-back bumps it)
             params["space_stage"] = str(config["stage"])
+        if "start_from" in config:  # a start policy: the baseline it runs verbatim
+            params["start_from"] = str(config["start_from"])
         backend = (self.config.get("latency") or {}).get("backend")
         if backend:  # what latency_ms and speedup were measured with
             params["latency_backend"] = str(backend)

@@ -90,6 +90,15 @@ class SearchSpace(Protocol):
         re-expressed in it (each decoding to the same policy); bounds narrowed to the best
         `top_n` points by `y`, widened by `margin`."""
 
+    def nearest_point(self, policy: Policy) -> Any:
+        """A length-`dim` point of the current box that approximates `policy`, any policy of
+        this model (a baseline's, a file's), not only a decoded one: per ratio dimension, the
+        mean of its units' ratios as positions in their ratio ranges, clipped into the box;
+        per scheme dimension, the option most of the group's units have. Its decoding need
+        not equal `policy`: a searcher that runs `policy` itself as a trial (a start policy)
+        learns from its result at this point. Raises SpaceError for a policy naming units
+        the space does not have."""
+
     def categorical_dims(self) -> dict[int, int]:
         """Categorical coordinates and their option counts, `{column: n_options}`; a value
         `c` in [0, 1] picks option `floor(c * n_options)`. Empty without scheme search."""

@@ -535,6 +535,30 @@ class PruningSpace:
     def encode(self, policy: Policy) -> np.ndarray:
         """A vector that decodes to `policy` when the policy fits this space's grouping (as
         decoded policies do); raises SpaceError otherwise."""
+        return self._encode_state(*self._unit_positions(policy))
+
+    def nearest_point(self, policy: Policy) -> np.ndarray:
+        """A point of the current box that approximates any `policy` of this model (see
+        `SearchSpace.nearest_point`): per group, the mean of its units' positions in their
+        ratio ranges, clipped into the box; per scheme dimension, the option most of the
+        group's units have (ties: the earlier option). Units the policy leaves out count as
+        unpruned; a unit this space does not have raises SpaceError."""
+        unknown = sorted(set(policy.units) - {u.name for u in self.units})
+        if unknown:
+            raise SpaceError(f"the policy names unit(s) {unknown[:5]} this space does not "
+                             f"prune ({len(unknown)} in all); give a policy of this model")
+        s_unit, schemes = self._unit_positions(policy)
+        x = np.zeros(self.dim)
+        x[:self.k] = [s_unit[self._group_of == g].mean() for g in range(self.k)]
+        for g, opts in enumerate(self._options if self.scheme_search else []):
+            votes = [sum(schemes[i] == o for i in np.flatnonzero(self._group_of == g))
+                     for o in opts]
+            x[self.k + g] = (int(np.argmax(votes)) + 0.5) / len(opts)
+        return np.clip(x, self._bounds[0], self._bounds[1])
+
+    def _unit_positions(self, policy: Policy) -> tuple[np.ndarray, list[str]]:
+        """Per space unit, the policy's ratio as a position in the unit's range (clipped to
+        [0, 1]) and its scheme; a unit the policy leaves out is unpruned in its mapped one."""
         s_unit, schemes = np.zeros(len(self.units)), []
         for i, u in enumerate(self.units):
             up = policy.units.get(u.name, UnitPolicy(self.templates[u.name].scheme, 0.0)
@@ -543,7 +567,7 @@ class PruningSpace:
             span = self._hi[i] - self._lo[i]
             s_unit[i] = 0.0 if span <= 0 else min(1.0, max(0.0, (up.ratio - self._lo[i]) / span))
             schemes.append(up.scheme)
-        return self._encode_state(s_unit, schemes)
+        return s_unit, schemes
 
     # ---- description and pickling -------------------------------------------------------------
     def describe(self) -> dict[str, Any]:

@@ -20,14 +20,15 @@ from ._base import (
     Observation,
     PolicySearcher,
     SearcherError,
+    StartPolicies,
     TrialOutcome,
 )
 from ._random import RandomSearcher, SameRatioSearcher
 
 __all__ = ["FINAL_KEY", "SEARCHERS", "SEARCHER_STATE_SCHEMA", "AcqSettings", "BOSearcher",
            "GPSettings", "Observation", "PolicySearcher", "RLSearcher", "RandomSearcher",
-           "RollbackSchedule", "SameRatioSearcher", "SearcherError", "TrialOutcome",
-           "check_options", "make_searcher", "searcher_class"]
+           "RollbackSchedule", "SameRatioSearcher", "SearcherError", "StartPolicies",
+           "TrialOutcome", "check_options", "make_searcher", "searcher_class"]
 
 # Config names (`search.searcher`) of the built-in searchers.
 SEARCHERS: dict[str, str] = {
@@ -73,7 +74,7 @@ def check_options(name: str, options: dict[str, Any] | None) -> type[PolicySearc
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return cls
     allowed = sorted(n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY
-                     and n not in ("space", "metric", "mode", "seed"))
+                     and n not in ("space", "metric", "mode", "seed", "start_policies"))
     unknown = sorted(set(options or {}) - set(allowed))
     if unknown:
         raise SearcherError(f"search.searcher_options: {unknown} not options of searcher "
@@ -82,7 +83,13 @@ def check_options(name: str, options: dict[str, Any] | None) -> type[PolicySearc
 
 
 def make_searcher(name: str, *, space: SearchSpace, metric: str, mode: str, seed: int,
-                  options: dict[str, Any] | None = None) -> PolicySearcher:
-    """Build a searcher by config name or `package.module:Class` (see `searcher_class`)."""
+                  options: dict[str, Any] | None = None,
+                  start_policies: StartPolicies | None = None) -> PolicySearcher:
+    """Build a searcher by config name or `package.module:Class` (see `searcher_class`);
+    `start_policies` go out first (`PolicySearcher.set_start_policies`, so a user's searcher
+    whose constructor does not take them gets them too)."""
     cls = check_options(name, options)
-    return cls(space=space, metric=metric, mode=mode, seed=seed, **(options or {}))
+    searcher = cls(space=space, metric=metric, mode=mode, seed=seed, **(options or {}))
+    if start_policies:
+        searcher.set_start_policies(start_policies)
+    return searcher

@@ -13,7 +13,15 @@ Algorithms fill in hooks instead of overriding the protocol (as Optuna's sampler
   finite number it reported (each of `objectives` among them);
 - `_discard(trial_id, outcome)`: a trial ended without one (stopped early, or failed);
 - `objectives`: the metrics a final result must carry, finite, to count (default: `metric`);
-- `_algorithm_state()` / `_load_algorithm_state(state)`: the algorithm's own explicit state.
+- `_algorithm_state()` / `_load_algorithm_state(state)`: the algorithm's own explicit state;
+- `_start(trial_id, x) -> np.ndarray`: a start policy goes out as trial `trial_id` at point
+  `x` (the space's `nearest_point` of it); returns the point to learn it at (default `x`).
+
+Start policies (`start_policies=` or `set_start_policies`, e.g. the free baselines of
+`search.start_from`): `suggest` hands them out first, each verbatim as the trial's `policy`
+(never a decode of a point), with `start_from` naming it and `x` the space's nearest point, so
+the algorithm learns from its result like from its own trials (they count toward an initial
+design or warm-up, which `n_suggested` measures). The state keeps which went out already.
 
 Tune's semantics, for any objective: `metric` and `mode` come from the searcher's arguments or
 from `tune.TuneConfig` (Tune hands those to a searcher with the `param_space`; the searcher then
@@ -38,7 +46,7 @@ import enum
 import json
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -47,11 +55,11 @@ from ray.tune.search import Searcher
 
 from prunetune.errors import SearcherError
 from prunetune.files import atomic_write_json
-from prunetune.search_spaces import SearchSpace
+from prunetune.search_spaces import Policy, SearchSpace
 from prunetune.trainers.trial import FINAL_KEY
 
 __all__ = ["FINAL_KEY", "SEARCHER_STATE_SCHEMA", "Observation", "PolicySearcher",
-           "SearcherError", "TrialOutcome", "check_state_schema"]
+           "SearcherError", "StartPolicies", "TrialOutcome", "check_state_schema"]
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +106,25 @@ def check_state_schema(state: Mapping[str, Any], what: str) -> None:
                             "search (a state saved by another version cannot be read)")
 
 
+StartPolicies = Sequence[Policy | str] | Mapping[str, Policy | str]
+
+
+def _labelled(policies: StartPolicies) -> list[tuple[str, Policy]]:
+    """(label, Policy) pairs of start policies: a mapping's keys label them, a sequence's get
+    `start-<i>`; a policy may be given as its JSON."""
+    pairs = (list(policies.items()) if isinstance(policies, Mapping) else
+             [(f"start-{i}", p) for i, p in enumerate(policies)])
+    out = []
+    for label, policy in pairs:
+        if isinstance(policy, str):
+            policy = Policy.from_json(policy)
+        if not isinstance(policy, Policy):
+            raise SearcherError(f"start policy {label!r} is a {type(policy).__name__}; give "
+                                "a Policy or its JSON")
+        out.append((str(label), policy))
+    return out
+
+
 def _has_search_domains(config: Any) -> bool:
     """Whether a Tune `param_space` holds something to sample (`tune.uniform`, grid search)."""
     from ray.tune.search.sample import Domain
@@ -123,7 +150,8 @@ class PolicySearcher(Searcher, abc.ABC):
     Suggested configs carry `x` (the point), `policy` (the decoded Policy as JSON: what the
     trial applies and what is recorded), `stage` (which space the point belongs to; searchers
     that refine the space, like BOCR's roll-back, bump it), `dim` and `seed` (the trial's own
-    seed, derived from the searcher's `seed` and the suggestion's index).
+    seed, derived from the searcher's `seed` and the suggestion's index); a start policy's
+    also `start_from` (its label). `start_policies`: see the module docstring.
     """
 
     # The space a config's defaults build for this searcher: its layer grouping under
@@ -138,7 +166,8 @@ class PolicySearcher(Searcher, abc.ABC):
 
     def __init__(self, *, space: SearchSpace, metric: str | None = None,
                  mode: str | None = None, seed: int = 0,
-                 learn_from_stopped: bool = False) -> None:
+                 learn_from_stopped: bool = False,
+                 start_policies: StartPolicies | None = None) -> None:
         _check_mode(mode)
         super().__init__(metric=metric, mode=mode)
         self.space: SearchSpace = space
@@ -151,6 +180,10 @@ class PolicySearcher(Searcher, abc.ABC):
         self._warned_no_final = False
         self.learn_from_stopped = bool(learn_from_stopped)
         self._warned_stopped = False
+        self._starts: list[tuple[str, Policy]] = []
+        self.starts_given = 0  # start policies suggested so far (they go first)
+        if start_policies is not None:
+            self.set_start_policies(start_policies)
 
     # -- what subclasses implement --------------------------------------------------------
     @abc.abstractmethod
@@ -171,6 +204,11 @@ class PolicySearcher(Searcher, abc.ABC):
     def _search_properties_changed(self) -> None:
         """Tune set another metric or mode (`set_search_properties`): re-read what depends on
         them (BO's objective directions)."""
+
+    def _start(self, trial_id: str, x: np.ndarray) -> np.ndarray:
+        """A start policy goes out as trial `trial_id`, approximated by the point `x`: return
+        the point to learn its result at (RL records the episode that reaches it)."""
+        return x
 
     def _algorithm_state(self) -> dict[str, Any]:
         """The algorithm's own state, JSON-able. The base saves observations itself."""
@@ -219,8 +257,48 @@ class PolicySearcher(Searcher, abc.ABC):
         searcher's `seed` (so a search with the same seed fine-tunes its trials alike)."""
         return int(np.random.SeedSequence([self.seed, index]).generate_state(1)[0])
 
+    def set_start_policies(self, policies: StartPolicies) -> None:
+        """The policies the first suggestions run, in order, verbatim (a mapping's keys name
+        them in the trials' `start_from`); before the first suggestion only."""
+        if self.n_suggested:
+            raise SearcherError(f"{type(self).__name__}: start policies must be set before "
+                                f"the first suggestion ({self.n_suggested} made); build a new "
+                                "searcher")
+        starts = _labelled(policies)
+        for label, policy in starts:  # a policy of another model fails here, not mid-search
+            try:
+                self.space.nearest_point(policy)
+            except Exception as err:  # a user's space raises what it raises
+                raise SearcherError(f"start policy {label!r} does not fit the space: "
+                                    f"{err}") from err
+        self._starts = starts
+
+    @property
+    def start_policies(self) -> list[tuple[str, Policy]]:
+        """The start policies as (label, Policy), in the order they go out."""
+        return list(self._starts)
+
+    def _suggest_start(self, trial_id: str) -> dict[str, Any]:
+        label, policy = self._starts[self.starts_given]
+        x = np.clip(np.asarray(self.space.nearest_point(policy), dtype=float).reshape(-1),
+                    0.0, 1.0)
+        x = np.clip(np.asarray(self._start(trial_id, x), dtype=float).reshape(-1), 0.0, 1.0)
+        self.starts_given += 1
+        return self._suggested(trial_id, x, policy, start_from=label)
+
+    def _suggested(self, trial_id: str, x: np.ndarray, policy: Policy,
+                   **extra: Any) -> dict[str, Any]:
+        """Record a suggestion as live and make its trial config."""
+        self._live[trial_id] = x.tolist()
+        seed = self.trial_seed(self.n_suggested)
+        self.n_suggested += 1
+        return {"x": x.tolist(), "policy": policy.to_json(), "stage": self.stage,
+                "dim": self.space.dim, "seed": seed, **extra}
+
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         self._require_objective()
+        if self.starts_given < len(self._starts):
+            return self._suggest_start(trial_id)
         x = self._propose(trial_id)
         if x is None:
             return None
@@ -228,12 +306,7 @@ class PolicySearcher(Searcher, abc.ABC):
         if x.shape[0] != self.space.dim:
             raise SearcherError(f"{type(self).__name__} proposed {x.shape[0]} values for a "
                                 f"{self.space.dim}-dimensional space")
-        policy = self.space.decode(x)
-        self._live[trial_id] = x.tolist()
-        seed = self.trial_seed(self.n_suggested)
-        self.n_suggested += 1
-        return {"x": x.tolist(), "policy": policy.to_json(), "stage": self.stage,
-                "dim": self.space.dim, "seed": seed}
+        return self._suggested(trial_id, x, self.space.decode(x))
 
     def _outcome(self, result: dict | None, error: bool) -> tuple[TrialOutcome, dict]:
         if error:
@@ -326,6 +399,8 @@ class PolicySearcher(Searcher, abc.ABC):
             "stop": self._stop,
             "live": self._live,
             "observations": [o.to_dict() for o in self.observations],
+            "start": {"policies": [[label, p.to_json()] for label, p in self._starts],
+                      "given": self.starts_given},
             "algorithm": self._algorithm_state(),
         }
 
@@ -340,6 +415,12 @@ class PolicySearcher(Searcher, abc.ABC):
         self._stop = dict(state["stop"])
         self._live = {k: list(v) for k, v in state["live"].items()}
         self.observations = [Observation.from_dict(o) for o in state["observations"]]
+        start = state.get("start")
+        if start is not None:  # what the search ran wins over what this object was given
+            self._starts = _labelled(dict(start["policies"]))
+            self.starts_given = int(start["given"])
+        else:  # saved before start policies existed: never run them mid-search
+            self.starts_given = len(self._starts) if self.n_suggested else 0
         self._load_algorithm_state(state["algorithm"])
 
     def save(self, checkpoint_path: str) -> None:

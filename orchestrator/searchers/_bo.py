@@ -8,7 +8,8 @@ observation in the finer space and narrowing the search box to the range of the 
 The space owns grouping, re-expression and narrowing (`PruningSpace.refine`); this searcher
 owns when to do it and the BO loop:
 
-- a scrambled Sobol initial design of `n_init` points;
+- an initial design of `n_init` points: the start policies (`start_policies`, e.g. the free
+  baselines), then scrambled Sobol points;
 - one `SingleTaskGP` per objective (`Normalize` over the current box, `Standardize`),
   hyper-parameters warm-started from the previous fit with capped L-BFGS iterations so that
   `suggest` stays fast;
@@ -36,7 +37,7 @@ from torch.quasirandom import SobolEngine
 from prunetune.kernels.latency import torch_threads
 from prunetune.search_spaces import SearchSpace
 
-from ._base import Observation, PolicySearcher, SearcherError, TrialOutcome
+from ._base import Observation, PolicySearcher, SearcherError, StartPolicies, TrialOutcome
 from ._bo_models import (
     DTYPE,
     AcqSettings,
@@ -153,7 +154,8 @@ def _settings(cls: type, value: Any, name: str) -> Any:
 class BOSearcher(PolicySearcher):
     """BOCR Bayesian optimisation as a Ray Tune `Searcher` (see the module docstring).
 
-    Keyword-only arguments beyond the base's: `n_init` Sobol points before BO; `rollback` a
+    Keyword-only arguments beyond the base's: `n_init` points of initial design before BO
+    (the start policies first, then Sobol points); `rollback` a
     `RollbackSchedule`, a mapping of its fields, or False / None for no roll-back (plain BO over
     the space's groups); `objectives` None for single-objective on `metric`, or metric names
     with `objectives[0] == metric` for multi-objective; `objective_modes` their directions
@@ -180,9 +182,10 @@ class BOSearcher(PolicySearcher):
                  gp: GPSettings | Mapping[str, Any] | None = None,
                  acq: AcqSettings | Mapping[str, Any] | None = None,
                  max_fit_points: int | None = 300, threads: int | None = 1,
-                 learn_from_stopped: bool = False) -> None:
+                 learn_from_stopped: bool = False,
+                 start_policies: StartPolicies | None = None) -> None:
         super().__init__(space=space, metric=metric, mode=mode, seed=seed,
-                         learn_from_stopped=learn_from_stopped)
+                         learn_from_stopped=learn_from_stopped, start_policies=start_policies)
         if n_init < 1:
             raise SearcherError(f"n_init must be >= 1, got {n_init}")
         self.n_init = n_init
@@ -333,7 +336,8 @@ class BOSearcher(PolicySearcher):
         # One scrambled sequence per (seed, stage), indexed by the suggestion count, so the
         # initial design is reproducible after restore without saving an engine.
         engine = SobolEngine(self.space.dim, scramble=True, seed=self.seed + 7 * self.stage)
-        start = self._stage_start()
+        # The first stage's start policies took the design's first places, not its points.
+        start = self._stage_start() if self._rollbacks else self.starts_given
         if self.n_suggested > start:  # a stage's design starts at its sequence's start
             engine.fast_forward(self.n_suggested - start)
         u = engine.draw(1, dtype=DTYPE).reshape(-1)

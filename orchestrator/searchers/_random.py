@@ -8,7 +8,7 @@ import numpy as np
 
 from prunetune.search_spaces import SearchSpace
 
-from ._base import PolicySearcher
+from ._base import PolicySearcher, StartPolicies
 
 __all__ = ["RandomSearcher", "SameRatioSearcher"]
 
@@ -18,9 +18,10 @@ class _SeededSearcher(PolicySearcher):
 
     def __init__(self, *, space: SearchSpace, metric: str | None = None,
                  mode: str | None = None, seed: int = 0,
-                 learn_from_stopped: bool = False) -> None:
+                 learn_from_stopped: bool = False,
+                 start_policies: StartPolicies | None = None) -> None:
         super().__init__(space=space, metric=metric, mode=mode, seed=seed,
-                         learn_from_stopped=learn_from_stopped)
+                         learn_from_stopped=learn_from_stopped, start_policies=start_policies)
         self._rng = np.random.default_rng(seed)
 
     def _algorithm_state(self) -> dict[str, Any]:
@@ -32,7 +33,8 @@ class _SeededSearcher(PolicySearcher):
 
 
 class RandomSearcher(_SeededSearcher):
-    """Independent uniform points in the space's current bounds."""
+    """Independent uniform points in the space's current bounds (after any start policies,
+    which are just its first trials)."""
 
     # Uniform points under a 50% FLOPs budget decode to 25-35% of the dense FLOPs without
     # the fill, throwing accuracy away (measured: benchmarks/README, search efficiency).
@@ -45,7 +47,9 @@ class RandomSearcher(_SeededSearcher):
 
 class SameRatioSearcher(_SeededSearcher):
     """The same-ratio baseline: one random value for every dimension, so every group sits at
-    the same position of its ratio range (config name `same_ratio`)."""
+    the same position of its ratio range (config name `same_ratio`). Start policies run as its
+    first trials, verbatim; their points (a Torch-Pruning policy's is not one shared value)
+    lie off the diagonal its own points keep to, and it learns from neither."""
 
     def _propose(self, trial_id: str) -> np.ndarray:
         return np.full(self.space.dim, self._rng.random())

@@ -25,7 +25,9 @@ networks, which collapsed onto a chance-level policy on the ResNet-56 benchmark
 (benchmarks/README.md). Exploration noise never drops below `min_delta`, so an actor that
 collapsed onto a bad policy still tries its neighbours. An episode's actions never depend on
 its reward, so several episodes can be in flight for concurrent trials: each is walked in full
-when suggested and learned from when it finishes.
+when suggested and learned from when it finishes. A start policy (`start_policies`, e.g. the
+free baselines) is an episode too: the actions that walk to its point (`_action_to`), stored in
+the replay buffer when its trial ends and counted in the warm-up, in place of random episodes.
 
 Transfer ("Boosting the convergence of RL-based auto-pruning using historical data"):
 `warm_start` names the saved state of an earlier RL search (same or another model, another
@@ -56,7 +58,13 @@ import numpy as np
 from prunetune.kernels.latency import torch_threads
 from prunetune.search_spaces import STEP_FEATURES, SearchSpace
 
-from ._base import PolicySearcher, SearcherError, TrialOutcome, check_state_schema
+from ._base import (
+    PolicySearcher,
+    SearcherError,
+    StartPolicies,
+    TrialOutcome,
+    check_state_schema,
+)
 from ._rl_agent import DDPGAgent, GraphEncoder
 
 if TYPE_CHECKING:
@@ -108,9 +116,10 @@ class RLSearcher(PolicySearcher):
                  screen: int | str = "auto", action: str = "absolute",
                  lr_actor: float = 1e-3, lr_critic: float = 2e-3,
                  threads: int | None = 1,
-                 learn_from_stopped: bool = False) -> None:
+                 learn_from_stopped: bool = False,
+                 start_policies: StartPolicies | None = None) -> None:
         super().__init__(space=space, metric=metric, mode=mode, seed=seed,
-                         learn_from_stopped=learn_from_stopped)
+                         learn_from_stopped=learn_from_stopped, start_policies=start_policies)
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
                                     or threads < 1):
             raise SearcherError(f"threads must be a positive integer or None, got {threads!r}")
@@ -176,12 +185,15 @@ class RLSearcher(PolicySearcher):
         return np.concatenate([self._features[t],
                                [reduced, self._left[t], prev, keep, wall]])
 
-    def _walk(self, explore: bool) -> dict[str, list]:
-        """One episode: states, graph rows, actions (walled, in [0, 1]) and the point."""
+    def _walk(self, explore: bool, target: np.ndarray | None = None) -> dict[str, list]:
+        """One episode: states, graph rows, actions (walled, in [0, 1]) and the point. With
+        `target` (a start policy's point), the actions are those that walk to it."""
         sp = self.space
         lo, hi = (np.asarray(b, dtype=float)[:sp.k] for b in sp.bounds)
         x = np.zeros(sp.dim)
         x[:sp.k] = lo
+        if target is not None:
+            x[sp.k:] = target[sp.k:]
         states, actions, prev = [], [], 0.0
         random_phase = not self.warm_started and self.n_suggested < self.warmup
         delta = self._delta()
@@ -189,14 +201,18 @@ class RLSearcher(PolicySearcher):
             span = max(hi[t] - lo[t], 1e-12)
             wall = (sp.action_floor(x, t) - lo[t]) / span
             s = self._state(t, x, prev, wall)
-            if random_phase:
+            fair = ((sp.fair_share(x, t) - lo[t]) / span if self.action == "relative"
+                    else 0.0)
+            if target is not None:
+                a = self._action_to(float((target[t] - lo[t]) / span), wall, fair)
+            elif random_phase:
                 a = float(self._rng.random())
             else:
                 a = self.agent.act(s, self._graph[t])
                 if explore:
                     a = _truncated_normal(self._rng, a, delta)
             if self.action == "relative":
-                x[t] = lo[t] + span * self._relative(a, wall, (sp.fair_share(x, t) - lo[t]) / span)
+                x[t] = lo[t] + span * self._relative(a, wall, fair)
             else:
                 a = float(min(1.0, max(a, wall)))
                 x[t] = lo[t] + a * span
@@ -214,6 +230,24 @@ class RLSearcher(PolicySearcher):
             return min(1.0, max(a, wall))
         q = min(0.98, max(0.02, (fair - wall) / (1.0 - wall)))
         return wall + (1.0 - wall) * float(a) ** (math.log(q) / math.log(0.5))
+
+    def _action_to(self, pos: float, wall: float, fair: float) -> float:
+        """The action that puts a step at position `pos` of its bounds (the inverse of
+        `_relative` in relative mode; walled like the agent's own actions)."""
+        pos = min(1.0, max(pos, 0.0))
+        if self.action == "absolute" or self.space.budget is None or wall >= 1.0:
+            return float(max(pos, wall)) if self.action == "absolute" else pos
+        q = min(0.98, max(0.02, (fair - wall) / (1.0 - wall)))
+        u = max(0.0, (pos - wall) / (1.0 - wall))
+        return float(u ** (math.log(0.5) / math.log(q)))
+
+    def _start(self, trial_id: str, x: np.ndarray) -> np.ndarray:
+        # A start policy is an episode the agent did not choose: the actions that walk to
+        # its point, stored and learned from like its own (and counted in the warm-up).
+        with torch_threads(self.threads):
+            walk = self._walk(explore=False, target=x)
+        self._walks[trial_id] = walk
+        return np.asarray(walk["x"])
 
     def _propose(self, trial_id: str) -> np.ndarray:
         n = self.screen if self._assistant is not None else 1

@@ -10,9 +10,10 @@ how to build your searcher; pytest then runs every check on it::
             return MySearcher(space=space, metric=metric, mode=mode, seed=seed)
 
 `SearcherConformance` checks the protocol without Ray Tune's loop (bounds, decoding, the
-completion protocol, per-trial seeds, save / restore); `TuneConformance` runs the searcher in a
-real three-trial `tune.Tuner` search on a local Ray. Override the `space` fixture to test on
-another `SearchSpace`. Needs pytest (prunetune's `dev` extra).
+completion protocol, per-trial seeds, save / restore, start policies first and verbatim);
+`TuneConformance` runs the searcher in a real three-trial `tune.Tuner` search on a local Ray.
+Override the `space` fixture to test on another `SearchSpace`. Needs pytest (prunetune's
+`dev` extra).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import pytest
 
 from prunetune.search_spaces import Budget, Policy, PruningSpace, SearchSpace
 
-from ._base import FINAL_KEY, PolicySearcher, TrialOutcome
+from ._base import FINAL_KEY, PolicySearcher, SearcherError, TrialOutcome
 
 __all__ = ["SearcherConformance", "TuneConformance", "small_space"]
 
@@ -128,6 +129,32 @@ class SearcherConformance:
         assert fresh.suggest("t-next") == nxt
         assert [o.trial_id for o in fresh.observations] == ["t0", "t1", "t2"]
         assert fresh.pending.shape == (2, space.dim)
+
+    def test_start_policies_go_first_verbatim(self, space: SearchSpace,
+                                              tmp_path: Path) -> None:
+        lo, hi = (np.asarray(b, dtype=float) for b in space.bounds)
+        # Two policies of the space's model (the free baselines play this part in a search).
+        starts = {"low": space.decode(lo), "mid": space.decode(lo + 0.5 * (hi - lo))}
+        s = self.make_searcher(space, seed=5)
+        s.set_start_policies(starts)
+        first = s.suggest("s0")
+        assert first["start_from"] == "low" and first["policy"] == starts["low"].to_json()
+        x = np.asarray(first["x"])
+        assert x.shape == (space.dim,) and np.all(x >= lo - 1e-9) and np.all(x <= hi + 1e-9)
+        s.on_trial_complete("s0", _final(0.7))
+        assert s.finished()[1].tolist() == [0.7]  # learned from like its own trials
+        s.save(str(tmp_path / "state.json"))
+        fresh = self.make_searcher(space, seed=5)  # given no start policies: the state has them
+        fresh.restore(str(tmp_path / "state.json"))
+        for searcher in (s, fresh):
+            second = searcher.suggest("s1")
+            assert second["start_from"] == "mid"
+            assert second["policy"] == starts["mid"].to_json()
+            own = searcher.suggest("s2")  # then the searcher's own points
+            assert "start_from" not in own
+            assert own["policy"] == space.decode(own["x"]).to_json()
+        with pytest.raises(SearcherError, match="before the first suggestion"):
+            s.set_start_policies(starts)
 
 
 def _toy_objective() -> Any:
