@@ -31,6 +31,8 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
                             force=args.force, progress=not args.quiet)
     summary = {"model": cfg.model.name, "dataset": cfg.data.name, "cached": result.cached,
                "checkpoint": str(result.checkpoint_path), **result.metrics}
+    if result.warning:  # also printed on stderr: still improving, train longer
+        summary["warning"] = result.warning
     print(json.dumps(summary, indent=2))
     return 0
 
