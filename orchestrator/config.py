@@ -54,11 +54,10 @@ class SpaceConfig(_Section):
     # trials' device per point of proxy accuracy lost, from a sensitivity scan that is cached
     # per dense model (`prunetune map CONFIG` shows and makes it).
     mapping: Literal["rules", "measured"] = "rules"
-    # Kept channels rounded down to a multiple of this (an int), none (null), or "auto": what
-    # the latency backend runs fastest (eager: none; onnxruntime: its CPU convolutions' channel
-    # block, 16 with AVX-512, else 8). ONNX Runtime runs a 50%-FLOPs ResNet-20 with arbitrary
-    # widths slower than the dense model (0.83x; MobileNetV2 0.52x), with widths rounded to 16
-    # at 1.76x (benchmarks/README.md, "latency backends").
+    # Kept channels rounded down to a multiple of this (an int), none (null), or "auto": the
+    # latency backend's choice (eager: none; onnxruntime: 8). ONNX Runtime runs a 50%-FLOPs
+    # ResNet-20 with arbitrary widths slower than the dense model (0.83x; MobileNetV2 0.52x),
+    # with widths of 8 at 1.31x / 1.65x (benchmarks/README.md, "Latency backends").
     round_to: int | Literal["auto"] | None = Field("auto")
     # Which channels a unit's ratio removes: those scoring lowest by this criterion
     # (Torch-Pruning's): "magnitude" (L2 norm of the channel's coupled weights), "l1",

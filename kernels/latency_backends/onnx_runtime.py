@@ -55,18 +55,6 @@ def onnxruntime_session(onnx: bytes | str | Path, threads: int = 1) -> Any:
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
-def _cpu_flags() -> set[str]:
-    """The CPU's feature flags (Linux), or none where they cannot be read."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 class _SessionRunner:
     """Calls a session with torch tensors (zero-copy to numpy); returns its first output."""
 
@@ -94,9 +82,12 @@ class OnnxRuntimeBackend(LatencyBackendBase):
         _onnxruntime()
 
     def channel_multiple(self, device: torch.device) -> int:
-        """The channel block of ONNX Runtime's CPU convolutions (MLAS NCHWc: 16 floats with
-        AVX-512, else 8): other widths take a slower path, so pruned layers are rounded to it."""
-        return 16 if _cpu_flags() & {"avx512f"} else 8
+        """8. ONNX Runtime's CPU convolutions work on channel blocks (MLAS NCHWc: 8 floats with
+        AVX2, 16 with AVX-512) and other widths take a slower path. On an AVX-512 CPU widths
+        of 16 run fastest per FLOP, but are too coarse for narrow networks: searched under an
+        ONNX Runtime latency budget, ResNet-20 kept 3.4 points more accuracy with widths of 8,
+        at the same latency (benchmarks/README.md, "Latency backends")."""
+        return 8
 
     def clock_name(self, device_name: str) -> str:
         return f"onnxruntime {_onnxruntime().__version__}: {device_name}"

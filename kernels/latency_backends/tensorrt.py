@@ -1,6 +1,7 @@
 """TensorRT on an NVIDIA GPU: each model exported to ONNX, built into a TensorRT engine for
 the example input's shape (FP32 weights and activations; TensorRT may use TF32 math, as cuDNN
-does for PyTorch's convolutions), and timed with CUDA events like eager models. Engines are cached by architecture, as ONNX Runtime's sessions are.
+does for PyTorch's convolutions), and timed with CUDA events like eager models. Engines are
+cached by architecture, as ONNX Runtime's sessions are.
 
 Needs the `tensorrt` package (10.x) and a CUDA device; anywhere else it is refused in seconds
 by `check`, before any export or build.
