@@ -68,6 +68,10 @@ STATISTICS = {"median": ("ms", "per_element_ms", "delta_ratio"),
 # A negative delta is timing noise (layers cannot run faster inside a model than alone by much);
 # the floor keeps a noisy fit from halving every prediction.
 _MIN_DELTA_RATIO = -0.25
+# A backend that compiles the graph fuses normalisation and activations into the layers and
+# keeps activations in its own layout between them, which a layer timed alone pays for: there
+# a model runs well below the sum of its layers (MobileNetV2 in ONNX Runtime: -0.25 was hit).
+_MIN_DELTA_RATIO_COMPILED = -0.6
 # The residual fit: rounds (median taken) and bursts per round (see `_fit_residual`).
 _FIT_ROUNDS = 5
 _FIT_BURSTS = 6
@@ -274,6 +278,7 @@ class LatencyPredictor:
         for k in keys:
             self._put_layer(k, [r[0][k] for r in rounds])
         fits: dict[str, float] = {}
+        floor = _MIN_DELTA_RATIO if self.call_overhead is None else _MIN_DELTA_RATIO_COMPILED
         for name, (intercept, slope, delta) in STATISTICS.items():
             per_round: list[tuple[float, float, float]] = []
             for layer_ms, s1, sk, whole in rounds:
@@ -282,7 +287,7 @@ class LatencyPredictor:
                 c1 = max(0.0, (tk - t1) / (ak - a1)) if ak != a1 else 0.0
                 total = sum(_pick(layer_ms[sp.key], name) for sp in specs)
                 d = (_pick(whole, name) - total - t1) / total if total > 0 else 0.0
-                per_round.append((t1 - c1 * a1, c1, max(_MIN_DELTA_RATIO, d)))
+                per_round.append((t1 - c1 * a1, c1, max(floor, d)))
             fits[intercept], fits[slope], fits[delta] = (
                 statistics.median(col) for col in zip(*per_round, strict=True))
         self.table.put(key, fits.pop("ms"), repeats=self.repeats, **fits)
@@ -328,11 +333,12 @@ class LatencyPredictor:
         specs = self._specs(self._deploy(dense_model), self.example_input)
         scale = 1.0 + self.delta_ratio
         base = self.c0_ms
+        multiple = self.latency_backend.channel_multiple(self.device)
         layers: dict[str, tuple[float, float]] = {}
         for sp in specs:
             full = self.layer_ms(sp.key)
             points = [(1.0, full)] + [(share, self.layer_ms(k)) for k, share in filter(
-                None, (_narrowed(sp.key, keep) for keep in _FIT_KEEPS))]
+                None, (_narrowed(sp.key, keep, multiple) for keep in _FIT_KEEPS))]
             slope = full
             if len(points) > 1:  # least squares through (MACs share, ms)
                 xs, ys = np.array(points).T
@@ -438,14 +444,19 @@ def _pick(m: LatencyMeasurement, statistic: str) -> float:
     return m.min_ms if statistic == "min" else m.median_ms
 
 
-def _narrowed(key: LatencyKey, keep: float) -> tuple[LatencyKey, float] | None:
+def _narrowed(key: LatencyKey, keep: float, multiple: int = 1,
+              ) -> tuple[LatencyKey, float] | None:
     """The key of the same layer with `keep` of its input and output channels, and its share
-    of the layer's MACs; None for a layer without one (grouped, sparse, one channel)."""
+    of the layer's MACs; None for a layer without one (grouped, sparse, one channel). Widths
+    that are multiples of `multiple` stay multiples (at least one): the widths a space that
+    rounds to the backend's channel multiple gives, and the ones the backend runs fast."""
     if key.scheme != "dense":
         return None
     shape = list(key.shape)
 
     def cut(channels: int) -> int:
+        if multiple > 1 and channels % multiple == 0:
+            return max(multiple, int(channels * keep) // multiple * multiple)
         return max(1, round(channels * keep))
 
     if key.op == "linear":
