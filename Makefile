@@ -36,7 +36,7 @@ demo: install data
 # The suite without the slow drills (a killed and resumed search, a 2-node cluster, the UI in
 # a browser, the README's Ray Tune example); `make test-slow` runs those, and CI runs both.
 test: install
-	$(BIN)/python -m pytest -q -m "not slow" tests
+	$(BIN)/python -m pytest -q -m "not slow" --durations=15 tests
 
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow tests
