@@ -67,6 +67,16 @@ SEEDS = (0, 1, 2)
 WIDTHS = {"any": None, "x16": 16}
 FLOPS_KEEP = 0.5
 LATENCY_KEEP = 0.6
+# The searches of the search part, by label: (latency backend, space.round_to, search name).
+# "onnxruntime" is what a user gets (round_to auto: 8 for ONNX Runtime); "onnxruntime-x16" is
+# the widths of 16 that auto gave first and lost accuracy with (its searches keep the name
+# they ran under).
+SEARCHES = {"eager": ("eager", "auto", "eager"),
+            "onnxruntime": ("onnxruntime", "auto", "onnxruntime-r8"),
+            "onnxruntime-x16": ("onnxruntime", 16, "onnxruntime")}
+# Paired comparisons of the search part: (label, against label).
+PAIRS = (("onnxruntime", "eager"), ("onnxruntime-x16", "eager"),
+         ("onnxruntime", "onnxruntime-x16"))
 # The pretraining every model gets (cheap: latency does not depend on the weights, and the
 # search part's accuracies compare two searches from the same dense model).
 DATA = {"name": "fashion-mnist", "train_subset": 12000, "val_subset": 2000,
@@ -291,10 +301,11 @@ def speedup_summary(timings: dict[str, dict[str, Any]], names: list[str], batche
 
 # -- part 2: the search comparison --------------------------------------------------------------
 
-def search_cfg(args: argparse.Namespace, backend: str, seed: int) -> Any:
-    return config(args, f"lb-search-{backend}-s{seed}", "resnet20", seed=seed,
-                  space={"schemes": ["channel"], "budget": {"kind": "latency",
-                                                            "keep": LATENCY_KEEP}},
+def search_cfg(args: argparse.Namespace, label: str, seed: int) -> Any:
+    backend, round_to, name = SEARCHES[label]
+    return config(args, f"lb-search-{name}-s{seed}", "resnet20", seed=seed,
+                  space={"schemes": ["channel"], "round_to": round_to,
+                         "budget": {"kind": "latency", "keep": LATENCY_KEEP}},
                   search={"trials": args.search_trials,
                           "finalists": {"count": 2, "epochs": 1}},
                   finetune={"epochs": 0}, latency={"backend": backend})
@@ -303,10 +314,10 @@ def search_cfg(args: argparse.Namespace, backend: str, seed: int) -> Any:
 def search_part(args: argparse.Namespace, pieces: Pieces) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for seed in args.seeds:
-        cfgs = {b: search_cfg(args, b, seed) for b in BACKENDS}
+        cfgs = {label: search_cfg(args, label, seed) for label in SEARCHES}
         searches = {b: pieces.get(f"search/{c.name}", _later(run_or_resume, c))
                     for b, c in cfgs.items()}
-        timing = pieces.get(f"ort-finalists/s{seed}",
+        timing = pieces.get(f"ort-finalists/s{seed}/{'+'.join(SEARCHES)}",
                             _later(time_finalists, args, seed, searches))
         best = {b: (pieces.get(f"best-rescored/{c.name}",
                                _later(rescore, c, searches[b]["deciding"][0]))
@@ -314,7 +325,9 @@ def search_part(args: argparse.Namespace, pieces: Pieces) -> dict[str, Any]:
                 for b, c in cfgs.items()}
         out[f"seed{seed}"] = seed_summary(searches, timing, best)
         print(json.dumps({f"seed{seed}": out[f"seed{seed}"]["paired"]}, indent=1), flush=True)
-    out["paired_mean"] = paired_mean([out[f"seed{s}"]["paired"] for s in args.seeds])
+    out["paired_mean"] = {f"{a} - {b}": paired_mean([out[f"seed{s}"]["paired"][f"{a} - {b}"]
+                                                      for s in args.seeds])
+                          for a, b in PAIRS}
     return out
 
 
@@ -325,13 +338,13 @@ def _later(fn: Callable[..., dict[str, Any]], *args: Any) -> Callable[[], dict[s
 
 def time_finalists(args: argparse.Namespace, seed: int, searches: dict[str, Any],
                    ) -> dict[str, Any]:
-    """Dense and every finalist of both searches of `seed`, timed in ONNX Runtime in turn."""
+    """Dense and every finalist of the searches of `seed`, timed in ONNX Runtime in turn."""
     from prunetune.search_spaces import Policy, apply_policy
 
     cfg = search_cfg(args, "onnxruntime", seed)
     dense, example, _ = dense_and_example(cfg)
     names, models = ["dense"], [dense]
-    for b in BACKENDS:
+    for b in SEARCHES:
         for row in searches[b]["deciding"]:
             names.append(f"{b}/{row['trial']}")
             models.append(apply_policy(dense, Policy.from_dict(row["policy"]), example).eval())
@@ -358,7 +371,7 @@ def seed_summary(searches: dict[str, Any], timing: dict[str, Any], best: dict[st
     dense_ms = timing["ms"]["dense"]
     budget_ms = dense_ms * LATENCY_KEEP
     per: dict[str, Any] = {}
-    for b in BACKENDS:
+    for b in SEARCHES:
         finalists = [{"trial": r["trial"], "val_accuracy": r["accuracy"],
                       "search_latency_ms": r.get("latency_ms"),
                       "search_latency_clock": r.get("latency_clock"),
@@ -374,18 +387,23 @@ def seed_summary(searches: dict[str, Any], timing: dict[str, Any], best: dict[st
                   "search_wall_s": searches[b]["wall_s"], "finalists": finalists,
                   "all_meet_ort_budget": all(f["meets_ort_budget"] for f in finalists),
                   "best": {**top, "rescored": best[b] or None}}
-    o, e = per["onnxruntime"]["best"], per["eager"]["best"]
-    # Accuracy: the finalists' own val accuracy (what picked them); test only when rescored.
-    paired = {"ort_ms_ort_search": o["ort_ms"], "ort_ms_eager_search": e["ort_ms"],
-              "ort_ms_difference": o["ort_ms"] - e["ort_ms"],
-              "ort_search_faster": o["ort_ms"] < e["ort_ms"],
-              "val_accuracy_difference": o["val_accuracy"] - e["val_accuracy"],
-              "ort_search_no_lower_val_accuracy": o["val_accuracy"] >= e["val_accuracy"]}
-    if o["rescored"] and e["rescored"]:
-        paired["test_accuracy_difference"] = (o["rescored"]["test_accuracy"]
-                                              - e["rescored"]["test_accuracy"])
     return {"dense_ort_ms": dense_ms, "ort_budget_ms": budget_ms, "timing": timing,
-            "searches": per, "paired": paired}
+            "searches": per, "paired": {f"{a} - {b}": paired(per[a]["best"], per[b]["best"])
+                                        for a, b in PAIRS}}
+
+
+def paired(o: dict[str, Any], e: dict[str, Any]) -> dict[str, Any]:
+    """Search `o`'s best finalist against search `e`'s, both timed in ONNX Runtime. Accuracy:
+    the finalists' own val accuracy (what picked them); test only when rescored."""
+    out = {"ort_ms_ort_search": o["ort_ms"], "ort_ms_eager_search": e["ort_ms"],
+           "ort_ms_difference": o["ort_ms"] - e["ort_ms"],
+           "ort_search_faster": o["ort_ms"] < e["ort_ms"],
+           "val_accuracy_difference": o["val_accuracy"] - e["val_accuracy"],
+           "ort_search_no_lower_val_accuracy": o["val_accuracy"] >= e["val_accuracy"]}
+    if o["rescored"] and e["rescored"]:
+        out["test_accuracy_difference"] = (o["rescored"]["test_accuracy"]
+                                           - e["rescored"]["test_accuracy"])
+    return out
 
 
 def paired_mean(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -435,11 +453,11 @@ def report(result: dict[str, Any]) -> str:
                     f"{len(srch['finalists'])} (budget {row['ort_budget_ms']:.3f} ms) | "
                     f"{best['ort_ms']:.3f} ({best['ort_share_of_dense']:.2f}) | "
                     f"{best['val_accuracy']:.4f}{_test(best.get('rescored'))} |")
-            d = row["paired"]
-            test = d.get("test_accuracy_difference")
-            lines.append(f"| {seed[4:]} | ORT - eager | | | {d['ort_ms_difference']:+.3f} | "
-                         f"{d['val_accuracy_difference']:+.4f}"
-                         f"{f' ({test:+.4f})' if test is not None else ''} |")
+            for pair, d in row["paired"].items():
+                test = d.get("test_accuracy_difference")
+                lines.append(f"| {seed[4:]} | {pair} | | | {d['ort_ms_difference']:+.3f} | "
+                             f"{d['val_accuracy_difference']:+.4f}"
+                             f"{f' ({test:+.4f})' if test is not None else ''} |")
     return "\n".join(lines)
 
 
