@@ -72,7 +72,7 @@ LATENCY_KEEP = 0.6
 # the widths of 16 that auto gave first and lost accuracy with (its searches keep the name
 # they ran under).
 SEARCHES = {"eager": ("eager", "auto", "eager"),
-            "onnxruntime": ("onnxruntime", "auto", "onnxruntime-r8"),
+            "onnxruntime": ("onnxruntime", "auto", "onnxruntime-w8"),
             "onnxruntime-x16": ("onnxruntime", 16, "onnxruntime")}
 # Paired comparisons of the search part: (label, against label).
 PAIRS = (("onnxruntime", "eager"), ("onnxruntime-x16", "eager"),

@@ -15,6 +15,7 @@ from prunetune.errors import SearchNotFoundError
 
 __all__ = ["SearchNotFoundError", "TrialRecord", "find_search", "search_trials", "pareto_front",
            "check_store", "format_table", "trial_name", "deciding_trials", "select_finalists",
+           "latency_share",
            "STAGES", "TAG_LATENCY_CLOCK", "TAG_ROLE", "TAG_SEARCH", "TAG_STAGE", "TAG_TRIAL",
            "TAG_STATUS"]
 
@@ -56,14 +57,28 @@ def deciding_trials(trials: list[TrialRecord]) -> list[TrialRecord]:
     return finalists or finished
 
 
-def select_finalists(trials: list[TrialRecord], count: int, how: str) -> list[TrialRecord]:
+def select_finalists(trials: list[TrialRecord], count: int, how: str,
+                     max_latency_share: float | None = None) -> list[TrialRecord]:
     """`count` finished first-stage trials to fine-tune: the best by accuracy ("top"), or
     spread evenly along the Pareto front of accuracy against latency_ms ("pareto"; a front
     shorter than `count` is topped up with the best of the rest). Ties go to the earlier
-    trial, so the choice is the same whenever it is made again (a resumed search)."""
+    trial, so the choice is the same whenever it is made again (a resumed search).
+
+    `max_latency_share`: a latency budget checked on the trials' measured latency
+    (`latency_ms / dense_latency_ms`): trials within it are chosen from first, and ones over
+    it only where too few are within. The space meets a latency budget on its linear latency
+    model, which is a few percent off a runtime's measured latency either way."""
     ranked = sorted((t for t in trials if t.status == "finished"
                      and math.isfinite(t.get("accuracy"))),
                     key=lambda t: (-t.get("accuracy"), t.name))
+    if max_latency_share is not None:
+        within = [t for t in ranked if latency_share(t) <= max_latency_share]
+        if len(within) >= count:
+            ranked = within
+        else:  # top up with the least over-budget ones, still by accuracy in the end
+            over = sorted((t for t in ranked if t not in within), key=latency_share)
+            ranked = sorted(within + over[:count - len(within)],
+                            key=lambda t: (-t.get("accuracy"), t.name))
     if how == "top" or count >= len(ranked):
         return ranked[:count]
     front = pareto_front(ranked)
@@ -74,6 +89,12 @@ def select_finalists(trials: list[TrialRecord], count: int, how: str) -> list[Tr
         chosen = [front[i] for i in picks]
     chosen += [t for t in ranked if t not in chosen][:count - len(chosen)]
     return sorted(chosen, key=lambda t: (-t.get("accuracy"), t.name))
+
+
+def latency_share(trial: TrialRecord) -> float:
+    """A trial's measured latency over its dense model's (inf where it has none)."""
+    latency, dense = trial.get("latency_ms"), trial.get("dense_latency_ms")
+    return latency / dense if math.isfinite(latency) and dense > 0 else math.inf
 
 
 # Seconds to wait for a tracking server before calling it unreachable.

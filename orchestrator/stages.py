@@ -24,7 +24,7 @@ from prunetune.errors import SearchError
 from prunetune.files import atomic_write, atomic_write_json
 
 from .config import PrunetuneConfig
-from .results import TAG_STAGE, TrialRecord, search_trials, select_finalists
+from .results import TAG_STAGE, TrialRecord, latency_share, search_trials, select_finalists
 from .spaces import latency_table_file
 
 __all__ = ["FINALIST_SUFFIX", "DenseBaseline", "FinalistSearcher", "SearchRun", "Stage",
@@ -388,11 +388,19 @@ def _finalist_points(run: SearchRun, first: Stage) -> list[dict[str, Any]]:
     score."""
     fin = run.cfg.search.finalists
     trials, policies = stage_results(run, first)
+    budget = run.cfg.space.budget
+    share = (budget.keep if budget is not None and budget.kind == "latency"
+             and run.cfg.search.latency == "measured" else None)
     chosen = select_finalists([t for t in trials if t.trial_id in policies], fin.count,
-                              fin.select)
+                              fin.select, max_latency_share=share)
     if not chosen:
         raise SearchError(f"search {run.name}: no {first.name} trial finished, so there is no "
                           "policy to fine-tune as a finalist; see the errors above")
+    over = [t.name for t in chosen if share is not None and latency_share(t) > share]
+    if over and run.progress:
+        print(f"[search] finalists over the latency budget as measured (x{share:g} of the "
+              f"dense latency): {', '.join(over)}; too few {first.name} trials met it",
+              flush=True)
     return [{"policy": policies[t.trial_id], "finalist": rank,
              "seed": int(t.params.get("seed", run.cfg.seed)), "proxy_trial": t.name,
              "proxy_trial_id": t.trial_id, "proxy_accuracy": t.get("accuracy")}

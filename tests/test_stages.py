@@ -79,6 +79,20 @@ def test_finalists_are_the_best_or_spread_along_the_front() -> None:
                                                                   "top")
 
 
+def test_finalists_meet_a_latency_budget_as_measured_where_enough_trials_do() -> None:
+    # dense latency 4.0 ms: shares 0.25 .. 1.0; a budget of 0.6 keeps p1, p3 (2.0), p6 (0.5).
+    trials = [_record("p1", 0.50, 1.0), _record("p2", 0.80, 3.0), _record("p3", 0.70, 2.0),
+              _record("p4", 0.60, 2.5), _record("p6", 0.40, 0.5)]
+    for t in trials:
+        t.metrics["dense_latency_ms"] = 4.0
+    assert [t.name for t in select_finalists(trials, 2, "top", max_latency_share=0.6)] == [
+        "p3", "p1"]
+    # Too few within: topped up with the least over budget (p4 at 0.625, not the better p2).
+    chosen = select_finalists(trials, 4, "top", max_latency_share=0.6)
+    assert [t.name for t in chosen] == ["p3", "p4", "p1", "p6"]
+    assert [t.name for t in select_finalists(trials, 2, "top")] == ["p2", "p3"]  # no budget
+
+
 def test_finalist_searcher_hands_out_its_points_once_across_a_restore(tmp_path: Path) -> None:
     points = [{"policy": "a", "finalist": 1}, {"policy": "b", "finalist": 2}]
     searcher = FinalistSearcher(points)
