@@ -317,7 +317,8 @@ def search_part(args: argparse.Namespace, pieces: Pieces) -> dict[str, Any]:
         cfgs = {label: search_cfg(args, label, seed) for label in SEARCHES}
         searches = {b: pieces.get(f"search/{c.name}", _later(run_or_resume, c))
                     for b, c in cfgs.items()}
-        timing = pieces.get(f"ort-finalists/s{seed}/{'+'.join(SEARCHES)}",
+        # Keyed by the searches' names: other searches' finalists are other models.
+        timing = pieces.get(f"ort-finalists/{'+'.join(c.name for c in cfgs.values())}",
                             _later(time_finalists, args, seed, searches))
         best = {b: (pieces.get(f"best-rescored/{c.name}",
                                _later(rescore, c, searches[b]["deciding"][0]))
