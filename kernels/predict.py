@@ -501,17 +501,17 @@ def model_latency_ms(model: nn.Module, example_input: torch.Tensor, *,
 def measured_models_ms(models: list[nn.Module], example_input: torch.Tensor, *,
                        device: torch.device | str = "cpu", repeats: int = 20,
                        bursts: int = 4, backend: str | LatencyBackend = "eager",
-                       ) -> list[float]:
+                       threads: int | None = None) -> list[float]:
     """Measured median latency (ms) of each model's deployment form, the models timed in turn in
     `bursts` bursts of about `repeats / bursts` runs (`measure_interleaved`, serialised per
     device): a dense and a pruned model timed so give a speedup free of the machine's drift.
-    `backend` runs them (default: eager PyTorch)."""
+    `backend` runs them (default: eager PyTorch) on `threads` CPU threads (default 1)."""
     if repeats < 1:
         raise KernelError(f"repeats must be >= 1, got {repeats}")
     bursts = max(1, min(bursts, repeats))
     runtime, device = get_backend(backend), torch.device(device)
     runtime.check(device)
-    measurer = default_measurer(device)
+    measurer = default_measurer(device, threads)
     x = example_input.to(device)
     items = [(runtime.runner(runtime.torch_form(m, device), (x,), device, measurer.threads), x)
              for m in models]

@@ -26,10 +26,10 @@ class LatencyService:
     """A device's latency table with its measurer (also the body of the shared Ray actor)."""
 
     def __init__(self, table_path: str | None = None, device: str = "cpu",
-                 repeats: int = 15, backend: str = "eager") -> None:
+                 repeats: int = 15, backend: str = "eager", threads: int = 1) -> None:
         self.table_path = table_path
         self.table = LatencyTable.load(table_path) if table_path else LatencyTable()
-        self.measurer = DeviceMeasurer(device)
+        self.measurer = DeviceMeasurer(device, threads=threads)
         self.device, self.repeats, self.backend = device, repeats, backend
         get_backend(backend).check(torch.device(device))
 
@@ -62,7 +62,8 @@ class LatencyService:
     def measure_ms(self, model: nn.Module, example_input: torch.Tensor) -> float:
         """Measured latency of `model`'s deployment form, run by this service's backend."""
         (ms,) = measured_models_ms([model], example_input, device=self.device,
-                                   repeats=self.repeats, bursts=1, backend=self.backend)
+                                   repeats=self.repeats, bursts=1, backend=self.backend,
+                                   threads=self.measurer.threads)
         return ms
 
     def entries(self) -> dict[str, dict[str, Any]]:

@@ -200,7 +200,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
     dense_ms, pruned_ms = measured_models_ms([dense.eval(), pruned.model],
                                              data.example_input(1), device=timing,
                                              repeats=args.latency_repeats,
-                                             backend=cfg.latency.backend)
+                                             backend=cfg.latency.backend,
+                                             threads=cfg.latency.threads)
     result = {
         "model": cfg.model.name, "policy": str(args.policy),
         "finetune_epochs": args.finetune_epochs or 0,
@@ -210,7 +211,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         "dense_val_accuracy": dense_acc, "val_accuracy": val.accuracy, "val_loss": val.loss,
         "dense_latency_ms": dense_ms, "latency_ms": pruned_ms,
         "speedup": speedup(dense_ms, pruned_ms), "latency_backend": cfg.latency.backend,
-        "latency_device": latency_clock(cfg.latency.backend, timing),
+        "latency_device": latency_clock(cfg.latency.backend, timing, cfg.latency.threads),
     }
     if args.out:
         # Weights, policy and model name, no pickled objects: `load_pruned` rebuilds the

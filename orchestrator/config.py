@@ -151,6 +151,10 @@ class LatencyConfig(_Section):
     # Where it is timed, whatever device trials fine-tune on: "auto" (eager: finetune.device;
     # onnxruntime: cpu; tensorrt: cuda), "cpu" or "cuda[:i]".
     device: str = "auto"
+    # CPU threads a timed model runs on (eager: torch's intra-op threads; onnxruntime: its
+    # session's). One by default: reproducible, least disturbed by other jobs, and timed on
+    # the thread's own CPU clock; with more, on the wall clock. Use what deployment will use.
+    threads: int = Field(1, ge=1)
 
     @field_validator("backend")
     @classmethod

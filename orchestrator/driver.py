@@ -308,7 +308,8 @@ def _dense_baseline(cfg: PrunetuneConfig, progress: bool) -> DenseBaseline:
     if cfg.search.latency == "measured":  # with a latency table, trials share its prediction
         reference = dense_reference_ms(dense.model.eval(), data.example_input(1),
                                        latency_device(cfg), cfg.search.latency_repeats,
-                                       backend=cfg.latency.backend)
+                                       backend=cfg.latency.backend,
+                                       threads=cfg.latency.threads)
         metrics["dense_latency_ms"] = reference[1]
     return DenseBaseline(dense, data.example_input(1), val.accuracy, metrics, reference)
 
@@ -344,7 +345,8 @@ def _hold_latency_actor(cfg: PrunetuneConfig, workdir: Path) -> Any:
     from .spaces import latency_table_file
 
     return latency_service(str(latency_table_file(cfg, workdir)), device=latency_device(cfg),
-                           repeats=cfg.search.latency_repeats, backend=cfg.latency.backend)
+                           repeats=cfg.search.latency_repeats, backend=cfg.latency.backend,
+                           threads=cfg.latency.threads)
 
 
 def _latency_line(cfg: PrunetuneConfig, space: Any) -> str:
@@ -354,8 +356,9 @@ def _latency_line(cfg: PrunetuneConfig, space: Any) -> str:
     rounding = (f"kept channels rounded to multiples of {space.round_to}" if space.round_to
                 else "kept channels of any width")
     how = "predicted from the latency table" if cfg.search.latency == "table" else "measured"
-    return (f"latency {how} by the {cfg.latency.backend} backend on {latency_device(cfg)}; "
-            f"{rounding} (space.round_to: {cfg.space.round_to})")
+    threads = f"{cfg.latency.threads} thread{'s' if cfg.latency.threads > 1 else ''}"
+    return (f"latency {how} by the {cfg.latency.backend} backend on {latency_device(cfg)} "
+            f"({threads}); {rounding} (space.round_to: {cfg.space.round_to})")
 
 
 def run_search(cfg: PrunetuneConfig, *, resume: bool = False,

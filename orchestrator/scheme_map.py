@@ -86,7 +86,7 @@ def measured_scan(cfg: PrunetuneConfig, dense: nn.Module, *, device: str,
     table = latency_table_file(cfg, workdir)
     table.parent.mkdir(parents=True, exist_ok=True)
     service = LatencyService(str(table), device=device, repeats=cfg.search.latency_repeats,
-                             backend=cfg.latency.backend)
+                             backend=cfg.latency.backend, threads=cfg.latency.threads)
     path = scan_cache_file(cfg, _scan_key(cfg, dense, service.clock, ratios))
     if path.exists() and not rescan:
         try:

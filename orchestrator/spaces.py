@@ -111,7 +111,8 @@ def _latency_weights(cfg: PrunetuneConfig, model: nn.Module, example_input: obje
     table = latency_table_file(cfg, workdir)
     table.parent.mkdir(parents=True, exist_ok=True)
     service = LatencyService(str(table), device=latency_device(cfg),
-                             repeats=cfg.search.latency_repeats, backend=cfg.latency.backend)
+                             repeats=cfg.search.latency_repeats, backend=cfg.latency.backend,
+                             threads=cfg.latency.threads)
     base_ms, layers = service.linear_terms(model, example_input)
     gains = scheme_gains(service.sparse_gains(model, example_input))
     service.save()

@@ -178,6 +178,7 @@ def _trainable(run: SearchRun, stage: Stage) -> Any:
                        latency_repeats=cfg.search.latency_repeats,
                        latency_table=_latency_table_path(cfg, run.workdir),
                        latency_backend=cfg.latency.backend,
+                       latency_threads=cfg.latency.threads,
                        latency_device=(None if cfg.latency.device == "auto"
                                        else cfg.latency.device),
                        context_key=run.context_key)

@@ -97,6 +97,23 @@ def test_onnxruntime_shares_one_session_between_models_of_the_same_widths() -> N
                               first(x), atol=1e-4)
 
 
+def test_the_threads_latency_names_are_the_ones_models_are_timed_with() -> None:
+    """`latency.threads` reaches the runtime (ONNX Runtime's intra-op threads) and the clock
+    name every table key and trial metric carries."""
+    from prunetune.trainers.trial import latency_clock
+
+    model, x = _resnet20()
+    runner = get_backend("onnxruntime").runner(model, (x,), torch.device("cpu"), 2)
+    assert runner.session.get_session_options().intra_op_num_threads == 2
+    assert "(2 threads, wall clock)" in latency_clock("onnxruntime", "cpu", 2)
+    assert "(1 threads, thread clock)" in latency_clock("onnxruntime", "cpu")
+    ms = measured_models_ms([model], x, backend="onnxruntime", repeats=2, threads=2)
+    assert ms[0] > 0
+    assert load_config(None, {"latency.threads": 2}).latency.threads == 2
+    with pytest.raises(ConfigError, match="latency.threads"):
+        load_config(None, {"latency.threads": 0})
+
+
 def test_round_to_auto_follows_the_backend(tmp_path: Path) -> None:
     eager = load_config(None, {"latency.backend": "eager"})
     ort = load_config(None, {"latency.backend": "onnxruntime"})

@@ -16,12 +16,12 @@ __all__ = ["latency_service"]
 
 def latency_service(table_path: str | None = None, *, device: str = "cpu",
                     name: str = "prunetune-latency", num_gpus: float = 0.0,
-                    repeats: int = 15, backend: str = "eager") -> Any:
+                    repeats: int = 15, backend: str = "eager", threads: int = 1) -> Any:
     """The named `LatencyService` actor for `device` (created on first call, then shared).
 
     `num_gpus`: the actor's GPU share on a GPU node (a small fraction, e.g. 0.01, so it can sit
     beside training trials). `backend`: the latency backend that runs what it times (one actor
-    per device and backend). Needs `ray.init()` (or a Ray Tune run) first.
+    per device and backend) on `threads` CPU threads. Needs `ray.init()` (or a Ray Tune run) first.
     """
     import ray
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -34,4 +34,5 @@ def latency_service(table_path: str | None = None, *, device: str = "cpu",
     return actor.options(name=label, get_if_exists=True, num_cpus=0,
                          num_gpus=num_gpus,
                          scheduling_strategy=PlacementGroupSchedulingStrategy(
-                             placement_group=None)).remote(table_path, device, repeats, backend)
+                             placement_group=None)).remote(table_path, device, repeats, backend,
+                                                                    threads)

@@ -45,6 +45,7 @@ class TrialSetup:
     # device, e.g. eager times where it fine-tunes, onnxruntime on the CPU).
     latency_backend: str = "eager"
     latency_device: str | None = None
+    latency_threads: int = 1  # CPU threads a timed model runs on
     # A latency table file: predict latency from it (via the shared per-device Ray actor when
     # Ray runs) instead of timing whole models.
     latency_table: str | None = None
@@ -118,9 +119,11 @@ def evaluate_policy(policy_json: str, setup: TrialSetup, *, report: Any = None,
     else:
         dense_ms, pruned_ms = measured_models_ms([dense, pruned], batch, device=device,
                                                  repeats=setup.latency_repeats,
-                                                 backend=setup.latency_backend)
+                                                 backend=setup.latency_backend,
+                                                 threads=setup.latency_threads)
         ref = setup.reference_latency
-        if ref is not None and ref[0] == latency_clock(setup.latency_backend, device):
+        clock = latency_clock(setup.latency_backend, device, setup.latency_threads)
+        if ref is not None and ref[0] == clock:
             measured = {"measured_latency_ms": pruned_ms, "measured_dense_latency_ms": dense_ms}
             # The speedup is this trial's own (dense and pruned timed in turn); the latency
             # follows from it and the search's one dense reference.
@@ -135,7 +138,7 @@ def evaluate_policy(policy_json: str, setup: TrialSetup, *, report: Any = None,
         "speedup": speedup(dense_ms, pruned_ms),
         **measured,
         "latency_backend": setup.latency_backend,
-        "latency_clock": latency_clock(setup.latency_backend, device),
+        "latency_clock": latency_clock(setup.latency_backend, device, setup.latency_threads),
         "epoch": last_epoch,
         "finetune_s": finetune_s,
         "seed": seed,
@@ -158,24 +161,25 @@ def latency_device(setup: TrialSetup) -> str:
     return str(backend.default_device(resolve_device(setup.finetune.device)))
 
 
-def latency_clock(backend: str, device: str) -> str:
-    """The name of the clock `backend` times with on `device` (device, threads, backend):
+def latency_clock(backend: str, device: str, threads: int = 1) -> str:
+    """The name of the clock `backend` times with on `device` with `threads` CPU threads:
     latencies of two different clocks are never compared."""
     from prunetune.kernels import clock_name, default_measurer
 
-    return clock_name(backend, default_measurer(device))
+    return clock_name(backend, default_measurer(device, threads))
 
 
 def dense_reference_ms(dense: torch.nn.Module, batch: torch.Tensor, device: str,
-                       repeats: int, backend: str = "eager") -> tuple[str, float]:
+                       repeats: int, backend: str = "eager", threads: int = 1,
+                       ) -> tuple[str, float]:
     """(clock name, ms): the dense model timed once for a whole search by `backend`, in 6
     bursts of 3x the trials' repeats (one reference, so it gets more time than a trial's own
     timing)."""
     from prunetune.kernels import measured_models_ms
 
     (ms,) = measured_models_ms([dense], batch, device=device, repeats=6 * max(1, repeats // 2),
-                               bursts=6, backend=backend)
-    return latency_clock(backend, device), ms
+                               bursts=6, backend=backend, threads=threads)
+    return latency_clock(backend, device, threads), ms
 
 
 def _table_latency_ms(setup: TrialSetup, dense: torch.nn.Module, pruned: torch.nn.Module,
@@ -191,13 +195,14 @@ def _table_latency_ms(setup: TrialSetup, dense: torch.nn.Module, pruned: torch.n
 
     if ray.is_initialized():
         svc = latency_service(setup.latency_table, device=device,
-                              repeats=setup.latency_repeats, backend=setup.latency_backend)
+                              repeats=setup.latency_repeats, backend=setup.latency_backend,
+                              threads=setup.latency_threads)
         dense_ms = ray.get(svc.predict_ms.remote(dense, dense, batch))
         pruned_ms = ray.get(svc.predict_ms.remote(pruned, dense, batch))
         ray.get(svc.save.remote())
         return dense_ms, pruned_ms
     local = LatencyService(setup.latency_table, device=device, repeats=setup.latency_repeats,
-                           backend=setup.latency_backend)
+                           backend=setup.latency_backend, threads=setup.latency_threads)
     out = local.predict_ms(dense, dense, batch), local.predict_ms(pruned, dense, batch)
     local.save()
     return out
