@@ -165,7 +165,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     """Prune the dense model with a policy file; print cost before / after and val accuracy."""
     from prunetune.errors import ConfigError
 
-    from .config import load_config
+    from .config import latency_device, load_config
 
     # A bad config, device or policy file is told before any pretraining (and a bad config
     # before torch is imported).
@@ -185,7 +185,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     except PolicyError as err:
         raise CLIError(str(err)) from None
     cfg, data, dense, example = _setup(args)
-    timing = _timing_device(cfg, device)
+    timing = latency_device(cfg, device)  # eager under "auto": the evaluation device
     ft = cfg.finetune.model_copy(update={"epochs": args.finetune_epochs or 0.0})
     try:
         pruned = prune_and_evaluate(dense, policy, data, ft, seed=cfg.seed, device=device,
@@ -238,20 +238,6 @@ def cmd_apply(args: argparse.Namespace) -> int:
         print(f"pruned model saved to {args.out}; load it with prunetune.trainers.pruned_file."
               "load_pruned(path) (state dict + policy, read with torch.load(weights_only=True))")
     return 0
-
-
-def _timing_device(cfg: Any, evaluation: Any) -> str:
-    """Where `apply` times: `latency.device`, or with "auto" the backend's own choice given
-    the evaluation device (eager: that device). A backend that cannot time there is refused."""
-    import torch
-
-    from prunetune.kernels import get_backend
-
-    backend = get_backend(cfg.latency.backend)
-    device = (backend.default_device(evaluation) if cfg.latency.device == "auto"
-              else torch.device(cfg.latency.device))
-    backend.check(device)
-    return str(device)
 
 
 def add_engine_commands(subparsers: Any) -> None:

@@ -311,24 +311,19 @@ def check_devices(cfg: PrunetuneConfig,
     latency_device(cfg)
 
 
-def latency_device(cfg: PrunetuneConfig) -> str:
+def latency_device(cfg: PrunetuneConfig, trial_device: Any = None) -> str:
     """The device the config's latency backend times on (`latency.device`, "auto" resolved
-    by the backend), checked: a backend that cannot run there, or whose package is missing,
-    is a ConfigError naming `latency.backend` and the fix. Imports torch."""
-    import torch
-
+    by the backend given `trial_device`, default `finetune.device`), checked: a backend that
+    cannot run there, or whose package is missing, is a ConfigError naming `latency.backend`
+    and the fix. Imports torch."""
     from prunetune.errors import KernelError, KernelUnavailableError
-    from prunetune.kernels.latency_backends import get_backend
+    from prunetune.kernels.latency_backends import timing_device
     from prunetune.trainers.train import resolve_device
 
     try:
-        backend = get_backend(cfg.latency.backend)
-        if cfg.latency.device == "auto":
-            device = backend.default_device(resolve_device(cfg.finetune.device))
-        else:
-            device = torch.device(cfg.latency.device)
-        backend.check(device)
+        return str(timing_device(cfg.latency.backend, cfg.latency.device,
+                                 trial_device if trial_device is not None
+                                 else resolve_device(cfg.finetune.device)))
     except (KernelError, KernelUnavailableError) as err:
         raise ConfigError(f"latency.backend: {err}") from None
-    return str(device)
 

@@ -113,6 +113,7 @@ def evaluate_policy(policy_json: str, setup: TrialSetup, *, report: Any = None,
     # Timed on the trial's own node, dense and pruned alike (in turn, in bursts), so the
     # speedup compares like with like wherever the trial landed, whatever the machine's drift.
     batch = data.example_input(setup.latency_batch)
+    clock = latency_clock(setup.latency_backend, device, setup.latency_threads)
     measured: dict[str, float] = {}
     if setup.latency_table is not None:
         dense_ms, pruned_ms = _table_latency_ms(setup, dense, pruned, batch, device)
@@ -122,7 +123,6 @@ def evaluate_policy(policy_json: str, setup: TrialSetup, *, report: Any = None,
                                                  backend=setup.latency_backend,
                                                  threads=setup.latency_threads)
         ref = setup.reference_latency
-        clock = latency_clock(setup.latency_backend, device, setup.latency_threads)
         if ref is not None and ref[0] == clock:
             measured = {"measured_latency_ms": pruned_ms, "measured_dense_latency_ms": dense_ms}
             # The speedup is this trial's own (dense and pruned timed in turn); the latency
@@ -138,7 +138,7 @@ def evaluate_policy(policy_json: str, setup: TrialSetup, *, report: Any = None,
         "speedup": speedup(dense_ms, pruned_ms),
         **measured,
         "latency_backend": setup.latency_backend,
-        "latency_clock": latency_clock(setup.latency_backend, device, setup.latency_threads),
+        "latency_clock": clock,
         "epoch": last_epoch,
         "finetune_s": finetune_s,
         "seed": seed,
@@ -153,12 +153,10 @@ def evaluate_policy(policy_json: str, setup: TrialSetup, *, report: Any = None,
 def latency_device(setup: TrialSetup) -> str:
     """The device a trial times on: the setup's latency device, else the backend's choice
     given the trial's fine-tuning device (resolved where the trial runs)."""
-    if setup.latency_device is not None:
-        return setup.latency_device
-    from prunetune.kernels import get_backend
+    from prunetune.kernels.latency_backends import timing_device
 
-    backend = get_backend(setup.latency_backend)
-    return str(backend.default_device(resolve_device(setup.finetune.device)))
+    return str(timing_device(setup.latency_backend, setup.latency_device or "auto",
+                             resolve_device(setup.finetune.device)))
 
 
 def latency_clock(backend: str, device: str, threads: int = 1) -> str:

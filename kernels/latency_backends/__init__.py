@@ -13,6 +13,7 @@ from .base import (
     backend_names,
     get_backend,
     register_backend,
+    timing_device,
 )
 from .eager import EagerBackend
 from .onnx_export import architecture_key, export_onnx, onnx_bytes
@@ -32,4 +33,5 @@ __all__ = [
     "onnx_bytes",
     "onnxruntime_session",
     "register_backend",
+    "timing_device",
 ]

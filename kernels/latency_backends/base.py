@@ -30,6 +30,7 @@ __all__ = [
     "backend_names",
     "get_backend",
     "register_backend",
+    "timing_device",
 ]
 
 Inputs = tuple[torch.Tensor, ...]
@@ -130,6 +131,17 @@ def register_backend(backend: LatencyBackend) -> LatencyBackend:
 def backend_names() -> Sequence[str]:
     """The registered backends' names."""
     return tuple(_BACKENDS)
+
+
+def timing_device(backend: str | LatencyBackend, requested: str,
+                  trial_device: torch.device | str) -> torch.device:
+    """Where `backend` times: `requested` ("cpu", "cuda[:i]"), or with "auto" the backend's
+    own choice given the device trials run on; checked (`LatencyBackend.check`)."""
+    backend = get_backend(backend)
+    device = (backend.default_device(torch.device(trial_device)) if requested == "auto"
+              else torch.device(requested))
+    backend.check(device)
+    return device
 
 
 def get_backend(name: str | LatencyBackend) -> LatencyBackend:
