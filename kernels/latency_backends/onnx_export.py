@@ -10,15 +10,20 @@ from __future__ import annotations
 import copy
 import hashlib
 import io
+import threading
 import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from prunetune.errors import LatencyBackendError, LatencyBackendUnavailableError
 
-__all__ = ["ONNX_OPSET", "architecture_key", "export_onnx", "input_names", "onnx_bytes"]
+__all__ = ["ONNX_OPSET", "ArchitectureCache", "architecture_key", "export_onnx", "input_names",
+           "onnx_bytes"]
 
 # An opset every current runtime reads in full (ONNX Runtime >= 1.20, TensorRT >= 10), and the
 # lowest the torch.export based exporter writes.
@@ -43,6 +48,35 @@ def architecture_key(model: nn.Module, example_input: tuple[torch.Tensor, ...]) 
     for t in example_input:
         h.update(f"|in{tuple(t.shape)}{t.dtype}".encode())
     return h.hexdigest()[:16]
+
+
+class ArchitectureCache:
+    """What a runtime built from a model's ONNX export (a session, an engine), kept per
+    architecture and setting, least recently used dropped beyond `max_size` (each holds its
+    weights). Safe across threads; a build runs outside the lock."""
+
+    def __init__(self, max_size: int) -> None:
+        self.max_size = max_size
+        self._built: OrderedDict[tuple[str, Hashable], Any] = OrderedDict()
+        self._guard = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._built)
+
+    def get(self, model: nn.Module, example_input: tuple[torch.Tensor, ...], setting: Hashable,
+            build: Callable[[bytes], Any]) -> Any:
+        """The cached object for `model`'s architecture and `setting`, else `build(onnx)`."""
+        key = (architecture_key(model, example_input), setting)
+        with self._guard:
+            if key in self._built:
+                self._built.move_to_end(key)
+                return self._built[key]
+        built = build(onnx_bytes(model, example_input))
+        with self._guard:
+            self._built[key] = built
+            while len(self._built) > self.max_size:
+                self._built.popitem(last=False)
+        return built
 
 
 def onnx_bytes(model: nn.Module, example_input: tuple[torch.Tensor, ...]) -> bytes:

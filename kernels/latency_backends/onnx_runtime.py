@@ -8,8 +8,6 @@ weights stay dense: ONNX Runtime's CPU kernels do not skip zeros, so only channe
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,14 +19,13 @@ from torch import nn
 from prunetune.errors import LatencyBackendUnavailableError
 
 from .base import Inputs, LatencyBackendBase, register_backend
-from .onnx_export import architecture_key, export_onnx, input_names, onnx_bytes
+from .onnx_export import ArchitectureCache, export_onnx, input_names
 
 __all__ = ["OnnxRuntimeBackend", "onnxruntime_session"]
 
-# Sessions kept per process: a search's distinct architectures are few; each holds its weights.
-_MAX_SESSIONS = 64
-_SESSIONS: OrderedDict[tuple[str, int], Any] = OrderedDict()
-_SESSIONS_GUARD = threading.Lock()
+# Sessions kept per process (by architecture and threads): a search's distinct architectures
+# are few; each holds its weights.
+_SESSIONS = ArchitectureCache(max_size=64)
 
 
 def _onnxruntime() -> Any:
@@ -95,17 +92,8 @@ class OnnxRuntimeBackend(LatencyBackendBase):
     def runner(self, model: nn.Module, example_input: Inputs, device: torch.device,
                threads: int) -> Callable[..., Any]:
         self.check(device)
-        key = (architecture_key(model, example_input), threads)
-        with _SESSIONS_GUARD:
-            session = _SESSIONS.get(key)
-            if session is not None:
-                _SESSIONS.move_to_end(key)
-        if session is None:
-            session = onnxruntime_session(onnx_bytes(model, example_input), threads)
-            with _SESSIONS_GUARD:
-                _SESSIONS[key] = session
-                while len(_SESSIONS) > _MAX_SESSIONS:
-                    _SESSIONS.popitem(last=False)
+        session = _SESSIONS.get(model, example_input, threads,
+                                lambda onnx: onnxruntime_session(onnx, threads))
         return _SessionRunner(session, len(example_input))
 
     def export(self, model: nn.Module, example_input: Inputs, path: Path) -> Path:

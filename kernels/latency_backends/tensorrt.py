@@ -9,7 +9,6 @@ by `check`, before any export or build.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,12 +19,12 @@ from torch import nn
 from prunetune.errors import LatencyBackendError, LatencyBackendUnavailableError
 
 from .base import Inputs, LatencyBackendBase, register_backend
-from .onnx_export import architecture_key, export_onnx, input_names, onnx_bytes
+from .onnx_export import ArchitectureCache, export_onnx, input_names
 
 __all__ = ["TensorRTBackend"]
 
-_ENGINES: dict[tuple[str, str], Any] = {}
-_ENGINES_GUARD = threading.Lock()
+# Engines kept per process (by architecture and GPU), as ONNX Runtime keeps its sessions.
+_ENGINES = ArchitectureCache(max_size=64)
 
 
 def _tensorrt() -> Any:
@@ -102,14 +101,9 @@ class TensorRTBackend(LatencyBackendBase):
     def runner(self, model: nn.Module, example_input: Inputs, device: torch.device,
                threads: int) -> Callable[..., Any]:
         self.check(device)
-        key = (architecture_key(model, example_input), str(device))
-        with _ENGINES_GUARD:
-            engine = _ENGINES.get(key)
-        if engine is None:
-            with torch.cuda.device(device):
-                engine = _build_engine(onnx_bytes(model, example_input), example_input)
-            with _ENGINES_GUARD:
-                _ENGINES[key] = engine
+        with torch.cuda.device(device):
+            engine = _ENGINES.get(model, example_input, str(device),
+                                  lambda onnx: _build_engine(onnx, example_input))
         return _EngineRunner(engine, example_input, device)
 
     def export(self, model: nn.Module, example_input: Inputs, path: Path) -> Path:
