@@ -16,9 +16,6 @@ from prunetune.errors import CLIError
 
 __all__ = ["add_baselines_command", "cmd_baselines"]
 
-_CALIBRATION_SIZE = 64  # labelled training images tp-taylor's gradients are taken on
-
-
 def _methods(text: str) -> list[str]:
     from prunetune.search_spaces.baselines import BASELINE_METHODS
 
@@ -28,18 +25,6 @@ def _methods(text: str) -> list[str]:
         raise CLIError(f"--methods must be a comma-separated subset of "
                        f"{','.join(BASELINE_METHODS)}, got {text!r}")
     return methods
-
-
-def _calibration_batch(data: Any) -> Any:
-    import torch
-
-    inputs, labels = [], []
-    for x, y in data.loader("train"):
-        inputs.append(x)
-        labels.append(y)
-        if sum(len(b) for b in labels) >= _CALIBRATION_SIZE:
-            break
-    return torch.cat(inputs)[:_CALIBRATION_SIZE], torch.cat(labels)[:_CALIBRATION_SIZE]
 
 
 def cmd_baselines(args: argparse.Namespace) -> int:
@@ -54,12 +39,12 @@ def cmd_baselines(args: argparse.Namespace) -> int:
                        "space.budget (e.g. {kind: flops, keep: 0.5})")
     args.quiet = args.quiet or args.json
     cfg, data, model, example = _setup(args)
-    from prunetune.search_spaces.baselines import baseline_policies
+    from prunetune.search_spaces.baselines import baseline_policies, taylor_batch
 
     from .spaces import build_space
 
     space = build_space(cfg, model, example)
-    batch = _calibration_batch(data) if "tp-taylor" in methods else None
+    batch = taylor_batch(data.loader("train")) if "tp-taylor" in methods else None
     results = baseline_policies(space, model, example, methods, batch=batch)
     out = Path(args.out or cfg.workdir_path() / f"{cfg.name or cfg.model.name}-baselines")
     out.mkdir(parents=True, exist_ok=True)

@@ -269,31 +269,14 @@ def _searcher(run: SearchRun) -> Any:
                          start_policies=start_policies(run))
 
 
-_CALIBRATION_SIZE = 64  # labelled training images tp-taylor's gradients are taken on
-
-
-def _labelled_batch(cfg: PrunetuneConfig) -> tuple[Any, Any]:
-    """The first `_CALIBRATION_SIZE` labelled training images (tp-taylor's gradients)."""
-    import torch
-
-    from prunetune.trainers import load_data
-
-    inputs, labels = [], []
-    for x, y in load_data(cfg.data).loader("train"):
-        inputs.append(x)
-        labels.append(y)
-        if sum(len(b) for b in labels) >= _CALIBRATION_SIZE:
-            break
-    return torch.cat(inputs)[:_CALIBRATION_SIZE], torch.cat(labels)[:_CALIBRATION_SIZE]
-
-
 def start_policies(run: SearchRun) -> dict[str, Any]:
     """The `search.start_from` baselines at the space's budget, by method, for the first
     stage's searcher to run first; one line printed per baseline. None without a budget (they
     are defined by one); a method that cannot give one here (no channel unit, an unreachable
     budget, a model Torch-Pruning cannot prune) is skipped with its reason."""
     from prunetune.errors import SpaceError
-    from prunetune.search_spaces.baselines import baseline_policies
+    from prunetune.search_spaces.baselines import baseline_policies, taylor_batch
+    from prunetune.trainers import load_data
 
     methods = list(run.cfg.search.start_from)
     say = (lambda line: print(f"[search] {line}", flush=True)) if run.progress else (
@@ -304,7 +287,8 @@ def start_policies(run: SearchRun) -> dict[str, Any]:
         say(f"start_from {', '.join(methods)}: skipped, the baselines are defined by a budget "
             "and space.budget is not set; the searcher starts from its own points")
         return {}
-    batch = _labelled_batch(run.cfg) if "tp-taylor" in methods else None
+    batch = (taylor_batch(load_data(run.cfg.data).loader("train")) if "tp-taylor" in methods
+             else None)
     out = {}
     for method in methods:
         try:

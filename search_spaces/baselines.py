@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,10 +34,23 @@ from prunetune.errors import BudgetError, SpaceError
 from .channel import kept_channels
 from .policy import Policy, UnitPolicy
 
-__all__ = ["BASELINE_METHODS", "Baseline", "baseline_policies", "tp_global_policy",
-           "uniform_policy"]
+__all__ = ["BASELINE_METHODS", "TAYLOR_BATCH", "Baseline", "baseline_policies", "taylor_batch",
+           "tp_global_policy", "uniform_policy"]
 
 BASELINE_METHODS = ("uniform", "tp-magnitude", "tp-bn-scale", "tp-taylor")
+TAYLOR_BATCH = 64  # labelled training images tp-taylor's gradients are taken on
+
+
+def taylor_batch(batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                 size: int = TAYLOR_BATCH) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `size` (inputs, labels) of `batches` (a training loader): tp-taylor's batch."""
+    inputs, labels = [], []
+    for x, y in batches:
+        inputs.append(x)
+        labels.append(y)
+        if sum(len(b) for b in labels) >= size:
+            break
+    return torch.cat(inputs)[:size], torch.cat(labels)[:size]
 
 # Method -> (Torch-Pruning importance factory, the policy's own importance when applied).
 _TP_IMPORTANCE: dict[str, tuple[Callable[[], Any], str]] = {
