@@ -40,11 +40,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
-import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -53,6 +50,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine_info, write_result
+from _pieces import Pieces, code_version, run_or_resume, timed, trial_policy
 
 from prunetune.trainers import default_cache_dir
 
@@ -92,35 +90,6 @@ PRETRAIN_DATA = {"resnet56": {"train_subset": 4000}, "mobilenetv2": {"train_subs
 
 # -- the pieces cache ---------------------------------------------------------------------------
 
-class Pieces:
-    """Finished pieces by key, kept in a JSON file after each one (resumable runs)."""
-
-    def __init__(self, path: Path, settings: dict[str, Any]) -> None:
-        self.path, self.settings = path, settings
-        self.done: dict[str, Any] = {}
-        if path.exists():
-            saved = json.loads(path.read_text())
-            if saved.get("settings") == settings:
-                self.done = saved["pieces"]
-                print(f"reusing {len(self.done)} finished pieces from {path}", flush=True)
-
-    def get(self, key: str, make: Callable[[], Any]) -> Any:
-        if key not in self.done:
-            print(f"== {key}", flush=True)
-            self.done[key] = make()
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            write_result(self.path, {"settings": self.settings, "pieces": self.done}, show={})
-        return self.done[key]
-
-
-def timed(make: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """`make()` with the load average (1, 5, 15 min) before and after and its wall time."""
-    before, t0 = os.getloadavg(), time.perf_counter()
-    out = make()
-    return {**out, "wall_s": time.perf_counter() - t0, "load_average_before": before,
-            "load_average_after": os.getloadavg()}
-
-
 # -- configs, searches, policies ----------------------------------------------------------------
 
 def config(args: argparse.Namespace, name: str, model: str, **sections: Any) -> Any:
@@ -148,36 +117,25 @@ def dense_and_example(cfg: Any) -> tuple[torch.nn.Module, torch.Tensor, Any]:
     return dense.model.eval(), data.example_input(1), (dense, data)
 
 
-def run_or_resume(cfg: Any) -> dict[str, Any]:
-    """Run the config's search (`run_search`, the product's path), resume it when
-    interrupted, reuse it when finished; its deciding trials from MLflow."""
+def searched(cfg: Any) -> dict[str, Any]:
+    """The config's search run, resumed or reused (`run_or_resume`); its deciding trials from
+    MLflow."""
     from mlflow.tracking import MlflowClient
 
-    from prunetune.orchestrator.driver import run_search
     from prunetune.orchestrator.results import (
         TAG_LATENCY_CLOCK,
         deciding_trials,
-        find_search,
         search_trials,
     )
 
-    client = MlflowClient(cfg.tracking_uri())
-    try:
-        status = find_search(client, cfg.tracking.experiment, cfg.name).info.status
-    except Exception:  # noqa: BLE001 - no store yet, or no such search
-        status = None
-    t0 = time.perf_counter()
-    if status != "FINISHED":
-        run_search(cfg, resume=status is not None)
-    parent = find_search(client, cfg.tracking.experiment, cfg.name)
-    trials = search_trials(client, parent)
+    parent, wall = run_or_resume(cfg)
+    trials = search_trials(MlflowClient(cfg.tracking_uri()), parent)
     deciding = sorted(deciding_trials(trials), key=lambda t: -t.metrics.get("accuracy", -1))
     rows = [{"trial": t.name, "stage": t.stage, "run_id": t.run_id, **t.metrics,
              "latency_backend": t.params.get("latency_backend"),
              "latency_clock": t.tags.get(TAG_LATENCY_CLOCK),
              "policy": trial_policy(cfg, t.run_id).to_dict()} for t in deciding]
-    return {"name": cfg.name, "parent_run_id": parent.info.run_id,
-            "search_wall_s": time.perf_counter() - t0 if status != "FINISHED" else None,
+    return {"name": cfg.name, "parent_run_id": parent.info.run_id, "search_wall_s": wall,
             "searcher": cfg.search.searcher, "latency_backend": cfg.latency.backend,
             "round_to": resolved_round_to(cfg), "trials": len(trials), "deciding": rows}
 
@@ -187,17 +145,6 @@ def resolved_round_to(cfg: Any) -> int | None:
     from prunetune.orchestrator import spaces
 
     return spaces.round_to(cfg)
-
-
-def trial_policy(cfg: Any, run_id: str) -> Any:
-    """The policy a trial logged (its `policy.json` artifact)."""
-    from mlflow.tracking import MlflowClient
-
-    from prunetune.search_spaces import Policy
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = MlflowClient(cfg.tracking_uri()).download_artifacts(run_id, "policy.json", tmp)
-        return Policy.load(path)
 
 
 def ms_in_turn(models: list[torch.nn.Module], shape: tuple[int, ...], backend: str,
@@ -225,7 +172,7 @@ def speedups_part(args: argparse.Namespace, pieces: Pieces) -> dict[str, Any]:
                                 "budget": {"kind": "flops", "keep": FLOPS_KEEP}},
                          search={"trials": args.trials, "finalists": {"count": 0}},
                          finetune={"epochs": 0})
-            search = pieces.get(f"search/{cfg.name}", _later(run_or_resume, cfg))
+            search = pieces.get(f"search/{cfg.name}", _later(searched, cfg))
             dense, made, info = width_policies(cfg, search)
             pruned |= {f"{k}-{widths}": m for k, m in made.items()}
             row["policies"] |= {f"{k}-{widths}": v for k, v in info.items()}
@@ -315,7 +262,7 @@ def search_part(args: argparse.Namespace, pieces: Pieces) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for seed in args.seeds:
         cfgs = {label: search_cfg(args, label, seed) for label in SEARCHES}
-        searches = {b: pieces.get(f"search/{c.name}", _later(run_or_resume, c))
+        searches = {b: pieces.get(f"search/{c.name}", _later(searched, c))
                     for b, c in cfgs.items()}
         # Keyed by the searches' names: other searches' finalists are other models.
         timing = pieces.get(f"ort-finalists/{'+'.join(c.name for c in cfgs.values())}",
@@ -464,19 +411,6 @@ def report(result: dict[str, Any]) -> str:
 
 def _test(rescored: dict[str, Any] | None) -> str:
     return f" ({rescored['test_accuracy']:.4f})" if rescored else ""
-
-
-def code_version() -> dict[str, Any]:
-    """The commit the run used and the product files changed in the working tree."""
-    import subprocess
-
-    def git(*argv: str) -> str:
-        return subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True,
-                              check=False).stdout.rstrip()
-
-    changed = [line[3:] for line in git("status", "--porcelain", "-uno").splitlines()
-               if not line[3:].startswith(("benchmarks/", "tests/"))]
-    return {"commit": git("rev-parse", "HEAD"), "uncommitted_product_files": changed}
 
 
 # -- main ---------------------------------------------------------------------------------------

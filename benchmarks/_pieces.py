@@ -1,0 +1,90 @@
+"""What the long benchmarks share: finished pieces kept in a JSON file so a run resumes where it
+stopped, searches run or resumed through the product's own path and read back from MLflow, and
+the state of the code a result came from."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from _machine import write_result
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Pieces:
+    """Finished pieces by key, kept in a JSON file after each one (resumable runs)."""
+
+    def __init__(self, path: Path, settings: dict[str, Any]) -> None:
+        self.path, self.settings = path, settings
+        self.done: dict[str, Any] = {}
+        if path.exists():
+            saved = json.loads(path.read_text())
+            if saved.get("settings") == settings:
+                self.done = saved["pieces"]
+                print(f"reusing {len(self.done)} finished pieces from {path}", flush=True)
+
+    def get(self, key: str, make: Callable[[], Any]) -> Any:
+        if key not in self.done:
+            print(f"== {key}", flush=True)
+            self.done[key] = make()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_result(self.path, {"settings": self.settings, "pieces": self.done}, show={})
+        return self.done[key]
+
+
+def timed(make: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """`make()` with the load average (1, 5, 15 min) before and after and its wall time."""
+    before, t0 = os.getloadavg(), time.perf_counter()
+    out = make()
+    return {**out, "wall_s": time.perf_counter() - t0, "load_average_before": before,
+            "load_average_after": os.getloadavg()}
+
+
+def trial_policy(cfg: Any, run_id: str) -> Any:
+    """The policy a trial logged (its `policy.json` artifact)."""
+    from mlflow.tracking import MlflowClient
+
+    from prunetune.search_spaces import Policy
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = MlflowClient(cfg.tracking_uri()).download_artifacts(run_id, "policy.json", tmp)
+        return Policy.load(path)
+
+
+def run_or_resume(cfg: Any) -> tuple[Any, float | None]:
+    """Run the config's search (`run_search`, the product's path), resume it when
+    interrupted, reuse it when finished: (its parent run, the seconds it ran now or None)."""
+    from mlflow.tracking import MlflowClient
+
+    from prunetune.orchestrator.driver import run_search
+    from prunetune.orchestrator.results import find_search
+
+    client = MlflowClient(cfg.tracking_uri())
+    try:
+        status = find_search(client, cfg.tracking.experiment, cfg.name).info.status
+    except Exception:  # noqa: BLE001 - no store yet, or no such search
+        status = None
+    t0 = time.perf_counter()
+    if status != "FINISHED":
+        run_search(cfg, resume=status is not None)
+    wall = time.perf_counter() - t0 if status != "FINISHED" else None
+    return find_search(client, cfg.tracking.experiment, cfg.name), wall
+
+
+def code_version() -> dict[str, Any]:
+    """The commit the run used and the product files changed in the working tree."""
+
+    def git(*argv: str) -> str:
+        return subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True,
+                              check=False).stdout.rstrip()
+
+    changed = [line[3:] for line in git("status", "--porcelain", "-uno").splitlines()
+               if not line[3:].startswith(("benchmarks/", "tests/"))]
+    return {"commit": git("rev-parse", "HEAD"), "uncommitted_product_files": changed}
