@@ -1,6 +1,6 @@
 """Dense reference models trained to their plateau, for the benchmarks that prune them.
 
-    python benchmarks/dense_references.py [CONFIG ...] [--report]
+    python benchmarks/dense_references.py [CONFIG ...] [--threads N]
 
 Each config (default: examples/e2e-resnet56.yaml, examples/e2e-mobilenetv2.yaml) is pretrained
 through the product's own path (`pretrain_dense`, content-addressed cache: a model trained once
@@ -34,9 +34,10 @@ OUT = ROOT / "benchmarks" / "results" / "dense_references.json"
 CONFIGS = ("examples/e2e-resnet56.yaml", "examples/e2e-mobilenetv2.yaml")
 
 
-def reference(config: str) -> dict[str, Any]:
-    """Pretrain (or load) one config's dense model and describe how far it trained."""
-    cfg = load_config(ROOT / config)
+def reference(config: str, threads: int | None = None) -> dict[str, Any]:
+    """Pretrain (or load) one config's dense model and describe how far it trained;
+    `threads` overrides the config's (not part of the cache key)."""
+    cfg = load_config(ROOT / config, {"pretrain.threads": threads} if threads else {})
     data = load_data(cfg.data)
     t0 = time.perf_counter()
     result = pretrain_dense(cfg.model, cfg.data, cfg.pretrain, cache_dir=cfg.cache_dir, data=data)
@@ -64,11 +65,14 @@ def reference(config: str) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("configs", nargs="*", default=list(CONFIGS))
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: the config's); one thread holds up "
+                             "best on a machine busy with other work")
     args = parser.parse_args()
     done: dict[str, Any] = json.loads(OUT.read_text()).get("models", {}) if OUT.exists() else {}
     for config in args.configs:
         print(f"[dense_references] {config}", flush=True)
-        entry = reference(config)
+        entry = reference(config, args.threads)
         done[entry["model"]] = entry
         write_result(OUT, {"models": done, "machine": machine_info()})
         print(f"[dense_references] {entry['model']}: train {entry['train_accuracy_clean']}, val "

@@ -1,156 +1,387 @@
-"""The end-to-end claim: what a user's proxy-first BO search finds, against uniform pruning.
+"""End to end against what a practitioner gets for free (issue 25): at the same budget, after
+the same fine-tuning, is the policy prunetune's default search finds better than the free ones?
 
-    python benchmarks/end_to_end.py [--seeds 0 1 2] [--threads 2]
+    python benchmarks/end_to_end.py [--cells resnet56-flops50 ...] [--seeds 0 1 2]
+    python benchmarks/end_to_end.py --report        # the README table of the result file
+    python benchmarks/end_to_end.py --smoke         # plumbing: ResNet-20, tiny data, minutes
 
-1. `prunetune search examples/proxy-bo.yaml` (`run_search`, the product's path: ResNet-56 on
-   Fashion-MNIST, 50% FLOPs, 100 BO proxy trials scored after BatchNorm calibration, then the
-   8 best fine-tuned for 2 epochs). An interrupted search is resumed, a finished one reused.
-2. `prunetune promote`: the best finalist re-applied to the dense model, fine-tuned as the
-   finalist was, scored on the test split, registered.
-3. The promoted policy and the uniform-ratio channel policy at the same FLOPs budget (one
-   layer group: every unit at the same position of its ratio range, decoded onto the budget),
-   each fine-tuned with the finalists' recipe under `--seeds`, scored on the test split.
+Cells: ResNet-56 and MobileNetV2 on Fashion-MNIST (`examples/e2e-*.yaml`: the demo's 12k
+training images, 6k validation, the full 10k test split; dense models trained to their plateau,
+see `dense_references.py`), each under two budgets: 50% of the dense FLOPs, and 60% of the
+dense latency at batch 1 on this CPU (`space.budget.kind: latency`, the search's latency table,
+eager PyTorch on one thread). Methods, each a policy at the cell's budget:
 
-Target: the searched policy's mean test accuracy beats the uniform one's by more than the
-seed-to-seed sample standard deviation (the larger of the two). Writes
-benchmarks/results/end_to_end.json.
+- `uniform`, `tp-magnitude`, `tp-taylor`: the free baselines (`search_spaces.baselines`, what
+  `prunetune baselines` writes), bisected onto the budget;
+- `fastnas`: NVIDIA ModelOpt FastNAS (channel divisor 4, FLOPs constraint; for the latency
+  budget, the FLOPs share of the uniform policy there), its kept widths taken as a prunetune
+  policy and projected onto the budget by a per-unit space's decode (the budget holds exactly;
+  the channels kept are chosen by prunetune's magnitude importance);
+- `rl`: `run_search` of the cell's config with `search.searcher: rl`, everything else default;
+- `prunetune`: `run_search` of the cell's config as it is (no `search` section: the product's
+  defaults); its policy is the trial `promote` takes (`registry.choose_trial`).
+
+Every policy is fine-tuned with one recipe (`RECIPE`) under each seed (data order paired across
+methods by the seed), scored on the full test split; its val curve per epoch is kept to show
+the recipe levelled off. Latency: the dense model and every method's pruned model timed in turn
+in one process (`measured_models_ms`, one thread) at batch 1 and 64. Cost: wall seconds of
+obtaining each policy and CPU-minutes (wall x the cores it held).
+
+Resumable: every finished piece (a policy, a fine-tune, a timing) is kept in
+`<work>/partial.json`; searches live in `<work>` (MLflow store, Tune state), a finished one is
+reused and an interrupted one resumed. Writes benchmarks/results/end_to_end.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import json
+import os
+import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine_info, write_result
-from mlflow.tracking import MlflowClient
+from _pieces import Pieces, code_version, run_or_resume
 
-from prunetune.orchestrator.config import PrunetuneConfig, load_config
-from prunetune.orchestrator.driver import run_search
-from prunetune.orchestrator.registry import promote
-from prunetune.orchestrator.results import SearchNotFoundError, find_search, search_trials
-from prunetune.search_spaces import Budget, Policy, PruningSpace, analyze
-from prunetune.trainers import default_cache_dir, load_data, pretrain_dense, prune_and_evaluate
+from prunetune.trainers import default_cache_dir
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ROOT / "examples" / "proxy-bo.yaml"
 OUT = ROOT / "benchmarks" / "results" / "end_to_end.json"
-MODEL_NAME = "proxy-bo-resnet56"
+MODELS = {"resnet56": "examples/e2e-resnet56.yaml", "mobilenetv2": "examples/e2e-mobilenetv2.yaml"}
+BUDGETS = {"flops50": {"kind": "flops", "keep": 0.5}, "latency60": {"kind": "latency", "keep": 0.6}}
+CELLS = tuple(f"{m}-{b}" for m in MODELS for b in BUDGETS)
+FREE = ("uniform", "tp-magnitude", "tp-taylor", "fastnas")
+# `prunetune-flops` (latency cells only): the default search under the FLOPs budget that the
+# uniform policy at the latency budget has, timed and fine-tuned beside the latency-budgeted
+# one: what a measured-latency budget buys at about the same latency (Build point 4).
+METHODS = (*FREE, "rl", "prunetune", "prunetune-flops")
+# One fine-tuning recipe for every policy: SGD from the pruned dense weights, cosine to zero,
+# BatchNorm re-estimated on 512 training images before scoring. Five epochs: the val curves
+# kept in the result show whether accuracy had levelled off.
+RECIPE = {"epochs": 5, "lr": 0.01, "schedule": "cosine", "warmup_epochs": 0.0,
+          "bn_calibration": 512, "threads": 2}
+CORES = os.cpu_count() or 1  # a search's trials and a fine-tune's threads hold every core
+FASTNAS_DIVISOR = 4
 
 
-def run_or_resume(cfg: PrunetuneConfig) -> float | None:
-    """Run the config's search, resume it when interrupted, or reuse it when it finished;
-    the wall time it took now (None: reused)."""
-    client = MlflowClient(cfg.tracking_uri())
-    try:
-        status = find_search(client, cfg.tracking.experiment, cfg.name).info.status
-    except (SearchNotFoundError, Exception):  # no store yet either
-        status = None
-    if status == "FINISHED":
-        return None
-    t0 = time.perf_counter()
-    run_search(cfg, resume=status is not None)
-    return time.perf_counter() - t0
+def cell_config(args: argparse.Namespace, cell: str, method: str,
+                flops_keep: float | None = None) -> Any:
+    """The cell's config (the model's example file, the cell's budget) as `method` runs it;
+    `prunetune-flops` searches under a FLOPs budget of `flops_keep` instead."""
+    from prunetune.orchestrator.config import load_config
+
+    model, budget = cell.rsplit("-", 1)
+    overrides: dict[str, Any] = {"name": f"e2e-{cell}-{method}", "workdir": str(args.work),
+                                 "space.budget": BUDGETS[budget]}
+    if method == "rl":
+        overrides["search.searcher"] = "rl"
+    if method == "prunetune-flops":
+        overrides["space.budget"] = {"kind": "flops", "keep": round(flops_keep, 4)}
+    if args.smoke:
+        overrides.update({"model.name": "resnet20", "pretrain.epochs": 2,
+                          "data.train_subset": 1024, "data.val_subset": 128,
+                          "data.test_subset": 256, "finetune.bn_calibration": 64,
+                          "search.trials": 4,
+                          "search.finalists.count": 1, "search.latency_repeats": 5})
+    return load_config(ROOT / MODELS[model], overrides)
 
 
-def searched(cfg: PrunetuneConfig) -> dict[str, Any]:
-    """Run the search (or resume / reuse it); its finalists and timing, from MLflow."""
-    client = MlflowClient(cfg.tracking_uri())
-    wall = run_or_resume(cfg)
-    parent = find_search(client, cfg.tracking.experiment, cfg.name)
-    trials = search_trials(client, parent)
-    rows = [{"trial": t.name, "stage": t.stage, "status": t.status, **t.metrics}
-            for t in trials]
-    finalists = sorted((r for r in rows if r["stage"] == "finalist"),
-                       key=lambda r: -r["accuracy"])
-    proxies = [r for r in rows if r["stage"] == "proxy" and r["status"] == "finished"]
-    return {"name": cfg.name, "parent_run_id": parent.info.run_id, "wall_s": wall,
-            "proxy_trials": len(proxies),
-            "best_proxy_accuracy": max(r["accuracy"] for r in proxies),
-            "finalists": finalists}
+class Cell:
+    """The dense model, data, space and a per-unit ruler of one cell (built once per run)."""
+
+    def __init__(self, args: argparse.Namespace, cell: str) -> None:
+        from prunetune.orchestrator.spaces import build_space
+        from prunetune.trainers import load_data, pretrain_dense
+
+        self.name, self.cfg = cell, cell_config(args, cell, "prunetune")
+        self.data = load_data(self.cfg.data)
+        self.dense = pretrain_dense(self.cfg.model, self.cfg.data, self.cfg.pretrain,
+                                    cache_dir=self.cfg.cache_dir, data=self.data)
+        self.example = self.data.example_input(1)
+        self.bn_calibration = 64 if args.smoke else RECIPE["bn_calibration"]
+        self.space = build_space(self.cfg, self.dense.model.eval(), self.example, args.work)
+        # one group per unit, filling the budget: measures any policy's budget share, and
+        # projects a policy onto the budget keeping its per-unit shape
+        ruler_cfg = self.cfg.model_copy(deep=True)
+        ruler_cfg.space.groups, ruler_cfg.space.budget.fill = None, True
+        self.ruler = build_space(ruler_cfg, self.dense.model.eval(), self.example, args.work)
+
+    def share(self, policy: Any) -> dict[str, float]:
+        """The policy's analytic FLOPs / params (and latency) shares of the dense model."""
+        cost = self.ruler.cost(self.ruler.nearest_point(policy), project=False)
+        return {k: float(v) for k, v in cost.items() if k.endswith("_share")}
+
+    def onto_budget(self, policy: Any) -> Any:
+        return self.ruler.decode(self.ruler.nearest_point(policy))
 
 
-def uniform_policy(dense: torch.nn.Module, example: torch.Tensor, keep: float) -> Policy:
-    """Every prunable unit at one position of its ratio range, decoded onto the budget."""
-    space = PruningSpace(None, budget=Budget(kind="flops", keep=keep), n_groups=1,
-                         analysis=analyze(dense, example))
-    return space.decode(np.zeros(1))
+# -- policies -----------------------------------------------------------------------------------
 
+def free_policies(cell: Cell) -> dict[str, Any]:
+    from prunetune.search_spaces.baselines import baseline_policies, taylor_batch
 
-def fine_tuned(cfg: PrunetuneConfig, policy: Policy, seeds: list[int]) -> list[dict[str, float]]:
-    """The policy fine-tuned with the finalists' recipe under each seed, scored on test."""
-    dense = pretrain_dense(cfg.model, cfg.data, cfg.pretrain, cache_dir=cfg.cache_dir)
-    data = load_data(cfg.data)
-    recipe = cfg.finetune.model_copy(update={"epochs": cfg.search.finalists.epochs})
-    out = []
-    for seed in seeds:
-        t0 = time.perf_counter()
-        result = prune_and_evaluate(dense.model, policy, data, recipe, seed=seed,
-                                    splits=("test",), progress=True, desc=f"seed {seed}")
-        out.append({"seed": seed, "test_accuracy": result.scores["test"].accuracy,
-                    **result.cost_metrics(), "wall_s": time.perf_counter() - t0})
-        print(f"  seed {seed}: test accuracy {out[-1]['test_accuracy']:.4f}", flush=True)
+    batch = taylor_batch(cell.data.loader("train"))
+    out = {}
+    for b in baseline_policies(cell.space, cell.dense.model, cell.example,
+                               ("uniform", "tp-magnitude", "tp-taylor"), batch=batch):
+        out[b.method] = {"policy": b.policy.to_dict(), "wall_s": b.seconds,
+                         "cpu_min": b.seconds * CORES / 60}
     return out
 
 
-def _stats(runs: list[dict[str, float]]) -> dict[str, float]:
-    acc = np.array([r["test_accuracy"] for r in runs])
-    return {"mean": float(acc.mean()), "std_ddof1": float(acc.std(ddof=1)) if len(acc) > 1
-            else 0.0, "flops_ratio": float(runs[0]["flops_ratio"])}
+def searched_policy(args: argparse.Namespace, cell: Cell, method: str,
+                    flops_keep: float | None = None) -> dict[str, Any]:
+    from prunetune.orchestrator.registry import choose_trial
+
+    cfg = cell_config(args, cell.name, method, flops_keep)
+    parent, wall = run_or_resume(cfg)
+    chosen = choose_trial(cfg.name, tracking_uri=cfg.tracking_uri(),
+                          experiment=cfg.tracking.experiment)
+    run_wall = (parent.info.end_time - parent.info.start_time) / 1000 \
+        if parent.info.end_time else wall
+    return {"policy": chosen.policy.to_dict(), "trial": chosen.trial.name,
+            "val_accuracy": chosen.trial.metrics.get("accuracy"), "search": cfg.name,
+            "searcher": cfg.search.searcher, "trials": cfg.search.trials,
+            "finalists": cfg.search.finalists.count, "wall_s": run_wall,
+            "cpu_min": (run_wall or 0.0) * CORES / 60}
 
 
-def main() -> None:
+class _FastNASObjective:
+    """What `_peers_fastnas` reads of an objective, for one cell."""
+
+    def __init__(self, cell: Cell, keep: float) -> None:
+        from prunetune.search_spaces import Budget
+
+        self.dense, self.example, self.data = cell.dense.model.eval(), cell.example, cell.data
+        self.bn_calib, self.analysis = cell.bn_calibration, cell.space.analysis
+        self.budget = Budget(kind="flops", keep=keep)
+
+    def evaluate(self, policy_json: str) -> tuple[float, float]:
+        return float("nan"), float("nan")  # the e2e fine-tunes it instead
+
+
+def fastnas_policy(args: argparse.Namespace, cell: Cell, uniform: dict[str, Any]
+                   ) -> dict[str, Any]:
+    from _peers_fastnas import _fastnas_search
+
+    from prunetune.search_spaces import Policy, UnitPolicy
+
+    keep = (cell.cfg.space.budget.keep if cell.cfg.space.budget.kind == "flops"
+            else cell.share(Policy.from_dict(uniform["policy"]))["flops_share"])
+    t0 = time.perf_counter()
+    found = _fastnas_search(_FastNASObjective(cell, keep), FASTNAS_DIVISOR, args.work / "fastnas")
+    wall = time.perf_counter() - t0
+    units = {u.name: u for u in cell.space.analysis.units}
+    dense = dict(cell.dense.model.named_modules())
+    widths = Policy({u: UnitPolicy("channel", min(1 - k / dense[u].out_channels,
+                                                  units[u].max_ratio("channel")))
+                     for u, k in found["widths"].items()})
+    return {"policy": cell.onto_budget(widths).to_dict(), "wall_s": wall,
+            "cpu_min": wall * CORES / 60, "flops_constraint": keep,
+            "fastnas_flops_ratio": found["flops_ratio"], "score_calls": found["score_calls"]}
+
+
+def cell_policies(args: argparse.Namespace, pieces: Pieces, cell: Cell) -> dict[str, Any]:
+    """Every method's policy for the cell, with its budget shares and cost."""
+    from prunetune.search_spaces import Policy
+
+    free = pieces.get(f"policies/{cell.name}/free", lambda: free_policies(cell))
+    out = dict(free)
+    for method in args.methods:
+        if method in ("rl", "prunetune"):
+            out[method] = pieces.get(f"policies/{cell.name}/{method}",
+                                     lambda m=method: searched_policy(args, cell, m))
+        elif method == "fastnas":
+            out[method] = pieces.get(f"policies/{cell.name}/fastnas",
+                                     lambda: fastnas_policy(args, cell, free["uniform"]))
+        elif method == "prunetune-flops" and cell.cfg.space.budget.kind == "latency":
+            keep = cell.share(Policy.from_dict(free["uniform"]["policy"]))["flops_share"]
+            out[method] = pieces.get(f"policies/{cell.name}/{method}",
+                                     lambda m=method, k=keep: searched_policy(args, cell, m, k))
+
+    return {m: {**v, "shares": cell.share(Policy.from_dict(v["policy"]))}
+            for m, v in out.items() if m in args.methods}
+
+
+# -- fine-tuning and timing ---------------------------------------------------------------------
+
+def fine_tuned(args: argparse.Namespace, cell: Cell, policy: dict[str, Any], seed: int
+               ) -> dict[str, Any]:
+    """The policy fine-tuned with `RECIPE` under `seed`, scored on the test split."""
+    from prunetune.search_spaces import Policy
+    from prunetune.trainers import prune_and_evaluate
+
+    recipe = cell.cfg.finetune.model_copy(update=RECIPE | (
+        {"epochs": 1, "bn_calibration": cell.bn_calibration} if args.smoke else {}))
+    curve: list[dict[str, float]] = []
+    t0 = time.perf_counter()
+    result = prune_and_evaluate(cell.dense.model, Policy.from_dict(policy["policy"]), cell.data,
+                                recipe, seed=seed, splits=("val", "test"), progress=True,
+                                on_epoch_end=lambda e, m: curve.append({"epoch": e, **m}),
+                                desc=f"{cell.name} seed {seed}")
+    return {"seed": seed, "test_accuracy": result.scores["test"].accuracy,
+            "val_accuracy": result.scores["val"].accuracy, "curve": curve,
+            **result.cost_metrics(), "wall_s": time.perf_counter() - t0}
+
+
+def timings(cell: Cell, policies: dict[str, Any], batches: list[int], repeats: int
+            ) -> dict[str, Any]:
+    """Median ms of the dense model and each method's pruned model, timed in turn."""
+    from prunetune.kernels import measured_models_ms
+    from prunetune.search_spaces import Policy, apply_policy
+
+    names = list(policies)
+    models = [copy.deepcopy(cell.dense.model).eval()] + [
+        apply_policy(cell.dense.model, Policy.from_dict(policies[m]["policy"]),
+                     cell.example).eval() for m in names]
+    out: dict[str, Any] = {}
+    for batch in batches:
+        x = torch.randn(batch, *cell.example.shape[1:], generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            ms = measured_models_ms(models, x, device="cpu", repeats=repeats, bursts=8,
+                                    threads=1)
+        out[str(batch)] = {"dense": ms[0], **dict(zip(names, ms[1:], strict=True))}
+    return {"ms": out, "load_average": os.getloadavg()}
+
+
+# -- summary ------------------------------------------------------------------------------------
+
+def mean_se(values: list[float]) -> list[float]:
+    se = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else float("nan")
+    return [statistics.fmean(values), se]
+
+
+def paired(runs: dict[str, list[dict[str, Any]]], ours: str, theirs: str) -> dict[str, Any]:
+    """`ours` minus `theirs` in test accuracy, seed by seed (same data order): mean, standard
+    error, and whether the lead exceeds 2 standard errors (anything less is a tie)."""
+    by_seed = {r["seed"]: r["test_accuracy"] for r in runs[theirs]}
+    diffs = [r["test_accuracy"] - by_seed[r["seed"]] for r in runs[ours] if r["seed"] in by_seed]
+    if len(diffs) < 2:
+        return {"seeds": len(diffs)}
+    mean, se = mean_se(diffs)
+    return {"against": theirs, "seeds": len(diffs), "difference": mean, "se": se,
+            "verdict": "win" if mean > 2 * se else "loss" if mean < -2 * se else "tie"}
+
+
+def cell_summary(cell: str, policies: dict[str, Any], runs: dict[str, list[dict[str, Any]]],
+                 timing: dict[str, Any] | None) -> dict[str, Any]:
+    rows = {}
+    for m, p in policies.items():
+        acc = [r["test_accuracy"] for r in runs.get(m, [])]
+        row = {"test_accuracy": mean_se(acc) if acc else None, "seeds": len(acc),
+               "shares": p["shares"], "cost_wall_s": p.get("wall_s"), "cost_cpu_min":
+               p.get("cpu_min")}
+        if timing:
+            row["ms"] = {b: t[m] for b, t in timing["ms"].items()}
+            row["speedup"] = {b: t["dense"] / t[m] for b, t in timing["ms"].items()}
+        rows[m] = row
+    done = [m for m in FREE if rows.get(m, {}).get("test_accuracy")]
+    best_free = max(done, key=lambda m: rows[m]["test_accuracy"][0]) if done else None
+    out: dict[str, Any] = {"methods": rows, "best_free": best_free}
+    for m in ("prunetune", "rl"):
+        if best_free and runs.get(m):
+            out[f"{m}_vs_best_free"] = paired(runs, m, best_free)
+    if runs.get("prunetune") and runs.get("prunetune-flops"):
+        out["latency_vs_flops_budget"] = paired(runs, "prunetune", "prunetune-flops")
+    if timing and "prunetune" in rows and cell.endswith("latency60"):
+        b1 = timing["ms"]["1"]
+        out["prunetune_no_slower_b1"] = all(b1["prunetune"] <= b1[m] for m in FREE if m in b1)
+    return out
+
+
+def report(result: dict[str, Any]) -> str:
+    lines = ["| cell | dense test | method | test accuracy (mean ± se) | budget share | "
+             "speedup b1 / b64 | cost (CPU-min) |", "|---|---|---|---|---|---|---|"]
+    for cell, s in result.get("cells", {}).items():
+        dense = s.get("dense", {}).get("test_accuracy")
+        for m, row in s["methods"].items():
+            acc = row["test_accuracy"]
+            sp = row.get("speedup", {})
+            share = row["shares"].get("latency_share" if "latency" in cell else "flops_share")
+            lines.append(
+                f"| {cell} | {dense if dense is None else f'{dense:.4f}'} | {m} | "
+                + (f"{acc[0]:.4f} ± {acc[1]:.4f} ({row['seeds']})" if acc else "-")
+                + f" | {share:.3f} | "
+                + (f"{sp['1']:.2f}x / {sp['64']:.2f}x" if sp else "-")
+                + f" | {row['cost_cpu_min']:.1f} |")
+        for key in ("prunetune_vs_best_free", "rl_vs_best_free", "latency_vs_flops_budget"):
+            d = s.get(key)
+            if d and "difference" in d:
+                ours = "rl" if key.startswith("rl") else "prunetune"
+                lines.append(f"| {cell} | | **{ours} - {d['against']}** | "
+                             f"{d['difference']:+.4f} ± {d['se']:.4f}: {d['verdict']} | | | |")
+    return "\n".join(lines)
+
+
+def dense_reference(cell: Cell) -> dict[str, Any]:
+    ref = ROOT / "benchmarks" / "results" / "dense_references.json"
+    known = json.loads(ref.read_text())["models"].get(cell.cfg.model.name, {}) \
+        if ref.exists() else {}
+    keys = ("train_accuracy_clean", "val_accuracy", "test_accuracy", "plateau")
+    return {k: known.get(k) for k in keys} if known.get("checkpoint") == str(
+        cell.dense.checkpoint_path) else {"test_accuracy": cell.dense.metrics.get("test_accuracy")}
+
+
+def run_cell(args: argparse.Namespace, pieces: Pieces, name: str) -> dict[str, Any]:
+    cell = Cell(args, name)
+    policies = cell_policies(args, pieces, cell)
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for seed in args.seeds:  # seed-major: every method has a first seed early
+        for m in policies:
+            runs.setdefault(m, []).append(pieces.get(
+                f"finetune/{name}/{m}/s{seed}",
+                lambda m=m, seed=seed: fine_tuned(args, cell, policies[m], seed)))
+    timing = pieces.get(f"latency/{name}/{','.join(policies)}",
+                        lambda: timings(cell, policies, args.batches, args.repeats))
+    return {"dense": dense_reference(cell), "budget": BUDGETS[name.rsplit("-", 1)[1]],
+            **cell_summary(name, policies, runs, timing),
+            "policies": {m: p["policy"] for m, p in policies.items()},
+            "runs": runs}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--threads", type=int, default=2, help="torch threads while fine-tuning")
+    parser.add_argument("--cells", nargs="+", default=None, choices=CELLS,
+                        help="default: all (with --smoke: the two ResNet cells)")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 64])
+    parser.add_argument("--repeats", type=int, default=40, help="timed runs per model")
     parser.add_argument("--work", type=Path, default=default_cache_dir() / "end_to_end",
-                        help="the search's workdir (MLflow store, Tune state)")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    cfg = load_config(CONFIG, {"workdir": str(args.work)})
-    search = searched(cfg)
-    done = promote(cfg.name, MODEL_NAME, tracking_uri=cfg.tracking_uri(),
-                   experiment=cfg.tracking.experiment)
-    dense = pretrain_dense(cfg.model, cfg.data, cfg.pretrain, cache_dir=cfg.cache_dir)
-    example = load_data(cfg.data).example_input(1)
-    policy = run_policy(cfg, done.run_id)
-    uniform = uniform_policy(dense.model, example, cfg.space.budget.keep)
-    print("searched policy, fine-tuned per seed:", flush=True)
-    ours = fine_tuned(cfg, policy, args.seeds)
-    print("uniform policy, fine-tuned per seed:", flush=True)
-    base = fine_tuned(cfg, uniform, args.seeds)
-    s, u = _stats(ours), _stats(base)
-    margin = max(s["std_ddof1"], u["std_ddof1"])
-    result = {
-        "config": str(CONFIG.relative_to(ROOT)), "search": search,
-        "promoted": {"trial": done.trial_id, "version": done.version, **done.metrics},
-        "recipe": {"epochs": cfg.search.finalists.epochs, "lr": cfg.finetune.lr,
-                   "seeds": args.seeds},
-        "searched": {"runs": ours, **s, "policy": policy.to_dict()},
-        "uniform": {"runs": base, **u, "policy": uniform.to_dict(),
-                    "ratios": sorted({round(p.ratio, 4) for p in uniform.units.values()})},
-        "difference": s["mean"] - u["mean"], "seed_std": margin,
-        "target_met": bool(s["mean"] - u["mean"] > margin),
-        "machine": machine_info(),
-    }
-    write_result(OUT, result, show={k: result[k] for k in ("difference", "seed_std",
-                                                           "target_met")})
-
-
-def run_policy(cfg: PrunetuneConfig, run_id: str) -> Policy:
-    """The policy a run logged (its `policy.json`): a trial's, or the one a promotion
-    registered."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = MlflowClient(cfg.tracking_uri()).download_artifacts(run_id, "policy.json", tmp)
-        return Policy.load(path)
+                        help="searches' workdir (MLflow store, Tune state) and partial.json")
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--report", action="store_true", help="print the README table and stop")
+    args = parser.parse_args(argv)
+    if args.report:
+        print(report(json.loads((args.out or OUT).read_text())))
+        return {}
+    if args.smoke:
+        args.cells = args.cells or ["resnet56-flops50", "resnet56-latency60"]
+        args.seeds, args.batches, args.repeats = [0, 1], [1, 4], 8
+        args.work = args.work.with_name(args.work.name + "-smoke")
+    args.cells = args.cells or list(CELLS)
+    out = args.out or (OUT if not args.smoke else args.work / "end_to_end.json")
+    torch.set_num_threads(RECIPE["threads"])
+    settings = {"recipe": RECIPE, "smoke": args.smoke, "work": str(args.work),
+                "repeats": args.repeats, "batches": args.batches}
+    pieces = Pieces(args.work / "partial.json", settings)
+    result: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
+    if result.get("settings") != settings:
+        result = {}
+    result |= {"settings": settings, "machine": machine_info(), "code": code_version()}
+    for name in args.cells:
+        result.setdefault("cells", {})[name] = run_cell(args, pieces, name)
+        write_result(out, result, show={})
+    print(report(result))
+    return result
 
 
 if __name__ == "__main__":
