@@ -1,4 +1,5 @@
-"""Datasets, model zoo, training / fine-tuning / evaluation, and the Ray Tune trial function.
+"""Datasets and tasks, model zoo, training / fine-tuning / evaluation, and the Ray Tune trial
+function.
 
 The names below are imported on first use (PEP 562), so `prunetune.trainers.settings`, the
 config sections, is read without importing torch.
@@ -11,11 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-    from .data import DataBundle, load_data
+    from .data import load_data
     from .models import build_model, zoo_names
     from .pretrain import PretrainResult, default_cache_dir, pretrain_dense
     from .prune import PrunedModel, prune_and_evaluate
     from .settings import DataConfig, FinetuneConfig, ModelConfig, TrainConfig
+    from .tasks import DataBundle, DatasetShape, Task, TaskBase, get_task, register_task, task_names
     from .train import EvalResult, evaluate, fit, resolve_device, seed_everything
     from .trial import FINAL_KEY, TrialSetup, dense_reference_ms, evaluate_policy, run_trial
 
@@ -30,7 +32,14 @@ _WHERE = {
     "load_checkpoint": ".checkpoint",
     "model_from_checkpoint": ".checkpoint",
     "save_checkpoint": ".checkpoint",
-    "DataBundle": ".data",
+    "DataBundle": ".tasks",
+    "DatasetShape": ".tasks",
+    "Task": ".tasks",
+    "TaskBase": ".tasks",
+    # through .data, which registers the built-in task: the registry is never seen without it
+    "get_task": ".data",
+    "register_task": ".data",
+    "task_names": ".data",
     "load_data": ".data",
     "build_model": ".models",
     "zoo_names": ".models",
@@ -56,6 +65,7 @@ __all__ = [
     "DataBundle",
     "DataConfig",
     "DatasetNotFoundError",
+    "DatasetShape",
     "EvalResult",
     "FINAL_KEY",
     "FinetuneConfig",
@@ -63,6 +73,8 @@ __all__ = [
     "ModelNotFoundError",
     "PretrainResult",
     "PrunedModel",
+    "Task",
+    "TaskBase",
     "TrainConfig",
     "TrialSetup",
     "build_model",
@@ -71,15 +83,18 @@ __all__ = [
     "evaluate",
     "evaluate_policy",
     "fit",
+    "get_task",
     "load_checkpoint",
     "load_data",
     "model_from_checkpoint",
     "pretrain_dense",
     "prune_and_evaluate",
+    "register_task",
     "resolve_device",
     "run_trial",
     "save_checkpoint",
     "seed_everything",
+    "task_names",
     "zoo_names",
 ]
 

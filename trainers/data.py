@@ -1,4 +1,6 @@
-"""Datasets: Fashion-MNIST, scikit-learn digits, CIFAR-10 and ImageFolder.
+"""Datasets: Fashion-MNIST, scikit-learn digits, CIFAR-10 and ImageFolder, and the built-in task
+that trains and scores image classifiers on them (`ImageClassification`, the task seam's
+default: `trainers.tasks`). `load_data` loads any task's data.
 
 Every dataset is split deterministically: validation is carved from the training set with a
 seeded permutation, the test set is never touched by that carving. Small image sets are held
@@ -10,16 +12,23 @@ from __future__ import annotations
 import gzip
 import os
 import struct
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 
 from prunetune.errors import DatasetError, DatasetNotFoundError
 
 from .settings import DataConfig
+from .tasks import (
+    DEFAULT_TASK,
+    DataBundle,
+    DatasetShape,
+    TaskBase,
+    get_task,
+    register_task,
+    task_names,
+)
 
 __all__ = [
     "DataConfig",
@@ -27,9 +36,14 @@ __all__ = [
     "DatasetNotFoundError",
     "TensorImageDataset",
     "DatasetShape",
+    "IMAGE_CLASSIFICATION",
+    "ImageClassification",
     "check_data_present",
     "dataset_shape",
+    "get_task",
     "load_data",
+    "register_task",
+    "task_names",
     "FASHION_MNIST_SYSTEM_DIR",
 ]
 
@@ -95,43 +109,6 @@ class TensorImageDataset(Dataset):
         return TensorImageDataset(self.images, self.labels, tuple(self.mean.flatten().tolist()),
                                   tuple(self.std.flatten().tolist()), augment=augment,
                                   pad=self.pad, flip=self.flip)
-
-
-@dataclass
-class DataBundle:
-    """The three splits of one dataset plus what a model needs to know about it."""
-
-    name: str
-    train: Dataset
-    val: Dataset
-    test: Dataset
-    num_classes: int
-    in_channels: int
-    image_size: tuple[int, int]
-    config: DataConfig
-    # Indices of each split in its source set ("train" and "val" index the source training
-    # set, "test" the source test set): lets callers check the splits are disjoint and stable.
-    split_indices: dict[str, torch.Tensor] | None = None
-
-    def loader(self, split: Literal["train", "val", "test"], *, shuffle: bool | None = None,
-               seed: int = 0) -> DataLoader:
-        """A DataLoader for one split; the training split shuffles with a seeded generator."""
-        dataset = {"train": self.train, "val": self.val, "test": self.test}[split]
-        is_train = split == "train"
-        shuffle = is_train if shuffle is None else shuffle
-        generator = torch.Generator().manual_seed(seed) if shuffle else None
-        return DataLoader(
-            dataset,
-            batch_size=self.config.batch_size if is_train else self.config.eval_batch_size,
-            shuffle=shuffle,
-            generator=generator,
-            num_workers=self.config.workers,
-            drop_last=False,
-        )
-
-    def example_input(self, batch: int = 1) -> torch.Tensor:
-        """A zero tensor of the model's input shape, `batch x C x H x W`."""
-        return torch.zeros(batch, self.in_channels, *self.image_size)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,23 +327,11 @@ _LOADERS = {
 }
 
 
-@dataclass(frozen=True)
-class DatasetShape:
-    """What a model must take and give for a dataset, known without reading the data."""
-
-    in_channels: int
-    image_size: tuple[int, int]
-    num_classes: int
-
-
 _SHAPES = {"fashion-mnist": DatasetShape(1, (28, 28), 10), "digits": DatasetShape(1, (8, 8), 10),
            "cifar10": DatasetShape(3, (32, 32), 10)}
 
 
-def dataset_shape(cfg: DataConfig) -> DatasetShape:
-    """Input channels, image size and classes of the config's dataset, from the config alone
-    (an image folder: its class sub-folders are counted), so a model that does not fit is
-    refused before any data is read or any training starts."""
+def _image_shape(cfg: DataConfig) -> DatasetShape:
     if cfg.name in _SHAPES:
         return _SHAPES[cfg.name]
     root = Path(cfg.root or ".").expanduser()
@@ -375,9 +340,7 @@ def dataset_shape(cfg: DataConfig) -> DatasetShape:
     return DatasetShape(3, (cfg.image_size, cfg.image_size), classes)
 
 
-def check_data_present(cfg: DataConfig) -> None:
-    """The dataset's files are where the config says (`DatasetNotFoundError` otherwise),
-    found without reading them: a search checks this before it creates anything."""
+def _check_images_present(cfg: DataConfig) -> None:
     if cfg.name == "fashion-mnist" and not cfg.allow_download and _find_fmnist(cfg.root) is None:
         _load_fashion_mnist(cfg)  # raises, naming the places looked in
     elif cfg.name == "cifar10":
@@ -386,8 +349,56 @@ def check_data_present(cfg: DataConfig) -> None:
         _check_imagefolder_root(cfg)
 
 
+class ImageClassification(TaskBase):
+    """The built-in task: `data.name`'s images, `logits = model(x)`, cross-entropy (label
+    smoothing in training), KL distillation, top-1 accuracy, BatchNorm calibration on the
+    first training images without augmentation."""
+
+    name = DEFAULT_TASK
+    metric_name = "top-1 accuracy"
+
+    def shape(self, cfg: DataConfig) -> DatasetShape:
+        return _image_shape(cfg)
+
+    def check_data(self, cfg: DataConfig) -> None:
+        _check_images_present(cfg)
+
+    def load_data(self, cfg: DataConfig) -> DataBundle:
+        return _LOADERS[cfg.name](cfg)
+
+    def check_output(self, outputs: torch.Tensor, shape: DatasetShape, batch: int
+                     ) -> str | None:
+        if tuple(outputs.shape) != (batch, shape.num_classes):
+            return (f"gives outputs of shape {tuple(outputs.shape)[1:]} per image, the "
+                    f"dataset has {shape.num_classes} classes")
+        return None
+
+    def describe_input(self, shape: DatasetShape) -> str:
+        dims = "x".join(str(d) for d in (shape.in_channels, *shape.image_size))
+        return f"{dims} images"
+
+
+IMAGE_CLASSIFICATION = register_task(ImageClassification())
+
+
+def dataset_shape(cfg: DataConfig) -> DatasetShape:
+    """What a model must take and give for the config's data, from the config alone (an image
+    folder: its class sub-folders are counted), so a model that does not fit is refused before
+    any data is read or any training starts. Asks the config's task (a bad `data.task` is a
+    ConfigError here)."""
+    return get_task(cfg.task).shape(cfg)
+
+
+def check_data_present(cfg: DataConfig) -> None:
+    """The data's files are where the config says (`DatasetNotFoundError` otherwise), found
+    without reading them: a search checks this before it creates anything. A bad `data.task`
+    is a ConfigError here."""
+    get_task(cfg.task).check_data(cfg)
+
+
 def load_data(cfg: DataConfig | None = None) -> DataBundle:
-    """Load a dataset and split it into train / val / test as `cfg` says.
+    """Load the config's data and split it into train / val / test, by its task (`data.task`;
+    image classification: `data.name`'s images).
 
     Fashion-MNIST is looked for in `cfg.root`, then `$PRUNETUNE_DATA`, then
     `/usr/share/datasets/fashion-mnist` (Debian's `dataset-fashion-mnist`); it is downloaded by
@@ -395,4 +406,4 @@ def load_data(cfg: DataConfig | None = None) -> DataBundle:
     places searched when the files are missing.
     """
     cfg = cfg or DataConfig()
-    return _LOADERS[cfg.name](cfg)
+    return get_task(cfg.task).load_data(cfg)

@@ -32,10 +32,12 @@ from .data import (
     DatasetShape,
     check_data_present,
     dataset_shape,
+    get_task,
     load_data,
 )
 from .models import build_model
 from .settings import ModelConfig
+from .tasks import DEFAULT_TASK
 from .train import TrainConfig, evaluate, fit, resolve_device, seed_everything
 
 __all__ = ["ModelConfig", "PretrainResult", "check_dense_inputs", "default_cache_dir",
@@ -72,7 +74,10 @@ def default_cache_dir() -> Path:
 
 
 def pretrain_cache_key(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig) -> str:
-    data = data_cfg.model_dump(exclude={"workers", "eval_batch_size"})
+    # The default task is left out of the key, so checkpoints cached before there were tasks
+    # are still found.
+    default_task = {"task"} if data_cfg.task == DEFAULT_TASK else set()
+    data = data_cfg.model_dump(exclude={"workers", "eval_batch_size"} | default_task)
     train = train_cfg.model_dump(exclude={"device", "threads"})
     model = model_cfg.model_dump(exclude={"checkpoint"})
     return content_hash({"model": model, "data": data, "train": train, "format": CHECKPOINT_FORMAT})
@@ -82,27 +87,31 @@ _FACTORY_FIX = ("a model factory must build its first layer for the in_channels 
                 "classifier for the num_classes it is called with")
 
 
-def _check_fits(model: nn.Module, shape: DatasetShape, what: str, fix: str) -> None:
-    """One forward pass of two blank images of the dataset's shape: a model that cannot take
-    them (a factory that ignores `in_channels`, a checkpoint for other images) or gives the
-    wrong number of classes is refused before any training, naming both shapes."""
+def _check_fits(model: nn.Module, cfg: DataConfig, shape: DatasetShape, what: str,
+                fix: str) -> None:
+    """One forward pass of the task's example input for two samples (image classification: two
+    blank images of the dataset's shape): a model that cannot take them (a factory that
+    ignores `in_channels`, a checkpoint for other images) or gives outputs the task cannot
+    score (the wrong number of classes) is refused before any training, naming both shapes."""
     import torch
 
-    c, (h, w) = shape.in_channels, shape.image_size
+    task = get_task(cfg.task)
+    inputs = task.example_input(shape, 2)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            out = model(torch.zeros(2, c, h, w))
-    except RuntimeError as err:
+            out = task.forward(model, inputs)
+    except (RuntimeError, TypeError) as err:  # TypeError: a model of other inputs' count
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelMismatchError(f"{what} does not take the dataset's {c}x{h}x{w} images "
-                                 f"(torch: {first}); {fix}") from None
+        raise ModelMismatchError(f"{what} does not take the dataset's "
+                                 f"{task.describe_input(shape)} (torch: {first}); "
+                                 f"{fix}") from None
     finally:
         model.train(was_training)
-    if tuple(out.shape) != (2, shape.num_classes):
-        raise ModelMismatchError(f"{what} gives outputs of shape {tuple(out.shape)[1:]} per "
-                                 f"image, the dataset has {shape.num_classes} classes; {fix}")
+    mismatch = task.check_output(out, shape, 2)
+    if mismatch is not None:
+        raise ModelMismatchError(f"{what} {mismatch}; {fix}")
 
 
 def _from_checkpoint(model_cfg: ModelConfig, data_cfg: DataConfig) -> PretrainResult:
@@ -120,7 +129,7 @@ def _from_checkpoint(model_cfg: ModelConfig, data_cfg: DataConfig) -> PretrainRe
             f"but data {data_cfg.name} has {shape.in_channels}-channel images and "
             f"{shape.num_classes} classes; {fix}")
     model = model_from_checkpoint(ckpt)
-    _check_fits(model, shape, f"model.checkpoint {model_cfg.checkpoint}", fix)
+    _check_fits(model, data_cfg, shape, f"model.checkpoint {model_cfg.checkpoint}", fix)
     return PretrainResult(model, Path(model_cfg.checkpoint), dict(ckpt.get("metrics", {})), True,
                           ckpt, _warn(ckpt, f"model.checkpoint {model_cfg.checkpoint}"))
 
@@ -130,14 +139,15 @@ def _fresh_model(model_cfg: ModelConfig, data_cfg: DataConfig) -> nn.Module:
     shape = dataset_shape(data_cfg)
     model = build_model(model_cfg.name, num_classes=shape.num_classes,
                         in_channels=shape.in_channels, **model_cfg.kwargs)
-    _check_fits(model, shape, f"model {model_cfg.name!r}", _FACTORY_FIX)
+    _check_fits(model, data_cfg, shape, f"model {model_cfg.name!r}", _FACTORY_FIX)
     return model
 
 
 def check_dense_inputs(model_cfg: ModelConfig, data_cfg: DataConfig) -> None:
     """What `pretrain_dense` would refuse, refused without training or reading the data: the
-    dataset's files are there, the checkpoint (or the freshly built model) fits the dataset's
-    images and classes. Seconds; a search runs it before it creates any folder."""
+    task (`data.task`) exists, the dataset's files are there, the checkpoint (or the freshly
+    built model) fits the dataset's images and classes. Seconds; a search runs it before it
+    creates any folder."""
     check_data_present(data_cfg)
     if model_cfg.checkpoint:
         _from_checkpoint(model_cfg, data_cfg)
@@ -159,6 +169,7 @@ def pretrain_dense(
 
     Before any training: the device must exist and the model must fit the dataset's images and
     classes (`ModelMismatchError` otherwise), so a bad setting fails in seconds."""
+    get_task(data_cfg.task)  # a bad data.task: a ConfigError before anything else
     if model_cfg.checkpoint:
         return _from_checkpoint(model_cfg, data_cfg)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()

@@ -3,8 +3,9 @@
 Trials (`trial.py`), `prunetune apply` and `prunetune promote` all go through
 `prune_and_evaluate`, so a policy is pruned, fine-tuned (with the dense model as teacher when
 `kd_alpha > 0`, masks re-applied after every step), has its BatchNorm statistics re-estimated
-on a fixed batch of training images ("adaptive BN", EagleEye) and is costed the same way
-wherever it is scored.
+on a fixed batch of training samples ("adaptive BN", EagleEye) and is costed the same way
+wherever it is scored. The data's task (`trainers.tasks`) gives the example input traced, the
+loss and metric, and the calibration batch.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from torch import nn
 from prunetune.search_spaces import Cost, Policy, apply_policy, count_cost, enforce_masks
 
 from .data import DataBundle
+from .tasks import ModelInput, Task, as_inputs, as_model_input
 from .train import (
     EpochCallback,
     EvalResult,
@@ -34,27 +36,42 @@ __all__ = ["PrunedModel", "calibration_images", "prune_and_evaluate", "recalibra
 _CALIBRATION_BATCH = 128
 
 
-def calibration_images(data: DataBundle, n: int) -> torch.Tensor | None:
-    """The first `n` training images, without augmentation: the same fixed batch for every
-    policy of a dataset split (the split itself is a seeded permutation). None when n is 0."""
-    if n <= 0:
-        return None
-    train = data.train.with_augment(False) if hasattr(data.train, "with_augment") else data.train
-    return torch.stack([train[i][0] for i in range(min(n, len(train)))])
+def calibration_images(data: DataBundle, n: int) -> ModelInput | None:
+    """The task's calibration batch: `n` training samples' inputs (image classification: the
+    first `n` training images, without augmentation), the same fixed batch for every policy of
+    a dataset split (the split itself is a seeded permutation). None when n is 0."""
+    inputs = data.task.calibration_inputs(data, n)
+    return None if inputs is None else as_model_input(inputs)
 
 
 @torch.no_grad()
-def recalibrate_bn(model: nn.Module, images: torch.Tensor | None,
-                   device: torch.device | str | None = None) -> nn.Module:
-    """Re-estimate `model`'s BatchNorm running statistics on `images` (`n x C x H x W`) as a
-    cumulative average (`torch.optim.swa_utils.update_bn`), no weight changing; returns
-    `model` in eval mode. Without BatchNorm layers or images, nothing changes."""
-    from torch.optim.swa_utils import update_bn
-
-    if images is not None and any(isinstance(m, nn.modules.batchnorm._BatchNorm)
-                                  for m in model.modules()):
-        update_bn([images[i:i + _CALIBRATION_BATCH]
-                   for i in range(0, len(images), _CALIBRATION_BATCH)], model, device=device)
+def recalibrate_bn(model: nn.Module, images: ModelInput | None,
+                   device: torch.device | str | None = None, *,
+                   task: Task | None = None) -> nn.Module:
+    """Re-estimate `model`'s BatchNorm running statistics on `images` (the calibration batch:
+    `n x C x H x W` images, or a tuple of a multi-input model's inputs, n first) as a
+    cumulative average, as `torch.optim.swa_utils.update_bn` does, no weight changing; returns
+    `model` in eval mode. `task` runs the forward passes (default: `model(*inputs)`). Without
+    BatchNorm layers or images, nothing changes."""
+    momenta = {m: m.momentum for m in model.modules()
+               if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    if images is None or not momenta:
+        return model.eval()
+    inputs = as_inputs(images)
+    for bn in momenta:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over the calibration batches
+    model.train()
+    for i in range(0, len(inputs[0]), _CALIBRATION_BATCH):
+        chunk = tuple(t[i:i + _CALIBRATION_BATCH] for t in inputs)
+        if device is not None:
+            chunk = tuple(t.to(device) for t in chunk)
+        if task is not None:
+            task.forward(model, chunk)
+        else:
+            model(*chunk)
+    for bn, momentum in momenta.items():
+        bn.momentum = momentum
     return model.eval()
 
 
@@ -104,6 +121,6 @@ def prune_and_evaluate(dense: nn.Module, policy: Policy, data: DataBundle,
             progress=progress, desc=desc)
     dev = resolve_device(finetune.device) if device is None else torch.device(device)
     images = calibration_images(data, getattr(finetune, "bn_calibration", 0))
-    pruned = recalibrate_bn(pruned.to(dev), images, dev)
+    pruned = recalibrate_bn(pruned.to(dev), images, dev, task=data.task)
     scores = {split: evaluate(pruned, data.loader(split), dev) for split in splits}
     return PrunedModel(pruned, policy, cost, dense_cost, scores)

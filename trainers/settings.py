@@ -18,6 +18,12 @@ class DataConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    # What the model is trained and scored on: how batches become inputs and targets, the
+    # loss, the metric, the example and calibration inputs, the data itself
+    # (`prunetune.trainers.tasks`): a registered task's name, or "package.module:attr" naming
+    # a `Task` outside the package. The default classifies `name`'s images.
+    task: str = "image-classification"
+    # The image dataset (image-classification; another task reads it as it says).
     name: Literal["fashion-mnist", "digits", "cifar10", "imagefolder"] = "fashion-mnist"
     # Folder with the dataset's files; None searches the usual places (see load_data).
     root: str | None = None

@@ -1,4 +1,5 @@
-"""Dense training, fine-tuning (optionally distilled from the dense teacher) and evaluation."""
+"""Dense training, fine-tuning (optionally distilled from the dense teacher) and evaluation,
+all through the data's task (`trainers.tasks`: inputs, loss, metric)."""
 
 from __future__ import annotations
 
@@ -12,23 +13,24 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from prunetune.errors import ConfigError, DatasetError
 
+from .data import IMAGE_CLASSIFICATION
 from .settings import FinetuneConfig, TrainConfig
+from .tasks import Inputs, Task, TaskLoader
 
 __all__ = ["TrainConfig", "FinetuneConfig", "EvalResult", "EpochCallback", "evaluate", "fit",
-           "resolve_device", "seed_everything"]
+           "resolve_device", "seed_everything", "task_of"]
 
 
 @dataclass(frozen=True)
 class EvalResult:
-    accuracy: float  # top-1, in [0, 1]
-    loss: float  # mean cross-entropy
+    accuracy: float  # the task's metric, higher is better (image classification: top-1)
+    loss: float  # the task's mean loss (image classification: cross-entropy)
     samples: int
 
 
@@ -63,27 +65,41 @@ def seed_everything(seed: int) -> None:
     os.environ.setdefault("PYTHONHASHSEED", str(seed))
 
 
+def task_of(loader: DataLoader) -> Task:
+    """The task a loader's batches are for (`DataBundle.loader` says); a plain DataLoader's
+    are image classification's `(images, labels)`."""
+    return loader.task if isinstance(loader, TaskLoader) else IMAGE_CLASSIFICATION
+
+
+def _to_device(inputs: Inputs, targets: torch.Tensor, device: torch.device
+               ) -> tuple[Inputs, torch.Tensor]:
+    return (tuple(t.to(device, non_blocking=True) for t in inputs),
+            targets.to(device, non_blocking=True))
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device | str = "cpu",
-             *, max_batches: int | None = None) -> EvalResult:
-    """Top-1 accuracy and mean cross-entropy of `model` over `loader` (eval mode)."""
+             *, max_batches: int | None = None, task: Task | None = None) -> EvalResult:
+    """The task's metric (image classification: top-1 accuracy) and mean loss (cross-entropy)
+    of `model` over `loader` (eval mode). `task`: default, the loader's (`task_of`)."""
     device = torch.device(device)
+    task = task or task_of(loader)
     was_training = model.training
     model.eval()
-    correct, loss_sum, n = 0, 0.0, 0
-    for i, (x, y) in enumerate(loader):
+    score, loss_sum, n = 0.0, 0.0, 0
+    for i, batch in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             break
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        logits = model(x)
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
+        inputs, y = _to_device(*task.split(batch), device)
+        outputs = task.forward(model, inputs)
+        loss_sum += task.loss(outputs, y, None, reduction="sum").item()
+        score += task.metric(outputs, y)
         n += len(y)
     model.train(was_training)
     if n == 0:
-        raise DatasetError("no images to evaluate on: the split is empty; give it images "
+        raise DatasetError("no samples to evaluate on: the split is empty; give it samples "
                            "(data.val_fraction > 0, a *_subset >= 1)")
-    return EvalResult(accuracy=correct / n, loss=loss_sum / n, samples=n)
+    return EvalResult(accuracy=score / n, loss=loss_sum / n, samples=n)
 
 
 def _lr_at(step: int, total: int, warmup: int, cfg: TrainConfig) -> float:
@@ -93,6 +109,31 @@ def _lr_at(step: int, total: int, warmup: int, cfg: TrainConfig) -> float:
         return cfg.lr
     progress = (step - warmup) / max(1, total - warmup)
     return 0.5 * cfg.lr * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    # No weight decay on BN / bias parameters: standard practice, and it keeps decay from
+    # fighting the masks of pruned weights (they are zero and stay zero).
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    return torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
+                            {"params": no_decay, "weight_decay": 0.0}],
+                           lr=cfg.lr, momentum=cfg.momentum,
+                           nesterov=cfg.nesterov and cfg.momentum > 0)
+
+
+def _batch_loss(task: Task, model: nn.Module, inputs: Inputs, y: torch.Tensor,
+                cfg: TrainConfig, teacher: nn.Module | None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, outputs) of one training batch: the task's loss, mixed with its distillation
+    term from `teacher` by `cfg.kd_alpha` when there is one."""
+    outputs = task.forward(model, inputs)
+    loss = task.loss(outputs, y, cfg)
+    if teacher is not None:
+        with torch.no_grad():
+            t_outputs = task.forward(teacher, inputs)
+        loss = (1 - cfg.kd_alpha) * loss + cfg.kd_alpha * task.distill(outputs, t_outputs, cfg)
+    return loss, outputs
 
 
 def fit(
@@ -106,54 +147,42 @@ def fit(
     on_epoch_end: EpochCallback | None = None,
     progress: bool = True,
     desc: str = "train",
+    task: Task | None = None,
 ) -> dict[str, float]:
     """Train `model` in place with SGD and the configured schedule; returns the last metrics.
 
     `teacher` enables distillation (`cfg.kd_alpha > 0`). `after_step(model)` runs after every
     optimiser step (the pruning engine re-applies masks there, so pruned weights stay zero).
-    `on_epoch_end(epoch, metrics)` sees train loss and, with `val_loader`, val accuracy / loss.
+    `on_epoch_end(epoch, metrics)` sees train loss and, with `val_loader`, val accuracy / loss
+    (`accuracy` is the task's metric). `task`: default, the loader's (`task_of`).
     """
     if cfg.epochs == 0:
         return {}
+    task = task or task_of(train_loader)
     device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     model.to(device).train()
     if teacher is not None:
         teacher.to(device).eval()
-    # No weight decay on BN / bias parameters: standard practice, and it keeps decay from
-    # fighting the masks of pruned weights (they are zero and stay zero).
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    optimizer = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}],
-                                lr=cfg.lr, momentum=cfg.momentum,
-                                nesterov=cfg.nesterov and cfg.momentum > 0)
+    optimizer = _optimizer(model, cfg)
     steps_per_epoch = len(train_loader)
     total_steps = max(1, int(round(cfg.epochs * steps_per_epoch)))
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
     n_epochs = math.ceil(total_steps / steps_per_epoch)
-    use_kd = teacher is not None and cfg.kd_alpha > 0
+    kd_teacher = teacher if teacher is not None and cfg.kd_alpha > 0 else None
     step, metrics = 0, {}
     for epoch in range(1, n_epochs + 1):
-        t0, loss_sum, seen, correct = time.perf_counter(), 0.0, 0, 0
+        t0, loss_sum, seen, score = time.perf_counter(), 0.0, 0, 0.0
         batches = tqdm(train_loader, desc=f"{desc} epoch {epoch}/{n_epochs}", leave=False,
                        disable=not progress, mininterval=2.0)
-        for x, y in batches:
+        for batch in batches:
             if step >= total_steps:
                 break
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(step, total_steps, warmup, cfg)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-            if use_kd:
-                with torch.no_grad():
-                    t_logits = teacher(x)
-                t = cfg.kd_temperature
-                kd = F.kl_div(F.log_softmax(logits / t, 1), F.log_softmax(t_logits / t, 1),
-                              reduction="batchmean", log_target=True) * t * t
-                loss = (1 - cfg.kd_alpha) * loss + cfg.kd_alpha * kd
+            inputs, y = _to_device(*task.split(batch), device)
+            loss, outputs = _batch_loss(task, model, inputs, y, cfg, kd_teacher)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -161,12 +190,12 @@ def fit(
                 after_step(model)
             step += 1
             loss_sum += loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
+            score += task.metric(outputs, y)
             seen += len(y)
         metrics = {"epoch": float(epoch), "train_loss": loss_sum / max(1, seen),
-                   "train_accuracy": correct / max(1, seen), "epoch_s": time.perf_counter() - t0}
+                   "train_accuracy": score / max(1, seen), "epoch_s": time.perf_counter() - t0}
         if val_loader is not None:
-            res = evaluate(model, val_loader, device)
+            res = evaluate(model, val_loader, device, task=task)
             metrics.update(val_accuracy=res.accuracy, val_loss=res.loss)
         if progress:
             shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k != "epoch")

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunetune.errors import ConfigError
+
 from .checkpoint import model_from_checkpoint
 from .data import DataBundle, DataConfig, load_data
 from .prune import prune_and_evaluate
@@ -112,7 +114,7 @@ def evaluate_policy(policy_json: str, setup: TrialSetup, *, report: Any = None,
     device = latency_device(setup)
     # Timed on the trial's own node, dense and pruned alike (in turn, in bursts), so the
     # speedup compares like with like wherever the trial landed, whatever the machine's drift.
-    batch = data.example_input(setup.latency_batch)
+    batch = _latency_input(data, setup.latency_batch)
     clock = latency_clock(setup.latency_backend, device, setup.latency_threads)
     measured: dict[str, float] = {}
     if setup.latency_table is not None:
@@ -148,6 +150,18 @@ def evaluate_policy(policy_json: str, setup: TrialSetup, *, report: Any = None,
     if report is not None:
         report(final)
     return final
+
+
+def _latency_input(data: DataBundle, batch: int) -> torch.Tensor:
+    """The task's example input of `batch` samples, the input a trial times the models on.
+    The latency code times a model of one input tensor: a task of several is refused here in
+    one line, not deep inside the timing."""
+    example = data.example_input(batch)
+    if not isinstance(example, torch.Tensor):
+        raise ConfigError(f"data.task {data.config.task!r} gives its model "
+                          f"{len(example)} inputs; latency is timed on models of one input "
+                          "tensor so far: use a task of one input to search")
+    return example
 
 
 def latency_device(setup: TrialSetup) -> str:
