@@ -13,9 +13,20 @@ channels, or broke a coupling, fails even when every shape fits. Where zeroing i
 made, with the layer kinds. Each model runs in its own process with a time limit, so a hang or
 an out-of-memory kill is recorded as that model's failure.
 
-Writes benchmarks/results/coverage.json: {model: {"ok", "flops_ratio", "error", ...}} (also
-the input size, the number of pruned units and the seconds taken), rewritten after every model
-so a long run can be watched; the share of models that pass is printed.
+Every model is also cross-checked against PyTorch's aten-level counter (`aten_macs`:
+`torch.utils.flop_counter.FlopCounterMode`, the independent reference for prunetune's FLOPs):
+`aten` holds the dense and pruned MACs by that counter next to prunetune's count and their
+ratio (1.0 when prunetune counts what runs), and `budget` a channel-only budget point: the
+space at a `RATIO` FLOPs budget (or, where no channel policy reaches it, at the keep its refusal
+advises), its `fill_budget` policy of the all-ones vector applied and measured by the counter,
+beside the space's prediction. A model fails when the counts differ by more than
+`ATEN_RTOL`, the measured share exceeds the budget by more than 1%, or the prediction is off
+the measurement by more than 2%.
+
+Writes benchmarks/results/coverage.json: {model: {"ok", "flops_ratio", "error", "aten",
+"budget", ...}} (also the input size, the number of pruned units and the seconds taken),
+rewritten after every model so a long run can be watched; the share of models that pass is
+printed.
 
 `--mixed` runs the mixed-scheme drill instead (`run_one_mixed`: random points of spaces that
 search every scheme, and channel or N:M, per layer group, under a FLOPs budget; a model passes
@@ -47,6 +58,7 @@ SAME_OUTPUT_RTOL = 1e-4
 # Models whose forward checks the input size (ViT) or needs a large input (MaxViT's windows).
 SIZE_224 = ("vit_", "maxvit")
 SIZE_96 = ("inception",)
+ATEN_RTOL = 1e-6  # prunetune's count vs FlopCounterMode's: the same formulas, float sums only
 
 
 def input_size(name: str) -> int:
@@ -99,7 +111,73 @@ def run_one(name: str) -> dict[str, object]:
                                "the wrong channels were removed")
         same = err
     return {"ok": True, "flops_ratio": round(ratio, 4), "error": None, "units": len(units),
-            "input": size, "zeroed_max_rel_error": same, "not_comparable": inexact}
+            "input": size, "zeroed_max_rel_error": same, "not_comparable": inexact,
+            "aten": aten_check(model, pruned, analysis.dense_flops, cost.flops, x),
+            "budget": budget_point(model, analysis, x)}
+
+
+def _sdpa_cpu(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    # FlopCounterMode lists the CUDA kernels of scaled_dot_product_attention, not the CPU one
+    return sdpa_flop_count(query, key, value)
+
+
+def aten_macs(model, x) -> float:
+    """MACs per sample of `model` on `x` by PyTorch's FlopCounterMode (its FLOPs / 2), with
+    nn.MultiheadAttention on its plain path (its fused kernel has no formula)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    fast = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    counter = FlopCounterMode(display=False, custom_mapping={
+        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu})
+    try:
+        with torch.no_grad(), counter:
+            model.eval()(x)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast)
+    return counter.get_total_flops() / 2 / x.shape[0]
+
+
+def aten_check(model, pruned, dense_flops: float, pruned_flops: float, x) -> dict[str, float]:
+    """Dense and pruned MACs by FlopCounterMode next to prunetune's count, and their ratios."""
+    dense, after = aten_macs(model, x), aten_macs(pruned, x)
+    out = {"dense_macs": dense, "pruned_macs": after, "prunetune_dense": dense_flops,
+           "prunetune_pruned": pruned_flops, "dense_ratio": dense_flops / dense,
+           "pruned_ratio": pruned_flops / after}
+    for key in ("dense_ratio", "pruned_ratio"):
+        if not abs(out[key] - 1.0) <= ATEN_RTOL:
+            raise RuntimeError(f"prunetune's FLOPs differ from FlopCounterMode's MACs: {key} "
+                               f"{out[key]:.6f}")
+    return out
+
+
+def budget_point(model, analysis, x) -> dict[str, object]:
+    """A channel-only `RATIO` FLOPs budget point measured by FlopCounterMode (module doc)."""
+    import numpy as np
+
+    from prunetune.errors import BudgetError
+    from prunetune.search_spaces import Budget, PruningSpace, apply_policy
+
+    keep, refusal = RATIO, None
+    try:
+        space = PruningSpace(None, analysis=analysis, budget=Budget("flops", keep),
+                             schemes=("channel",), fill_budget=True)
+    except BudgetError as err:  # follow the refusal's advice at these ratio bounds
+        refusal = str(err)
+        keep = float(re.findall(r"budget\.keep to at least ([0-9.]+)", refusal)[0])
+        space = PruningSpace(None, analysis=analysis, budget=Budget("flops", keep),
+                             schemes=("channel",), fill_budget=True)
+    point = np.ones(space.dim)
+    predicted = space.cost(point)["flops_share"]
+    measured = aten_macs(apply_policy(model, space.decode(point), x), x) / aten_macs(model, x)
+    if measured > 1.01 * keep or abs(predicted - measured) > 0.02 * measured:
+        raise RuntimeError(f"budget keep={keep}: measured {measured:.4f} of the dense MACs by "
+                           f"FlopCounterMode, predicted {predicted:.4f}")
+    return {"keep": keep, "aten_share": round(measured, 4), "predicted_share": round(predicted, 4),
+            "refused_at_ratio": refusal is not None}
 
 
 # The mixed-scheme drill: random points of two spaces per model, each decoded under this FLOPs
@@ -246,7 +324,10 @@ def markdown_table(results: dict[str, dict]) -> str:
              f"model computes with the removed channels zeroed (largest relative difference "
              f"{worst:.1e}); for {len(skipped)} ({', '.join(skipped) or 'none'}) zeroing is not "
              f"removal ({', '.join(kinds) or '-'}), so only shapes and FLOPs are checked.", "",
-             "| family | models | pass | FLOPs after / before |", "|---|---|---|---|"]
+             _aten_line(results, ok), "",
+             "| family | models | pass | FLOPs after / before | FlopCounterMode / prunetune "
+             "(dense, pruned) | channel budget: keep -> measured by FlopCounterMode |",
+             "|---|---|---|---|---|---|"]
     families: dict[str, list[str]] = {}
     for name in results:
         families.setdefault(re.match(r"[a-z]+", name).group(0), []).append(name)
@@ -255,12 +336,48 @@ def markdown_table(results: dict[str, dict]) -> str:
         lo, hi = (f"{min(ratios):.2f}", f"{max(ratios):.2f}") if ratios else ("-", "-")
         span = lo if lo == hi else f"{lo} - {hi}"
         passed = sum(results[n]["ok"] for n in names)
-        lines.append(f"| {fam} | {len(names)} | {passed} | {span} |")
+        rows = [results[n] for n in names if results[n]["ok"]]
+        aten = [1 / r["aten"][k] for r in rows if "aten" in r
+                for k in ("dense_ratio", "pruned_ratio")]
+        lines.append(f"| {fam} | {len(names)} | {passed} | {span} | {_span(aten, '.4f')} | "
+                     f"{_budget_span(rows)} |")
     failed = [k for k in results if not results[k]["ok"]]
     if failed:
         lines += ["", "Failures:", ""]
         lines += [f"- `{k}`: {results[k]['error']}" for k in failed]
     return "\n".join(lines)
+
+
+def _span(values: list[float], fmt: str) -> str:
+    if not values:
+        return "-"
+    lo, hi = format(min(values), fmt), format(max(values), fmt)
+    return lo if lo == hi else f"{lo} - {hi}"
+
+
+def _budget_span(rows: list[dict]) -> str:
+    """'0.3 -> 0.29 - 0.30' per budget keep of the rows' budget points."""
+    by_keep: dict[float, list[float]] = {}
+    for r in rows:
+        if "budget" in r:
+            by_keep.setdefault(r["budget"]["keep"], []).append(r["budget"]["aten_share"])
+    return "; ".join(f"{k:g} -> {_span(v, '.3f')}" for k, v in sorted(by_keep.items())) or "-"
+
+
+def _aten_line(results: dict[str, dict], ok: list[str]) -> str:
+    checked = [k for k in ok if "aten" in results[k]]
+    worst = max((abs(results[k]["aten"][f] - 1) for k in checked
+                 for f in ("dense_ratio", "pruned_ratio")), default=0.0)
+    points = [results[k]["budget"] for k in checked if "budget" in results[k]]
+    refused = sorted(k for k in checked if results[k].get("budget", {}).get("refused_at_ratio"))
+    over = max((p["aten_share"] / p["keep"] for p in points), default=0.0)
+    off = max((abs(p["predicted_share"] / p["aten_share"] - 1) for p in points), default=0.0)
+    return (f"Aten-level cross-check: on {len(checked)} models prunetune's dense and pruned FLOPs "
+            f"equal PyTorch's FlopCounterMode MACs (largest relative difference {worst:.1e}). "
+            f"Channel-only budget points ({RATIO:g} of the FLOPs, filled; where channel pruning "
+            f"cannot reach it, the keep the refusal advises: {', '.join(refused) or 'none'}) "
+            f"measure at most {over:.4f} x the budget by FlopCounterMode, and the space's "
+            f"prediction is within {100 * off:.2f}% of that measurement.")
 
 
 def mixed_table(results: dict[str, dict]) -> str:

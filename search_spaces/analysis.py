@@ -283,6 +283,12 @@ def _cost_model(model: nn.Module, gunits: list[_GraphUnit], flops: float, params
             w_out[i] = w_out[index[src]]
             seen.add(src)
             src = sources.get(src)
+    for m, i in index.items():  # true cost (issue 29): attention's embedding is pruned on
+        # both sides of in_proj and on out_proj, which its forward runs outside the graph
+        if isinstance(m, nn.MultiheadAttention):
+            w_in[i] = w_out[i]
+            if m.out_proj in index:
+                w_out[index[m.out_proj]] = w_in[index[m.out_proj]] = w_out[i]
     np.clip(w_out, 0.0, 1.0, out=w_out)
     np.clip(w_in, 0.0, 1.0, out=w_in)
     name_of = {m: n for n, m in by_name.items()}

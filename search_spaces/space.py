@@ -35,7 +35,7 @@ from torch import nn
 from prunetune.errors import BudgetError, SpaceError
 
 from .analysis import ModelAnalysis, PrunableUnit, analyze
-from .budget import BUDGET_KINDS, Budget
+from .budget import BUDGET_KINDS, Budget, infeasible_message
 from .clustering import cluster_units
 from .cost import SPARSE_KEYS, LatencyWeights, sparse_key
 from .mapping import map_schemes, unit_template
@@ -168,8 +168,9 @@ class PruningSpace:
         self._lo = np.zeros(len(self.units))
         self._hi = np.zeros(len(self.units))
         allowed = [self._unit_schemes(u) for u in self.units]
-        for i, (u, opts) in enumerate(zip(self.units, allowed, strict=True)):
-            cap = min(u.max_ratio(s) for s in opts)
+        self._cap = np.array([min(u.max_ratio(s) for s in opts) for u, opts in zip(
+            self.units, allowed, strict=True)])
+        for i, cap in enumerate(self._cap):
             self._hi[i] = min(self.ratio_bounds[1], cap)
             self._lo[i] = min(self.ratio_bounds[0], self._hi[i])
         # Scheme options per group: the most common mapped scheme first.
@@ -258,8 +259,11 @@ class PruningSpace:
                        else unit_template(u, scheme))
         return out
 
-    def _ratios(self, s_unit: np.ndarray, tmpl: list[UnitPolicy]) -> np.ndarray:
-        r = self._lo + s_unit * (self._hi - self._lo)
+    def _ratios(self, s_unit: np.ndarray, tmpl: list[UnitPolicy],
+                high: float | None = None) -> np.ndarray:
+        """Per-unit ratios of positions `s_unit`; `high`: as if ratio_bounds' high end were it."""
+        hi = self._hi if high is None else np.minimum(high, self._cap)
+        r = np.minimum(self._lo, hi) + s_unit * (hi - np.minimum(self._lo, hi))
         for i, t in enumerate(tmpl):
             if t.scheme == "nm":  # N:M only has the ratios 1 - n/m
                 r[i] = 1.0 - nm_from_ratio(r[i], t.m) / t.m
@@ -455,15 +459,14 @@ class PruningSpace:
         return self._cost(self._ratios(np.ones(len(self.units)), t), t)
 
     def _budget_message(self, tmpl: list[UnitPolicy]) -> str:
-        best = self._cost(self._ratios(np.ones(len(self.units)), tmpl), tmpl)
-        dense = self.limit / self.budget.keep
+        ones = np.ones(len(self.units))
         # Searching the schemes can only reach further: it may pick the most-pruning one.
         more = ("" if self.scheme_search or len(self.schemes) < 2 else
                 ", or let the search choose each group's scheme (space.scheme_search: true)")
-        return (f"budget keep={self.budget.keep:g} of {self.budget.kind} cannot be met: the most "
-                f"pruning this space allows (ratio_bounds high={self.ratio_bounds[1]:g}, "
-                f"schemes {list(self.schemes)}) leaves {best / dense:.3f} of the dense cost; "
-                f"raise budget.keep or ratio_bounds' high end{more}")
+        return infeasible_message(
+            self.budget, self.limit / self.budget.keep,
+            lambda h: self._cost(self._ratios(ones, tmpl, h), tmpl), self.ratio_bounds[1],
+            float(self._cap.max()), self.schemes, more)
 
     # ---- encoding and roll-back ---------------------------------------------------------------
     def _encode_state(self, s_unit: np.ndarray, schemes: list[str]) -> np.ndarray:

@@ -174,7 +174,8 @@ def test_fair_share_is_the_uniform_rest_that_meets_the_budget(resnet20):
         assert space.action_floor(x, i) <= fair <= 1.0
         rest = x.copy()
         rest[i:space.k] = fair  # every remaining step at the fair share: just meets it
-        assert 0.49 < space.cost(rest, project=False)["flops_share"] <= 0.5 + 1e-9
+        # (within one channel step: over 1% of the MACs in these 16-channel units)
+        assert 0.48 < space.cost(rest, project=False)["flops_share"] <= 0.5 + 1e-9
         rest[i:space.k] = fair - 0.01  # a little less pruning does not
         assert space.cost(rest, project=False)["flops_share"] > 0.5
     free = PruningSpace(model, X, analysis=analysis)  # no budget: nothing is owed
