@@ -9,6 +9,7 @@ and what is allowed.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,10 +36,42 @@ class BudgetConfig(_Section):
     fill: bool | None = None
 
 
+# The pruning schemes prunetune ships (registered by prunetune.search_spaces.schemes, which is not
+# imported to check a config: it needs torch); any other is one registered in this process or
+# "package.module:attr" (a PruningScheme subclass, imported when the config is checked).
+SHIPPED_SCHEMES = ("channel", "block", "nm", "unstructured", "pattern")
+
+
+def _known_schemes() -> tuple[str, ...]:
+    """The registry's names where it is loaded already (schemes registered in this process
+    included), else the shipped ones."""
+    registry = sys.modules.get("prunetune.search_spaces.schemes")
+    return tuple(registry.scheme_names()) if registry is not None else SHIPPED_SCHEMES
+
+
+def _check_scheme(name: str) -> None:
+    """ConfigError unless `name` is a known scheme, or a `package.module:attr` that imports as
+    one (registered under that path, so the analysis and the trials find it)."""
+    module, _, attr = name.partition(":")
+    if not (module and attr):
+        if name not in _known_schemes():
+            raise ConfigError(f"{name!r} is not a pruning scheme; use any of "
+                              f"{list(_known_schemes())} or 'package.module:attr' (your own "
+                              "PruningScheme subclass)")
+        return
+    from prunetune.errors import PolicyError
+    from prunetune.search_spaces.schemes import get_scheme
+
+    try:
+        get_scheme(name)
+    except PolicyError as err:
+        raise ConfigError(str(err)) from None
+
+
 class SpaceConfig(_Section):
-    # Schemes the search may use; the first applicable one is each unit's default.
-    schemes: list[Literal["channel", "block", "nm", "unstructured", "pattern"]] = Field(
-        default_factory=lambda: ["channel"], min_length=1)
+    # Schemes the search may use; the first applicable one is each unit's default. A shipped
+    # scheme's name (SHIPPED_SCHEMES), or your own as "package.module:attr".
+    schemes: list[str] = Field(default_factory=lambda: ["channel"], min_length=1)
     # Per-unit pruning-ratio range the search vector is scaled into.
     ratio_bounds: tuple[float, float] = (0.0, 0.8)
     # Resource budget every decoded policy meets; null searches without one.
@@ -63,6 +96,13 @@ class SpaceConfig(_Section):
     # (Torch-Pruning's): "magnitude" (L2 norm of the channel's coupled weights), "l1",
     # "bn_scale" (|BatchNorm gamma|), "lamp" or "fpgm" (distance to the geometric median).
     importance: Literal["magnitude", "l1", "bn_scale", "lamp", "fpgm"] = "magnitude"
+
+    @field_validator("schemes")
+    @classmethod
+    def _check_schemes(cls, value: list[str]) -> list[str]:
+        for name in value:
+            _check_scheme(name)
+        return value
 
     @field_validator("round_to")
     @classmethod

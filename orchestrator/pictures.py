@@ -9,14 +9,25 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from prunetune.search_spaces import SCHEMES, Policy
+from prunetune.search_spaces import Policy, PolicyError, get_scheme, scheme_names
 from prunetune.search_spaces.channel import kept_channels
 
-__all__ = ["SCHEME_COLOURS", "kept_width", "log_figure", "pareto_figure", "policy_figure"]
+__all__ = ["kept_width", "log_figure", "pareto_figure", "policy_figure", "scheme_colour",
+           "scheme_colours"]
 
-# One colour per scheme, the same in every picture (matplotlib's tab10).
-SCHEME_COLOURS = dict(zip(SCHEMES, ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"),
-                          strict=True))
+
+def scheme_colour(name: str) -> str:
+    """A scheme's colour in every picture (`PruningScheme.colour`; the built-ins take
+    matplotlib's tab10); grey for a name no scheme has."""
+    try:
+        return get_scheme(name).colour
+    except PolicyError:
+        return "grey"
+
+
+def scheme_colours() -> dict[str, str]:
+    """Every registered scheme's colour, by name, in registration order."""
+    return {name: scheme_colour(name) for name in scheme_names()}
 
 
 def _pyplot() -> Any:
@@ -34,7 +45,7 @@ def kept_width(unit: Mapping[str, Any], scheme: str, ratio: float,
     of them under a sparse scheme (its weights thin out instead). `unit`: the unit's entry in
     `PruningSpace.describe()["units"]` (channels, ch_groups, multiple)."""
     channels = int(unit["channels"])
-    if scheme != "channel" or ratio <= 0:
+    if ratio <= 0 or not get_scheme(scheme).structural:
         return channels
     multiple = math.lcm(int(unit.get("multiple", 1)) or 1, round_to or 1)
     return kept_channels(channels, int(unit.get("ch_groups", 1)), ratio, multiple)
@@ -46,7 +57,7 @@ def policy_figure(policy: Policy, units: Mapping[str, Mapping[str, Any]], title:
     plt = _pyplot()
     names = [n for n in units if n in policy.units] or list(policy.units)
     ups = [policy.units[n] for n in names]
-    colours = [SCHEME_COLOURS.get(u.scheme, "grey") for u in ups]
+    colours = [scheme_colour(u.scheme) for u in ups]
     width = max(6.0, min(24.0, 0.28 * len(names) + 2.0))
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(width, 5.4), dpi=100)
     xs = range(len(names))
@@ -60,10 +71,10 @@ def policy_figure(policy: Policy, units: Mapping[str, Mapping[str, Any]], title:
     top.set_ylim(0, 1)
     top.set_title(title, fontsize=10)
     top.grid(axis="y", alpha=0.3)
-    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for s, c in SCHEME_COLOURS.items()
-               if any(u.scheme == s for u in ups)]
-    top.legend(handles, [s for s in SCHEME_COLOURS if any(u.scheme == s for u in ups)],
-               fontsize=8, loc="upper right")
+    shown = [s for s in scheme_names() if any(u.scheme == s for u in ups)]
+    handles = [plt.Rectangle((0, 0), 1, 1, color=scheme_colour(s)) for s in shown]
+    top.legend(handles, [get_scheme(s).title or s for s in shown], fontsize=8,
+               loc="upper right")
     if all(n in units and "channels" in units[n] for n in names):
         dense = [int(units[n]["channels"]) for n in names]
         kept = [kept_width(units[n], u.scheme, u.ratio, policy.round_to)

@@ -126,9 +126,7 @@ def mapping_rows(analysis: ModelAnalysis, scan: SchemeScan,
         chosen = templates.get(unit.name)
         for r in measured_scores(scan, unit.name):
             t = r["template"]
-            label = t.scheme + (f" {t.block[0]}x{t.block[1]}" if t.block else "") + (
-                f" m{t.m}" if t.scheme == "nm" else "")
-            rows.append({"unit": unit.name, "candidate": label, "ratios": r["ratios"],
+            rows.append({"unit": unit.name, "candidate": t.spec.label(t), "ratios": r["ratios"],
                          "saved_ms": r["saved_ms"], "drop_points": [100 * d for d in r["drop"]],
                          "pays": r["pays"], "score": r["score"],
                          "chosen": chosen is not None and chosen.scheme == t.scheme

@@ -20,7 +20,9 @@ from prunetune.search_spaces import (
     SchemeScan,
     analyze,
     scan_templates,
+    sparse_keys,
 )
+from prunetune.search_spaces.schemes import key_scheme
 
 from .config import PrunetuneConfig
 
@@ -122,10 +124,16 @@ def _latency_weights(cfg: PrunetuneConfig, model: nn.Module, example_input: obje
 
 def scheme_gains(format_gains: dict[str, float]) -> dict[str, float]:
     """`LatencyPredictor.sparse_gains` (per kernel format) as `LatencyWeights.sparse_gain`
-    (per scheme): block masks run as block-sparse kernels, 2:4 N:M as semi-structured Linear
-    layers; no kernel runs the other masks (their zeros are multiplied), so they save
-    nothing."""
-    return {"block": format_gains["bsr"], "nm4": format_gains["nm"]}
+    (per row of the applicability table), through each scheme's kernel bridge
+    (`PruningScheme.kernel_format`): block masks run as block-sparse kernels (`bsr`), 2:4 N:M
+    as semi-structured Linear layers (`nm`); no kernel runs the other masks (their zeros are
+    multiplied), so they save nothing."""
+    out = {}
+    for key in sparse_keys():
+        fmt = key_scheme(key).kernel_format(key)
+        if fmt is not None and fmt in format_gains:
+            out[key] = format_gains[fmt]
+    return out
 
 
 def build_space(cfg: PrunetuneConfig, model: nn.Module, example_input: object,

@@ -25,10 +25,15 @@ from .schemes import (
     NM_M_VALUES,
     PATTERN_KINDS,
     SCHEMES,
+    PruningScheme,
     block_sparse_weight,
     enforce_masks,
     from_gemm_view,
     gemm_view,
+    get_scheme,
+    register_scheme,
+    scheme_names,
+    sparse_keys,
 )
 from .space import Budget, BudgetError, PruningSpace, SpaceError
 
@@ -48,6 +53,7 @@ __all__ = [
     "Policy",
     "PolicyError",
     "PrunableUnit",
+    "PruningScheme",
     "PruningSpace",
     "SCAN_RATIOS",
     "SCHEMES",
@@ -66,9 +72,13 @@ __all__ = [
     "enforce_masks",
     "from_gemm_view",
     "gemm_view",
+    "get_scheme",
     "map_schemes",
     "measured_scores",
+    "register_scheme",
     "scan_candidates",
     "scan_templates",
+    "scheme_names",
+    "sparse_keys",
     "unit_template",
 ]

@@ -25,7 +25,7 @@ from .channel import max_channel_ratio
 from .cost import SPARSE_KEYS, CostModel, layer_costs
 from .graph import ChannelGraph
 from .policy import Policy, PolicyError, UnitPolicy
-from .schemes import MAX_RATIO, SCHEMES, layer_applies
+from .schemes import get_scheme, key_scheme, scheme_names, sparse_keys
 
 __all__ = ["ModelAnalysis", "PrunableUnit", "analyze"]
 
@@ -38,7 +38,8 @@ class PrunableUnit:
     """One prunable unit. `layers`: conv / linear layers whose outputs it owns; `in_layers`:
     layers whose inputs follow it; `channels`: its channel count (in `ch_groups` equal groups,
     kept counts rounded to `multiple`); `schemes`: the schemes that apply; `sparse_layers`:
-    per row of `cost.SPARSE_KEYS`, the layers that scheme prunes."""
+    per row of the applicability table (`schemes.sparse_keys()`: each mask scheme's `keys`),
+    the layers that scheme prunes."""
 
     name: str
     layers: tuple[str, ...]
@@ -52,10 +53,11 @@ class PrunableUnit:
     features: dict[str, Any] = field(default_factory=dict)
 
     def max_ratio(self, scheme: str) -> float:
-        if scheme == "channel":
+        found = get_scheme(scheme)
+        if found.structural:  # whole channels: what the unit's groups and multiple allow
             return max_channel_ratio(self.channels, self.ch_groups, self.multiple,
-                                     MAX_RATIO["channel"])
-        return MAX_RATIO[scheme]
+                                     found.max_ratio)
+        return found.max_ratio
 
     def check(self, up: UnitPolicy) -> None:
         """Raise PolicyError unless `up` can be applied to this unit."""
@@ -63,10 +65,7 @@ class PrunableUnit:
             raise PolicyError(f"scheme {up.scheme!r} does not apply to unit {self.name!r} "
                               f"({self.features.get('type', 'its layers')}); allowed: "
                               f"{', '.join(self.schemes) or 'none (leave the unit out)'}")
-        if up.scheme == "nm" and not self.sparse_layers.get(f"nm{up.m}"):
-            raise PolicyError(f"N:M with m={up.m} does not apply to unit {self.name!r}: no layer "
-                              "has a reduction size (in*kh*kw) that is a multiple of m; use m=4 "
-                              "or another scheme")
+        up.spec.check_unit(self, up)
         hi = self.max_ratio(up.scheme)
         if up.ratio > hi + 1e-12:
             raise PolicyError(f"ratio must be in [0, {hi:.4g}] for unit {self.name!r} (scheme "
@@ -143,12 +142,10 @@ class _GraphUnit:
 
 def _sparse_layers(layers: list[str], modules: dict[str, nn.Module]
                    ) -> dict[str, tuple[str, ...]]:
-    """Per row of SPARSE_KEYS, the layers that sparse scheme can prune."""
-    out = {}
-    for key in SPARSE_KEYS:
-        scheme, m = ("nm", int(key[2:])) if key.startswith("nm") else (key, 4)
-        out[key] = tuple(n for n in layers if layer_applies(modules[n], scheme, m=m))
-    return out
+    """Per row of the applicability table (`schemes.sparse_keys()`), the layers that mask
+    scheme can prune."""
+    return {key: tuple(n for n in layers if key_scheme(key).applies(modules[n], key))
+            for key in sparse_keys()}
 
 
 def graph_units(graph: ChannelGraph, model: nn.Module,
@@ -199,13 +196,10 @@ def graph_units(graph: ChannelGraph, model: nn.Module,
         ch_groups = max(1, graph.channel_groups(group)) if group is not None else 1
         multiple = math.lcm(*heads)
         sparse = _sparse_layers(layers, modules)
-        schemes = []
-        if group is not None and channels // ch_groups > max(multiple, 1):
-            schemes.append("channel")
-        for scheme in SCHEMES[1:]:
-            keys = ("nm4", "nm8") if scheme == "nm" else (scheme,)
-            if any(sparse[k] for k in keys):
-                schemes.append(scheme)
+        cuttable = group is not None and channels // ch_groups > max(multiple, 1)
+        schemes = [n for n in scheme_names()
+                   if (cuttable if get_scheme(n).structural
+                       else any(sparse[k] for k in get_scheme(n).keys()))]
         shapes = {n: (int(modules[n].weight.shape[0]), int(modules[n].weight[0].numel()))
                   for n in layers}
         unit = PrunableUnit(name, tuple(layers), tuple(in_layers), channels, ch_groups,

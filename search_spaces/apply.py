@@ -11,48 +11,46 @@ from torch import nn
 
 from .analysis import ModelAnalysis, graph_units
 from .channel import kept_channels, prune_channels, zero_channels
-from .cost import sparse_key
 from .graph import ChannelGraph
 from .policy import Policy, PolicyError, UnitPolicy
-from .schemes import attach_mask, block_mask, nm_mask, pattern_mask, unstructured_mask
 
 __all__ = ["apply_policy", "nm_channel_multiples", "sparse_mask", "zero_pruned_channels"]
 
 
 def sparse_mask(layer: nn.Module, up: UnitPolicy) -> torch.Tensor:
-    """The mask `up` gives one layer's weight (same shape as the weight)."""
-    w = layer.weight
-    if up.scheme == "unstructured":
-        return unstructured_mask(w, up.ratio)
-    if up.scheme == "block":
-        return block_mask(w, up.ratio, up.block)
-    if up.scheme == "nm":
-        return nm_mask(w, up.n, up.m)
-    if up.scheme == "pattern":
-        return pattern_mask(w, up.ratio, up.pattern)
-    raise PolicyError(f"scheme {up.scheme!r} is not a sparse scheme")
+    """The mask `up` gives one layer's weight (same shape as the weight): its scheme's
+    `PruningScheme.mask`."""
+    scheme = up.spec
+    if scheme.structural:
+        raise PolicyError(f"scheme {up.scheme!r} is not a sparse scheme")
+    return scheme.mask(layer.weight, up)
 
 
 def _prunes(up: UnitPolicy) -> bool:
-    return up.ratio > 0 and not (up.scheme == "nm" and up.n == up.m)
+    return up.spec.prunes(up)
 
 
 def nm_channel_multiples(policy: Policy, units: list[Any]) -> dict[str, int]:
-    """Per channel-pruned unit whose channels feed a layer the policy prunes N:M, the M its
-    kept channels are rounded down to a multiple of: that layer's reduction size
-    (in x kh x kw) then stays a multiple of M after the channel cut, as N:M needs. `units`:
-    the model's `PrunableUnit`s."""
-    nm_layers: dict[str, int] = {}  # layer -> the M it is pruned with
+    """Per channel-pruned unit whose channels feed a layer the policy prunes with a mask scheme
+    that needs it (`PruningScheme.input_multiple`: N:M's M), the multiple its kept channels are
+    rounded down to: that layer's reduction size (in x kh x kw) then stays a multiple of M
+    after the channel cut, as N:M needs. `units`: the model's `PrunableUnit`s."""
+    needs: dict[str, int] = {}  # layer -> the multiple its input channels are kept in
     by_name = {u.name: u for u in units}
     for name, up in policy.units.items():
-        if up.scheme == "nm" and _prunes(up) and name in by_name:
-            for layer in by_name[name].sparse_layers.get(sparse_key("nm", up.m), ()):
-                nm_layers[layer] = max(nm_layers.get(layer, 1), int(up.m))
+        scheme = up.spec
+        if scheme.structural or not _prunes(up) or name not in by_name:
+            continue
+        key = scheme.key(up)
+        multiple = scheme.input_multiple(key)
+        if multiple > 1:
+            for layer in by_name[name].sparse_layers.get(key, ()):
+                needs[layer] = math.lcm(needs.get(layer, 1), multiple)
     out = {}
     for u in units:
-        m = max((nm_layers.get(layer, 1) for layer in u.in_layers), default=1)
+        m = math.lcm(*(needs.get(layer, 1) for layer in u.in_layers))
         up = policy.units.get(u.name)
-        if m > 1 and up is not None and up.scheme == "channel":
+        if m > 1 and up is not None and up.spec.structural:
             out[u.name] = m
     return out
 
@@ -70,7 +68,7 @@ def _channel_plan(work: nn.Module, policy: Policy, example_input: Any, protect_o
     nm = nm_channel_multiples(policy, [g.unit for g in gunits])
     plan = []
     for name, up in policy.units.items():
-        if up.scheme != "channel" or up.ratio <= 0:
+        if not up.spec.structural or up.ratio <= 0:
             continue
         u = by_name[name].unit
         mult = math.lcm(u.multiple, multiple, nm.get(name, 1))
@@ -114,15 +112,16 @@ def apply_policy(model: nn.Module, policy: Policy, example_input: Any, *,
         prune_channels(graph, plan)
     modules = dict(work.named_modules())
     for name, up in policy.units.items():
-        if up.scheme == "channel" or not _prunes(up):
+        scheme = up.spec
+        if scheme.structural or not _prunes(up):
             continue
-        for layer_name in by_name[name].unit.sparse_layers[sparse_key(up.scheme, up.m)]:
+        for layer_name in by_name[name].unit.sparse_layers[scheme.key(up)]:
             layer = modules[layer_name]
             try:
-                mask = sparse_mask(layer, up)
+                mask = scheme.mask(layer.weight, up)
             except ValueError as err:  # a shape the scheme cannot take after the channel cut
                 raise PolicyError(f"unit {name!r}, layer {layer_name!r}: {err}") from None
-            attach_mask(layer, mask, up.block if up.scheme == "block" else None)
+            scheme.attach(layer, mask, up)
     for n, p in work.named_parameters():
         p.requires_grad_(grad_flags.get(n, True))
     work.train(model.training)

@@ -22,10 +22,10 @@ from typing import Any
 
 from .analysis import ModelAnalysis, PrunableUnit
 from .policy import PolicyError, UnitPolicy
-from .schemes import BLOCK_SHAPES, SCHEMES
+from .schemes import SCHEMES, choose_block, fitting_blocks, get_scheme
 
 __all__ = ["DEVICES", "MAPPING_METHODS", "SCAN_RATIOS", "SchemeProbe", "SchemeScan",
-           "choose_block", "map_schemes", "measured_scores", "scan_candidates",
+           "choose_block", "fitting_blocks", "map_schemes", "measured_scores", "scan_candidates",
            "scan_templates", "unit_template"]
 
 DEVICES = ("gpu", "cpu")
@@ -41,44 +41,19 @@ _MIN_SAVED_FRACTION = 0.005
 _DROP_FLOOR = 0.005
 
 
-def _fitting_blocks(unit: PrunableUnit) -> list[tuple[int, int]]:
-    """Block shapes, largest first, that divide every block-prunable layer's GEMM view and
-    leave at least 4 blocks along each side (so ranking has a choice)."""
-    shapes = [unit.shapes[n] for n in unit.sparse_layers.get("block", ()) if n in unit.shapes]
-    return [(bo, bi) for bo, bi in sorted(BLOCK_SHAPES, key=lambda b: -b[0] * b[1])
-            if shapes and all(o % bo == 0 and k % bi == 0 and o >= 4 * bo and k >= 4 * bi
-                              for o, k in shapes)]
-
-
-def choose_block(unit: PrunableUnit) -> tuple[int, int]:
-    """The largest fitting block shape (`_fitting_blocks`); (4, 4) when none fits."""
-    return next(iter(_fitting_blocks(unit)), (4, 4))
-
-
 def unit_template(unit: PrunableUnit, scheme: str, ratio: float = 0.0) -> UnitPolicy:
-    """A UnitPolicy of `scheme` for `unit` with shape-derived parameters."""
-    if scheme == "block":
-        return UnitPolicy("block", ratio, block=choose_block(unit))
-    if scheme == "nm":
-        m = 4 if unit.sparse_layers.get("nm4") else 8
-        return UnitPolicy("nm", ratio, m=m)
-    if scheme == "pattern":
-        return UnitPolicy("pattern", ratio, pattern="patdnn")
-    return UnitPolicy(scheme, ratio)
+    """A UnitPolicy of `scheme` for `unit` with shape-derived parameters
+    (`PruningScheme.template_options`: the largest fitting block, N:M's m, `patdnn`)."""
+    return UnitPolicy(scheme, ratio, **get_scheme(scheme).template_options(unit))
 
 
 def scan_candidates(unit: PrunableUnit, schemes: Sequence[str] = SCHEMES) -> list[UnitPolicy]:
-    """The templates (ratio 0) a measured mapping compares for `unit`: one per scheme of
-    `schemes` that applies, and for `block` the two largest block shapes that fit (large blocks
-    run faster, small ones keep more accuracy)."""
-    out: list[UnitPolicy] = []
-    for scheme in (s for s in schemes if s in unit.schemes):
-        if scheme != "block":
-            out.append(unit_template(unit, scheme))
-            continue
-        fitting = _fitting_blocks(unit)[:2] or [choose_block(unit)]
-        out.extend(UnitPolicy("block", 0.0, block=b) for b in fitting)
-    return out
+    """The templates (ratio 0) a measured mapping compares for `unit`: per scheme of `schemes`
+    that applies, its `PruningScheme.scan_options` (for `block` the two largest block shapes
+    that fit: large blocks run faster, small ones keep more accuracy)."""
+    return [UnitPolicy(scheme, 0.0, **options)
+            for scheme in schemes if scheme in unit.schemes
+            for options in get_scheme(scheme).scan_options(unit)]
 
 
 def _template_key(up: UnitPolicy) -> tuple[Any, ...]:
@@ -160,29 +135,19 @@ def _measured_choice(unit: PrunableUnit, usable: Sequence[str], scan: SchemeScan
     if paying:
         return max(paying, key=lambda r: r["score"])["template"]
     # Nothing measured pays: removing channels is the one scheme that removes work everywhere.
-    if "channel" in usable:
-        return unit_template(unit, "channel")
+    structural = [s for s in usable if get_scheme(s).structural]
+    if structural:
+        return unit_template(unit, structural[0])
     return _rules_choice(unit, usable, device)
 
 
 def _rules_choice(unit: PrunableUnit, usable: Sequence[str], device: str) -> UnitPolicy:
-    preferred = [s for s in _preferences(unit, device) if s in usable]
-    return unit_template(unit, (preferred or list(usable))[0])
-
-
-def _preferences(unit: PrunableUnit, device: str) -> list[str]:
-    kind = unit.features.get("type", "")
-    if unit.features.get("depthwise"):
-        return ["channel"]
-    if device == "cpu":
-        if kind == "conv3x3":
-            return ["pattern", "channel", "unstructured"]
-        return ["channel", "unstructured"]
-    if kind in ("linear", "conv1x1"):
-        return ["block", "nm", "channel", "unstructured"]
-    if kind == "conv3x3":
-        return ["channel", "pattern", "block", "unstructured"]
-    return ["channel", "block", "unstructured"]
+    """The usable scheme the device's rules rank first (`PruningScheme.rule_rank`); the first
+    usable one where the rules rank none."""
+    kind, depthwise = unit.features.get("type", ""), bool(unit.features.get("depthwise"))
+    ranks = {s: get_scheme(s).rule_rank(device, kind, depthwise) for s in usable}
+    ranked = sorted((s for s in usable if ranks[s] is not None), key=ranks.__getitem__)
+    return unit_template(unit, (ranked or list(usable))[0])
 
 
 def map_schemes(analysis: ModelAnalysis, device: str = "gpu",
@@ -198,7 +163,8 @@ def map_schemes(analysis: ModelAnalysis, device: str = "gpu",
         raise PolicyError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
     bad = [s for s in schemes if s not in SCHEMES]
     if bad:
-        raise PolicyError(f"unknown scheme(s) {bad}; use any of {', '.join(SCHEMES)}")
+        raise PolicyError(f"unknown scheme(s) {bad}; use any of {', '.join(SCHEMES)} or "
+                          "'package.module:attr'")
     if method not in MAPPING_METHODS:
         raise PolicyError(f"mapping method must be one of {', '.join(MAPPING_METHODS)}, got "
                           f"{method!r}")

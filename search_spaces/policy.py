@@ -18,7 +18,7 @@ from prunetune.errors import PolicyError
 from prunetune.files import atomic_write
 
 from .graph import IMPORTANCES
-from .schemes import BLOCK_SHAPES, MAX_RATIO, NM_M_VALUES, PATTERN_KINDS, SCHEMES, nm_from_ratio
+from .schemes import OPTION_FIELDS, PruningScheme, get_scheme, scheme_names
 
 __all__ = ["IMPORTANCES", "POLICY_SCHEMA", "Policy", "PolicyError", "PolicyValidator",
            "UnitPolicy"]
@@ -34,9 +34,12 @@ def _where(unit: str | None) -> str:
 class UnitPolicy:
     """How to prune one unit.
 
-    ratio: fraction removed (channels for `channel`, weights for the sparse schemes).
-    block: `(bo, bi)` for `block` (default (8, 8)); n, m: N:M for `nm` (m defaults to 4 and n
-    follows from the ratio); pattern: `patdnn`, `row` or `col` for `pattern` (default patdnn).
+    scheme: a registered scheme's name or `package.module:attr` (`schemes.get_scheme`); ratio:
+    fraction removed (channels for `channel`, weights for the sparse schemes). The option
+    fields belong to the scheme that names them (`PruningScheme.option_fields`), which checks
+    them and fills in defaults: block: `(bo, bi)` for `block` (default (8, 8)); n, m: N:M for
+    `nm` (m defaults to 4 and n follows from the ratio); pattern: `patdnn`, `row` or `col` for
+    `pattern` (default patdnn).
     """
 
     scheme: str
@@ -49,62 +52,54 @@ class UnitPolicy:
     def __post_init__(self) -> None:
         self._normalise(None)
 
+    @property
+    def spec(self) -> PruningScheme:
+        """The registered scheme object of `scheme` (`schemes.get_scheme`)."""
+        return get_scheme(self.scheme)
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The scheme's option fields and their values, e.g. `{"n": 2, "m": 4}`."""
+        return {name: getattr(self, name) for name in self.spec.option_fields}
+
     def _normalise(self, unit: str | None) -> None:
-        set_ = object.__setattr__
         where = _where(unit)
-        if self.scheme not in SCHEMES:
-            raise PolicyError(f"unknown scheme {self.scheme!r}{where}; use one of "
-                              f"{', '.join(SCHEMES)}")
+        try:
+            if not isinstance(self.scheme, str):
+                raise PolicyError(f"unknown scheme {self.scheme!r}; use one of "
+                                  f"{', '.join(scheme_names())}")
+            scheme = get_scheme(self.scheme)
+        except PolicyError as err:  # the unit goes right after the scheme's name
+            raise PolicyError(str(err).replace(f"scheme {self.scheme!r}",
+                                               f"scheme {self.scheme!r}{where}", 1)) from None
         if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)):
             raise PolicyError(f"ratio must be a number{where}, got {self.ratio!r}")
         ratio = float(self.ratio)
-        hi = MAX_RATIO[self.scheme]
+        hi = scheme.max_ratio
         if not math.isfinite(ratio) or not 0.0 <= ratio <= hi:
             raise PolicyError(f"ratio must be in [0, {hi}]{where} (scheme {self.scheme!r}), "
                               f"got {self.ratio!r}")
-        set_(self, "ratio", ratio)
-        for name, owner in (("block", "block"), ("n", "nm"), ("m", "nm"),
-                            ("pattern", "pattern")):
-            if getattr(self, name) is not None and self.scheme != owner:
+        object.__setattr__(self, "ratio", ratio)
+        for name in OPTION_FIELDS:
+            if getattr(self, name) is not None and name not in scheme.option_fields:
+                owner = next((n for n in scheme_names()
+                              if name in get_scheme(n).option_fields), "another scheme")
                 raise PolicyError(f"{name!r} applies only to scheme {owner!r}{where}, not to "
                                   f"{self.scheme!r}; remove it")
-        if self.scheme == "block":
-            block = (8, 8) if self.block is None else self.block
-            try:
-                block = (int(block[0]), int(block[1])) if len(block) == 2 else None
-            except (TypeError, ValueError):
-                block = None
-            if block not in BLOCK_SHAPES:
-                raise PolicyError(f"block must be one of {list(BLOCK_SHAPES)}{where}, got "
-                                  f"{self.block!r}")
-            set_(self, "block", block)
-        elif self.scheme == "nm":
-            m = 4 if self.m is None else self.m
-            if m not in NM_M_VALUES:
-                raise PolicyError(f"m must be one of {NM_M_VALUES}{where}, got {self.m!r}")
-            n = nm_from_ratio(ratio, m) if self.n is None else self.n
-            if not isinstance(n, int) or not 1 <= n <= m:
-                raise PolicyError(f"n must be an integer in [1, {m}]{where}, got {self.n!r}")
-            if abs(ratio - (1 - n / m)) > 1e-9:
-                raise PolicyError(f"ratio must equal 1 - n/m = {1 - n / m:g}{where} with "
-                                  f"{n}:{m}, got {ratio:g}; set ratio to that value or drop n")
-            set_(self, "n", n)
-            set_(self, "m", m)
-        elif self.scheme == "pattern":
-            pattern = "patdnn" if self.pattern is None else self.pattern
-            if pattern not in PATTERN_KINDS:
-                raise PolicyError(f"pattern must be one of {', '.join(PATTERN_KINDS)}{where}, "
-                                  f"got {self.pattern!r}")
-            set_(self, "pattern", pattern)
+        given = {name: getattr(self, name) for name in scheme.option_fields}
+        for name, value in scheme.normalise(given, ratio, where).items():
+            object.__setattr__(self, name, value)
+
+    def with_ratio(self, ratio: float) -> UnitPolicy:
+        """The same scheme and options at `ratio` (N:M's n follows it)."""
+        return UnitPolicy(self.scheme, ratio, **self.spec.with_ratio(self.options, ratio))
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"scheme": self.scheme, "ratio": self.ratio}
-        if self.block is not None:
-            out["block"] = list(self.block)
-        if self.n is not None:
-            out["n"], out["m"] = self.n, self.m
-        if self.pattern is not None:
-            out["pattern"] = self.pattern
+        for name in OPTION_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = list(value) if isinstance(value, tuple) else value
         return out
 
     @classmethod
@@ -113,19 +108,18 @@ class UnitPolicy:
         if not isinstance(raw, dict):
             raise PolicyError(f"entry{where} must be an object like "
                               f'{{"scheme": "channel", "ratio": 0.3}}, got {raw!r}')
-        allowed = {"scheme", "ratio", "block", "n", "m", "pattern"}
+        allowed = {"scheme", "ratio", *OPTION_FIELDS}
         extra = sorted(set(raw) - allowed)
         if extra:
             raise PolicyError(f"unknown field(s) {extra}{where}; allowed: {sorted(allowed)}")
         for key in ("scheme", "ratio"):
             if key not in raw:
                 raise PolicyError(f"missing field {key!r}{where}")
-        block = raw.get("block")
         obj = cls.__new__(cls)
         for name in allowed:
             value = raw.get(name)
-            if name == "block" and isinstance(block, list):
-                value = tuple(block)
+            if name in OPTION_FIELDS and isinstance(value, list):  # JSON has no tuples
+                value = tuple(value)
             object.__setattr__(obj, name, value)
         obj._normalise(unit)
         return obj
@@ -235,7 +229,7 @@ class Policy:
             out["policy.ratio.min"] = min(ratios)
             out["policy.ratio.max"] = max(ratios)
             out["policy.pruned_units"] = float(sum(r > 0 for r in ratios))
-        for scheme in SCHEMES:
+        for scheme in scheme_names():
             rs = [u.ratio for u in self.units.values() if u.scheme == scheme]
             if rs:
                 out[f"policy.{scheme}.units"] = float(len(rs))

@@ -1,411 +1,510 @@
-"""Sparse pruning schemes: masks for `block`, `nm`, `unstructured` and `pattern` pruning.
+"""Pruning schemes as registered objects: one `PruningScheme` per scheme owns its name, which
+layers it applies to, its mask, its options in a policy (`docs/POLICY.md`), its effect on cost,
+its colour in pictures and its bridge to a kernel.
 
-Every mask here is a float tensor of the weight's exact shape, 1.0 = kept, 0.0 = pruned (the
-contract in docs/CONTRACTS.md). Masks are computed on a GEMM view of a weight: N:M and
-patterns on `weight.flatten(1)`, `(out, in/groups * kh * kw)` with the reduction ordered
-`in, kh, kw`; blocks on the tap-major view `gemm_view`, `(out, kh * kw * in)`, the layout the
-block-sparse kernels consume (the same matrix for Linear and 1x1 layers).
+The five built-ins (`channel`, `block`, `nm`, `unstructured`, `pattern`) are registered here;
+everything else (a policy's validation, `apply_policy`, the analysis, the mapping, the cost
+model's rows, a config's `space.schemes`, the pictures) looks schemes up by name. A new scheme
+is one class: subclass `PruningScheme`, then `register_scheme(MyScheme())`, or name it as
+`package.module:attr` without touching this package (`tests/toy_scheme.py`): such a scheme is
+known by that path, so a policy naming it loads in any process that can import the module (a
+Ray worker's included).
 
-`channel` pruning is structural and lives in `channel.py`; this module only knows single layers.
-All choices are deterministic: ties are broken as a stable sort breaks them (earlier index
-first), never by chance, and selection replaces sorting where a weight-sized sort would be needed.
+The masks themselves are computed in `masks.py` (re-exported here).
 """
 
 from __future__ import annotations
 
-import functools
-import math
-import warnings
-from collections.abc import Callable
-from typing import Any
+import copy
+import importlib
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Protocol
 
-import numpy as np
 import torch
 from torch import nn
 
 from prunetune.errors import PolicyError
 
+from .masks import (
+    BLOCK_SHAPES,
+    NM_M_VALUES,
+    PATTERN_KINDS,
+    attach_mask,
+    base_pattern_sparsity,
+    block_mask,
+    block_sparse_weight,
+    enforce_masks,
+    from_gemm_view,
+    gemm_view,
+    gemm_view_of,
+    is_gemm_layer,
+    nm_from_ratio,
+    nm_mask,
+    pattern_mask,
+    unstructured_mask,
+)
+
 __all__ = [
-    "BLOCK_SHAPES",
-    "MAX_RATIO",
-    "NM_M_VALUES",
-    "PATTERN_KINDS",
-    "SCHEMES",
-    "SPARSE_SCHEMES",
-    "attach_mask",
-    "base_pattern_sparsity",
-    "block_mask",
-    "block_sparse_weight",
-    "enforce_masks",
-    "from_gemm_view",
-    "gemm_view",
-    "gemm_view_of",
-    "layer_applies",
-    "nm_from_ratio",
-    "nm_mask",
-    "pattern_mask",
-    "unstructured_mask",
+    "BLOCK_SHAPES", "MAX_RATIO", "NM_M_VALUES", "OPTION_FIELDS", "PATTERN_KINDS", "SCHEMES",
+    "SPARSE_SCHEMES", "PruningScheme", "attach_mask", "base_pattern_sparsity", "block_mask",
+    "block_sparse_weight", "choose_block", "enforce_masks", "fitting_blocks", "from_gemm_view",
+    "gemm_view", "gemm_view_of", "get_scheme", "is_gemm_layer", "key_scheme", "layer_applies",
+    "nm_from_ratio", "nm_mask", "pattern_mask", "register_scheme", "scheme_names",
+    "sparse_key", "sparse_keys", "unstructured_mask",
 ]
 
-SCHEMES = ("channel", "block", "nm", "unstructured", "pattern")
-SPARSE_SCHEMES = ("block", "nm", "unstructured", "pattern")
-# (filters, reduction columns) on the GEMM view; 8x4 = 8 filters x 4 input columns.
-BLOCK_SHAPES = ((4, 4), (8, 4), (8, 8), (16, 16), (32, 32), (64, 64))
-NM_M_VALUES = (4, 8)
-PATTERN_KINDS = ("patdnn", "row", "col")
-# The largest ratio a policy may ask for, per scheme: channel pruning keeps at least a tenth of a
-# unit so fine-tuning has something to recover from; N:M keeps at least 1 of M.
-MAX_RATIO = {"channel": 0.9, "block": 0.99, "nm": 0.875, "unstructured": 0.99, "pattern": 0.99}
-
-# PatDNN-style 4-entry patterns of a 3x3 kernel (positions 0..8 row-major, 4 = centre): the four
-# "T" shapes and the four 2x2 squares around the centre. Each keeps the centre, as PatDNN does.
-_PATDNN = ((1, 3, 4, 5), (1, 4, 5, 7), (3, 4, 5, 7), (1, 3, 4, 7),
-           (0, 1, 3, 4), (1, 2, 4, 5), (3, 4, 6, 7), (4, 5, 7, 8))
-# Row / column patterns (AutoSculpt-style): one whole row or column of the kernel is removed.
-_ROW = ((3, 4, 5, 6, 7, 8), (0, 1, 2, 6, 7, 8), (0, 1, 2, 3, 4, 5))
-_COL = ((1, 2, 4, 5, 7, 8), (0, 2, 3, 5, 6, 8), (0, 1, 3, 4, 6, 7))
-_PATTERNS = {"patdnn": _PATDNN, "row": _ROW, "col": _COL}
+# The option fields of a policy entry (UnitPolicy's fields after scheme and ratio), in the order
+# the JSON form writes them. A scheme owns the ones it names in `option_fields`.
+OPTION_FIELDS = ("block", "n", "m", "pattern")
 
 
-def _is_gemm_layer(layer: nn.Module) -> bool:
-    """A dense GEMM: Linear, or a non-transposed convolution with groups == 1."""
-    if isinstance(layer, nn.Linear):
-        return True
-    return (isinstance(layer, nn.modules.conv._ConvNd) and not layer.transposed
-            and layer.groups == 1)
+# What the mapping rules tell apart: GPUs run linear and 1x1 layers as plain GEMMs (block-sparse
+# and 2:4 kernels make them faster); 3x3 convolutions get faster on a GPU by losing channels and
+# on a CPU (and mobile runtimes, PatDNN's target) from kernel patterns.
+_LAYER_CLASS = {"linear": "gemm", "conv1x1": "gemm", "conv3x3": "conv3x3"}
+
+
+class UnitLike(Protocol):
+    """What a scheme reads of a prunable unit (`analysis.PrunableUnit`)."""
+
+    name: str
+    sparse_layers: dict[str, tuple[str, ...]]
+    shapes: dict[str, tuple[int, int]]
+
+
+class PolicyEntry(Protocol):
+    """What a scheme reads of a policy entry (`policy.UnitPolicy`)."""
+
+    scheme: str
+    ratio: float
+    block: tuple[int, int] | None
+    n: int | None
+    m: int | None
+    pattern: str | None
+
+
+class PruningScheme:
+    """One pruning scheme. Subclasses set the class attributes and override what differs.
+
+    name: its config and policy name (a scheme named by `package.module:attr` is known by that
+    path); title: what pictures and tables call it (its own `name` by default, also when it
+    is known by a path); colour: its colour in pictures (any matplotlib colour);
+    max_ratio: the largest ratio a policy may ask for; structural: True for `channel` (it
+    removes channels, which `channel.py` does on the dependency graph; it has no mask), False
+    for a mask scheme; option_fields: the `OPTION_FIELDS` a policy entry of it may carry.
+
+    A mask scheme prunes the weights of the layers of a unit it `applies` to. Its `keys` are
+    its rows in the applicability table (`PrunableUnit.sparse_layers`, `CostModel.applies`):
+    one, its name, unless applicability depends on an option (N:M's M: `nm4`, `nm8`).
+    """
+
+    name: str = ""
+    title: str = ""
+    colour: str = "grey"
+    max_ratio: float = 0.99
+    structural: bool = False
+    option_fields: tuple[str, ...] = ()
+    # The rule-based mapping's ranks (0 first) by `"<device>:<layer class>"` (device gpu or
+    # cpu; class gemm: linear and 1x1 convolutions, conv3x3, or other) and `"depthwise"`; a
+    # scheme the rules do not rank is mapped only where nothing ranked applies.
+    rule_ranks: Mapping[str, int] = {}
+
+    # ---- applicability ------------------------------------------------------------------------
+    def keys(self) -> tuple[str, ...]:
+        """Its rows of the applicability table (none for a structural scheme)."""
+        return () if self.structural else (self.name,)
+
+    def key(self, up: PolicyEntry) -> str:
+        """The row of the applicability table that the entry `up` prunes by."""
+        return self.name
+
+    def applies(self, layer: nn.Module, key: str) -> bool:
+        """Whether this scheme (as `key`) can prune the weight of the one `layer`."""
+        return False
+
+    def check_unit(self, unit: UnitLike, up: PolicyEntry) -> None:
+        """Raise PolicyError unless `up` fits `unit` beyond the scheme's name (which the unit
+        checks): by default, some layer of the unit takes the entry's row."""
+        if not self.structural and not unit.sparse_layers.get(self.key(up)):
+            raise PolicyError(f"scheme {self.name!r} applies to no layer of unit "
+                              f"{unit.name!r}; use another scheme")
+
+    # ---- options (the policy format) ----------------------------------------------------------
+    def normalise(self, options: dict[str, Any], ratio: float, where: str) -> dict[str, Any]:
+        """The entry's `option_fields` with defaults filled in, checked against `ratio`;
+        PolicyError naming the field and `where` (" for unit 'x'" or "") otherwise."""
+        return options
+
+    def with_ratio(self, options: dict[str, Any], ratio: float) -> dict[str, Any]:
+        """The options of the same entry at another ratio (N:M's n follows the ratio)."""
+        return options
+
+    def snap_ratio(self, ratio: float, options: dict[str, Any]) -> float:
+        """The nearest ratio the scheme can prune at (N:M: only 1 - n/m)."""
+        return ratio
+
+    def template_options(self, unit: UnitLike) -> dict[str, Any]:
+        """The options a mapping gives `unit` under this scheme (shape-derived)."""
+        return {}
+
+    def scan_options(self, unit: UnitLike) -> list[dict[str, Any]]:
+        """The option sets a measured mapping compares for `unit` (one by default)."""
+        return [self.template_options(unit)]
+
+    def rule_rank(self, device: str, kind: str, depthwise: bool) -> int | None:
+        """Its rank in the rule-based mapping (lower first; None: not ranked) for a unit whose
+        first layer is of `kind` (`PrunableUnit.features["type"]`) on `device`."""
+        where = "depthwise" if depthwise else f"{device}:{_LAYER_CLASS.get(kind, 'other')}"
+        return self.rule_ranks.get(where)
+
+    def label(self, up: PolicyEntry) -> str:
+        """A short human label of the entry (tables of `prunetune map`)."""
+        return self.title or self.name
+
+    # ---- masks and cost -----------------------------------------------------------------------
+    def prunes(self, up: PolicyEntry) -> bool:
+        """Whether the entry removes anything (ratio 0 leaves the layers whole)."""
+        return up.ratio > 0
+
+    def mask(self, weight: torch.Tensor, up: PolicyEntry) -> torch.Tensor:
+        """The float mask (1 kept, 0 pruned) of `weight`'s exact shape under `up`. It prunes at
+        least `up.ratio` of the weight: the cost model counts a masked layer's weight work at
+        density `1 - ratio` (`cost.CostModel.scales`), so a budget it meets holds measured."""
+        raise PolicyError(f"scheme {self.name!r} removes channels; it has no mask")
+
+    def attach(self, layer: nn.Module, mask: torch.Tensor, up: PolicyEntry) -> None:
+        """Store the mask on the layer (`masks.attach_mask`) with what kernels read of it."""
+        attach_mask(layer, mask)
+
+    def input_multiple(self, key: str) -> int:
+        """Channels feeding a layer this scheme prunes (as `key`) are kept in multiples of
+        this, so the layer still fits the scheme after a channel cut (N:M: M)."""
+        return 1
+
+    # ---- kernels ------------------------------------------------------------------------------
+    def kernel_format(self, key: str) -> str | None:
+        """The sparse format of `prunetune.kernels` that runs a layer this scheme prunes (as
+        `key`) faster (`bsr`: block-sparse kernels; `nm`: 2:4 semi-structured), or None: no
+        kernel skips its zeros, so on a clock it saves nothing."""
+        return None
+
+    def __repr__(self) -> str:
+        return f"<pruning scheme {self.name}>"
+
+
+def _has_matrix_weight(layer: nn.Module) -> bool:
+    weight = getattr(layer, "weight", None)
+    return isinstance(weight, torch.Tensor) and weight.dim() >= 2
+
+
+class ChannelScheme(PruningScheme):
+    """Channel (structured) pruning: whole channels leave the model (`channel.py`); a unit takes
+    it when its dependency group can be cut (`analysis.graph_units`). It keeps at least a tenth
+    of a unit, so fine-tuning has something to recover from."""
+
+    name, colour, max_ratio, structural = "channel", "#1f77b4", 0.9, True
+    # Anything depthwise only gets faster by really losing channels.
+    rule_ranks = {"depthwise": 0, "gpu:gemm": 2, "gpu:conv3x3": 0, "gpu:other": 0,
+                  "cpu:conv3x3": 1, "cpu:gemm": 0, "cpu:other": 0}
+
+
+def fitting_blocks(unit: UnitLike) -> list[tuple[int, int]]:
+    """Block shapes, largest first, that divide every block-prunable layer's GEMM view and
+    leave at least 4 blocks along each side (so ranking has a choice)."""
+    shapes = [unit.shapes[n] for n in unit.sparse_layers.get("block", ()) if n in unit.shapes]
+    return [(bo, bi) for bo, bi in sorted(BLOCK_SHAPES, key=lambda b: -b[0] * b[1])
+            if shapes and all(o % bo == 0 and k % bi == 0 and o >= 4 * bo and k >= 4 * bi
+                              for o, k in shapes)]
+
+
+def choose_block(unit: UnitLike) -> tuple[int, int]:
+    """The largest fitting block shape (`fitting_blocks`); (4, 4) when none fits."""
+    return next(iter(fitting_blocks(unit)), (4, 4))
+
+
+class BlockScheme(PruningScheme):
+    """Block sparsity on the tap-major GEMM view (`masks.block_mask`), `block = (bo, bi)`
+    (default (8, 8)); run by the block-sparse kernels (`bsr`)."""
+
+    name, colour, option_fields = "block", "#ff7f0e", ("block",)
+    rule_ranks = {"gpu:gemm": 0, "gpu:conv3x3": 2, "gpu:other": 1}
+
+    def applies(self, layer: nn.Module, key: str) -> bool:
+        return _has_matrix_weight(layer) and is_gemm_layer(layer)
+
+    def normalise(self, options: dict[str, Any], ratio: float, where: str) -> dict[str, Any]:
+        raw = options.get("block")
+        block = (8, 8) if raw is None else raw
+        try:
+            block = (int(block[0]), int(block[1])) if len(block) == 2 else None
+        except (TypeError, ValueError):
+            block = None
+        if block not in BLOCK_SHAPES:
+            raise PolicyError(f"block must be one of {list(BLOCK_SHAPES)}{where}, got {raw!r}")
+        return {"block": block}
+
+    def template_options(self, unit: UnitLike) -> dict[str, Any]:
+        return {"block": choose_block(unit)}
+
+    def scan_options(self, unit: UnitLike) -> list[dict[str, Any]]:
+        # Large blocks run faster, small ones keep more accuracy: the two largest that fit.
+        return [{"block": b} for b in fitting_blocks(unit)[:2] or [choose_block(unit)]]
+
+    def label(self, up: PolicyEntry) -> str:
+        return f"block {up.block[0]}x{up.block[1]}"
+
+    def mask(self, weight: torch.Tensor, up: PolicyEntry) -> torch.Tensor:
+        return block_mask(weight, up.ratio, up.block)
+
+    def attach(self, layer: nn.Module, mask: torch.Tensor, up: PolicyEntry) -> None:
+        attach_mask(layer, mask, up.block)  # prune_block: the kernels' cue
+
+    def kernel_format(self, key: str) -> str | None:
+        return "bsr"
+
+
+class NMScheme(PruningScheme):
+    """N:M sparsity (`masks.nm_mask`): n of every m reduction entries kept, m in `NM_M_VALUES`
+    (default 4), n following the ratio (`ratio = 1 - n/m`); 2:4 runs as semi-structured
+    sparse Linear layers (`nm`). It keeps at least 1 of M."""
+
+    name, colour, max_ratio, option_fields = "nm", "#2ca02c", 0.875, ("n", "m")
+    rule_ranks = {"gpu:gemm": 1}
+
+    def keys(self) -> tuple[str, ...]:
+        return tuple(f"nm{m}" for m in NM_M_VALUES)
+
+    def key(self, up: PolicyEntry) -> str:
+        return f"nm{up.m or 4}"
+
+    def applies(self, layer: nn.Module, key: str) -> bool:
+        return (_has_matrix_weight(layer) and is_gemm_layer(layer)
+                and layer.weight[0].numel() % int(key[2:]) == 0)
+
+    def check_unit(self, unit: UnitLike, up: PolicyEntry) -> None:
+        if not unit.sparse_layers.get(self.key(up)):
+            raise PolicyError(f"N:M with m={up.m} does not apply to unit {unit.name!r}: no layer "
+                              "has a reduction size (in*kh*kw) that is a multiple of m; use m=4 "
+                              "or another scheme")
+
+    def normalise(self, options: dict[str, Any], ratio: float, where: str) -> dict[str, Any]:
+        m = 4 if options.get("m") is None else options["m"]
+        if m not in NM_M_VALUES:
+            raise PolicyError(f"m must be one of {NM_M_VALUES}{where}, got {options['m']!r}")
+        n = nm_from_ratio(ratio, m) if options.get("n") is None else options["n"]
+        if not isinstance(n, int) or not 1 <= n <= m:
+            raise PolicyError(f"n must be an integer in [1, {m}]{where}, got {options['n']!r}")
+        if abs(ratio - (1 - n / m)) > 1e-9:
+            raise PolicyError(f"ratio must equal 1 - n/m = {1 - n / m:g}{where} with "
+                              f"{n}:{m}, got {ratio:g}; set ratio to that value or drop n")
+        return {"n": n, "m": m}
+
+    def with_ratio(self, options: dict[str, Any], ratio: float) -> dict[str, Any]:
+        m = options.get("m") or 4
+        return {"n": nm_from_ratio(ratio, m), "m": m}
+
+    def snap_ratio(self, ratio: float, options: dict[str, Any]) -> float:
+        m = options.get("m") or 4
+        return 1.0 - nm_from_ratio(ratio, m) / m
+
+    def template_options(self, unit: UnitLike) -> dict[str, Any]:
+        return {"m": 4 if unit.sparse_layers.get("nm4") else 8}
+
+    def label(self, up: PolicyEntry) -> str:
+        return f"nm m{up.m}"
+
+    def prunes(self, up: PolicyEntry) -> bool:
+        return up.ratio > 0 and up.n != up.m
+
+    def mask(self, weight: torch.Tensor, up: PolicyEntry) -> torch.Tensor:
+        return nm_mask(weight, up.n, up.m)
+
+    def input_multiple(self, key: str) -> int:
+        return int(key[2:])
+
+    def kernel_format(self, key: str) -> str | None:
+        return "nm" if key == "nm4" else None  # only 2:4 has a semi-structured kernel
+
+
+class UnstructuredScheme(PruningScheme):
+    """Magnitude pruning of single weights (`masks.unstructured_mask`), any conv or linear."""
+
+    name, colour = "unstructured", "#d62728"
+    rule_ranks = {"gpu:gemm": 3, "gpu:conv3x3": 3, "gpu:other": 2, "cpu:conv3x3": 2,
+                  "cpu:gemm": 1, "cpu:other": 1}
+
+    def applies(self, layer: nn.Module, key: str) -> bool:
+        return _has_matrix_weight(layer) and isinstance(layer, (nn.Linear,
+                                                                nn.modules.conv._ConvNd))
+
+    def mask(self, weight: torch.Tensor, up: PolicyEntry) -> torch.Tensor:
+        return unstructured_mask(weight, up.ratio)
+
+
+class PatternScheme(PruningScheme):
+    """3x3 kernel patterns with connectivity pruning (`masks.pattern_mask`), `pattern` in
+    `PATTERN_KINDS` (default `patdnn`); dense 3x3 convolutions only."""
+
+    name, colour, option_fields = "pattern", "#9467bd", ("pattern",)
+    rule_ranks = {"gpu:conv3x3": 1, "cpu:conv3x3": 0}
+
+    def applies(self, layer: nn.Module, key: str) -> bool:
+        return (_has_matrix_weight(layer) and isinstance(layer, nn.Conv2d)
+                and layer.groups == 1 and tuple(layer.kernel_size) == (3, 3))
+
+    def normalise(self, options: dict[str, Any], ratio: float, where: str) -> dict[str, Any]:
+        raw = options.get("pattern")
+        pattern = "patdnn" if raw is None else raw
+        if pattern not in PATTERN_KINDS:
+            raise PolicyError(f"pattern must be one of {', '.join(PATTERN_KINDS)}{where}, "
+                              f"got {raw!r}")
+        return {"pattern": pattern}
+
+    def template_options(self, unit: UnitLike) -> dict[str, Any]:
+        return {"pattern": "patdnn"}
+
+    def mask(self, weight: torch.Tensor, up: PolicyEntry) -> torch.Tensor:
+        return pattern_mask(weight, up.ratio, up.pattern)
+
+
+# ---- the registry ----------------------------------------------------------------------------
+_REGISTRY: dict[str, PruningScheme] = {}
+
+
+def register_scheme(scheme: PruningScheme) -> PruningScheme:
+    """Add `scheme` under its `name` (a later one of the same name replaces it)."""
+    if not isinstance(scheme, PruningScheme) or not isinstance(scheme.name, str) \
+            or not scheme.name:
+        raise PolicyError(f"{scheme!r} is not a pruning scheme: subclass "
+                          "prunetune.search_spaces.PruningScheme and give it a name")
+    bad = sorted(set(scheme.option_fields) - set(OPTION_FIELDS))
+    if bad:
+        raise PolicyError(f"scheme {scheme.name!r} names option fields {bad}; a policy entry "
+                          f"has only {list(OPTION_FIELDS)}")
+    _REGISTRY[scheme.name] = scheme
+    return scheme
+
+
+def _import_scheme(path: str) -> PruningScheme:
+    """The scheme `package.module:attr` names (a class is instantiated), registered under
+    that path: its policies name it so, and load wherever the module imports."""
+    module_name, _, attr = path.partition(":")
+    try:
+        found = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise PolicyError(f"pruning scheme {path!r} cannot be imported ({err}); check the "
+                          "module path and attribute name") from None
+    is_class = isinstance(found, type) and issubclass(found, PruningScheme)
+    if not (is_class or isinstance(found, PruningScheme)):
+        raise PolicyError(f"{path!r} is not a pruning scheme (subclass "
+                          "prunetune.search_spaces.PruningScheme)")
+    scheme = found() if is_class else copy.copy(found)
+    scheme.title = scheme.title or scheme.name or attr
+    scheme.name = path
+    return register_scheme(scheme)
+
+
+def get_scheme(name: str | PruningScheme) -> PruningScheme:
+    """The scheme registered as `name`, or the one `package.module:attr` names (imported and
+    registered under that path on first use). A scheme object passes through. PolicyError
+    naming the choices for anything else."""
+    if isinstance(name, PruningScheme):
+        return name
+    if isinstance(name, str) and name in _REGISTRY:
+        return _REGISTRY[name]
+    module_name, _, attr = name.partition(":") if isinstance(name, str) else ("", "", "")
+    if not (module_name and attr):
+        raise PolicyError(f"unknown scheme {name!r}; use one of {', '.join(_REGISTRY)} or "
+                          "'package.module:attr' (your own PruningScheme subclass)")
+    return _import_scheme(name)
+
+
+def scheme_names() -> tuple[str, ...]:
+    """The registered schemes' names, built-ins first."""
+    return tuple(_REGISTRY)
+
+
+def sparse_keys() -> tuple[str, ...]:
+    """The rows of the applicability table: every registered mask scheme's `keys`."""
+    return tuple(k for s in _REGISTRY.values() for k in s.keys())
+
+
+def key_scheme(key: str) -> PruningScheme:
+    """The registered scheme whose row of the applicability table `key` is."""
+    for scheme in _REGISTRY.values():
+        if key in scheme.keys():
+            return scheme
+    raise PolicyError(f"no registered scheme has the applicability row {key!r}; rows are "
+                      f"{list(sparse_keys())}")
+
+
+def sparse_key(scheme: str, m: int | None = None) -> str:
+    """Row of the applicability table for a mask scheme (`nm` is split by its M)."""
+    return f"nm{m or 4}" if scheme == "nm" else scheme
 
 
 def layer_applies(layer: nn.Module, scheme: str, *, m: int = 4) -> bool:
-    """Whether a sparse `scheme` can prune this one layer (`m` is N:M's group size)."""
-    weight = getattr(layer, "weight", None)
-    if not isinstance(weight, torch.Tensor) or weight.dim() < 2:
-        return False
-    if scheme == "unstructured":
-        return isinstance(layer, (nn.Linear, nn.modules.conv._ConvNd))
-    if scheme == "block":
-        return _is_gemm_layer(layer)
-    if scheme == "nm":
-        return _is_gemm_layer(layer) and weight[0].numel() % m == 0
-    if scheme == "pattern":
-        return (isinstance(layer, nn.Conv2d) and layer.groups == 1
-                and tuple(layer.kernel_size) == (3, 3))
-    return False
+    """Whether a mask `scheme` can prune this one layer (`m` is N:M's group size)."""
+    found = get_scheme(scheme)
+    return not found.structural and found.applies(layer, sparse_key(found.name, m))
 
 
-def base_pattern_sparsity(kind: str) -> float:
-    """Fraction of a 3x3 kernel that one pattern of `kind` removes (5/9 for PatDNN's 4 of 9)."""
-    return 1.0 - len(_PATTERNS[kind][0]) / 9.0
+class _Names(Sequence[str]):
+    """The registered names as a live, read-only sequence (`SCHEMES`): `name in SCHEMES` is
+    also true of a `package.module:attr` that imports as a scheme."""
 
+    def __init__(self, sparse: bool) -> None:
+        self._sparse = sparse
 
-def _at_least(count: float) -> int:
-    """The whole count that is not below `count` (float noise of 1e-9 aside): what a mask
-    prunes so that its density never exceeds the one a budget counted."""
-    return max(0, math.ceil(count - 1e-9))
+    def _names(self) -> tuple[str, ...]:
+        return tuple(n for n, s in _REGISTRY.items() if not (self._sparse and s.structural))
 
+    def __getitem__(self, index: Any) -> Any:
+        return self._names()[index]
 
-# Masks are computed a slice at a time, so that no temporary of the whole weight's size exists
-# beside the mask itself: a 102.8M-weight VGG classifier layer would otherwise need ~2 GB of
-# sort buffers (int64 indices alone are twice the float32 weight). A slice is at least
-# _MIN_SLICE entries and at most 1/_MAX_SLICES of the tensor: a few dozen torch calls per
-# tensor (each call costs a thread-pool round trip, slow on a loaded machine) and slices whose
-# temporaries stay a small share of the weight.
-_MIN_SLICE = 1 << 20
-_MAX_SLICES = 64
+    def __len__(self) -> int:
+        return len(self._names())
 
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
 
-def _one_thread(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-    """Run `fn` with torch on one thread (restored after). A mask is a few dozen memory-bound
-    calls per slice; with a thread pool each call waits for every thread, and on a loaded
-    machine that wait dominated: block masks of a 102.8M-weight layer took 4.7 s on 2 threads
-    and 0.9 s on 1 (benchmarks/mask_memory.py)."""
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> torch.Tensor:
-        threads = torch.get_num_threads()
-        if threads == 1:
-            return fn(*args, **kwargs)
-        torch.set_num_threads(1)
+    def __contains__(self, name: object) -> bool:
         try:
-            return fn(*args, **kwargs)
-        finally:
-            torch.set_num_threads(threads)
-    return wrapper
+            found = get_scheme(name)  # type: ignore[arg-type]
+        except PolicyError:
+            return False
+        return not (self._sparse and found.structural)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and tuple(self) == tuple(other)
+
+    def __hash__(self) -> int:
+        return hash(self._names())
+
+    def __repr__(self) -> str:
+        return repr(self._names())
 
 
-def _slice_len(n: int) -> int:
-    return max(_MIN_SLICE, -(-n // _MAX_SLICES))
+class _MaxRatio(Mapping[str, float]):
+    """`MAX_RATIO[name]`: the scheme's `max_ratio`, live."""
+
+    def __getitem__(self, name: str) -> float:
+        try:
+            return get_scheme(name).max_ratio
+        except PolicyError:
+            raise KeyError(name) from None
+
+    def __len__(self) -> int:
+        return len(_REGISTRY)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(tuple(_REGISTRY))
 
 
-def _slices(n: int, multiple: int = 1, entries_per_item: int = 1) -> list[tuple[int, int]]:
-    """(start, stop) of the slices of `range(n)`, items of `entries_per_item` weight entries
-    each (9 for a 3x3 kernel); each length a multiple of `multiple`."""
-    size = max(1, _slice_len(n * entries_per_item) // entries_per_item)
-    size = max(multiple, size - size % multiple)
-    return [(i, min(i + size, n)) for i in range(0, n, size)]
+SCHEMES: Sequence[str] = _Names(sparse=False)
+SPARSE_SCHEMES: Sequence[str] = _Names(sparse=True)
+MAX_RATIO: Mapping[str, float] = _MaxRatio()
 
-
-def _below_and_tied(scores: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scores < threshold, scores == threshold), with NaN the largest value (as torch.sort and
-    numpy's partition order it): below a NaN threshold is every number, tied with it every NaN."""
-    if math.isnan(threshold):
-        tied = torch.isnan(scores)
-        return ~tied, tied
-    return scores < threshold, scores == threshold
-
-
-def _lowest_threshold(buffer: np.ndarray, k: int) -> tuple[float, int]:
-    """(t, r) for the `k` (>= 1) lowest of the float32 `buffer`: `t` is the k-th lowest value and
-    `r` how many of the values equal to `t` are among the k lowest. A stable ascending sort
-    prunes exactly the values below `t` and the first `r` (by index) values equal to `t`.
-
-    Selection, not a sort: `buffer` is partitioned in place (its order is lost), which needs no
-    index array and no second copy."""
-    buffer.partition(k - 1)
-    threshold = float(buffer[k - 1])
-    head = torch.from_numpy(buffer[:k])  # all <= t after the partition
-    below = sum(int(_below_and_tied(head[i:j], threshold)[0].sum()) for i, j in _slices(k))
-    return threshold, k - below
-
-
-def _write_keep(out: torch.Tensor, scores_at: Any, threshold: float, ties: int) -> None:
-    """Fill the flat `out` with 1 (kept) / 0 (pruned): pruned are the scores below `threshold`
-    and the first `ties` scores equal to it. `scores_at(i, j)` gives scores[i:j] as float32."""
-    for i, j in _slices(out.numel()):
-        pruned, tied = _below_and_tied(scores_at(i, j), threshold)
-        if ties > 0 and bool(tied.any()):
-            tie_rank = torch.cumsum(tied, 0)
-            pruned |= tied & (tie_rank <= ties)
-            ties -= int(tie_rank[-1])
-        out[i:j] = ~pruned
-
-
-def _prune_lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Boolean keep-vector: all True except the `k` lowest scores (ties: earlier index first,
-    as a stable sort orders them; NaN the largest)."""
-    flat = scores.detach().reshape(-1).float().cpu()
-    keep = torch.ones(flat.numel(), dtype=torch.bool)
-    k = min(k, flat.numel())
-    if k > 0:
-        threshold, ties = _lowest_threshold(flat.numpy().copy(), k)
-        _write_keep(keep, lambda i, j: flat[i:j], threshold, ties)
-    return keep
-
-
-@torch.no_grad()
-@_one_thread
-def unstructured_mask(weight: torch.Tensor, ratio: float) -> torch.Tensor:
-    """Magnitude pruning of `ceil(ratio * numel)` entries (never fewer than the ratio asks, so
-    the density never exceeds the `1 - ratio` a budget counts); mask shape = weight shape.
-    Ties: the earlier entry (row-major) is pruned first.
-
-    Peak extra memory is one float32 copy of the weight, which becomes the mask."""
-    flat = weight.detach().reshape(-1)
-    n = flat.numel()
-    k = min(_at_least(ratio * n), n)
-    if k == 0:
-        return torch.ones(weight.shape, dtype=weight.dtype)
-
-    def magnitudes(i: int, j: int) -> torch.Tensor:
-        return flat[i:j].abs().float().cpu()
-
-    buffer = torch.empty(n, dtype=torch.float32)
-    for i, j in _slices(n):
-        buffer[i:j] = magnitudes(i, j)
-    threshold, ties = _lowest_threshold(buffer.numpy(), k)
-    _write_keep(buffer, magnitudes, threshold, ties)  # the buffer becomes the mask
-    return buffer.view(weight.shape).to(weight.dtype)
-
-
-def _gemm_rows(weight: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-    """Rows `start:stop` of `gemm_view(weight)` (a copy of those rows only)."""
-    return gemm_view(weight[start:stop])
-
-
-@torch.no_grad()
-@_one_thread
-def block_mask(weight: torch.Tensor, ratio: float, block: tuple[int, int]) -> torch.Tensor:
-    """Block sparsity on the tap-major GEMM view `(out, kh*kw*in)` (`gemm_view`) with blocks
-    of `block = (bo, bi)`.
-
-    Blocks are ranked by their L2 norm. Edge blocks of a shape that `block` does not divide are
-    partial; blocks are pruned lowest-norm first (ties: the earlier block in row-major block
-    order) until at least `ratio * numel` elements are, so the density never exceeds
-    `1 - ratio` (the cost a budget counts) with partial blocks. Norms are computed and the mask
-    written a band of block rows at a time: only the per-block arrays span the whole weight.
-    """
-    bo, bi = block
-    weight = weight.detach()
-    rows = weight.shape[0]
-    cols = weight[0].numel()
-    nbo, nbi = math.ceil(rows / bo), math.ceil(cols / bi)
-    band = max(1, _slice_len(weight.numel()) // (bo * nbi * bi))  # block rows per slice
-    norms = torch.empty(nbo, nbi)
-    for b in range(0, nbo, band):
-        r0, r1 = b * bo, min(rows, (b + band) * bo)
-        part = _gemm_rows(weight, r0, r1).float().cpu().pow(2)
-        padded = torch.nn.functional.pad(part, (0, nbi * bi - cols, 0, (r1 - r0) % bo and
-                                                bo - (r1 - r0) % bo))
-        norms[b:b + band] = padded.view(-1, bo, nbi, bi).sum((1, 3)).sqrt()
-    row_sizes = torch.full((nbo,), float(bo))
-    row_sizes[-1] = rows - (nbo - 1) * bo
-    col_sizes = torch.full((nbi,), float(bi))
-    col_sizes[-1] = cols - (nbi - 1) * bi
-    counts = torch.outer(row_sizes, col_sizes).flatten()
-    norms = norms.flatten()
-    target = ratio * rows * cols
-    order = torch.argsort(norms, stable=True)
-    cum = torch.cumsum(counts[order], 0)
-    # The fewest blocks whose elements reach the target (1e-9: float noise of ratio * numel).
-    n_pruned = 0 if target <= 0 else min(int(torch.searchsorted(cum, target - 1e-9).item()) + 1,
-                                          len(cum))
-    keep = torch.ones(norms.numel(), dtype=weight.dtype)
-    keep[order[:n_pruned]] = 0
-    keep = keep.view(nbo, nbi)
-    del order, cum, counts, norms
-    mask = torch.empty(weight.shape, dtype=weight.dtype)
-    mask_rows = gemm_view_of(mask)  # a view: writing it writes the mask
-    for b in range(0, nbo, band):
-        r0, r1 = b * bo, min(rows, (b + band) * bo)
-        full = keep[b:b + band].repeat_interleave(bo, 0).repeat_interleave(bi, 1)
-        mask_rows[r0:r1] = full[:r1 - r0, :cols].reshape(mask_rows[r0:r1].shape)
-    return mask
-
-
-def gemm_view(weight: torch.Tensor) -> torch.Tensor:
-    """A weight as the `(out, kh*kw*in)` matrix the block-sparse kernels multiply: for a k x k
-    convolution the reduction runs tap by tap over the input channels (a block then covers
-    channels of one tap, which the implicit-GEMM kernel can skip); Linear and 1 x 1 weights
-    are `weight.flatten(1)`."""
-    if weight.dim() == 4:
-        return weight.permute(0, 2, 3, 1).flatten(1)
-    return weight.flatten(1)
-
-
-def gemm_view_of(weight: torch.Tensor) -> torch.Tensor:
-    """`gemm_view(weight)` as a view, not a copy, with the reduction split into its
-    `(kh, kw, in)` axes for a convolution: writing it writes `weight`."""
-    return weight.permute(0, 2, 3, 1) if weight.dim() == 4 else weight.flatten(1)
-
-
-def from_gemm_view(matrix: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
-    """The inverse of `gemm_view` for a weight of `shape`."""
-    if len(shape) == 4:
-        out, cin, kh, kw = shape
-        return matrix.reshape(out, kh, kw, cin).permute(0, 3, 1, 2).contiguous()
-    return matrix.reshape(shape)
-
-
-def nm_from_ratio(ratio: float, m: int) -> int:
-    """N of an N:M pattern whose pruned fraction `1 - n/m` is nearest `ratio` (1 <= n <= m)."""
-    return max(1, min(m, round((1.0 - ratio) * m)))
-
-
-@torch.no_grad()
-@_one_thread
-def nm_mask(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
-    """N:M sparsity: in every run of `m` consecutive reduction entries of the GEMM view keep the
-    `n` largest magnitudes (ties: the earlier entry is kept). The reduction dimension
-    `in*kh*kw` must be a multiple of `m`. Runs are ranked a slice at a time."""
-    weight = weight.detach()
-    reduction = weight[0].numel() if weight.dim() else 0
-    if reduction % m:
-        raise PolicyError(f"N:M needs the reduction size in*kh*kw = {reduction} to be a multiple "
-                          f"of m = {m}; use m in {NM_M_VALUES} that divides it, or another scheme")
-    flat = weight.reshape(-1)
-    mask = torch.zeros(flat.numel(), dtype=weight.dtype)
-    for i, j in _slices(flat.numel(), m):
-        runs = flat[i:j].float().abs().cpu().view(-1, m)
-        # Rank within each run: a stable descending sort keeps earlier entries on ties.
-        order = torch.argsort(-runs, dim=1, stable=True)
-        mask[i:j].view(-1, m).scatter_(1, order[:, :n], 1)
-    return mask.view(weight.shape)
-
-
-@torch.no_grad()
-@_one_thread
-def pattern_mask(weight: torch.Tensor, ratio: float, kind: str = "patdnn") -> torch.Tensor:
-    """Kernel-pattern pruning of a 3x3 convolution with connectivity pruning.
-
-    weight: `(out, in, 3, 3)`. Each kernel gets the pattern of `kind` that keeps most of its L2
-    norm. A pattern alone removes a fixed share `s` of a kernel (5/9 for `patdnn`, 3/9 for `row`
-    / `col`). For `ratio <= s` only the kernels that lose least get a pattern (the others stay
-    dense); above `s` every kernel is patterned and whole kernels are removed, weakest first
-    (connectivity pruning), so that the pruned fraction is `ratio` in both cases (at least
-    `ratio`: counts of kernels are rounded up).
-    """
-    patterns = _PATTERNS[kind]
-    out_c, in_c = weight.shape[:2]
-    n_kernels = out_c * in_c
-    kernels = weight.detach().reshape(n_kernels, 9)
-    pat = torch.zeros(len(patterns), 9)
-    for i, p in enumerate(patterns):
-        pat[i, list(p)] = 1.0
-    s = base_pattern_sparsity(kind)
-    # Per kernel: its best pattern (first best on ties) and the score that ranks it: the energy
-    # the pattern loses (ratio <= s), or the energy it keeps (connectivity pruning).
-    best = torch.empty(n_kernels, dtype=torch.uint8)
-    score = torch.empty(n_kernels)
-    for i, j in _slices(n_kernels, entries_per_item=9):
-        energy = kernels[i:j].float().cpu().pow(2)
-        best_energy, best_pattern = (energy @ pat.T).max(1)
-        best[i:j] = best_pattern
-        score[i:j] = energy.sum(1) - best_energy if ratio <= s else best_energy
-    if ratio <= s:
-        n_pruned = min(n_kernels, _at_least(ratio / s * n_kernels))  # kernels patterned
-    else:
-        n_pruned = min(n_kernels, _at_least((1.0 - (1.0 - ratio) / (1.0 - s)) * n_kernels))
-    keep = _prune_lowest(score, n_pruned)  # True: kernel dense (ratio <= s) / alive (above)
-    del score
-    mask = torch.empty(n_kernels, 9, dtype=weight.dtype)
-    for i, j in _slices(n_kernels, entries_per_item=9):
-        part = pat[best[i:j].long()]
-        if ratio <= s:
-            part[keep[i:j]] = 1.0
-        else:
-            part[~keep[i:j]] = 0.0
-        mask[i:j] = part
-    return mask.view(weight.shape)
-
-
-@torch.no_grad()
-def attach_mask(layer: nn.Module, mask: torch.Tensor,
-                block: tuple[int, int] | None = None) -> None:
-    """Store `mask` as the `weight_mask` buffer, zero the pruned weights and, for block
-    sparsity, record `prune_block = (bo, bi)` (the contract with `kernels`)."""
-    if mask.shape != layer.weight.shape:
-        raise PolicyError(f"mask shape {tuple(mask.shape)} does not match weight shape "
-                          f"{tuple(layer.weight.shape)}")
-    mask = mask.to(device=layer.weight.device, dtype=layer.weight.dtype)
-    if "weight_mask" in layer._buffers:
-        mask = mask * layer.weight_mask
-        layer.weight_mask = mask
-    else:
-        layer.register_buffer("weight_mask", mask)
-    layer.weight.mul_(mask)
-    if block is not None:
-        layer.prune_block = (int(block[0]), int(block[1]))
-
-
-@torch.no_grad()
-def enforce_masks(model: nn.Module) -> None:
-    """Re-zero every masked weight; call after each optimiser step (momentum and weight decay
-    would otherwise bring pruned weights back)."""
-    for module in model.modules():
-        mask = module._buffers.get("weight_mask")
-        if mask is not None:
-            module.weight.mul_(mask)
-
-
-def block_sparse_weight(layer: nn.Module) -> torch.Tensor:
-    """The block-pruned layer's GEMM view `(out, kh*kw*in)` (`gemm_view`) as a torch BSR
-    tensor with blocksize `layer.prune_block`. Both dimensions must be multiples of the block
-    shape."""
-    block = getattr(layer, "prune_block", None)
-    if block is None:
-        raise PolicyError("layer has no prune_block: only block-pruned layers convert to BSR")
-    w2 = gemm_view(layer.weight.detach())
-    if w2.shape[0] % block[0] or w2.shape[1] % block[1]:
-        raise PolicyError(f"GEMM view {tuple(w2.shape)} is not a multiple of block {block}; "
-                          "choose a block shape that divides it (see map_schemes)")
-    with warnings.catch_warnings():  # "BSR support is in beta": known, and not the caller's
-        warnings.simplefilter("ignore", UserWarning)
-        return w2.to_sparse_bsr(tuple(block))
+for _builtin in (ChannelScheme(), BlockScheme(), NMScheme(), UnstructuredScheme(),
+                 PatternScheme()):
+    register_scheme(_builtin)

@@ -12,8 +12,8 @@ import sys
 import pytest
 import torch
 
-from prunetune.search_spaces import schemes
-from prunetune.search_spaces.schemes import (
+from prunetune.search_spaces import masks
+from prunetune.search_spaces.masks import (
     _PATTERNS,
     base_pattern_sparsity,
     block_mask,
@@ -99,7 +99,7 @@ RATIOS = (0.0, 0.1, 0.3, 0.5, 0.56, 0.7, 0.99)
 @pytest.mark.parametrize("min_slice", [None, 1000])
 def test_masks_equal_the_stable_sort_definition_on_every_scheme(min_slice, monkeypatch):
     if min_slice is not None:  # many slices per tensor: every slice boundary is exercised
-        monkeypatch.setattr(schemes, "_MIN_SLICE", min_slice)
+        monkeypatch.setattr(masks, "_MIN_SLICE", min_slice)
     checked = 0
     for w in _weights():
         for r in RATIOS:
