@@ -210,3 +210,33 @@ def test_a_model_the_task_cannot_score_is_refused_before_training() -> None:
     with pytest.raises(ModelMismatchError) as err:
         check_dense_inputs(ModelConfig(name="tests.toy_task:toy_mlp"), DataConfig(task=PAIR))
     assert "does not take" in str(err.value)
+
+
+def test_a_search_on_the_toy_task_reports_its_metric(local_ray, tmp_path: Path) -> None:
+    """A whole search (real Ray trials, real MLflow store) on the toy task: the config names
+    it, nothing else changes; the dense baseline and every trial are scored by its metric."""
+    from mlflow.tracking import MlflowClient
+
+    from prunetune.orchestrator.config import load_config
+    from prunetune.orchestrator.driver import run_search
+    from prunetune.orchestrator.results import find_search, search_trials
+
+    from .search_helpers import write_config
+
+    cfg = load_config(write_config(
+        tmp_path, "it-toy-task", model={"name": "tests.toy_task:toy_mlp"},
+        data={"task": TOY}, pretrain={"epochs": 6, "lr": 0.05, "weight_decay": 0.0},
+        space={"groups": 2}, search={"trials": 2}))
+    summary = run_search(cfg, progress=False)
+    assert summary.trials_finished == 2
+    client = MlflowClient(cfg.tracking_uri())
+    trials = search_trials(client, find_search(client, "prunetune", "it-toy-task"))
+    data = load_data(cfg.data)
+    dense = pretrain_dense(cfg.model, cfg.data, cfg.pretrain, progress=False)  # cached
+    assert dense.cached
+    dense_share = _by_hand(dense.model, data.val)[0]
+    for t in trials:
+        # accuracy is a share of the 256 val samples within tolerance, the drop from the dense
+        # model's own share (never argmax accuracy on regression outputs)
+        assert (t.metrics["accuracy"] * 256) == pytest.approx(round(t.metrics["accuracy"] * 256))
+        assert t.metrics["accuracy_drop"] == pytest.approx(dense_share - t.metrics["accuracy"])
