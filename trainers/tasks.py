@@ -16,7 +16,6 @@ package (a `Task` object, or a class instantiated with no arguments), as
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
@@ -28,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.dataloader import default_collate
 
 from prunetune.errors import ConfigError
+from prunetune.registry import Registry
 
 from .settings import DataConfig, TrainConfig
 
@@ -262,52 +262,27 @@ class TaskBase:
         return f"<task {self.name}>"
 
 
-_TASKS: dict[str, Task] = {}
-_IMPORTED: dict[str, Task] = {}  # "package.module:attr" -> its task, built once per process
+_TASKS: Registry[Task] = Registry("task", Task, ConfigError, field="data.task",
+                                  base="prunetune.trainers.tasks.TaskBase")
 
 
 def register_task(task: Task) -> Task:
     """Add `task` under its `name` (a later one of the same name replaces it)."""
-    if not isinstance(task, Task):
-        raise ConfigError(f"{task!r} is not a task: it lacks part of "
-                          "prunetune.trainers.tasks.Task (subclass TaskBase)")
-    _TASKS[task.name] = task
-    return task
+    return _TASKS.register(task)
 
 
 def task_names() -> Sequence[str]:
     """The registered tasks' names."""
-    return tuple(_TASKS)
+    return _TASKS.names()
 
 
 def get_task(name: str | Task) -> Task:
     """The task registered as `name`, or the object `package.module:attr` names (a class is
-    instantiated); a task object passes through. An unknown name is a `ConfigError` naming
-    `data.task`, raised in seconds (a search checks it before it creates anything)."""
-    if not isinstance(name, str):
-        return name
-    if name in _TASKS:
-        return _TASKS[name]
-    if name in _IMPORTED:
-        return _IMPORTED[name]
-    if ":" not in name:
-        # The built-in task is registered by trainers.data (it owns the image datasets); the
-        # package's get_task imports it first.
-        hint = ("" if _TASKS else "; no task is registered yet: use "
-                "prunetune.trainers.get_task, which registers the built-in ones")
-        raise ConfigError(f"data.task must be one of {sorted(_TASKS)} or "
-                          f"'package.module:attr' naming a Task, got {name!r}{hint}")
-    module_name, _, attr = name.partition(":")
-    try:
-        found = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
-        raise ConfigError(f"data.task {name!r} cannot be imported ({err}); check the module "
-                          "path (importable from where prunetune runs) and the attribute "
-                          "name") from None
-    task = found() if isinstance(found, type) else found
-    if not isinstance(task, Task):
-        raise ConfigError(f"data.task {name!r} is not a task: subclass "
-                          "prunetune.trainers.tasks.TaskBase (or give every method of "
-                          "prunetune.trainers.tasks.Task)")
-    _IMPORTED[name] = task
-    return task
+    instantiated, once per process); a task object passes through. An unknown name is a
+    `ConfigError` naming `data.task`, raised in seconds (a search checks it before it creates
+    anything)."""
+    # The built-in task is registered by trainers.data (it owns the image datasets); the
+    # package's get_task imports it first.
+    hint = ("" if _TASKS.names() else "; no task is registered yet: use "
+            "prunetune.trainers.get_task, which registers the built-in ones")
+    return _TASKS.get(name, hint)

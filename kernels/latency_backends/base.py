@@ -14,7 +14,6 @@ backend outside this package (the module registers nothing then; the attribute i
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -23,6 +22,7 @@ import torch
 from torch import nn
 
 from prunetune.errors import LatencyBackendError, LatencyBackendUnavailableError
+from prunetune.registry import Registry
 
 __all__ = [
     "LatencyBackend",
@@ -116,21 +116,19 @@ class LatencyBackendBase:
         return f"<latency backend {self.name}>"
 
 
-_BACKENDS: dict[str, LatencyBackend] = {}
+_BACKENDS: Registry[LatencyBackend] = Registry(
+    "latency backend", LatencyBackend, LatencyBackendError, field="latency backend",
+    base="prunetune.kernels.latency_backends.LatencyBackendBase")
 
 
 def register_backend(backend: LatencyBackend) -> LatencyBackend:
     """Add `backend` under its `name` (a later one of the same name replaces it)."""
-    if not isinstance(backend, LatencyBackend):
-        raise LatencyBackendError(f"{backend!r} is not a latency backend: it lacks part of "
-                                  "LatencyBackend (subclass LatencyBackendBase)")
-    _BACKENDS[backend.name] = backend
-    return backend
+    return _BACKENDS.register(backend)
 
 
 def backend_names() -> Sequence[str]:
     """The registered backends' names."""
-    return tuple(_BACKENDS)
+    return _BACKENDS.names()
 
 
 def timing_device(backend: str | LatencyBackend, requested: str,
@@ -146,22 +144,5 @@ def timing_device(backend: str | LatencyBackend, requested: str,
 
 def get_backend(name: str | LatencyBackend) -> LatencyBackend:
     """The backend registered as `name`, or the object `package.module:attr` names (a class
-    is instantiated). A backend object passes through."""
-    if not isinstance(name, str):
-        return name
-    if name in _BACKENDS:
-        return _BACKENDS[name]
-    if ":" not in name:
-        raise LatencyBackendError(f"latency backend must be one of {sorted(_BACKENDS)} or "
-                                  f"'package.module:attr', got {name!r}")
-    module_name, _, attr = name.partition(":")
-    try:
-        found = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
-        raise LatencyBackendError(f"latency backend {name!r} cannot be imported ({err}); "
-                                  "check the module path and attribute name") from None
-    backend = found() if isinstance(found, type) else found
-    if not isinstance(backend, LatencyBackend):
-        raise LatencyBackendError(f"{name!r} is not a latency backend (subclass "
-                                  "prunetune.kernels.latency_backends.LatencyBackendBase)")
-    return backend
+    is instantiated, once per process). A backend object passes through."""
+    return _BACKENDS.get(name)
