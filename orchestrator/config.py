@@ -152,6 +152,11 @@ class SearchConfig(_Section):
     # starts from the searcher's own points. Channel units only; others stay dense in them.
     start_from: list[Literal["uniform", "tp-magnitude", "tp-bn-scale", "tp-taylor"]] = Field(
         default_factory=lambda: ["uniform", "tp-magnitude", "tp-bn-scale"])
+    # Earlier searches (names in this MLflow store; one name or a list) this search learns
+    # from: their finished first-stage trials become bo's prior observations (mapped into
+    # this space, so another budget or depth of the model works), rl transfers the agent one
+    # of them kept, and no searcher re-runs a start policy they ran. [] starts from scratch.
+    warm_start: list[str] = Field(default_factory=list)
     # Trials of the first stage: with `finetune.epochs: 0` (the default) each scores a policy
     # by its accuracy after BatchNorm calibration alone, in seconds.
     trials: int = Field(100, ge=1)
@@ -174,6 +179,20 @@ class SearchConfig(_Section):
     # The table's file for latency "table" (grown and saved by the search); None:
     # <workdir>/latency_table.json.
     latency_table: str | None = None
+
+    @field_validator("warm_start", mode="before")
+    @classmethod
+    def _one_or_more_searches(cls, value: Any) -> Any:
+        # `warm_start: resnet20-keep50` reads as a list of one.
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("warm_start")
+    @classmethod
+    def _check_warm_start(cls, value: list[str]) -> list[str]:
+        if any(not name.strip() for name in value):
+            raise ConfigError("search names must not be empty; give the names of earlier "
+                              "searches in this MLflow store (prunetune results NAME shows one)")
+        return value
 
 
 # The latency backends prunetune ships (prunetune.kernels.latency_backends); any other
