@@ -16,7 +16,6 @@ The masks themselves are computed in `masks.py` (re-exported here).
 from __future__ import annotations
 
 import copy
-import importlib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -24,6 +23,7 @@ import torch
 from torch import nn
 
 from prunetune.errors import PolicyError
+from prunetune.registry import Registry
 
 from .masks import (
     BLOCK_SHAPES,
@@ -368,9 +368,6 @@ class PatternScheme(PruningScheme):
 
 
 # ---- the registry ----------------------------------------------------------------------------
-_REGISTRY: dict[str, PruningScheme] = {}
-
-
 def register_scheme(scheme: PruningScheme) -> PruningScheme:
     """Add `scheme` under its `name` (a later one of the same name replaces it)."""
     if not isinstance(scheme, PruningScheme) or not isinstance(scheme.name, str) \
@@ -381,27 +378,21 @@ def register_scheme(scheme: PruningScheme) -> PruningScheme:
     if bad:
         raise PolicyError(f"scheme {scheme.name!r} names option fields {bad}; a policy entry "
                           f"has only {list(OPTION_FIELDS)}")
-    _REGISTRY[scheme.name] = scheme
-    return scheme
+    return _REGISTRY.register(scheme)
 
 
-def _import_scheme(path: str) -> PruningScheme:
-    """The scheme `package.module:attr` names (a class is instantiated), registered under
-    that path: its policies name it so, and load wherever the module imports."""
-    module_name, _, attr = path.partition(":")
-    try:
-        found = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
-        raise PolicyError(f"pruning scheme {path!r} cannot be imported ({err}); check the "
-                          "module path and attribute name") from None
-    is_class = isinstance(found, type) and issubclass(found, PruningScheme)
-    if not (is_class or isinstance(found, PruningScheme)):
-        raise PolicyError(f"{path!r} is not a pruning scheme (subclass "
-                          "prunetune.search_spaces.PruningScheme)")
-    scheme = found() if is_class else copy.copy(found)
-    scheme.title = scheme.title or scheme.name or attr
+def _adopt(found: PruningScheme, path: str) -> PruningScheme:
+    """An imported scheme, registered under its `package.module:attr`: its policies name it
+    so, and load wherever the module imports."""
+    scheme = copy.copy(found)
+    scheme.title = scheme.title or scheme.name or path.partition(":")[2]
     scheme.name = path
     return register_scheme(scheme)
+
+
+_REGISTRY: Registry[PruningScheme] = Registry(
+    "pruning scheme", PruningScheme, PolicyError, field="pruning scheme",
+    base="prunetune.search_spaces.PruningScheme", adopt=_adopt)
 
 
 def get_scheme(name: str | PruningScheme) -> PruningScheme:
@@ -410,13 +401,10 @@ def get_scheme(name: str | PruningScheme) -> PruningScheme:
     naming the choices for anything else."""
     if isinstance(name, PruningScheme):
         return name
-    if isinstance(name, str) and name in _REGISTRY:
-        return _REGISTRY[name]
-    module_name, _, attr = name.partition(":") if isinstance(name, str) else ("", "", "")
-    if not (module_name and attr):
-        raise PolicyError(f"unknown scheme {name!r}; use one of {', '.join(_REGISTRY)} or "
-                          "'package.module:attr' (your own PruningScheme subclass)")
-    return _import_scheme(name)
+    if isinstance(name, str) and (name in _REGISTRY or ":" in name.strip(":")):
+        return _REGISTRY.get(name)
+    raise PolicyError(f"unknown scheme {name!r}; use one of {', '.join(_REGISTRY)} or "
+                      "'package.module:attr' (your own PruningScheme subclass)")
 
 
 def scheme_names() -> tuple[str, ...]:
@@ -457,7 +445,7 @@ class _Names(Sequence[str]):
         self._sparse = sparse
 
     def _names(self) -> tuple[str, ...]:
-        return tuple(n for n, s in _REGISTRY.items() if not (self._sparse and s.structural))
+        return tuple(s.name for s in _REGISTRY.values() if not (self._sparse and s.structural))
 
     def __getitem__(self, index: Any) -> Any:
         return self._names()[index]

@@ -187,7 +187,7 @@ def test_unknown_schemes_are_refused_naming_the_choices() -> None:
 
 
 def test_a_scheme_registered_in_process_is_known_by_its_short_name(monkeypatch) -> None:
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry, "_REGISTRY", registry._REGISTRY.copy())
     stripes = StripeScheme()
     stripes.name = "stripes"
     register_scheme(stripes)
