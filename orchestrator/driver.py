@@ -32,6 +32,7 @@ from .stages import (
     stage_done,
     stage_tracker,
 )
+from .warm_start import SEARCHER_ARTIFACT, History, prior_trials, read_history
 
 if TYPE_CHECKING:
     from prunetune.search_spaces import SchemeScan
@@ -173,13 +174,12 @@ def _latest_experiment(storage: Path) -> str | None:
     return max(candidates, key=lambda p: p.stat().st_mtime).name if candidates else None
 
 
-SEARCHER_ARTIFACT = "searcher/state.json"
-
-
 def _log_searcher_state(tracker: Any, parent: str, experiment_dir: Path) -> None:
     """Keep the searcher's final state (Tune saved it with the experiment) with the search in
     MLflow, so a later search can warm-start from it by name (the RL searcher's transfer)."""
-    states = sorted(experiment_dir.glob("searcher-state-*"), key=lambda p: p.stat().st_mtime)
+    # Tune names each state file by when its run started (a resumed run writes a new one);
+    # by name, not by mtime: a resumed run's end re-syncs the old file too, a moment later.
+    states = sorted(experiment_dir.glob("searcher-state-*"), key=lambda p: p.name)
     if not states:
         return
     try:
@@ -193,32 +193,46 @@ def _log_searcher_state(tracker: Any, parent: str, experiment_dir: Path) -> None
 
 
 def _resolve_warm_start(cfg: PrunetuneConfig, workdir: Path,
-                        tracking_uri: str) -> dict[str, Any]:
-    """Searcher options with `warm_start` as a file: a path is kept, a search name is looked
-    up in MLflow and its saved searcher state downloaded."""
+                        tracking_uri: str) -> tuple[dict[str, Any], History]:
+    """The searcher's options with `searcher_options.warm_start` as a file (a path is kept, a
+    search name is looked up in MLflow and its saved searcher state downloaded), and what
+    `search.warm_start` names (`warm_start.read_history`). A searcher that transfers a saved
+    state (rl) takes the first one of its kind those searches kept unless its own option names
+    one; the trials are then not given to it as prior trials (the state holds them)."""
+    from .searchers import check_options
+
     options = dict(cfg.search.searcher_options)
     ref = options.get("warm_start")
-    if ref is None or Path(str(ref)).expanduser().exists():
-        return options
+    if ref is not None and not Path(str(ref)).expanduser().exists():
+        options["warm_start"] = _downloaded_state(cfg, workdir, tracking_uri, str(ref))
+    cls = check_options(cfg.search.searcher, options)
+    history = read_history(cfg, tracking_uri, workdir, cls)
+    if history.state is not None and "warm_start" not in options:
+        options["warm_start"] = history.state
+    if "warm_start" in options:
+        history.trials = []
+    return options, history
+
+
+def _downloaded_state(cfg: PrunetuneConfig, workdir: Path, tracking_uri: str, ref: str) -> str:
+    """The saved searcher state of search `ref`, downloaded into the workdir."""
     from mlflow import MlflowClient
 
     from .results import SearchNotFoundError, find_search
 
     client = MlflowClient(tracking_uri)
     try:
-        parent = find_search(client, cfg.tracking.experiment, str(ref))
+        parent = find_search(client, cfg.tracking.experiment, ref)
     except SearchNotFoundError as err:
         raise SearchError(f"searcher_options.warm_start {ref!r} is neither a file nor a search "
                           f"in {tracking_uri}: {err}") from err
     dest = workdir / "warm_start" / parent.info.run_id
     dest.mkdir(parents=True, exist_ok=True)
     try:
-        options["warm_start"] = client.download_artifacts(parent.info.run_id, SEARCHER_ARTIFACT,
-                                                          str(dest))
+        return client.download_artifacts(parent.info.run_id, SEARCHER_ARTIFACT, str(dest))
     except Exception as err:  # MLflow raises several types for a missing artifact
         raise SearchError(f"search {ref!r} has no saved searcher state ({SEARCHER_ARTIFACT}): "
                           f"it ran before searcher states were kept, or did not finish") from err
-    return options
 
 
 def _schemes_line(space: Any, mapping: str = "rules") -> str:
@@ -387,16 +401,18 @@ def run_search(cfg: PrunetuneConfig, *, resume: bool = False,
 def _run_locked(cfg: PrunetuneConfig, name: str, storage: Path, resume: bool,
                 progress: bool) -> SearchSummary:
     """`run_search` once the driver holds the search's lock."""
-    from .searchers import check_options
+    from ray import tune
 
     workdir = cfg.workdir_path()
     workdir.mkdir(parents=True, exist_ok=True)
     for line in stop_leftovers(workdir):  # what a killed driver's local Ray left running
         print(f"[search] {line}", flush=True)
-    # Before any training: a bad searcher, option or warm_start fails in seconds.
-    options = {} if resume else _resolve_warm_start(cfg, workdir, cfg.tracking_uri())
-    if not resume:
-        check_options(cfg.search.searcher, options)
+    # Before any training: a bad searcher, option or warm_start fails in seconds. A resumed
+    # first stage restores its searcher with what it learned (warm start included) from
+    # Tune's saved state; one that never started builds it again, warm start and all.
+    restored = resume and tune.Tuner.can_restore(str(storage / name))
+    options, history = ({}, History()) if restored else _resolve_warm_start(
+        cfg, workdir, cfg.tracking_uri())
 
     dense = _dense_baseline(cfg, progress)
     if progress and cfg.space.budget is not None and cfg.space.budget.kind == "latency":
@@ -413,9 +429,10 @@ def _run_locked(cfg: PrunetuneConfig, name: str, storage: Path, resume: bool,
               f"{cfg.search.searcher}; dense val accuracy {dense.val_accuracy:.4f}", flush=True)
         print(f"[search] {_schemes_line(space, cfg.space.mapping)}", flush=True)
         print(f"[search] {_latency_line(cfg, space)}", flush=True)
+    prior = _warm_start_line(cfg, history, space, options, progress)
     _init_ray(cfg, progress, workdir)
     table_actor = _hold_latency_actor(cfg, workdir)  # noqa: F841 (held until the search ends)
-    run = SearchRun(cfg, name, storage, workdir, dense, space, options, progress)
+    run = SearchRun(cfg, name, storage, workdir, dense, space, options, progress, prior=prior)
     # Writes a driver that ended during a tracking outage kept go in before anything is read.
     settle_tracking(run, stage_tracker(run, stages[0]))
     for index, stage in enumerate(stages):
@@ -426,6 +443,21 @@ def _run_locked(cfg: PrunetuneConfig, name: str, storage: Path, resume: bool,
             continue
         run_stage(run, stages, index, resume)
     return _summarise(run, stages)
+
+
+def _warm_start_line(cfg: PrunetuneConfig, history: History, space: Any,
+                     options: dict[str, Any], progress: bool) -> list[Any]:
+    """`search.warm_start`'s trials mapped into `space` (the searcher's prior trials), and
+    the line saying what the search takes from the earlier ones."""
+    prior, line = prior_trials(history, space)
+    if "warm_start" in options:
+        kept = (f"search {history.state_from} kept" if options["warm_start"] == history.state
+                else "searcher_options.warm_start names")
+        line = (f"warm start from {', '.join(history.searches)}: {cfg.search.searcher} "
+                f"transfers the searcher state {kept}, in place of their trials")
+    if progress and history.searches:
+        print(f"[search] {line}", flush=True)
+    return prior
 
 
 def _summarise(run: SearchRun, stages: list[Stage]) -> SearchSummary:

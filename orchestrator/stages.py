@@ -159,6 +159,8 @@ class SearchRun:
     progress: bool
     # One key for the dense model and data in the trial processes' caches, every stage.
     context_key: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # Earlier searches' trials for the first stage's searcher (`search.warm_start`).
+    prior: list[Any] = field(default_factory=list)
 
 
 def _trainable(run: SearchRun, stage: Stage) -> Any:
@@ -266,7 +268,7 @@ def _searcher(run: SearchRun) -> Any:
 
     return make_searcher(run.cfg.search.searcher, space=run.space, metric="accuracy",
                          mode="max", seed=run.cfg.seed, options=run.options,
-                         start_policies=start_policies(run))
+                         start_policies=start_policies(run), prior=run.prior)
 
 
 def start_policies(run: SearchRun) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from collections.abc import Sequence
 from typing import Any
 
 from prunetune.search_spaces import SearchSpace
@@ -19,6 +20,7 @@ from ._base import (
     SEARCHER_STATE_SCHEMA,
     Observation,
     PolicySearcher,
+    PriorTrial,
     SearcherError,
     StartPolicies,
     TrialOutcome,
@@ -26,9 +28,9 @@ from ._base import (
 from ._random import RandomSearcher, SameRatioSearcher
 
 __all__ = ["FINAL_KEY", "SEARCHERS", "SEARCHER_STATE_SCHEMA", "AcqSettings", "BOSearcher",
-           "GPSettings", "Observation", "PolicySearcher", "RLSearcher", "RandomSearcher",
-           "RollbackSchedule", "SameRatioSearcher", "SearcherError", "StartPolicies",
-           "TrialOutcome", "check_options", "make_searcher", "searcher_class"]
+           "GPSettings", "Observation", "PolicySearcher", "PriorTrial", "RLSearcher",
+           "RandomSearcher", "RollbackSchedule", "SameRatioSearcher", "SearcherError",
+           "StartPolicies", "TrialOutcome", "check_options", "make_searcher", "searcher_class"]
 
 # Config names (`search.searcher`) of the built-in searchers.
 SEARCHERS: dict[str, str] = {
@@ -84,12 +86,16 @@ def check_options(name: str, options: dict[str, Any] | None) -> type[PolicySearc
 
 def make_searcher(name: str, *, space: SearchSpace, metric: str, mode: str, seed: int,
                   options: dict[str, Any] | None = None,
-                  start_policies: StartPolicies | None = None) -> PolicySearcher:
+                  start_policies: StartPolicies | None = None,
+                  prior: Sequence[PriorTrial] | None = None) -> PolicySearcher:
     """Build a searcher by config name or `package.module:Class` (see `searcher_class`);
     `start_policies` go out first (`PolicySearcher.set_start_policies`, so a user's searcher
-    whose constructor does not take them gets them too)."""
+    whose constructor does not take them gets them too); `prior`: earlier searches' finished
+    trials to learn from (`PolicySearcher.set_prior`, `search.warm_start`)."""
     cls = check_options(name, options)
     searcher = cls(space=space, metric=metric, mode=mode, seed=seed, **(options or {}))
     if start_policies:
         searcher.set_start_policies(start_policies)
+    if prior:
+        searcher.set_prior(prior)
     return searcher

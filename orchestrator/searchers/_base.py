@@ -15,7 +15,14 @@ Algorithms fill in hooks instead of overriding the protocol (as Optuna's sampler
 - `objectives`: the metrics a final result must carry, finite, to count (default: `metric`);
 - `_algorithm_state()` / `_load_algorithm_state(state)`: the algorithm's own explicit state;
 - `_start(trial_id, x) -> np.ndarray`: a start policy goes out as trial `trial_id` at point
-  `x` (the space's `nearest_point` of it); returns the point to learn it at (default `x`).
+  `x` (the space's `nearest_point` of it); returns the point to learn it at (default `x`);
+- `_learn_prior()`: prior trials were set (`self.prior`); default: nothing to learn.
+
+Prior trials (`set_prior`, from `search.warm_start`): earlier searches' finished trials, each
+kept as its label, its point (the space's `nearest_point` of its policy) and its metrics, in
+the saved state, so a resumed search neither loses nor repeats them. The base only drops the
+start policies a prior trial already ran (its result is known); what else they teach is the
+algorithm's (`bo`: prior observations in its GP's data; `rl`: source experience).
 
 Start policies (`start_policies=` or `set_start_policies`, e.g. the free baselines of
 `search.start_from`): `suggest` hands them out first, each verbatim as the trial's `policy`
@@ -58,7 +65,7 @@ from prunetune.files import atomic_write_json
 from prunetune.search_spaces import Policy, SearchSpace
 from prunetune.trainers.trial import FINAL_KEY
 
-__all__ = ["FINAL_KEY", "SEARCHER_STATE_SCHEMA", "Observation", "PolicySearcher",
+__all__ = ["FINAL_KEY", "SEARCHER_STATE_SCHEMA", "Observation", "PolicySearcher", "PriorTrial",
            "SearcherError", "StartPolicies", "TrialOutcome", "check_state_schema"]
 
 logger = logging.getLogger(__name__)
@@ -91,6 +98,16 @@ class Observation:
     def from_dict(cls, raw: Mapping[str, Any]) -> Observation:
         return cls(raw["trial_id"], list(raw["x"]), raw["value"], TrialOutcome(raw["status"]),
                    int(raw["stage"]))
+
+
+@dataclass
+class PriorTrial:
+    """A finished trial of an earlier search (`search.warm_start`): its policy, of this model's
+    units only, and its final metrics (the searched metric among them)."""
+
+    label: str  # where it came from: `search/trial-007`
+    policy: Policy
+    values: dict[str, float]
 
 
 def _check_mode(mode: str | None) -> None:
@@ -182,6 +199,8 @@ class PolicySearcher(Searcher, abc.ABC):
         self._warned_stopped = False
         self._starts: list[tuple[str, Policy]] = []
         self.starts_given = 0  # start policies suggested so far (they go first)
+        # Earlier searches' trials: {"label", "x" (point in the first space), "values"}.
+        self.prior: list[dict[str, Any]] = []
         if start_policies is not None:
             self.set_start_policies(start_policies)
 
@@ -209,6 +228,9 @@ class PolicySearcher(Searcher, abc.ABC):
         """A start policy goes out as trial `trial_id`, approximated by the point `x`: return
         the point to learn its result at (RL records the episode that reaches it)."""
         return x
+
+    def _learn_prior(self) -> None:
+        """Prior trials were set (`self.prior`, before any suggestion): learn from them."""
 
     def _algorithm_state(self) -> dict[str, Any]:
         """The algorithm's own state, JSON-able. The base saves observations itself."""
@@ -272,6 +294,33 @@ class PolicySearcher(Searcher, abc.ABC):
                 raise SearcherError(f"start policy {label!r} does not fit the space: "
                                     f"{err}") from err
         self._starts = starts
+
+    def set_prior(self, trials: Sequence[PriorTrial]) -> None:
+        """Finished trials of earlier searches to learn from (`search.warm_start`), before the
+        first suggestion only: each is placed at the space's nearest point of its policy (a
+        trial without a finite `metric` value is left out), and a start policy one of them
+        ran already is dropped (its result is known). Then `_learn_prior`."""
+        self._require_objective()
+        if self.n_suggested or self.prior:
+            raise SearcherError(f"{type(self).__name__}: prior trials must be set once, before "
+                                f"the first suggestion ({self.n_suggested} made); build a new "
+                                "searcher")
+        for trial in trials:
+            value = trial.values.get(self.metric)
+            if value is None or not math.isfinite(value):
+                continue
+            try:
+                x = np.clip(np.asarray(self.space.nearest_point(trial.policy), dtype=float)
+                            .reshape(-1), 0.0, 1.0)
+            except Exception as err:  # a user's space raises what it raises
+                raise SearcherError(f"prior trial {trial.label!r} does not fit the space: "
+                                    f"{err}") from err
+            self.prior.append({"label": trial.label, "x": x.tolist(),
+                               "values": {k: float(v) for k, v in trial.values.items()}})
+        ran = [t.policy for t in trials]
+        self._starts = [(label, p) for label, p in self._starts if p not in ran]
+        if self.prior:
+            self._learn_prior()
 
     @property
     def start_policies(self) -> list[tuple[str, Policy]]:
@@ -401,6 +450,7 @@ class PolicySearcher(Searcher, abc.ABC):
             "observations": [o.to_dict() for o in self.observations],
             "start": {"policies": [[label, p.to_json()] for label, p in self._starts],
                       "given": self.starts_given},
+            "prior": self.prior,
             "algorithm": self._algorithm_state(),
         }
 
@@ -421,6 +471,8 @@ class PolicySearcher(Searcher, abc.ABC):
             self.starts_given = int(start["given"])
         else:  # saved before start policies existed: never run them mid-search
             self.starts_given = len(self._starts) if self.n_suggested else 0
+        # What the search learned from earlier ones (none in a state saved before warm starts).
+        self.prior = [dict(p) for p in state.get("prior", [])]
         self._load_algorithm_state(state["algorithm"])
 
     def save(self, checkpoint_path: str) -> None:

@@ -9,7 +9,10 @@ The space owns grouping, re-expression and narrowing (`PruningSpace.refine`); th
 owns when to do it and the BO loop:
 
 - an initial design of `n_init` points: the start policies (`start_policies`, e.g. the free
-  baselines), then scrambled Sobol points;
+  baselines), then scrambled Sobol points; prior trials of earlier searches (`set_prior`,
+  `search.warm_start`) join the GP's data as observations at their nearest points (re-expressed
+  at each roll-back like the search's own) and shrink the design by one point each, but do not
+  count toward a roll-back's trial counts;
 - one `SingleTaskGP` per objective (`Normalize` over the current box, `Standardize`),
   hyper-parameters warm-started from the previous fit with capped L-BFGS iterations so that
   `suggest` stays fast;
@@ -268,6 +271,22 @@ class BOSearcher(PolicySearcher):
             obs = [o for o in obs if o.trial_id in self._extra]
         return obs
 
+    def _prior_rows(self) -> list[tuple[Observation, list[float]]]:
+        """The prior trials (`search.warm_start`) as observations of the first space, with
+        their outcomes (metric first); those lacking an objective are left out."""
+        rows = []
+        for i, p in enumerate(self.prior):
+            values = [p["values"].get(k) for k in self.objectives]
+            if all(v is not None and math.isfinite(v) for v in values):
+                rows.append((Observation(f"prior:{i}", p["x"], values[0], TrialOutcome.FINAL,
+                                         0), values))
+        return rows
+
+    def _design(self) -> int:
+        """Points of initial design (start policies, then Sobol): `n_init`, less one per
+        prior trial, since those already tell the GP what the space looks like."""
+        return max(0, self.n_init - len(self._prior_rows()))
+
     def _point(self, obs: Observation) -> list[float]:
         """An observation's point in the current space (re-expressed if from an earlier one)."""
         if obs.stage == self.stage and len(obs.x) == self.space.dim:
@@ -278,16 +297,18 @@ class BOSearcher(PolicySearcher):
                             f"re-expressed in stage {self.stage}; the searcher state is "
                             "inconsistent")
 
-    def _data(self) -> tuple[list[str], np.ndarray, np.ndarray]:
-        """(trial ids, `n x d` points in the current space, `n x m` outcomes to maximise)."""
-        obs = self._finals()
+    def _data(self, prior: bool = True) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """(trial ids, `n x d` points in the current space, `n x m` outcomes to maximise):
+        the prior trials first (unless `prior=False`), then this search's."""
+        rows = [(o, [o.value] + self._extra.get(o.trial_id, [])) for o in self._finals()]
+        if prior:
+            rows = self._prior_rows() + rows
         d, m = self.space.dim, len(self.objectives)
-        if not obs:
+        if not rows:
             return [], np.zeros((0, d)), np.zeros((0, m))
         signs = np.array([1.0 if md == "max" else -1.0 for md in self.objective_modes])
-        rows = [[o.value] + self._extra.get(o.trial_id, []) for o in obs]
-        return ([o.trial_id for o in obs], np.asarray([self._point(o) for o in obs]),
-                np.asarray(rows, dtype=float) * signs)
+        return ([o.trial_id for o, _ in rows], np.asarray([self._point(o) for o, _ in rows]),
+                np.asarray([r for _, r in rows], dtype=float) * signs)
 
     def finished(self, stage: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Final observations as (`n x d` points, `n` rewards, sign-flipped for mode 'min').
@@ -297,12 +318,12 @@ class BOSearcher(PolicySearcher):
         dimension."""
         if stage is not None:
             return super().finished(stage)
-        _, X, Y = self._data()
+        _, X, Y = self._data(prior=False)
         return X, Y[:, 0] if len(Y) else np.zeros(0)
 
     def pareto(self) -> list[dict[str, Any]]:
         """The non-dominated finished trials: [{"trial_id", objective name: raw value, ...}]."""
-        tids, _, Y = self._data()
+        tids, _, Y = self._data(prior=False)
         if not tids:
             return []
         mask = pareto_mask(torch.as_tensor(Y, dtype=DTYPE)).numpy()
@@ -371,13 +392,14 @@ class BOSearcher(PolicySearcher):
         return reference_point(Y, known)
 
     def _bo_point(self, X: np.ndarray, Y: np.ndarray) -> np.ndarray:
+        n = len(X)  # the data the GP learns from, prior trials included
         X, Y = self._subsample(X, Y)
         Xt, Yt = torch.as_tensor(X, dtype=DTYPE), torch.as_tensor(Y, dtype=DTYPE)
         bounds = self._bounds()
         # Refit when the space changed or the data grew enough (GPSettings.refit_growth);
         # otherwise the GP is rebuilt from the saved hyper-parameters, exactly as it would be
         # after a restore, so a suggestion does not depend on an in-memory model.
-        n = len(self._finals())
+        n = len(X)
         key = [self.stage, n]
         refit = (self._hypers is None or self._fit_key is None
                  or self._fit_key[0] != self.stage
@@ -412,7 +434,7 @@ class BOSearcher(PolicySearcher):
         self._maybe_rollback()
         _, X, Y = self._data()
         need = 3 if self.multi_objective else 2
-        if self.n_suggested < self.n_init or len(X) < need or self._in_rollback_design():
+        if self.n_suggested < self._design() or len(X) < need or self._in_rollback_design():
             return self._sobol()
         with torch_threads(self.threads):
             return self._bo_point(X, Y)
@@ -437,8 +459,9 @@ class BOSearcher(PolicySearcher):
         if rb is None or self.stage >= len(rb.stages):
             return False
         # A stage starts after the last roll-back, or after the initial design: a stall is
-        # counted over BO's own proposals, never over the Sobol points.
-        since = self._rollbacks[-1]["n_final"] if self._rollbacks else self.n_init
+        # counted over BO's own proposals, never over the Sobol points. `Y` holds this
+        # search's trials only: prior ones do not hasten a roll-back.
+        since = self._rollbacks[-1]["n_final"] if self._rollbacks else self._design()
         in_stage = len(Y) - since
         if in_stage < rb.min_trials:
             return False
@@ -476,7 +499,8 @@ class BOSearcher(PolicySearcher):
 
     def _maybe_rollback(self) -> None:
         tids, X, Y = self._data()
-        if not self._rollback_due(Y):
+        own = len(self._data(prior=False)[0])
+        if not self._rollback_due(Y[len(Y) - own:]):
             return
         if self.space.k >= self.space.n_units:
             return  # already one dimension per unit: nothing finer to roll back to
@@ -487,7 +511,9 @@ class BOSearcher(PolicySearcher):
         # Live points are re-expressed along with the observations (they finish in the new
         # space); they get the lowest score and top_n is capped at the observations, so they
         # never shape the narrowed box.
-        record = {"n_final": len(tids), "n_suggested": self.n_suggested,
+        # Prior trials are re-expressed too (they stay in the GP's data); `n_final` counts
+        # this search's own.
+        record = {"n_final": own, "n_suggested": self.n_suggested,
                   "n_groups": self._target_groups(
                       self.rollback.stages[self.stage]),
                   "top_n": min(self.rollback.top_n, len(tids)),

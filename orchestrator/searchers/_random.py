@@ -34,7 +34,8 @@ class _SeededSearcher(PolicySearcher):
 
 class RandomSearcher(_SeededSearcher):
     """Independent uniform points in the space's current bounds (after any start policies,
-    which are just its first trials)."""
+    which are just its first trials). Prior trials of earlier searches (`search.warm_start`)
+    only spare it the start policies they ran: its own points do not depend on them."""
 
     # Uniform points under a 50% FLOPs budget decode to 25-35% of the dense FLOPs without
     # the fill, throwing accuracy away (measured: benchmarks/README, search efficiency).

@@ -39,7 +39,9 @@ screens `screen` candidate episodes per suggestion and keeps the most promising 
 (assistant learning). Warm-up random episodes are skipped and exploration starts lower. From
 a search at another budget, the actor's (absolute) actions are scaled by the ratio of the
 two budgets' uniform levels (`level`: the ratio every step could take and just meet the
-budget), so it starts at the new budget with the source's per-layer profile.
+budget), so it starts at the new budget with the source's per-layer profile. Prior trials of
+searches that kept no RL state (`set_prior`, `search.warm_start`) join the replay buffer as
+source experience: the episodes that walk to their points, with their results.
 
 Graph-aware state (AutoSculpt): `gnn=True` adds per-step embeddings of a graph network over
 the step dependency graph (`_rl_agent.GraphEncoder`), trained through the critic and actor.
@@ -85,7 +87,9 @@ def load_searcher_state(path: str | Path) -> dict[str, Any]:
     `searcher-state-*` file)."""
     p = Path(path).expanduser()
     if p.is_dir():
-        found = sorted(p.glob("searcher-state-*"), key=lambda f: f.stat().st_mtime)
+        # Named by when each run started, so the last by name is the newest (a resumed
+        # run's end rewrites the older files too: their mtimes say nothing).
+        found = sorted(p.glob("searcher-state-*"), key=lambda f: f.name)
         if not found:
             raise SearcherError(f"warm_start folder {p} holds no searcher-state-* file; give "
                                 "a searcher state file, a search's Tune folder or its name")
@@ -280,6 +284,17 @@ class RLSearcher(PolicySearcher):
         if walk is None:
             return
         R = self._episode_reward(x, values[self.metric])
+        self._store(walk, R)
+        self.history.append({"profile": self._profile(walk["actions"], walk["x"]), "reward": R})
+        if self.warm_started or len(self.history) > self.warmup:
+            norm = self._reward_norm()
+            with torch_threads(self.threads):
+                for _ in range(self.updates_per_episode):
+                    self.agent.update(self._rng, reward_norm=norm)
+        self._fit_assistant()
+
+    def _store(self, walk: dict[str, list], R: float) -> None:
+        """An episode's transitions into the replay buffer, every step carrying its reward."""
         S, A = np.asarray(walk["states"]), walk["actions"]
         T = len(A)
         for t in range(T):
@@ -288,12 +303,18 @@ class RLSearcher(PolicySearcher):
                                   s2=S[t] if last else S[t + 1],
                                   g2=self._graph[t] if last else self._graph[t + 1],
                                   done=float(last))
-        self.history.append({"profile": self._profile(A, walk["x"]), "reward": R})
-        if self.warm_started or len(self.history) > self.warmup:
-            norm = self._reward_norm()
-            with torch_threads(self.threads):
-                for _ in range(self.updates_per_episode):
-                    self.agent.update(self._rng, reward_norm=norm)
+
+    def _learn_prior(self) -> None:
+        # Earlier searches' trials with no agent of theirs to transfer (another searcher ran
+        # them; `search.warm_start` transfers a saved RL state instead where one exists): the
+        # episodes that walk to their points join the buffer as source experience.
+        with torch_threads(self.threads):
+            for p in self.prior:
+                walk = self._walk(explore=False, target=np.asarray(p["x"], dtype=float))
+                R = self._episode_reward(np.asarray(walk["x"]), p["values"][self.metric])
+                self._store(walk, R)
+                self.source_history.append({"profile": self._profile(walk["actions"],
+                                                                     walk["x"]), "reward": R})
         self._fit_assistant()
 
     def _reward_norm(self) -> tuple[tuple[float, float], tuple[float, float]]:
