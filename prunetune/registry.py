@@ -9,8 +9,9 @@ refusal of an object that is not of the kind) lives here once.
 
 from __future__ import annotations
 
+import copy
 import importlib
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Generic, TypeVar
 
 from .errors import PrunetuneError
@@ -27,13 +28,14 @@ class Registry(Generic[T]):
     runtime-checkable protocol (or base class) an object must satisfy; `error`: the
     PrunetuneError subclass a bad name or object raises; `field`: the config field that names
     one, as messages start ("latency.backend"); `base`: the class a user subclasses, as the
-    refusal of a wrong object names it.
+    refusal of a wrong object names it; `adopt(obj, path)`: what becomes of an object
+    imported from "package.module:attr" (default: kept as it is, cached by that path).
     """
 
     def __init__(self, kind: str, protocol: type, error: type[PrunetuneError], *, field: str,
-                 base: str) -> None:
+                 base: str, adopt: Callable[[T, str], T] | None = None) -> None:
         self.kind, self.protocol, self.error = kind, protocol, error
-        self.field, self.base = field, base
+        self.field, self.base, self.adopt = field, base, adopt
         self._by_name: dict[str, T] = {}
         self._imported: dict[str, T] = {}  # "package.module:attr" -> its object, built once
 
@@ -49,8 +51,24 @@ class Registry(Generic[T]):
         """The registered names, in registration order."""
         return tuple(self._by_name)
 
+    def values(self) -> tuple[T, ...]:
+        """The registered objects, in registration order."""
+        return tuple(self._by_name.values())
+
     def __contains__(self, name: object) -> bool:
         return name in self._by_name
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    def copy(self) -> Registry[T]:
+        """A registry with the same entries, registered into independently (tests)."""
+        twin = copy.copy(self)
+        twin._by_name, twin._imported = dict(self._by_name), dict(self._imported)
+        return twin
 
     def get(self, name: str | T, hint: str = "") -> T:
         """The object registered as `name`, or the one "package.module:attr" names (a class is
@@ -77,5 +95,5 @@ class Registry(Generic[T]):
             raise self.error(f"{self.field} {name!r} is not a {self.kind}: subclass "
                              f"{self.base} (or give every part of "
                              f"{self.protocol.__name__})")
-        self._imported[name] = obj
-        return obj
+        self._imported[name] = self.adopt(obj, name) if self.adopt else obj
+        return self._imported[name]
