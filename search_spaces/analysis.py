@@ -22,7 +22,7 @@ import torch_pruning as tp
 from torch import nn
 
 from .channel import max_channel_ratio
-from .cost import SPARSE_KEYS, CostModel, layer_costs
+from .cost import CostModel, layer_costs
 from .graph import ChannelGraph
 from .policy import Policy, PolicyError, UnitPolicy
 from .schemes import get_scheme, key_scheme, scheme_names, sparse_keys
@@ -249,7 +249,8 @@ def _cost_model(model: nn.Module, gunits: list[_GraphUnit], flops: float, params
         w_params[i], o_params[i] = wp, max(0, p - wp)
     w_out, w_in = np.zeros((n_m, n_u)), np.zeros((n_m, n_u))
     owner = np.full(n_m, -1)
-    applies = np.zeros((len(SPARSE_KEYS), n_m), dtype=bool)
+    keys = sparse_keys()  # the rows of the applicability table, as the units were read
+    applies = np.zeros((len(keys), n_m), dtype=bool)
     by_name = dict(model.named_modules())
     for u, g in enumerate(gunits):
         for m, k in g.out_parts.items():
@@ -264,7 +265,7 @@ def _cost_model(model: nn.Module, gunits: list[_GraphUnit], flops: float, params
             m = by_name[name]
             if m in index:
                 owner[index[m]] = u
-                for r, key in enumerate(SPARSE_KEYS):
+                for r, key in enumerate(keys):
                     applies[r, index[m]] = name in g.unit.sparse_layers[key]
     # Activations and pooling are not in the graph: they scale with the layer feeding them.
     # A conv or linear layer outside every unit's outputs (the protected output layer behind a
@@ -292,7 +293,7 @@ def _cost_model(model: nn.Module, gunits: list[_GraphUnit], flops: float, params
         applies=applies, channels=np.array([g.unit.channels for g in gunits], dtype=float),
         ch_groups=np.array([g.unit.ch_groups for g in gunits], dtype=float),
         multiple=np.array([g.unit.multiple for g in gunits], dtype=np.int64),
-        names=tuple(name_of[m] for m in modules))
+        names=tuple(name_of[m] for m in modules), keys=keys)
 
 
 def analyze(model: nn.Module, example_input: Any, *, protect_output: bool = True,

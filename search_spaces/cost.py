@@ -45,18 +45,10 @@ from torch.utils.weak import WeakIdKeyDictionary
 from prunetune.errors import SpaceError
 
 from .channel import kept_channels_np
+from .schemes import key_scheme, sparse_key, sparse_keys
 
-__all__ = ["SPARSE_KEYS", "Cost", "CostModel", "LatencyWeights", "count_cost", "layer_costs",
-           "sparse_key"]
+__all__ = ["Cost", "CostModel", "LatencyWeights", "count_cost", "layer_costs", "sparse_key"]
 
-# Rows of the applicability table: N:M applicability depends on M.
-SPARSE_KEYS = ("block", "nm4", "nm8", "unstructured", "pattern")
-_NM_ROWS = (SPARSE_KEYS.index("nm4"), SPARSE_KEYS.index("nm8"))
-
-
-def sparse_key(scheme: str, m: int | None = None) -> str:
-    """Row of the applicability table for a sparse scheme (`nm` is split by its M)."""
-    return f"nm{m or 4}" if scheme == "nm" else scheme
 
 
 def _batch_size(example_input: Any) -> int:
@@ -280,15 +272,16 @@ class CostModel:
     modules, U units. `w_*` / `o_*`: the weight part and the rest (bias, norm) of each module's
     FLOPs / params; `w_out` / `w_in`: (M, U) share of the module's output / input channels that
     belong to each unit; `owner`: (M,) unit whose sparse scheme prunes the module (-1: none);
-    `applies`: (len(SPARSE_KEYS), M) whether that scheme can prune the module; `names`: (M,)
-    the modules' names in the model.
+    `applies`: (len(keys), M) whether that row's scheme can prune the module; `keys`: the rows of
+    the applicability table (`schemes.sparse_keys()` when the model was analysed: each mask
+    scheme's `keys`); `names`: (M,) the modules' names in the model.
     """
 
     def __init__(self, *, dense_flops: float, dense_params: float, w_flops: np.ndarray,
                  o_flops: np.ndarray, w_params: np.ndarray, o_params: np.ndarray,
                  w_out: np.ndarray, w_in: np.ndarray, owner: np.ndarray, applies: np.ndarray,
                  channels: np.ndarray, ch_groups: np.ndarray, multiple: np.ndarray,
-                 names: tuple[str, ...]) -> None:
+                 names: tuple[str, ...], keys: tuple[str, ...] | None = None) -> None:
         self.dense_flops = float(dense_flops)
         self.dense_params = float(dense_params)
         self.w_flops, self.o_flops = w_flops, o_flops
@@ -297,6 +290,10 @@ class CostModel:
         self.owner, self.applies = owner, applies
         self.channels, self.ch_groups, self.multiple = channels, ch_groups, multiple
         self.names = tuple(names)
+        self.keys = tuple(sparse_keys() if keys is None else keys)
+        # Per row: the multiple the input channels of a layer it prunes are kept in (N:M: M).
+        self.row_multiple = np.array([key_scheme(k).input_multiple(k) for k in self.keys] + [1],
+                                     dtype=np.int64)
         self.base_flops = self.dense_flops - float(w_flops.sum() + o_flops.sum())
         self.base_params = self.dense_params - float(w_params.sum() + o_params.sum())
 
@@ -310,9 +307,9 @@ class CostModel:
         """Per module (M,): the kept fraction of its weight work (output x input channels x
         density) and of its outputs, for per-unit `ratio` (U,).
 
-        channel: (U,) bool, unit is channel-pruned; sparse_row: (U,) int, row of SPARSE_KEYS of
-        the unit's sparse scheme or -1. A sparse unit's density is 1 - ratio; with
-        `sparse_gain` (one entry per row of SPARSE_KEYS) it is `1 - gain * ratio`, the work a
+        channel: (U,) bool, unit is channel-pruned; sparse_row: (U,) int, row of `keys` of the
+        unit's sparse scheme or -1. A sparse unit's density is 1 - ratio; with
+        `sparse_gain` (one entry per row of `keys`) it is `1 - gain * ratio`, the work a
         device really saves (`LatencyWeights.sparse_gain`).
         """
         mult = self.multiple if not round_to else np.lcm(self.multiple, int(round_to))
@@ -322,11 +319,10 @@ class CostModel:
         app = np.zeros(len(owner), dtype=bool)
         sel = has_owner & (row >= 0)
         app[sel] = self.applies[row[sel], np.nonzero(sel)[0]]
-        # Channels feeding a layer pruned N:M are kept in multiples of its M, as
-        # `apply.nm_channel_multiples` keeps them.
-        nm = app & (ratio[owner] > 0)  # N:M with N = M (ratio 0) leaves the layer whole
-        module_m = np.where(nm & (row == _NM_ROWS[0]), 4, np.where(nm & (row == _NM_ROWS[1]),
-                                                                   8, 1))
+        # Channels feeding a masked layer are kept in multiples of what its scheme needs
+        # (`PruningScheme.input_multiple`: N:M's M), as `apply.nm_channel_multiples` keeps them;
+        # ratio 0 leaves the layer whole.
+        module_m = np.where(app & (ratio[owner] > 0), self.row_multiple[np.maximum(row, 0)], 1)
         need = np.max(np.where(self.w_in > 0, module_m[:, None], 1), axis=0, initial=1)
         mult = np.where(channel & (need > 1), np.lcm(mult, need), mult)
         kept = kept_channels_np(self.channels, self.ch_groups, ratio, mult)
@@ -364,14 +360,14 @@ class LatencyWeights:
     w_ms: np.ndarray
     o_ms: np.ndarray
     device: str = ""
-    # Per row of SPARSE_KEYS: the share of a sparse layer's removed weight work that the
+    # Per row of the cost model's `keys`: the share of a sparse layer's removed weight work the
     # device saves (its time scales by `1 - gain * ratio`). None: 0 for every row, because a
     # masked layer that no sparse kernel runs still multiplies its zeros.
     sparse_gain: np.ndarray | None = None
 
     @property
     def gains(self) -> np.ndarray:
-        return (np.zeros(len(SPARSE_KEYS)) if self.sparse_gain is None
+        return (np.zeros(len(sparse_keys())) if self.sparse_gain is None
                 else np.asarray(self.sparse_gain, dtype=float))
 
     @property
@@ -387,14 +383,15 @@ class LatencyWeights:
                     sparse_gain: dict[str, float] | None = None) -> LatencyWeights:
         """From per-layer `(weight-work ms, output-work ms)` keyed by module name. A layer the
         cost model does not scale counts in full in `base_ms`, so the model never
-        under-estimates for it. `sparse_gain`: measured gains by SPARSE_KEYS name (`block`,
-        `nm4`, ...); a key not given saves nothing."""
-        gains = np.zeros(len(SPARSE_KEYS))
+        under-estimates for it. `sparse_gain`: measured gains by row of the cost model's
+        `keys` (`block`, `nm4`, ...); a key not given saves nothing."""
+        keys = cost_model.keys
+        gains = np.zeros(len(keys))
         for key, g in (sparse_gain or {}).items():
-            if key not in SPARSE_KEYS or not (math.isfinite(g) and 0.0 <= g <= 1.0):
-                raise SpaceError(f"sparse_gain must map names of {list(SPARSE_KEYS)} to gains "
+            if key not in keys or not (math.isfinite(g) and 0.0 <= g <= 1.0):
+                raise SpaceError(f"sparse_gain must map names of {list(keys)} to gains "
                                  f"in [0, 1], got {key!r}: {g!r}")
-            gains[SPARSE_KEYS.index(key)] = g
+            gains[keys.index(key)] = g
         index = {n: i for i, n in enumerate(cost_model.names)}
         w, o = np.zeros(len(index)), np.zeros(len(index))
         base = float(base_ms)

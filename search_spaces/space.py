@@ -37,11 +37,11 @@ from prunetune.errors import BudgetError, SpaceError
 from .analysis import ModelAnalysis, PrunableUnit, analyze
 from .budget import BUDGET_KINDS, Budget, infeasible_message
 from .clustering import cluster_units
-from .cost import SPARSE_KEYS, LatencyWeights, sparse_key
+from .cost import LatencyWeights
 from .mapping import map_schemes, unit_template
 from .policy import IMPORTANCES, Policy, PolicyError, UnitPolicy
 from .protocol import StepFeatures, step_features_of
-from .schemes import SCHEMES, nm_from_ratio
+from .schemes import SCHEMES
 
 __all__ = ["BUDGET_KINDS", "Budget", "BudgetError", "PruningSpace", "SpaceError"]
 
@@ -265,8 +265,8 @@ class PruningSpace:
         hi = self._hi if high is None else np.minimum(high, self._cap)
         r = np.minimum(self._lo, hi) + s_unit * (hi - np.minimum(self._lo, hi))
         for i, t in enumerate(tmpl):
-            if t.scheme == "nm":  # N:M only has the ratios 1 - n/m
-                r[i] = 1.0 - nm_from_ratio(r[i], t.m) / t.m
+            if t.spec.option_fields:  # a scheme may prune at some ratios only (N:M: 1 - n/m)
+                r[i] = t.spec.snap_ratio(r[i], t.options)
         return r
 
     def _costs(self, ratios: np.ndarray, tmpl: list[UnitPolicy]) -> dict[str, float]:
@@ -278,9 +278,9 @@ class PruningSpace:
         channel = np.zeros(n, dtype=bool)
         row = np.full(n, -1, dtype=np.int64)
         full[self._cost_index] = ratios
-        channel[self._cost_index] = [t.scheme == "channel" for t in tmpl]
-        row[self._cost_index] = [SPARSE_KEYS.index(sparse_key(t.scheme, t.m))
-                                 if t.scheme != "channel" else -1 for t in tmpl]
+        channel[self._cost_index] = [t.spec.structural for t in tmpl]
+        row[self._cost_index] = [-1 if t.spec.structural else cm.keys.index(t.spec.key(t))
+                                 for t in tmpl]
         scale_w, f_out = cm.scales(full, channel, row, self.round_to)
         flops, params = cm.totals(scale_w, f_out)
         out = {"flops": flops, "params": params}
@@ -362,10 +362,7 @@ class PruningSpace:
         units = {}
         for u, t, r in zip(self.units, tmpl, ratios, strict=True):
             r = float(min(max(r, 0.0), u.max_ratio(t.scheme)))
-            if t.scheme == "nm":
-                units[u.name] = UnitPolicy("nm", r, n=nm_from_ratio(r, t.m), m=t.m)
-            else:
-                units[u.name] = UnitPolicy(t.scheme, r, block=t.block, pattern=t.pattern)
+            units[u.name] = t.with_ratio(r)  # the template's options (N:M's n follows r)
         return Policy(units, importance=self.importance, round_to=self.round_to)
 
     def decode(self, x: Any) -> Policy:
@@ -564,9 +561,7 @@ class PruningSpace:
         [0, 1]) and its scheme; a unit the policy leaves out is unpruned in its mapped one."""
         s_unit, schemes = np.zeros(len(self.units)), []
         for i, u in enumerate(self.units):
-            up = policy.units.get(u.name, UnitPolicy(self.templates[u.name].scheme, 0.0)
-                                  if self.templates[u.name].scheme != "nm" else
-                                  UnitPolicy("nm", 0.0, m=self.templates[u.name].m))
+            up = policy.units.get(u.name) or self.templates[u.name].with_ratio(0.0)
             span = self._hi[i] - self._lo[i]
             s_unit[i] = 0.0 if span <= 0 else min(1.0, max(0.0, (up.ratio - self._lo[i]) / span))
             schemes.append(up.scheme)

@@ -153,8 +153,6 @@ def test_a_toy_scheme_prunes_through_analysis_and_apply(model_and_analysis) -> N
                                                                         0xcf / 255))
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="cost.py's SPARSE_KEYS / space.py's row lookup not yet from the registry")
 def test_a_toy_scheme_named_in_a_config_builds_a_space(model_and_analysis, tmp_path) -> None:
     model, analysis = model_and_analysis
     config = tmp_path / "config.yaml"
