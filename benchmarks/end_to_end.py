@@ -297,8 +297,10 @@ def cell_summary(cell: str, policies: dict[str, Any], runs: dict[str, list[dict[
 
 
 def report(result: dict[str, Any]) -> str:
+    batches = result.get("settings", {}).get("batches", [1, 64])
     lines = ["| cell | dense test | method | test accuracy (mean ± se) | budget share | "
-             "speedup b1 / b64 | cost (CPU-min) |", "|---|---|---|---|---|---|---|"]
+             f"speedup {' / '.join(f'b{b}' for b in batches)} | cost (CPU-min) |",
+             "|---|---|---|---|---|---|---|"]
     for cell, s in result.get("cells", {}).items():
         dense = s.get("dense", {}).get("test_accuracy")
         for m, row in s["methods"].items():
@@ -309,7 +311,7 @@ def report(result: dict[str, Any]) -> str:
                 f"| {cell} | {dense if dense is None else f'{dense:.4f}'} | {m} | "
                 + (f"{acc[0]:.4f} ± {acc[1]:.4f} ({row['seeds']})" if acc else "-")
                 + f" | {share:.3f} | "
-                + (f"{sp['1']:.2f}x / {sp['64']:.2f}x" if sp else "-")
+                + (" / ".join(f"{sp[str(b)]:.2f}x" for b in batches) if sp else "-")
                 + f" | {row['cost_cpu_min']:.1f} |")
         for key in ("prunetune_vs_best_free", "rl_vs_best_free", "latency_vs_flops_budget"):
             d = s.get(key)
