@@ -116,29 +116,11 @@ def run_one(name: str) -> dict[str, object]:
             "budget": budget_point(model, analysis, x)}
 
 
-def _sdpa_cpu(query, key, value, *args, out_shape=None, **kwargs) -> int:
-    from torch.utils.flop_counter import sdpa_flop_count
-
-    # FlopCounterMode lists the CUDA kernels of scaled_dot_product_attention, not the CPU one
-    return sdpa_flop_count(query, key, value)
-
-
 def aten_macs(model, x) -> float:
-    """MACs per sample of `model` on `x` by PyTorch's FlopCounterMode (its FLOPs / 2), with
-    nn.MultiheadAttention on its plain path (its fused kernel has no formula)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
+    """MACs per sample of `model` on `x` by PyTorch's FlopCounterMode (its FLOPs / 2)."""
+    from prunetune.search_spaces.cost import flop_counter_macs
 
-    fast = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    counter = FlopCounterMode(display=False, custom_mapping={
-        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu})
-    try:
-        with torch.no_grad(), counter:
-            model.eval()(x)
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fast)
-    return counter.get_total_flops() / 2 / x.shape[0]
+    return flop_counter_macs(model, x)
 
 
 def aten_check(model, pruned, dense_flops: float, pruned_flops: float, x) -> dict[str, float]:

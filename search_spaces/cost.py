@@ -39,7 +39,7 @@ import torch.utils._pytree as pytree
 import torch_pruning as tp
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import flop_registry
+from torch.utils.flop_counter import FlopCounterMode, flop_registry, sdpa_flop_count
 from torch.utils.weak import WeakIdKeyDictionary
 
 from prunetune.errors import SpaceError
@@ -47,7 +47,8 @@ from prunetune.errors import SpaceError
 from .channel import kept_channels_np
 from .schemes import key_scheme, sparse_key, sparse_keys
 
-__all__ = ["Cost", "CostModel", "LatencyWeights", "count_cost", "layer_costs", "sparse_key"]
+__all__ = ["Cost", "CostModel", "LatencyWeights", "count_cost", "flop_counter_macs", "layer_costs",
+           "sparse_key"]
 
 
 
@@ -146,6 +147,30 @@ def _aten_count(model: nn.Module, example_input: Any
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
     return counter.weight, counter.other
+
+
+def _sdpa_cpu(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *args: Any,
+              out_shape: Any = None, **kwargs: Any) -> int:
+    # FlopCounterMode lists the CUDA kernels of scaled_dot_product_attention, not the CPU one
+    return sdpa_flop_count(query, key, value)
+
+
+@torch.no_grad()
+def flop_counter_macs(model: nn.Module, x: torch.Tensor) -> float:
+    """MACs per sample of `model` on `x` as PyTorch's FlopCounterMode counts them (its FLOPs /
+    2; the CPU attention kernel given its CUDA twin's formula, nn.MultiheadAttention on its
+    plain path): the independent reference `count_cost` is checked against (tests, coverage),
+    by totals alone, without prunetune's attribution to modules."""
+    fast = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)  # the fused MHA kernel has no formula
+    counter = FlopCounterMode(display=False, custom_mapping={
+        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu})
+    try:
+        with counter:
+            model.eval()(x)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast)
+    return counter.get_total_flops() / 2 / x.shape[0]
 
 
 @torch.no_grad()

@@ -2,8 +2,9 @@
 (`torch.utils.flop_counter.FlopCounterMode`) counts, attention and functional linear calls
 included, and budgets hold by that counter, on real torchvision models with untrained weights.
 
-The reference below is FlopCounterMode itself, not prunetune's attribution: a policy is decoded
-by the space, applied, and the pruned model is measured by PyTorch's counter.
+The reference is FlopCounterMode itself (`cost.flop_counter_macs`: its totals, not prunetune's
+attribution to modules): a policy is decoded by the space, applied, and the pruned model is
+measured by PyTorch's counter.
 """
 
 from __future__ import annotations
@@ -14,31 +15,12 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from prunetune.errors import BudgetError
 from prunetune.search_spaces import Budget, PruningSpace, analyze, apply_policy, count_cost
+from prunetune.search_spaces.cost import flop_counter_macs
 
 KEEP = 0.3
-
-
-def _sdpa_cpu(query, key, value, *args, out_shape=None, **kwargs) -> int:
-    # FlopCounterMode lists the CUDA kernels of scaled_dot_product_attention, not the CPU one
-    return sdpa_flop_count(query, key, value)
-
-
-def aten_macs(model: torch.nn.Module, x: torch.Tensor) -> float:
-    """MACs per sample by PyTorch's FlopCounterMode (its FLOPs / 2)."""
-    fast = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)  # the fused MHA kernel has no formula
-    counter = FlopCounterMode(display=False, custom_mapping={
-        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu})
-    try:
-        with torch.no_grad(), counter:
-            model.eval()(x)
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fast)
-    return counter.get_total_flops() / 2 / x.shape[0]
 
 
 def _model(name: str, size: int) -> tuple[torch.nn.Module, torch.Tensor]:
@@ -48,24 +30,24 @@ def _model(name: str, size: int) -> tuple[torch.nn.Module, torch.Tensor]:
 
 
 def _measured_share(model, analysis, policy, x) -> float:
-    return aten_macs(apply_policy(model, policy, x), x) / analysis.dense_flops
+    return flop_counter_macs(apply_policy(model, policy, x), x) / analysis.dense_flops
 
 
 def test_dense_count_is_the_aten_count_with_functional_linear_and_attention():
     model, x = _model("swin_t", 64)
     cost = count_cost(model, x)
-    assert cost.flops == pytest.approx(aten_macs(model, x), rel=1e-9)
+    assert cost.flops == pytest.approx(flop_counter_macs(model, x), rel=1e-9)
     # Swin runs qkv / proj through F.linear on the weights: counted as those layers' work
     qkv = cost.per_layer["features.1.0.attn.qkv"]
     assert qkv["flops"] > 0 and qkv["effective_flops"] == qkv["flops"]
     resnet, x = _model("resnet18", 64)
-    assert count_cost(resnet, x).flops == pytest.approx(aten_macs(resnet, x), rel=1e-9)
+    assert count_cost(resnet, x).flops == pytest.approx(flop_counter_macs(resnet, x), rel=1e-9)
 
 
 def test_vit_budget_holds_by_aten_count_and_prediction_matches():
     model, x = _model("vit_b_16", 224)  # its forward checks the input size
     analysis = analyze(model, x)
-    assert analysis.dense_flops == pytest.approx(aten_macs(model, x), rel=1e-9)
+    assert analysis.dense_flops == pytest.approx(flop_counter_macs(model, x), rel=1e-9)
     space = PruningSpace(None, analysis=analysis, budget=Budget("flops", KEEP),
                          schemes=("channel",), fill_budget=True, n_groups=3)
     rng = np.random.default_rng(0)
