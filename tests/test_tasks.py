@@ -212,6 +212,7 @@ def test_a_model_the_task_cannot_score_is_refused_before_training() -> None:
     assert "does not take" in str(err.value)
 
 
+@pytest.mark.slow  # real Ray searches: `make test-slow` runs it
 def test_a_search_on_the_toy_task_reports_its_metric(local_ray, tmp_path: Path) -> None:
     """A whole search (real Ray trials, real MLflow store) on the toy task: the config names
     it, nothing else changes; the dense baseline and every trial are scored by its metric."""

@@ -44,6 +44,7 @@ def test_dense_count_is_the_aten_count_with_functional_linear_and_attention():
     assert count_cost(resnet, x).flops == pytest.approx(flop_counter_macs(resnet, x), rel=1e-9)
 
 
+@pytest.mark.slow  # a 224-px model: `make test-slow` runs it
 def test_vit_budget_holds_by_aten_count_and_prediction_matches():
     model, x = _model("vit_b_16", 224)  # its forward checks the input size
     analysis = analyze(model, x)
@@ -66,6 +67,7 @@ def _advised(message: str) -> tuple[float, float | None]:
     return keep, float(high.group(1)) if high else None
 
 
+@pytest.mark.slow  # a 224-px model: `make test-slow` runs it
 def test_maxvit_refusal_advice_followed_is_accepted_and_holds():
     model, x = _model("maxvit_t", 224)  # its windows need 224 px
     analysis = analyze(model, x)

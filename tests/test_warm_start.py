@@ -79,6 +79,7 @@ def store(local_ray, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.mark.slow  # real Ray searches: `make test-slow` runs it
 def test_bo_warm_start_changes_the_first_suggestions(store: Path, capsys) -> None:
     cfg = load_config(_config(store, "ws-bo", trials=2, warm_start="ws-bo-src", **BO))
     summary = run_search(cfg, progress=True)
@@ -102,6 +103,7 @@ def test_bo_warm_start_changes_the_first_suggestions(store: Path, capsys) -> Non
     assert [Policy.from_json(s.suggest("t0")["policy"]) for s in rebuilt] == [scratch, warm]
 
 
+@pytest.mark.slow  # real Ray searches: `make test-slow` runs it
 def test_rl_warm_start_through_the_search_field(store: Path, capsys) -> None:
     # The bo search kept a BOSearcher state: rl takes the first RL state named, not its trials.
     cfg = load_config(_config(store, "ws-rl", trials=2, warm_start=["ws-bo-src", "ws-rl-src"],
