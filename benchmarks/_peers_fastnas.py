@@ -71,7 +71,12 @@ def run_fastnas(obj: Any, method: str, divisor: int, work: Path, code: dict[str,
     return record
 
 
-def _fastnas_search(obj: Any, divisor: int, work: Path) -> dict[str, Any]:
+def _fastnas_search(obj: Any, divisor: int, work: Path, resume_as: str | None = None
+                    ) -> dict[str, Any]:
+    """FastNAS on `obj`'s dense model under its FLOPs budget. With `resume_as`, ModelOpt's
+    search checkpoint (its per-layer sensitivity map, saved layer by layer) keeps that name
+    until the search ends, so an interrupted run picks up where it stopped; without, it
+    starts whole."""
     import modelopt.torch.prune as mtp
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -95,7 +100,7 @@ def _fastnas_search(obj: Any, divisor: int, work: Path) -> dict[str, Any]:
     loader = DataLoader(TensorDataset(images, torch.zeros(len(images), dtype=torch.long)),
                         batch_size=128)
     model = copy.deepcopy(obj.dense)
-    ckpt = work / f"fastnas-div{divisor}-{time.time_ns()}.pth"  # fresh: restarts whole
+    ckpt = work / f"fastnas-div{divisor}-{resume_as or time.time_ns()}.pth"
     work.mkdir(parents=True, exist_ok=True)
     try:
         subnet, state = mtp.prune(model, mode=[("fastnas", _fastnas_config(divisor))],
@@ -103,8 +108,11 @@ def _fastnas_search(obj: Any, divisor: int, work: Path) -> dict[str, Any]:
                                   dummy_input=obj.example,
                                   config={"data_loader": loader, "score_func": score,
                                           "checkpoint": str(ckpt), "verbose": False})
-    finally:
-        ckpt.unlink(missing_ok=True)
+    except BaseException:
+        if resume_as is None:
+            ckpt.unlink(missing_ok=True)
+        raise
+    ckpt.unlink(missing_ok=True)
     subnet = recalibrate_bn(copy.deepcopy(subnet), images)
     accuracy = evaluate(subnet, val).accuracy
     flops = count_cost(subnet, obj.example).effective_flops / count_cost(

@@ -176,7 +176,8 @@ def fastnas_policy(args: argparse.Namespace, cell: Cell, uniform: dict[str, Any]
     keep = (cell.cfg.space.budget.keep if cell.cfg.space.budget.kind == "flops"
             else cell.share(Policy.from_dict(uniform["policy"]))["flops_share"])
     t0 = time.perf_counter()
-    found = _fastnas_search(_FastNASObjective(cell, keep), FASTNAS_DIVISOR, args.work / "fastnas")
+    found = _fastnas_search(_FastNASObjective(cell, keep), FASTNAS_DIVISOR, args.work / "fastnas",
+                            resume_as=f"{cell.name}-keep{keep:.4f}")
     wall = time.perf_counter() - t0
     units = {u.name: u for u in cell.space.analysis.units}
     dense = dict(cell.dense.model.named_modules())

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import sys
+from collections.abc import Iterator
 
 import pytest
 
@@ -33,6 +35,16 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory,
                    monkeypatch: pytest.MonkeyPatch) -> None:
     # Dense checkpoints made by tests go to a per-session folder, never the user's cache.
     monkeypatch.setenv("PRUNETUNE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_ray_left_running() -> Iterator[None]:
+    # Tune starts a local Ray itself when a test runs a search without `local_ray` (a benchmark
+    # script's main, say); left running, it makes every later module's `ray.init` fail.
+    yield
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
 
 
 @pytest.fixture(scope="module")

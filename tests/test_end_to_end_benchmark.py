@@ -29,7 +29,8 @@ def _module(name: str):  # noqa: ANN202 - a benchmark script imported by name
     return importlib.import_module(name)
 
 
-def test_every_method_lands_on_the_budget_is_fine_tuned_paired_and_timed(tmp_path: Path) -> None:
+def test_every_method_lands_on_the_budget_is_fine_tuned_paired_and_timed(local_ray,
+                                                                         tmp_path: Path) -> None:
     e2e = _module("end_to_end")
     work = tmp_path / "work"
     result = e2e.main(["--smoke", "--cells", CELL, "--work", str(work)])
