@@ -241,3 +241,18 @@ def test_a_search_on_the_toy_task_reports_its_metric(local_ray, tmp_path: Path) 
         # model's own share (never argmax accuracy on regression outputs)
         assert (t.metrics["accuracy"] * 256) == pytest.approx(round(t.metrics["accuracy"] * 256))
         assert t.metrics["accuracy_drop"] == pytest.approx(dense_share - t.metrics["accuracy"])
+
+
+def test_refusals_name_what_the_task_calls_a_sample() -> None:
+    from prunetune.trainers.tasks import DatasetShape, TaskBase
+
+    shape = DatasetShape(1, (28, 28), 10)
+    image = get_task("image-classification")
+    wrong = torch.zeros(2, 7)
+    assert image.check_output(wrong, shape, 2) == (
+        "gives outputs of shape (7,) per image, the dataset has 10 classes")
+    assert image.describe_input(shape) == "1x28x28 images"
+    assert TaskBase().check_output(wrong, shape, 2) == (
+        "gives outputs of shape (7,) per sample, the data has 10 classes")
+    assert TaskBase().describe_input(shape) == "1x28x28 inputs"
+    assert image.check_output(torch.zeros(2, 10), shape, 2) is None

@@ -356,6 +356,8 @@ class ImageClassification(TaskBase):
 
     name = DEFAULT_TASK
     metric_name = "top-1 accuracy"
+    sample_noun = "image"
+    source_noun = "dataset"
 
     def shape(self, cfg: DataConfig) -> DatasetShape:
         return _image_shape(cfg)
@@ -365,17 +367,6 @@ class ImageClassification(TaskBase):
 
     def load_data(self, cfg: DataConfig) -> DataBundle:
         return _LOADERS[cfg.name](cfg)
-
-    def check_output(self, outputs: torch.Tensor, shape: DatasetShape, batch: int
-                     ) -> str | None:
-        if tuple(outputs.shape) != (batch, shape.num_classes):
-            return (f"gives outputs of shape {tuple(outputs.shape)[1:]} per image, the "
-                    f"dataset has {shape.num_classes} classes")
-        return None
-
-    def describe_input(self, shape: DatasetShape) -> str:
-        dims = "x".join(str(d) for d in (shape.in_channels, *shape.image_size))
-        return f"{dims} images"
 
 
 IMAGE_CLASSIFICATION = register_task(ImageClassification())

@@ -198,6 +198,8 @@ class TaskBase:
 
     name = "base"
     metric_name = "accuracy"
+    sample_noun = "sample"  # what one input is called in messages ("image" for images)
+    source_noun = "data"  # what holds the classes ("dataset")
 
     def shape(self, cfg: DataConfig) -> DatasetShape:
         raise ConfigError(f"task {self.name!r} does not say its data's shape: define "
@@ -250,13 +252,15 @@ class TaskBase:
     def check_output(self, outputs: torch.Tensor, shape: DatasetShape, batch: int
                      ) -> str | None:
         if tuple(outputs.shape) != (batch, shape.num_classes):
-            return (f"gives outputs of shape {tuple(outputs.shape)[1:]} per sample, the data "
-                    f"has {shape.num_classes} classes")
+            return (f"gives outputs of shape {tuple(outputs.shape)[1:]} per "
+                    f"{self.sample_noun}, the {self.source_noun} has {shape.num_classes} "
+                    "classes")
         return None
 
     def describe_input(self, shape: DatasetShape) -> str:
         dims = "x".join(str(d) for d in (shape.in_channels, *shape.image_size))
-        return f"{dims} inputs"
+        plural = "inputs" if self.sample_noun == "sample" else f"{self.sample_noun}s"
+        return f"{dims} {plural}"
 
     def __repr__(self) -> str:
         return f"<task {self.name}>"
