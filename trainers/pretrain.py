@@ -2,6 +2,8 @@
 
 The cache key hashes (model, dataset, training config), minus settings that do not change the
 result (device, threads, loader workers), so a second pretraining of the same thing is a load.
+An interrupted pretraining resumes from its last completed epoch: each epoch leaves a partial
+checkpoint beside the cached one (`trainers.resume`), removed once the finished model is saved.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from prunetune.errors import ConfigError, ModelMismatchError
@@ -36,12 +39,29 @@ from .data import (
     load_data,
 )
 from .models import build_model
+from .resume import (
+    load_partial,
+    partial_path,
+    restore_rng,
+    rng_state,
+    run_fingerprint,
+    save_partial,
+)
 from .settings import ModelConfig
 from .tasks import DEFAULT_TASK
-from .train import TrainConfig, evaluate, fit, resolve_device, seed_everything
+from .train import (
+    FitResume,
+    TrainConfig,
+    evaluate,
+    fit,
+    fit_epochs,
+    resolve_device,
+    seed_everything,
+)
 
 __all__ = ["ModelConfig", "PretrainResult", "check_dense_inputs", "default_cache_dir",
-           "pretrain_cache_key", "pretrain_dense", "still_improving", "STILL_IMPROVING_RATE"]
+           "pretrain_cache_key", "pretrain_checkpoint_path", "pretrain_dense", "still_improving",
+           "STILL_IMPROVING_RATE"]
 
 # A dense model is "still improving" when, over the last quarter of its evaluated epochs (at
 # least the last epoch-to-epoch step), val accuracy rose above the best it had before that
@@ -81,6 +101,17 @@ def pretrain_cache_key(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: 
     train = train_cfg.model_dump(exclude={"device", "threads"})
     model = model_cfg.model_dump(exclude={"checkpoint"})
     return content_hash({"model": model, "data": data, "train": train, "format": CHECKPOINT_FORMAT})
+
+
+def pretrain_checkpoint_path(model_cfg: ModelConfig, data_cfg: DataConfig,
+                             train_cfg: TrainConfig,
+                             cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where `pretrain_dense` caches this dense model (`cache_dir`: default, the
+    `default_cache_dir`); its partial checkpoint goes beside it (`resume.partial_path`)."""
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    key = pretrain_cache_key(model_cfg, data_cfg, train_cfg)
+    slug = f"{model_cfg.name.replace(':', '-').replace('/', '-')}-{data_cfg.name}-{key}.pt"
+    return cache / "checkpoints" / slug
 
 
 _FACTORY_FIX = ("a model factory must build its first layer for the in_channels and its "
@@ -172,10 +203,8 @@ def pretrain_dense(
     get_task(data_cfg.task)  # a bad data.task: a ConfigError before anything else
     if model_cfg.checkpoint:
         return _from_checkpoint(model_cfg, data_cfg)
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     key = pretrain_cache_key(model_cfg, data_cfg, train_cfg)
-    slug = f"{model_cfg.name.replace(':', '-').replace('/', '-')}-{data_cfg.name}-{key}.pt"
-    path = cache / "checkpoints" / slug
+    path = pretrain_checkpoint_path(model_cfg, data_cfg, train_cfg, cache_dir)
     if path.is_file() and not force:
         ckpt = load_checkpoint(path)
         if progress:
@@ -199,31 +228,19 @@ def pretrain_dense(
               f"test images, {len(data.loader('train'))} batches of {data_cfg.batch_size} per "
               "epoch; a line per epoch follows", flush=True)
     return _train_and_save(model, data, model_cfg, data_cfg, train_cfg, device, key, path,
-                           progress)
+                           progress, force)
 
 
 def _train_and_save(model: nn.Module, data: DataBundle, model_cfg: ModelConfig,
                     data_cfg: DataConfig, train_cfg: TrainConfig, device: Any, key: str,
-                    path: Path, progress: bool) -> PretrainResult:
-    t0 = time.perf_counter()
-    curve: dict[str, list[float]] = {}
-
-    def record(epoch: int, epoch_metrics: dict[str, float]) -> None:
-        # the last epoch of a fractional count is partial: placed at where training ended
-        curve.setdefault("epoch", []).append(min(float(epoch), float(train_cfg.epochs)))
-        for k in ("train_loss", "train_accuracy", "val_accuracy", "val_loss"):
-            if k in epoch_metrics:
-                curve.setdefault(k, []).append(float(epoch_metrics[k]))
-
-    last = fit(model, data.loader("train", seed=train_cfg.seed), train_cfg,
-               val_loader=data.loader("val") if len(data.val) else None, progress=progress,
-               desc="pretrain", on_epoch_end=record)
-    wall_s = time.perf_counter() - t0
+                    path: Path, progress: bool, force: bool) -> PretrainResult:
+    curve, wall_s = _train(model, data, train_cfg, device, key, path, progress, force)
     test = evaluate(model, data.loader("test"), device)
     metrics = {"test_accuracy": test.accuracy, "test_loss": test.loss,
                "epochs": float(train_cfg.epochs), "wall_s": wall_s}
     # the last epoch's running train accuracy / loss (augmented batches, weights moving)
-    metrics.update({k: float(last[k]) for k in ("train_accuracy", "train_loss") if k in last})
+    metrics.update({k: float(curve[k][-1]) for k in ("train_accuracy", "train_loss")
+                    if curve.get(k)})
     if len(data.val):
         val = evaluate(model, data.loader("val"), device)
         metrics.update(val_accuracy=val.accuracy, val_loss=val.loss)
@@ -242,11 +259,69 @@ def _train_and_save(model: nn.Module, data: DataBundle, model_cfg: ModelConfig,
         "curve": {**curve, "val_samples": float(len(data.val))},
     }
     save_checkpoint(path, ckpt)
+    partial_path(path).unlink(missing_ok=True)  # only once the finished model is saved
     if progress:
         print(f"[pretrain] test accuracy {test.accuracy:.4f} after {wall_s:.0f}s; saved {path}",
               flush=True)
     return PretrainResult(model, path, metrics, False, ckpt,
                           _warn(ckpt, f"{model_cfg.name} on {data_cfg.name}"))
+
+
+def _train(model: nn.Module, data: DataBundle, train_cfg: TrainConfig, device: Any, key: str,
+           path: Path, progress: bool, force: bool) -> tuple[dict[str, list[float]], float]:
+    """Train `model`, after each epoch saving a partial checkpoint beside `path`, and resuming
+    from the one a matching interrupted run left (`trainers.resume`; `force`: start over);
+    returns the per-epoch training curve and the seconds trained, this run and the ones
+    resumed."""
+    loader = data.loader("train", seed=train_cfg.seed)
+    partial_file = partial_path(path)
+    expected = run_fingerprint(key, len(data.train), len(loader))
+    threads = train_cfg.threads or torch.get_num_threads()
+    run = {"device": str(device), "threads": threads}
+    partial = None
+    if train_cfg.epochs > 0 and not force:
+        partial = load_partial(partial_file, expected, fit_epochs(train_cfg, len(loader)))
+    resume, curve, before = None, {}, 0.0
+    if partial is not None:
+        model.load_state_dict(partial["state_dict"])
+        restore_rng(partial["rng"], loader.generator)
+        resume = FitResume(partial["epoch"], partial["optimizer"])
+        curve = {k: list(v) for k, v in partial["curve"].items()}
+        before = float(partial["elapsed_s"])
+        _say_resumed(partial, partial_file, fit_epochs(train_cfg, len(loader)), run, progress)
+    t0 = time.perf_counter()
+
+    def record(epoch: int, epoch_metrics: dict[str, float]) -> None:
+        # the last epoch of a fractional count is partial: placed at where training ended
+        curve.setdefault("epoch", []).append(min(float(epoch), float(train_cfg.epochs)))
+        for k in ("train_loss", "train_accuracy", "val_accuracy", "val_loss"):
+            if k in epoch_metrics:
+                curve.setdefault(k, []).append(float(epoch_metrics[k]))
+
+    def checkpoint(epoch: int, optimizer: torch.optim.Optimizer) -> None:
+        save_partial(partial_file, model=model, optimizer=optimizer, epoch=epoch, curve=curve,
+                     elapsed_s=before + time.perf_counter() - t0, fingerprint=expected,
+                     rng=rng_state(loader.generator, device), run=run)
+
+    fit(model, loader, train_cfg, val_loader=data.loader("val") if len(data.val) else None,
+        progress=progress, desc="pretrain", on_epoch_end=record, resume=resume,
+        on_checkpoint=checkpoint)
+    return curve, before + time.perf_counter() - t0
+
+
+def _say_resumed(partial: dict[str, Any], path: Path, epochs: int, run: dict[str, Any],
+                 progress: bool) -> None:
+    """The resume's progress line; and, on stderr, that a resume on another device or thread
+    count continues the same training but is not bit-identical to an uninterrupted run."""
+    if progress:
+        print(f"[pretrain] resuming from epoch {partial['epoch']} of {epochs}: {path}",
+              flush=True)
+    was = partial.get("run") or {}
+    if was and was != run:
+        print(f"[pretrain] note: the resumed epochs ran on {was.get('device')} with "
+              f"{was.get('threads')} threads, these run on {run['device']} with "
+              f"{run['threads']}: the same training, but floating-point sums in another order, "
+              "so not bit-identical to an uninterrupted run", file=sys.stderr, flush=True)
 
 
 def still_improving(epochs: list[float], val_accuracy: list[float], val_samples: float

@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,8 +24,9 @@ from .data import IMAGE_CLASSIFICATION
 from .settings import FinetuneConfig, TrainConfig
 from .tasks import Inputs, Task, TaskLoader
 
-__all__ = ["TrainConfig", "FinetuneConfig", "EvalResult", "EpochCallback", "evaluate", "fit",
-           "resolve_device", "seed_everything", "task_of"]
+__all__ = ["TrainConfig", "FinetuneConfig", "EvalResult", "EpochCallback", "EpochCheckpoint",
+           "FitResume", "evaluate", "fit", "fit_epochs", "resolve_device", "seed_everything",
+           "task_of"]
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,28 @@ def _batch_loss(task: Task, model: nn.Module, inputs: Inputs, y: torch.Tensor,
     return loss, outputs
 
 
+def fit_epochs(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """The epochs `fit` runs (a fractional count's last one partly)."""
+    total_steps = max(1, int(round(cfg.epochs * steps_per_epoch)))
+    return math.ceil(total_steps / max(1, steps_per_epoch))
+
+
+@dataclass(frozen=True)
+class FitResume:
+    """Where an interrupted `fit` continues: the epochs it completed and its optimiser's
+    `state_dict()` (SGD's momentum buffers). The learning rate needs no state of its own: it
+    is a function of the step, and the step is `epoch` times the batches per epoch. The
+    model's weights, the RNG states and the loader's generator are the caller's to restore."""
+
+    epoch: int
+    optimizer_state: dict[str, Any]
+
+
+EpochCheckpoint = Callable[[int, torch.optim.Optimizer], None]
+"""Called after each epoch (after `on_epoch_end`) with (epoch number from 1, the optimiser),
+the moment to save what `FitResume` and the RNG states need."""
+
+
 def fit(
     model: nn.Module,
     train_loader: DataLoader,
@@ -148,13 +172,17 @@ def fit(
     progress: bool = True,
     desc: str = "train",
     task: Task | None = None,
+    resume: FitResume | None = None,
+    on_checkpoint: EpochCheckpoint | None = None,
 ) -> dict[str, float]:
     """Train `model` in place with SGD and the configured schedule; returns the last metrics.
 
     `teacher` enables distillation (`cfg.kd_alpha > 0`). `after_step(model)` runs after every
     optimiser step (the pruning engine re-applies masks there, so pruned weights stay zero).
     `on_epoch_end(epoch, metrics)` sees train loss and, with `val_loader`, val accuracy / loss
-    (`accuracy` is the task's metric). `task`: default, the loader's (`task_of`).
+    (`accuracy` is the task's metric). `task`: default, the loader's (`task_of`). `resume`:
+    continue after its epoch (the model already holding that epoch's weights);
+    `on_checkpoint(epoch, optimizer)` after each epoch, to save what a resume needs.
     """
     if cfg.epochs == 0:
         return {}
@@ -166,13 +194,16 @@ def fit(
     if teacher is not None:
         teacher.to(device).eval()
     optimizer = _optimizer(model, cfg)
+    if resume is not None:  # after model.to(device): the buffers are cast to the params' device
+        optimizer.load_state_dict(resume.optimizer_state)
     steps_per_epoch = len(train_loader)
     total_steps = max(1, int(round(cfg.epochs * steps_per_epoch)))
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
-    n_epochs = math.ceil(total_steps / steps_per_epoch)
+    n_epochs = fit_epochs(cfg, steps_per_epoch)
     kd_teacher = teacher if teacher is not None and cfg.kd_alpha > 0 else None
-    step, metrics = 0, {}
-    for epoch in range(1, n_epochs + 1):
+    first = resume.epoch + 1 if resume is not None else 1
+    step, metrics = (first - 1) * steps_per_epoch, {}
+    for epoch in range(first, n_epochs + 1):
         t0, loss_sum, seen, score = time.perf_counter(), 0.0, 0, 0.0
         batches = tqdm(train_loader, desc=f"{desc} epoch {epoch}/{n_epochs}", leave=False,
                        disable=not progress, mininterval=2.0)
@@ -194,13 +225,22 @@ def fit(
             seen += len(y)
         metrics = {"epoch": float(epoch), "train_loss": loss_sum / max(1, seen),
                    "train_accuracy": score / max(1, seen), "epoch_s": time.perf_counter() - t0}
-        if val_loader is not None:
-            res = evaluate(model, val_loader, device, task=task)
-            metrics.update(val_accuracy=res.accuracy, val_loss=res.loss)
-        if progress:
-            shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k != "epoch")
-            tqdm.write(f"[{desc}] epoch {epoch}/{n_epochs}: {shown}")
-            sys.stdout.flush()  # seen as it happens when stdout is a pipe or a log file
+        _end_epoch(model, metrics, val_loader, device, task,
+                   f"[{desc}] epoch {epoch}/{n_epochs}" if progress else None)
         if on_epoch_end is not None:
             on_epoch_end(epoch, metrics)
+        if on_checkpoint is not None:
+            on_checkpoint(epoch, optimizer)
     return metrics
+
+
+def _end_epoch(model: nn.Module, metrics: dict[str, float], val_loader: DataLoader | None,
+               device: torch.device, task: Task, label: str | None) -> None:
+    """Add the val metrics to an epoch's `metrics` and print its line (with a `label`)."""
+    if val_loader is not None:
+        res = evaluate(model, val_loader, device, task=task)
+        metrics.update(val_accuracy=res.accuracy, val_loss=res.loss)
+    if label is not None:
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k != "epoch")
+        tqdm.write(f"{label}: {shown}")
+        sys.stdout.flush()  # seen as it happens when stdout is a pipe or a log file
