@@ -51,9 +51,19 @@ def kept_width(unit: Mapping[str, Any], scheme: str, ratio: float,
     return kept_channels(channels, int(unit.get("ch_groups", 1)), ratio, multiple)
 
 
+def _label(name: str, up: Any, unit: Mapping[str, Any] | None, round_to: int | None) -> str:
+    """A unit's tick label; an attention heads unit's adds its kept and dense head counts."""
+    heads = int((unit or {}).get("heads", 0) or 0)
+    if not heads:
+        return name
+    kept = kept_width(unit, up.scheme, up.ratio, round_to) * heads // int(unit["channels"])
+    return f"{name} [{kept}/{heads} heads]"
+
+
 def policy_figure(policy: Policy, units: Mapping[str, Mapping[str, Any]], title: str) -> Any:
     """Per unit, in model order: the pruning ratio coloured by scheme (top), and the dense and
-    kept widths in channels (bottom). `units`: `PruningSpace.describe()["units"]`."""
+    kept widths in channels (bottom); an attention heads unit's label adds its kept / dense
+    heads. `units`: `PruningSpace.describe()["units"]`."""
     plt = _pyplot()
     names = [n for n in units if n in policy.units] or list(policy.units)
     ups = [policy.units[n] for n in names]
@@ -84,11 +94,13 @@ def policy_figure(policy: Policy, units: Mapping[str, Mapping[str, Any]], title:
         bottom.set_ylabel("channels")
         bottom.legend(["dense", "kept"], fontsize=8, loc="upper left")
     bottom.set_xticks(list(xs))
-    bottom.set_xticklabels(names, rotation=90, fontsize=7)
+    bottom.set_xticklabels([_label(n, u, units.get(n), policy.round_to)
+                            for n, u in zip(names, ups, strict=True)], rotation=90, fontsize=7)
     bottom.grid(axis="y", alpha=0.3)
     # Margins from the longest unit name (7-point characters, about 0.06 in each, rotated)
     # instead of tight_layout, which draws every label once more to measure it.
-    label_in = 0.06 * max(len(n) for n in names) + 0.15
+    label_in = 0.06 * max(len(n) for n in names) + 0.15 + 0.9 * any(
+        (units.get(n) or {}).get("heads") for n in names)
     fig.subplots_adjust(left=0.75 / width, right=1 - 0.2 / width, top=0.93,
                         bottom=min(0.6, (label_in + 0.1) / 5.4), hspace=0.08)
     return fig

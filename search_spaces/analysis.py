@@ -24,6 +24,7 @@ from torch import nn
 from .channel import max_channel_ratio
 from .cost import CostModel, layer_costs
 from .graph import ChannelGraph
+from .heads import mha_modules, timm_attentions
 from .policy import Policy, PolicyError, UnitPolicy
 from .schemes import get_scheme, key_scheme, scheme_names, sparse_keys
 
@@ -51,6 +52,11 @@ class PrunableUnit:
     sparse_layers: dict[str, tuple[str, ...]]
     shapes: dict[str, tuple[int, int]] = field(default_factory=dict)  # layer -> GEMM (out, K)
     features: dict[str, Any] = field(default_factory=dict)
+    # A heads unit (an attention block's heads, `heads.py`): its dense head count and width.
+    # Its channels are whole heads' rows (`multiple` = head_dim), so `channel` at ratio r keeps
+    # `kept_channels(...) // (ch_groups * head_dim)` heads, at least one.
+    heads: int = 0
+    head_dim: int = 0
 
     def max_ratio(self, scheme: str) -> float:
         found = get_scheme(scheme)
@@ -138,6 +144,12 @@ class _GraphUnit:
     group: Any  # the Torch-Pruning group (only while the graph lives)
     out_parts: dict[nn.Module, int]
     in_parts: dict[nn.Module, int]
+    # A heads unit: the module its cut starts from (timm: `proj`, whose input columns are the
+    # heads; nn.MultiheadAttention: the module itself, replaced by `heads.HeadsAttention`).
+    attention: nn.Module | None = None
+    # Modules whose outputs / inputs a heads unit multiplies on top of the channel units
+    # (nn.MultiheadAttention's in-projection / its out_proj; `CostModel.m_out`, `m_in`).
+    mul_parts: dict[nn.Module, str] = field(default_factory=dict)
 
 
 def _sparse_layers(layers: list[str], modules: dict[str, nn.Module]
@@ -148,42 +160,69 @@ def _sparse_layers(layers: list[str], modules: dict[str, nn.Module]
             for key in sparse_keys()}
 
 
+def _group_parts(graph: ChannelGraph, root: nn.Module, group: Any, names: dict
+                 ) -> tuple[dict[nn.Module, int], dict[nn.Module, int], bool, list[int], bool]:
+    """(out parts, in parts, feeds the output, MHA head counts, reaches an unbind) of a
+    group: the channel count each module loses on its outputs / inputs."""
+    dg = graph.dg
+    out_parts: dict[nn.Module, int] = {}
+    in_parts: dict[nn.Module, int] = {}
+    feeds_output, unbind, heads = False, False, []
+    if group is None:  # blocked: whole layers, no index lists
+        _, outs = graph.reach(root)
+        out_parts = {m: int(dg.get_out_channels(m) or 1) for m in outs
+                     if isinstance(m, nn.Module) and m in names}
+        feeds_output = any(not dg.module2node[m].outputs for m in out_parts
+                           if m in dg.module2node)
+    for dep, idxs in group or ():
+        node, mod = dep.target, dep.target.module
+        is_out = dg.is_out_channel_pruning_fn(dep.handler)
+        if not node.outputs and (is_out or node.type not in _LAYER_TYPES):
+            feeds_output = True  # these channels reach the model output unchanged
+        unbind |= node.type == _OPT.UNBIND
+        if isinstance(mod, nn.MultiheadAttention):
+            heads.append(mod.num_heads)
+        if not isinstance(mod, nn.Module) or mod not in names:
+            continue
+        parts = out_parts if is_out else in_parts
+        parts[mod] = parts.get(mod, 0) + len(idxs)
+    return out_parts, in_parts, feeds_output, heads, unbind
+
+
+def _mha_units(model: nn.Module) -> list[_GraphUnit]:
+    """One heads unit per `nn.MultiheadAttention` (`heads.mha_modules`): channel pruning only
+    (its in-projection is no Linear layer the sparse schemes could mask); its channels are the
+    inner width, in whole heads."""
+    units = []
+    for name, mha in mha_modules(model).items():
+        inner = mha.in_proj_weight.shape[0] // 3
+        head_dim = inner // mha.num_heads
+        unit = PrunableUnit(name, (), (), inner, 1, head_dim, ("channel",),
+                            {key: () for key in sparse_keys()}, {}, heads=mha.num_heads,
+                            head_dim=head_dim)
+        units.append(_GraphUnit(unit, None, {}, {}, mha, {mha: "out", mha.out_proj: "in"}))
+    return units
+
+
 def graph_units(graph: ChannelGraph, model: nn.Module,
                 protect_output: bool = True) -> tuple[list[_GraphUnit], list[str]]:
-    """Units of `model` read from its dependency graph, plus the protected unit names.
+    """Units of `model` read from its dependency graph, plus the protected unit names, and a
+    heads unit per attention block (`heads.py`).
 
-    A unit whose channels reach a reshape the graph cannot follow (`graph.py`) is kept for the
-    sparse schemes but loses `channel`.
+    A unit whose channels reach a reshape the graph cannot follow (`graph.py`), or an unbind
+    that is no known attention's (arbitrary rows of a fused qkv layer), is kept for the sparse
+    schemes but loses `channel`.
     """
-    dg = graph.dg
     names = {m: n for n, m in model.named_modules()}
     order = {n: i for i, n in enumerate(names.values())}
     modules = dict(model.named_modules())
+    attentions = timm_attentions(model)
     units: list[_GraphUnit] = []
     protected: list[str] = []
     weighted = (nn.Linear, nn.modules.conv._ConvNd)
     for root, group in graph.groups():
-        out_parts: dict[nn.Module, int] = {}
-        in_parts: dict[nn.Module, int] = {}
-        feeds_output = False
-        heads: list[int] = []
-        if group is None:  # blocked: whole layers, no index lists
-            _, outs = graph.reach(root)
-            out_parts = {m: int(dg.get_out_channels(m) or 1) for m in outs
-                         if isinstance(m, nn.Module) and m in names}
-            feeds_output = any(not dg.module2node[m].outputs for m in out_parts
-                               if m in dg.module2node)
-        for dep, idxs in group or ():
-            node, mod = dep.target, dep.target.module
-            is_out = dg.is_out_channel_pruning_fn(dep.handler)
-            if not node.outputs and (is_out or node.type not in _LAYER_TYPES):
-                feeds_output = True  # these channels reach the model output unchanged
-            if isinstance(mod, nn.MultiheadAttention):
-                heads.append(mod.num_heads)
-            if not isinstance(mod, nn.Module) or mod not in names:
-                continue
-            parts = out_parts if is_out else in_parts
-            parts[mod] = parts.get(mod, 0) + len(idxs)
+        out_parts, in_parts, feeds_output, heads, unbind = _group_parts(graph, root, group,
+                                                                        names)
         layers = sorted((names[m] for m in out_parts if isinstance(m, weighted)),
                         key=order.__getitem__)
         name = layers[0] if layers else names.get(root, str(root))
@@ -192,19 +231,27 @@ def graph_units(graph: ChannelGraph, model: nn.Module,
             continue
         in_layers = sorted((names[m] for m in in_parts if isinstance(m, weighted)),
                            key=order.__getitem__)
-        channels = int(dg.get_out_channels(root) or 1)
+        channels = int(graph.dg.get_out_channels(root) or 1)
         ch_groups = max(1, graph.channel_groups(group)) if group is not None else 1
         multiple = math.lcm(*heads)
+        attn = attentions.get(root) if group is not None else None
+        if attn is not None:  # whole heads: (q, k, v) x heads x head_dim rows
+            ch_groups, multiple = 3, attn.head_dim
         sparse = _sparse_layers(layers, modules)
-        cuttable = group is not None and channels // ch_groups > max(multiple, 1)
+        cuttable = (group is not None and channels // ch_groups > max(multiple, 1)
+                    and (attn is not None or not unbind))
         schemes = [n for n in scheme_names()
                    if (cuttable if get_scheme(n).structural
                        else any(sparse[k] for k in get_scheme(n).keys()))]
         shapes = {n: (int(modules[n].weight.shape[0]), int(modules[n].weight[0].numel()))
                   for n in layers}
         unit = PrunableUnit(name, tuple(layers), tuple(in_layers), channels, ch_groups,
-                            multiple, tuple(schemes), sparse, shapes)
-        units.append(_GraphUnit(unit, group, out_parts, in_parts))
+                            multiple, tuple(schemes), sparse, shapes,
+                            heads=attn.num_heads if attn is not None else 0,
+                            head_dim=attn.head_dim if attn is not None else 0)
+        units.append(_GraphUnit(unit, group, out_parts, in_parts,
+                                attn.proj if attn is not None else None))
+    units += _mha_units(model)
     units.sort(key=lambda g: order.get(g.unit.name, len(order)))
     return units, protected
 
@@ -245,9 +292,12 @@ def _cost_model(model: nn.Module, gunits: list[_GraphUnit], flops: float, params
         f, p, wf = table[m]
         weighted = isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))
         wp = m.weight.numel() if weighted else 0
+        if isinstance(m, nn.MultiheadAttention) and m.in_proj_weight is not None:
+            wp = m.in_proj_weight.numel()  # pruned on both sides, as a linear layer's weight
         w_flops[i], o_flops[i] = wf, max(0.0, f - wf)
         w_params[i], o_params[i] = wp, max(0, p - wp)
     w_out, w_in = np.zeros((n_m, n_u)), np.zeros((n_m, n_u))
+    mul = {"out": np.zeros((n_m, n_u)), "in": np.zeros((n_m, n_u))}
     owner = np.full(n_m, -1)
     keys = sparse_keys()  # the rows of the applicability table, as the units were read
     applies = np.zeros((len(keys), n_m), dtype=bool)
@@ -261,6 +311,9 @@ def _cost_model(model: nn.Module, gunits: list[_GraphUnit], flops: float, params
             if m in index and not _is_depthwise(m):
                 total = dg.get_in_channels(m) or k
                 w_in[index[m], u] += k / total
+        for m, side in g.mul_parts.items():
+            if m in index:
+                mul[side][index[m], u] = 1.0
         for name in g.unit.layers:
             m = by_name[name]
             if m in index:
@@ -293,7 +346,7 @@ def _cost_model(model: nn.Module, gunits: list[_GraphUnit], flops: float, params
         applies=applies, channels=np.array([g.unit.channels for g in gunits], dtype=float),
         ch_groups=np.array([g.unit.ch_groups for g in gunits], dtype=float),
         multiple=np.array([g.unit.multiple for g in gunits], dtype=np.int64),
-        names=tuple(name_of[m] for m in modules), keys=keys)
+        names=tuple(name_of[m] for m in modules), keys=keys, m_out=mul["out"], m_in=mul["in"])
 
 
 def analyze(model: nn.Module, example_input: Any, *, protect_output: bool = True,
@@ -319,7 +372,9 @@ def analyze(model: nn.Module, example_input: Any, *, protect_output: bool = True
         first = modules[u.name]
         u_flops = sum(table[m][0] * k / (graph.dg.get_out_channels(m) or k)
                       for m, k in g.out_parts.items() if m in table)
+        u_flops += sum(table[m][0] for m in g.mul_parts if m in table)
         u_params = sum(p.numel() for n in u.layers for p in modules[n].parameters())
+        u_params += sum(p.numel() for m in g.mul_parts for p in m.parameters(recurse=False))
         types = sorted({type(m).__name__ for m in g.out_parts})
         u.features = {
             "type": _layer_type(first),
@@ -338,7 +393,8 @@ def analyze(model: nn.Module, example_input: Any, *, protect_output: bool = True
             "params": int(u_params),
             "flops_share": float(u_flops / flops) if flops else 0.0,
             "params_share": float(u_params / params) if params else 0.0,
-            "depth": float(depth_of.get(u.name, 0.0)),
+            "depth": float(depth_of.get(u.name, depth_of.get(f"{u.name}.out_proj", 0.0))),
+            "heads": u.heads,
             **_importance_stats(g.group),
         }
     cost_model = _cost_model(work, gunits, flops, params, table, graph.dg, sources)

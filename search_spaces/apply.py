@@ -12,6 +12,7 @@ from torch import nn
 from .analysis import ModelAnalysis, graph_units
 from .channel import kept_channels, prune_channels, zero_channels
 from .graph import ChannelGraph
+from .heads import cut_heads, head_scores, replace_mha_heads, zero_mha_heads
 from .policy import Policy, PolicyError, UnitPolicy
 
 __all__ = ["apply_policy", "nm_channel_multiples", "sparse_mask", "zero_pruned_channels"]
@@ -56,9 +57,11 @@ def nm_channel_multiples(policy: Policy, units: list[Any]) -> dict[str, int]:
 
 
 def _channel_plan(work: nn.Module, policy: Policy, example_input: Any, protect_output: bool
-                  ) -> tuple[ChannelGraph, dict[str, Any], list[tuple[Any, int, int]]]:
-    """The graph of `work`, its units by name, and the channel-pruning plan of `policy`
-    (validated against the units first)."""
+                  ) -> tuple[ChannelGraph, dict[str, Any], list[tuple[Any, ...]],
+                             dict[str, list[int]]]:
+    """The graph of `work`, its units by name, the channel-pruning plan of `policy` (validated
+    against the units first) and the heads each `nn.MultiheadAttention` loses (by name; ranked
+    on the unpruned weights, like every channel)."""
     graph = ChannelGraph(work, example_input, policy.importance)
     gunits, protected = graph_units(graph, work, protect_output)
     policy.validate(ModelAnalysis([g.unit for g in gunits], protected, 0.0, 0, None,
@@ -66,15 +69,19 @@ def _channel_plan(work: nn.Module, policy: Policy, example_input: Any, protect_o
     by_name = {g.unit.name: g for g in gunits}
     multiple = policy.round_to or 1
     nm = nm_channel_multiples(policy, [g.unit for g in gunits])
-    plan = []
+    plan, mha_cuts = [], {}
     for name, up in policy.units.items():
         if not up.spec.structural or up.ratio <= 0:
             continue
-        u = by_name[name].unit
+        g = by_name[name]
+        u = g.unit
         mult = math.lcm(u.multiple, multiple, nm.get(name, 1))
-        plan.append((by_name[name].group, kept_channels(u.channels, u.ch_groups, up.ratio, mult),
-                     u.ch_groups))
-    return graph, by_name, plan
+        kept = kept_channels(u.channels, u.ch_groups, up.ratio, mult)
+        if g.group is None:  # nn.MultiheadAttention: heads kept = kept // head_dim
+            mha_cuts[name] = cut_heads(head_scores(g.attention), kept // u.head_dim)
+        else:
+            plan.append((g.group, kept, u.ch_groups, g.attention, u.head_dim))
+    return graph, by_name, plan, mha_cuts
 
 
 def zero_pruned_channels(model: nn.Module, policy: Policy, example_input: Any, *,
@@ -85,8 +92,10 @@ def zero_pruned_channels(model: nn.Module, policy: Policy, example_input: Any, *
     removal (empty: the outputs must agree exactly; see `channel.zero_channels`)."""
     work = copy.deepcopy(model)
     grad_flags = {n: p.requires_grad for n, p in work.named_parameters()}
-    graph, _, plan = _channel_plan(work, policy, example_input, protect_output)
+    graph, by_name, plan, mha_cuts = _channel_plan(work, policy, example_input, protect_output)
     inexact = zero_channels(graph, plan) if plan else []
+    for name, cut in mha_cuts.items():
+        zero_mha_heads(by_name[name].attention, cut)
     for n, p in work.named_parameters():
         p.requires_grad_(grad_flags.get(n, True))
     work.train(model.training)
@@ -97,7 +106,8 @@ def apply_policy(model: nn.Module, policy: Policy, example_input: Any, *,
                  protect_output: bool = True) -> nn.Module:
     """A pruned deep copy of `model`; `model` itself is never changed.
 
-    Channel units are removed first (the copy really shrinks), then sparse units get their
+    Channel units are removed first (the copy really shrinks; a heads unit loses whole heads,
+    an `nn.MultiheadAttention` becoming a `heads.HeadsAttention`), then sparse units get their
     `weight_mask` buffers (and `prune_block` for block sparsity) on the shrunk layers. The same
     policy on the same weights gives the same model. Raises PolicyError for a policy that does
     not fit the model (unknown unit, scheme that does not apply, ratio out of range).
@@ -107,9 +117,10 @@ def apply_policy(model: nn.Module, policy: Policy, example_input: Any, *,
                           "with Policy.load(path)")
     work = copy.deepcopy(model)
     grad_flags = {n: p.requires_grad for n, p in work.named_parameters()}
-    graph, by_name, plan = _channel_plan(work, policy, example_input, protect_output)
+    graph, by_name, plan, mha_cuts = _channel_plan(work, policy, example_input, protect_output)
     if plan:
         prune_channels(graph, plan)
+    replace_mha_heads(work, mha_cuts)
     modules = dict(work.named_modules())
     for name, up in policy.units.items():
         scheme = up.spec

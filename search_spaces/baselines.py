@@ -32,6 +32,7 @@ from torch import nn
 from prunetune.errors import BudgetError, SpaceError
 
 from .channel import kept_channels
+from .heads import timm_attentions
 from .policy import Policy, UnitPolicy
 
 __all__ = ["BASELINE_METHODS", "TAYLOR_BATCH", "Baseline", "baseline_policies", "taylor_batch",
@@ -184,13 +185,24 @@ def _tp_kept(model: nn.Module, example: torch.Tensor, units: _Units, method: str
     if grads is not None:
         for name, param in work.named_parameters():
             param.grad = grads[name].clone() if name in grads else None
+    # Heads units: Torch-Pruning's own head pruning (whole heads of timm attentions, ranked
+    # globally, head dimensions kept); it cannot remove heads of nn.MultiheadAttention, so
+    # those stay dense.
+    heads = {qkv: attn.num_heads for qkv, attn in timm_attentions(work).items()
+             if qkv not in ignored}
     pruner = tp.pruner.MetaPruner(work, example, importance=importance, pruning_ratio=ratio,
                                   global_pruning=True, ignored_layers=ignored,
-                                  max_pruning_ratio=_MAX_GLOBAL_RATIO)
+                                  max_pruning_ratio=_MAX_GLOBAL_RATIO, num_heads=heads,
+                                  prune_num_heads=bool(heads), prune_head_dims=not heads,
+                                  head_pruning_ratio=ratio if heads else 0.0)
     pruner.step()
     kept = []
     for u, mult, floor in zip(units.units, units.mult, units.floor, strict=True):
-        width = int(modules[u.name].weight.shape[0]) // u.ch_groups
+        weight = getattr(modules[u.name], "weight", None)
+        if weight is None:  # an nn.MultiheadAttention heads unit
+            kept.append(u.channels // u.ch_groups)
+            continue
+        width = int(weight.shape[0]) // u.ch_groups
         kept.append(max(width - width % mult if mult > 1 else width, floor))
     return np.array(kept)
 

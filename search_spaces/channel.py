@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .graph import ChannelGraph, make_importance
+from .heads import cut_heads, fix_heads
 
 __all__ = ["channel_cuts", "kept_channels", "kept_channels_np", "max_channel_ratio",
            "prune_channels", "zero_channels"]
@@ -75,19 +76,44 @@ def _fix_torchvision(model: nn.Module) -> None:
             module.hidden_dim = module.conv_proj.out_channels
 
 
+def _head_cut(graph: ChannelGraph, proj: nn.Module, kept: int, ch_groups: int,
+              head_dim: int) -> tuple[nn.Module, Any, list[int]] | None:
+    """A timm attention's cut by whole heads: its `proj`'s input columns of the lowest-ranked
+    heads (the group's importance, averaged over each head's columns, as Torch-Pruning's
+    `prune_num_heads` ranks them); Torch-Pruning's graph removes their q, k and v rows."""
+    dg = graph.dg
+    width = proj.in_features
+    handler = dg.get_pruner_of_module(proj).prune_in_channels
+    group = dg.get_pruning_group(proj, handler, list(range(width)))
+    imp = graph.estimate_importance(group)
+    if imp is None:  # e.g. bn_scale on a unit without batch norm
+        imp = make_importance("magnitude")(group)
+    scores = imp.view(width // head_dim, head_dim).mean(1)
+    cut = cut_heads(scores, kept // (ch_groups * head_dim))
+    if not cut:
+        return None
+    return proj, handler, [h * head_dim + j for h in cut for j in range(head_dim)]
+
+
 @torch.no_grad()
-def channel_cuts(graph: ChannelGraph, plan: list[tuple[Any, int, int]]
+def channel_cuts(graph: ChannelGraph, plan: list[tuple[Any, ...]]
                  ) -> list[tuple[nn.Module, Any, list[int]]]:
     """The channels `plan` removes: (root module, Torch-Pruning handler, channel indices) per
-    group that loses any. `plan` lists (Torch-Pruning group, kept channels, ch_groups).
+    group that loses any. `plan` lists (Torch-Pruning group, kept channels, ch_groups[, the
+    `proj` of a timm attention whose heads the group's channels are, and its head_dim]).
 
     As in Torch-Pruning's own pruner, every group's channel importance is computed on the
     unpruned model first; each group loses its lowest-ranked channels (the same ones in each
-    of its `ch_groups` channel groups, so grouped convolutions stay valid).
+    of its `ch_groups` channel groups, so grouped convolutions stay valid), a heads group its
+    lowest-ranked heads.
     """
     fallback = make_importance("magnitude")
     cuts = []
-    for group, kept, ch_groups in plan:
+    for group, kept, ch_groups, *heads in plan:
+        if heads and heads[0] is not None:
+            cut = _head_cut(graph, heads[0], kept, ch_groups, heads[1])
+            cuts += [cut] if cut else []
+            continue
         imp = graph.estimate_importance(group)
         if imp is None:  # e.g. bn_scale on a unit without batch norm
             imp = fallback(group)
@@ -103,7 +129,7 @@ def channel_cuts(graph: ChannelGraph, plan: list[tuple[Any, int, int]]
 
 
 @torch.no_grad()
-def prune_channels(graph: ChannelGraph, plan: list[tuple[Any, int, int]]) -> None:
+def prune_channels(graph: ChannelGraph, plan: list[tuple[Any, ...]]) -> None:
     """Remove the channels of `channel_cuts(graph, plan)` from the graph's model, in place."""
     dg = graph.dg
     for root, handler, idxs in channel_cuts(graph, plan):
@@ -113,10 +139,11 @@ def prune_channels(graph: ChannelGraph, plan: list[tuple[Any, int, int]]) -> Non
                                f"{dg._module2name.get(root, root)}: too few would remain")
         group.prune()
     _fix_torchvision(graph.model)
+    fix_heads(graph.model)
 
 
 @torch.no_grad()
-def zero_channels(graph: ChannelGraph, plan: list[tuple[Any, int, int]]) -> list[str]:
+def zero_channels(graph: ChannelGraph, plan: list[tuple[Any, ...]]) -> list[str]:
     """Zero, in the graph's (unpruned) model, what `prune_channels` would remove for `plan`:
     the out-channel rows of every coupled conv / linear layer and the scale and shift of every
     coupled BatchNorm. Returns the handlers of coupled layers for which a zeroed channel is

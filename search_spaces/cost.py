@@ -297,7 +297,11 @@ class CostModel:
     modules, U units. `w_*` / `o_*`: the weight part and the rest (bias, norm) of each module's
     FLOPs / params; `w_out` / `w_in`: (M, U) share of the module's output / input channels that
     belong to each unit; `owner`: (M,) unit whose sparse scheme prunes the module (-1: none);
-    `applies`: (len(keys), M) whether that row's scheme can prune the module; `keys`: the rows of
+    `m_out` / `m_in`: (M, U) 1 where a unit's kept fraction multiplies the module's outputs /
+inputs on top of its channel shares (a heads unit of `nn.MultiheadAttention`: the inner width
+of its in-projection and of its `out_proj`'s input, which the channel units shrink too; zeros
+when not given);
+`applies`: (len(keys), M) whether that row's scheme can prune the module; `keys`: the rows of
     the applicability table (`schemes.sparse_keys()` when the model was analysed: each mask
     scheme's `keys`); `names`: (M,) the modules' names in the model.
     """
@@ -306,12 +310,15 @@ class CostModel:
                  o_flops: np.ndarray, w_params: np.ndarray, o_params: np.ndarray,
                  w_out: np.ndarray, w_in: np.ndarray, owner: np.ndarray, applies: np.ndarray,
                  channels: np.ndarray, ch_groups: np.ndarray, multiple: np.ndarray,
-                 names: tuple[str, ...], keys: tuple[str, ...] | None = None) -> None:
+                 names: tuple[str, ...], keys: tuple[str, ...] | None = None,
+                 m_out: np.ndarray | None = None, m_in: np.ndarray | None = None) -> None:
         self.dense_flops = float(dense_flops)
         self.dense_params = float(dense_params)
         self.w_flops, self.o_flops = w_flops, o_flops
         self.w_params, self.o_params = w_params, o_params
         self.w_out, self.w_in = w_out, w_in
+        self.m_out = np.zeros_like(w_out) if m_out is None else m_out
+        self.m_in = np.zeros_like(w_in) if m_in is None else m_in
         self.owner, self.applies = owner, applies
         self.channels, self.ch_groups, self.multiple = channels, ch_groups, multiple
         self.names = tuple(names)
@@ -352,8 +359,9 @@ class CostModel:
         mult = np.where(channel & (need > 1), np.lcm(mult, need), mult)
         kept = kept_channels_np(self.channels, self.ch_groups, ratio, mult)
         pruned = np.where(channel, 1.0 - kept / self.channels, 0.0)
-        f_out = 1.0 - self.w_out @ pruned
-        f_in = 1.0 - self.w_in @ pruned
+        # Heads of nn.MultiheadAttention (`heads.py`) multiply what the channel units keep.
+        f_out = (1.0 - self.w_out @ pruned) * (1.0 - self.m_out @ pruned)
+        f_in = (1.0 - self.w_in @ pruned) * (1.0 - self.m_in @ pruned)
         gain = 1.0 if sparse_gain is None else np.where(
             sparse_row >= 0, np.asarray(sparse_gain)[np.maximum(sparse_row, 0)], 0.0)
         density = np.where(sparse_row >= 0, 1.0 - gain * ratio, 1.0)

@@ -584,6 +584,7 @@ class PruningSpace:
             "units": {u.name: {"low": float(self._lo[i]), "high": float(self._hi[i]),
                                "scheme": self.templates[u.name].scheme,
                                "group": int(self._group_of[i]), "channels": u.channels,
-                               "ch_groups": u.ch_groups, "multiple": u.multiple}
+                               "ch_groups": u.ch_groups, "multiple": u.multiple,
+                               "heads": u.heads}
                       for i, u in enumerate(self.units)},
         }
