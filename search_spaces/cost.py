@@ -329,6 +329,12 @@ when not given);
         self.base_flops = self.dense_flops - float(w_flops.sum() + o_flops.sum())
         self.base_params = self.dense_params - float(w_params.sum() + o_params.sum())
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # a cost model pickled before heads units (a resumed search's space) has no m_out/m_in
+        state.setdefault("m_out", np.zeros_like(state["w_out"]))
+        state.setdefault("m_in", np.zeros_like(state["w_in"]))
+        self.__dict__.update(state)
+
     @property
     def n_units(self) -> int:
         return len(self.channels)

@@ -228,3 +228,14 @@ def test_policy_picture_labels_heads(timm_vit) -> None:
     fig = policy_figure(policy, space.describe()["units"], "heads")
     labels = [t.get_text() for t in fig.axes[1].get_xticklabels()]
     assert labels == ["blocks.0.attn.qkv [1/3 heads]", "blocks.0.mlp.fc1"]
+
+
+def test_a_cost_model_pickled_before_heads_units_still_evaluates(timm_vit) -> None:
+    _, analysis = timm_vit
+    cm = analysis.cost_model
+    old = {k: v for k, v in cm.__dict__.items() if k not in ("m_out", "m_in")}
+    restored = type(cm).__new__(type(cm))
+    restored.__setstate__(old)  # what unpickling a space of an earlier search does
+    ratio = np.full(cm.n_units, 0.3)
+    args = (ratio, np.ones(cm.n_units, dtype=bool), np.full(cm.n_units, -1))
+    assert restored.evaluate(*args) == cm.evaluate(*args)
