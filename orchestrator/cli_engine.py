@@ -20,10 +20,10 @@ from prunetune.errors import CLIError
 __all__ = ["add_engine_commands", "cmd_analyze", "cmd_apply", "cmd_map", "format_units"]
 
 _COLUMNS = (("unit", "unit"), ("group", "group"), ("type", "type"), ("channels", "ch"),
-            ("in_channels", "in"), ("out_channels", "out"), ("kernel", "k"), ("stride", "s"),
-            ("groups", "g"), ("n_layers", "layers"), ("flops_share", "flops%"),
-            ("params", "params"), ("depth", "depth"), ("imp_cv", "imp_cv"),
-            ("schemes", "schemes"))
+            ("heads", "heads"), ("in_channels", "in"), ("out_channels", "out"),
+            ("kernel", "k"), ("stride", "s"), ("groups", "g"), ("n_layers", "layers"),
+            ("flops_share", "flops%"), ("params", "params"), ("depth", "depth"),
+            ("imp_cv", "imp_cv"), ("schemes", "schemes"))
 
 
 def input_size(text: str) -> tuple[int, int, int]:
@@ -74,6 +74,8 @@ def format_units(rows: list[dict[str, Any]]) -> str:
             v = row.get(key, "")
             if key == "flops_share":
                 v = f"{100 * v:.1f}"
+            elif key == "heads" and not v:
+                v = "-"  # not an attention block
             elif isinstance(v, float):
                 v = f"{v:.3g}"
             line.append(str(v))

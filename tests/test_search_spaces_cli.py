@@ -97,3 +97,20 @@ def test_analyze_any_model_without_data(model, tmp_path, capsys):
     assert "1813.57 MFLOPs" in table
     with pytest.raises(SystemExit):
         _run(["analyze", str(path), "--input-size", "3,224", "--untrained"])
+
+
+def test_analyze_shows_attention_heads(tmp_path, capsys):
+    pytest.importorskip("timm", reason="timm is an optional extra (pip install "
+                                       "'prunetune[timm]'); CI installs it")
+    path = tmp_path / "cfg.yaml"
+    path.write_text("model: {name: 'timm:vit_tiny_patch16_224', kwargs: {img_size: 32, "
+                    "patch_size: 8, depth: 2}}\n"
+                    f"data: {{name: imagefolder, root: {tmp_path / 'no-such-folder'}}}\n")
+    assert _run(["analyze", str(path), "--input-size", "3,32,32", "--untrained"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = lines[0].split()
+    rows = {line.split()[0]: line.split() for line in lines[1:] if line.strip()}
+    heads = header.index("heads")
+    assert header[heads - 1] == "ch"
+    assert rows["blocks.0.attn.qkv"][heads] == "3" and rows["blocks.1.attn.qkv"][heads] == "3"
+    assert rows["blocks.0.mlp.fc1"][heads] == "-"
