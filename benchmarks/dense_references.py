@@ -2,7 +2,8 @@
 
     python benchmarks/dense_references.py [CONFIG ...] [--threads N]
 
-Each config (default: examples/e2e-resnet56.yaml, examples/e2e-mobilenetv2.yaml) is pretrained
+Each config (default: examples/e2e-resnet56.yaml, examples/e2e-mobilenetv2.yaml,
+examples/e2e-vit.yaml) is pretrained
 through the product's own path (`pretrain_dense`, content-addressed cache: a model trained once
 is loaded on the next run, so an interrupted run loses at most the model it was training). For
 each, the result records the training curve (val accuracy and loss, running train accuracy per
@@ -31,7 +32,8 @@ from prunetune.trainers.pretrain import still_improving  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "dense_references.json"
-CONFIGS = ("examples/e2e-resnet56.yaml", "examples/e2e-mobilenetv2.yaml")
+CONFIGS = ("examples/e2e-resnet56.yaml", "examples/e2e-mobilenetv2.yaml",
+           "examples/e2e-vit.yaml")
 
 
 def reference(config: str, threads: int | None = None) -> dict[str, Any]:
@@ -69,10 +71,13 @@ def main() -> None:
                         help="torch threads (default: the config's); one thread holds up "
                              "best on a machine busy with other work")
     args = parser.parse_args()
-    done: dict[str, Any] = json.loads(OUT.read_text()).get("models", {}) if OUT.exists() else {}
     for config in args.configs:
         print(f"[dense_references] {config}", flush=True)
         entry = reference(config, args.threads)
+        # read just before writing: another run of this script (another model) may have
+        # written its entry meanwhile
+        done: dict[str, Any] = json.loads(OUT.read_text()).get("models", {}) \
+            if OUT.exists() else {}
         done[entry["model"]] = entry
         write_result(OUT, {"models": done, "machine": machine_info()})
         print(f"[dense_references] {entry['model']}: train {entry['train_accuracy_clean']}, val "
