@@ -27,6 +27,7 @@ from .graph import ChannelGraph
 from .heads import mha_modules, timm_attentions
 from .policy import Policy, PolicyError, UnitPolicy
 from .schemes import get_scheme, key_scheme, scheme_names, sparse_keys
+from .swin_heads import swin_attentions, swin_parts
 
 __all__ = ["ModelAnalysis", "PrunableUnit", "analyze"]
 
@@ -190,17 +191,22 @@ def _group_parts(graph: ChannelGraph, root: nn.Module, group: Any, names: dict
 
 
 def _mha_units(model: nn.Module) -> list[_GraphUnit]:
-    """One heads unit per `nn.MultiheadAttention` (`heads.mha_modules`): channel pruning only
-    (its in-projection is no Linear layer the sparse schemes could mask); its channels are the
-    inner width, in whole heads."""
+    """One heads unit per `nn.MultiheadAttention` (`heads.mha_modules`) and per torchvision
+    Swin attention (`swin_heads.swin_attentions`), named after the module: channel pruning
+    only (the graph does not see their projections, so a channel unit cannot own them, and
+    the sparse schemes' masks stay with the units they are in); its channels are the inner
+    width, in whole heads."""
+    found = [(name, mha, mha.in_proj_weight.shape[0] // 3, {mha: "out", mha.out_proj: "in"})
+             for name, mha in mha_modules(model).items()]
+    found += [(name, attn, attn.qkv.out_features // 3, swin_parts(attn))
+              for name, attn in swin_attentions(model).items()]
     units = []
-    for name, mha in mha_modules(model).items():
-        inner = mha.in_proj_weight.shape[0] // 3
-        head_dim = inner // mha.num_heads
+    for name, attn, inner, parts in found:
+        head_dim = inner // attn.num_heads
         unit = PrunableUnit(name, (), (), inner, 1, head_dim, ("channel",),
-                            {key: () for key in sparse_keys()}, {}, heads=mha.num_heads,
+                            {key: () for key in sparse_keys()}, {}, heads=attn.num_heads,
                             head_dim=head_dim)
-        units.append(_GraphUnit(unit, None, {}, {}, mha, {mha: "out", mha.out_proj: "in"}))
+        units.append(_GraphUnit(unit, None, {}, {}, attn, parts))
     return units
 
 
@@ -393,7 +399,8 @@ def analyze(model: nn.Module, example_input: Any, *, protect_output: bool = True
             "params": int(u_params),
             "flops_share": float(u_flops / flops) if flops else 0.0,
             "params_share": float(u_params / params) if params else 0.0,
-            "depth": float(depth_of.get(u.name, depth_of.get(f"{u.name}.out_proj", 0.0))),
+            "depth": float(depth_of.get(u.name, depth_of.get(
+                f"{u.name}.out_proj", depth_of.get(f"{u.name}.qkv", 0.0)))),
             "heads": u.heads,
             **_importance_stats(g.group),
         }

@@ -14,6 +14,7 @@ from .channel import kept_channels, prune_channels, zero_channels
 from .graph import ChannelGraph
 from .heads import cut_heads, head_scores, replace_mha_heads, zero_mha_heads
 from .policy import Policy, PolicyError, UnitPolicy
+from .swin_heads import replace_swin_heads, swin_head_scores, zero_swin_heads
 
 __all__ = ["apply_policy", "nm_channel_multiples", "sparse_mask", "zero_pruned_channels"]
 
@@ -56,12 +57,16 @@ def nm_channel_multiples(policy: Policy, units: list[Any]) -> dict[str, int]:
     return out
 
 
+def _is_mha(attention: nn.Module) -> bool:
+    return isinstance(attention, nn.MultiheadAttention)
+
+
 def _channel_plan(work: nn.Module, policy: Policy, example_input: Any, protect_output: bool
                   ) -> tuple[ChannelGraph, dict[str, Any], list[tuple[Any, ...]],
                              dict[str, list[int]]]:
     """The graph of `work`, its units by name, the channel-pruning plan of `policy` (validated
-    against the units first) and the heads each `nn.MultiheadAttention` loses (by name; ranked
-    on the unpruned weights, like every channel)."""
+    against the units first) and the heads each `nn.MultiheadAttention` or Swin attention
+    loses (by name; ranked on the unpruned weights, like every channel)."""
     graph = ChannelGraph(work, example_input, policy.importance)
     gunits, protected = graph_units(graph, work, protect_output)
     policy.validate(ModelAnalysis([g.unit for g in gunits], protected, 0.0, 0, None,
@@ -77,8 +82,10 @@ def _channel_plan(work: nn.Module, policy: Policy, example_input: Any, protect_o
         u = g.unit
         mult = math.lcm(u.multiple, multiple, nm.get(name, 1))
         kept = kept_channels(u.channels, u.ch_groups, up.ratio, mult)
-        if g.group is None:  # nn.MultiheadAttention: heads kept = kept // head_dim
-            mha_cuts[name] = cut_heads(head_scores(g.attention), kept // u.head_dim)
+        if g.group is None:  # nn.MultiheadAttention or Swin: heads kept = kept // head_dim
+            scores = (head_scores(g.attention) if _is_mha(g.attention)
+                      else swin_head_scores(g.attention))
+            mha_cuts[name] = cut_heads(scores, kept // u.head_dim)
         else:
             plan.append((g.group, kept, u.ch_groups, g.attention, u.head_dim))
     return graph, by_name, plan, mha_cuts
@@ -95,7 +102,8 @@ def zero_pruned_channels(model: nn.Module, policy: Policy, example_input: Any, *
     graph, by_name, plan, mha_cuts = _channel_plan(work, policy, example_input, protect_output)
     inexact = zero_channels(graph, plan) if plan else []
     for name, cut in mha_cuts.items():
-        zero_mha_heads(by_name[name].attention, cut)
+        attention = by_name[name].attention
+        (zero_mha_heads if _is_mha(attention) else zero_swin_heads)(attention, cut)
     for n, p in work.named_parameters():
         p.requires_grad_(grad_flags.get(n, True))
     work.train(model.training)
@@ -107,7 +115,8 @@ def apply_policy(model: nn.Module, policy: Policy, example_input: Any, *,
     """A pruned deep copy of `model`; `model` itself is never changed.
 
     Channel units are removed first (the copy really shrinks; a heads unit loses whole heads,
-    an `nn.MultiheadAttention` becoming a `heads.HeadsAttention`), then sparse units get their
+    an `nn.MultiheadAttention` becoming a `heads.HeadsAttention`, a torchvision Swin attention
+    a `swin_heads.SwinHeadsAttention`), then sparse units get their
     `weight_mask` buffers (and `prune_block` for block sparsity) on the shrunk layers. The same
     policy on the same weights gives the same model. Raises PolicyError for a policy that does
     not fit the model (unknown unit, scheme that does not apply, ratio out of range).
@@ -120,7 +129,9 @@ def apply_policy(model: nn.Module, policy: Policy, example_input: Any, *,
     graph, by_name, plan, mha_cuts = _channel_plan(work, policy, example_input, protect_output)
     if plan:
         prune_channels(graph, plan)
-    replace_mha_heads(work, mha_cuts)
+    kinds = {n: _is_mha(by_name[n].attention) for n in mha_cuts}
+    replace_mha_heads(work, {n: cut for n, cut in mha_cuts.items() if kinds[n]})
+    replace_swin_heads(work, {n: cut for n, cut in mha_cuts.items() if not kinds[n]})
     modules = dict(work.named_modules())
     for name, up in policy.units.items():
         scheme = up.spec

@@ -186,8 +186,8 @@ def _tp_kept(model: nn.Module, example: torch.Tensor, units: _Units, method: str
         for name, param in work.named_parameters():
             param.grad = grads[name].clone() if name in grads else None
     # Heads units: Torch-Pruning's own head pruning (whole heads of timm attentions, ranked
-    # globally, head dimensions kept); it cannot remove heads of nn.MultiheadAttention, so
-    # those stay dense.
+    # globally, head dimensions kept); it cannot remove heads of nn.MultiheadAttention or of
+    # torchvision's Swin (whose projections its graph never sees), so those stay dense.
     heads = {qkv: attn.num_heads for qkv, attn in timm_attentions(work).items()
              if qkv not in ignored}
     pruner = tp.pruner.MetaPruner(work, example, importance=importance, pruning_ratio=ratio,
@@ -199,7 +199,7 @@ def _tp_kept(model: nn.Module, example: torch.Tensor, units: _Units, method: str
     kept = []
     for u, mult, floor in zip(units.units, units.mult, units.floor, strict=True):
         weight = getattr(modules[u.name], "weight", None)
-        if weight is None:  # an nn.MultiheadAttention heads unit
+        if weight is None:  # an nn.MultiheadAttention or Swin heads unit
             kept.append(u.channels // u.ch_groups)
             continue
         width = int(weight.shape[0]) // u.ch_groups

@@ -13,6 +13,8 @@ Two kinds of attention are known:
   so it cannot lose heads and stay itself. A head-pruned one is replaced by `HeadsAttention`,
   which runs the same math with fewer heads and keeps the dense output width.
 
+torchvision's Swin attention, a third kind, is in `swin_heads.py`.
+
 Arbitrary rows of a `qkv` layer are never cut: that breaks the reshape or mixes heads. A unit
 whose channels reach an unbind the graph follows but that is no known attention loses the
 `channel` scheme (`analysis.graph_units`).
@@ -27,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["HeadsAttention", "cut_heads", "fix_heads", "head_scores", "mha_modules",
-           "replace_mha_heads", "timm_attentions", "zero_mha_heads"]
+           "packed_head_scores", "replace_mha_heads", "timm_attentions", "zero_mha_heads"]
 
 
 def _timm_attention_types() -> tuple[type, ...]:
@@ -83,15 +85,21 @@ def mha_modules(model: nn.Module) -> dict[str, nn.MultiheadAttention]:
 
 
 @torch.no_grad()
-def head_scores(mha: nn.Module) -> torch.Tensor:
-    """(num_heads,) L2 norm of each head's q, k, v rows of `in_proj_weight` and its columns of
-    `out_proj`: the magnitude criterion by whole heads."""
-    heads = mha.num_heads
-    w = mha.in_proj_weight.detach().float()
+def packed_head_scores(qkv_weight: torch.Tensor, out_weight: torch.Tensor, heads: int
+                       ) -> torch.Tensor:
+    """(heads,) L2 norm of each head's q, k, v rows of a packed (3 * heads * head_dim, dim)
+    in-projection and its columns of the (dim, heads * head_dim) output projection: the
+    magnitude criterion by whole heads."""
+    w = qkv_weight.detach().float()
     inner = w.shape[0] // 3
     rows = w.view(3, heads, inner // heads, -1).pow(2).sum(dim=(0, 2, 3))
-    cols = mha.out_proj.weight.detach().float().view(-1, heads, inner // heads)
+    cols = out_weight.detach().float().view(-1, heads, inner // heads)
     return (rows + cols.pow(2).sum(dim=(0, 2))).sqrt()
+
+
+def head_scores(mha: nn.Module) -> torch.Tensor:
+    """(num_heads,) `packed_head_scores` of an `nn.MultiheadAttention` (or `HeadsAttention`)."""
+    return packed_head_scores(mha.in_proj_weight, mha.out_proj.weight, mha.num_heads)
 
 
 def cut_heads(scores: torch.Tensor, kept: int) -> list[int]:
