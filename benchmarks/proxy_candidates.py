@@ -33,8 +33,9 @@ matched to the dense model's by their (unique, trained) bias values; a layer whe
 left as it is (counted in `skipped`).
 
 Resumable: every finished piece (the policies, one candidate of one policy, one target) is kept
-in `<work>/proxy_candidates_partial.json`; the result is rewritten after each pass (cheap
-candidates, targets, `ft300`), marked `complete` at the end. Writes
+in `<work>/proxy_candidates_partial.json`; the result is rewritten after each policy (first
+pass: every candidate but `ft300`, and the target; second pass: `ft300`), marked `complete` at
+the end. Writes
 benchmarks/results/proxy_candidates.json.
 """
 
@@ -64,8 +65,8 @@ OUT = ROOT / "benchmarks" / "results" / "proxy_candidates.json"
 CALIBRATION = 512  # images of the calibration batch (the product's bn_calibration default)
 RECAL = ("bias", "ln", "bias+ln")
 STEPS = (25, 100, 300)
-# Pass order: the cheap candidates of every policy, then the targets, then the longest
-# fine-tune fidelity (as long as the target): an interrupted run has the useful part first.
+# Pass order: the cheaper candidates and the target of each policy, then the longest fine-tune
+# fidelity (as long as the target): an interrupted run has the useful part first.
 FIRST = ("none", *RECAL, *(f"ft{k}" for k in STEPS[:-1]))
 LAST = (f"ft{STEPS[-1]}",)
 CANDIDATES = (*FIRST, *LAST)
@@ -73,7 +74,7 @@ CANDIDATES = (*FIRST, *LAST)
 # step costs more; the per-epoch val accuracy kept shows whether it levelled off), no BatchNorm.
 TARGET = {"epochs": 3, "lr": 0.01, "schedule": "cosine", "warmup_epochs": 0.0, "seed": 0}
 BASELINES = ("uniform", "tp-magnitude", "tp-taylor")
-BOOTSTRAP = 2000
+BOOTSTRAP = 1000
 
 
 # -- gradient-free re-calibration ---------------------------------------------------------------
@@ -361,23 +362,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     policies = pieces.get("policies", lambda: make_policies(s, args.policies, seed=0))
     rows: dict[str, Any] = {label: {"policy": p, "scores": {}} for label, p in policies.items()}
 
-    def run(candidates: tuple[str, ...], with_target: bool) -> None:
+    def run(candidates: tuple[str, ...], with_target: bool, complete: bool) -> dict[str, Any]:
         for label, row in rows.items():
-            p = row["policy"]
+            p, fresh = row["policy"], len(pieces.done)
             for c in candidates:
                 row["scores"][c] = pieces.get(f"score/{label}/{c}",
                                               lambda c=c, p=p: score(s, p, c))
             if with_target:
                 row["target"] = pieces.get(f"target/{label}", lambda p=p: target(s, p))
-        for label, row in rows.items():  # a finished target of an earlier run counts now
-            row["target"] = pieces.done.get(f"target/{label}")
+            if len(pieces.done) > fresh:  # the figures so far, after each policy
+                _result(args, s, rows, False)
+        return _result(args, s, rows, complete)
 
-    run(FIRST, False)
-    _result(args, s, rows, False)
-    run((), True)
-    _result(args, s, rows, False)
-    run(LAST, True)
-    return _result(args, s, rows, True)
+    for label, row in rows.items():  # what an earlier run finished counts from the start
+        row["scores"] = {c: pieces.done[f"score/{label}/{c}"] for c in CANDIDATES
+                         if f"score/{label}/{c}" in pieces.done}
+        row["target"] = pieces.done.get(f"target/{label}")
+    # the cheap candidates and the target of each policy in turn (an interrupted run has a
+    # correlation over the policies it finished), then the longest fidelity
+    run(FIRST, True, False)
+    return run(LAST, True, True)
 
 
 if __name__ == "__main__":
