@@ -10,6 +10,11 @@ attention with a per-head `logit_scale` and the `cpb_mlp` position bias) with fe
 inner width of `num_heads * head_dim` and the dense output width. Its state dict has the same
 keys, its per-head tensors sliced to the kept heads. Heads are ranked by the L2 norm of their
 q, k, v rows and `proj` columns, as `nn.MultiheadAttention`'s are (`heads.packed_head_scores`).
+
+timm's Swin `WindowAttention` runs `qkv` and `proj` as modules, but its qkv rows reach an
+unbind and its bias table is per head, so it is a heads unit the same way; as its forward
+reshapes by `num_heads` and the inner width, it loses heads in place (`qkv`, `proj` and the
+bias table sliced, `num_heads` set) instead of being replaced.
 """
 
 from __future__ import annotations
@@ -38,22 +43,32 @@ def _swin_types() -> tuple[type, ...]:
                  if isinstance(getattr(mod, n, None), type))
 
 
+def _timm_window_type() -> type | None:
+    # timm stays optional: a model built by timm has imported it already
+    mod = sys.modules.get("timm.models.swin_transformer")
+    found = getattr(mod, "WindowAttention", None) if mod is not None else None
+    return found if isinstance(found, type) else None
+
+
 def _is_v2(attn: nn.Module) -> bool:
     return hasattr(attn, "cpb_mlp")
 
 
 def swin_attentions(model: nn.Module) -> dict[str, nn.Module]:
-    """{name: module} of every torchvision Swin attention of `model` whose heads can be
-    pruned: more than one head, `qkv` rows laid out (3, heads, head_dim)."""
-    types = _swin_types()
+    """{name: module} of every torchvision Swin attention (and timm Swin `WindowAttention`)
+    of `model` whose heads can be pruned: more than one head, `qkv` rows laid out (3, heads,
+    head_dim) (torchvision's: head_dim = its width / heads)."""
+    tv_types, timm_type = _swin_types(), _timm_window_type()
     out: dict[str, nn.Module] = {}
     for name, attn in model.named_modules():
-        if not types or type(attn) not in types:
+        is_tv = type(attn) in tv_types
+        if not is_tv and (timm_type is None or type(attn) is not timm_type):
             continue
         qkv, proj, heads = attn.qkv, attn.proj, attn.num_heads
-        dim = qkv.in_features
-        if (heads > 1 and dim % heads == 0 and qkv.out_features == 3 * dim
-                and proj.in_features == dim):
+        inner = proj.in_features
+        if (isinstance(qkv, nn.Linear) and isinstance(proj, nn.Linear) and heads > 1
+                and inner % heads == 0 and qkv.out_features == 3 * inner
+                and (not is_tv or qkv.in_features == inner)):
             out[name] = attn
     return out
 
@@ -249,9 +264,39 @@ def _shift_mask(x: torch.Tensor, pad_h: int, pad_w: int, window: list[int], shif
     return mask.masked_fill(mask != 0, -100.0).masked_fill(mask == 0, 0.0)
 
 
+@torch.no_grad()
+def _sliced_linear(layer: nn.Linear, rows: torch.Tensor | None, cols: torch.Tensor | None
+                   ) -> nn.Linear:
+    weight = layer.weight if rows is None else layer.weight[rows]
+    weight = weight if cols is None else weight[:, cols]
+    new = nn.Linear(weight.shape[1], weight.shape[0], bias=layer.bias is not None)
+    new.to(layer.weight.device, layer.weight.dtype)
+    new.weight.copy_(weight)
+    if layer.bias is not None:
+        new.bias.copy_(layer.bias if rows is None else layer.bias[rows])
+    new.weight.requires_grad_(layer.weight.requires_grad)
+    new.train(layer.training)
+    return new
+
+
+@torch.no_grad()
+def _cut_timm_window(attn: nn.Module, keep: list[int]) -> None:
+    """A timm `WindowAttention` with only the heads `keep`, in place (its forward reshapes by
+    `num_heads` and infers the head width)."""
+    inner = attn.proj.in_features
+    rows = _head_rows(keep, inner // attn.num_heads, inner).to(attn.qkv.weight.device)
+    attn.qkv = _sliced_linear(attn.qkv, rows, None)
+    attn.proj = _sliced_linear(attn.proj, None, rows[: len(rows) // 3])
+    table = attn.relative_position_bias_table
+    attn.relative_position_bias_table = nn.Parameter(
+        table[:, keep].clone(), requires_grad=table.requires_grad)
+    attn.num_heads = len(keep)
+
+
 def replace_swin_heads(model: nn.Module, cuts: dict[str, list[int]]) -> None:
-    """Replace each Swin attention named in `cuts` by a `SwinHeadsAttention` without the heads
-    listed, in place."""
+    """Replace each torchvision Swin attention named in `cuts` by a `SwinHeadsAttention`
+    without the heads listed; cut a timm `WindowAttention`'s heads in place."""
+    timm_type = _timm_window_type()
     for name, cut in cuts.items():
         if not cut:
             continue
@@ -259,4 +304,7 @@ def replace_swin_heads(model: nn.Module, cuts: dict[str, list[int]]) -> None:
         parent = model.get_submodule(parent_name) if parent_name else model
         attn = getattr(parent, child)
         keep = [h for h in range(attn.num_heads) if h not in set(cut)]
-        setattr(parent, child, SwinHeadsAttention.from_swin(attn, keep))
+        if timm_type is not None and type(attn) is timm_type:
+            _cut_timm_window(attn, keep)
+        else:
+            setattr(parent, child, SwinHeadsAttention.from_swin(attn, keep))
