@@ -55,14 +55,15 @@ def _is_v2(attn: nn.Module) -> bool:
 
 
 def swin_attentions(model: nn.Module) -> dict[str, nn.Module]:
-    """{name: module} of every torchvision Swin attention (and timm Swin `WindowAttention`)
-    of `model` whose heads can be pruned: more than one head, `qkv` rows laid out (3, heads,
-    head_dim) (torchvision's: head_dim = its width / heads)."""
+    """{name: module} of every torchvision Swin attention (and timm Swin `WindowAttention`,
+    `SwinHeadsAttention`) of `model` whose heads can be pruned: more than one head, `qkv`
+    rows laid out (3, heads, head_dim) (torchvision's: head_dim = its width / heads)."""
     tv_types, timm_type = _swin_types(), _timm_window_type()
     out: dict[str, nn.Module] = {}
     for name, attn in model.named_modules():
         is_tv = type(attn) in tv_types
-        if not is_tv and (timm_type is None or type(attn) is not timm_type):
+        # a SwinHeadsAttention (a pruned model analysed again) can lose more heads
+        if not is_tv and type(attn) not in (SwinHeadsAttention, timm_type):
             continue
         qkv, proj, heads = attn.qkv, attn.proj, attn.num_heads
         inner = proj.in_features

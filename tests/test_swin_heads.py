@@ -46,8 +46,8 @@ def swin(request):
     return model, analyze(model, X[:1]), request.param
 
 
-def _predicted(analysis, policy: Policy) -> float:
-    """The analytic cost model's effective FLOPs of `policy`."""
+def _predicted(analysis, policy: Policy) -> tuple[float, float]:
+    """The analytic cost model's (effective FLOPs, effective params) of `policy`."""
     cm = analysis.cost_model
     ratio, channel = np.zeros(cm.n_units), np.zeros(cm.n_units, dtype=bool)
     row = np.full(cm.n_units, -1)
@@ -56,7 +56,7 @@ def _predicted(analysis, policy: Policy) -> float:
         if up is not None:
             ratio[i], channel[i] = up.ratio, up.spec.structural
             row[i] = -1 if up.spec.structural else cm.keys.index(up.spec.key(up))
-    return cm.evaluate(ratio, channel, row, policy.round_to)[0]
+    return cm.evaluate(ratio, channel, row, policy.round_to)
 
 
 def test_each_swin_attention_is_a_heads_unit(swin) -> None:
@@ -122,6 +122,22 @@ def test_head_pruned_swin_runs_with_fewer_heads_and_the_dense_width(swin) -> Non
     torch.testing.assert_close(loaded(X), out)
 
 
+def test_a_head_pruned_swin_analysed_again_loses_more_heads(swin) -> None:
+    model, _, _ = swin
+    first = apply_policy(model, Policy({ATTN.format(3, 0): UnitPolicy("channel", 0.25)}), X[:1])
+    analysis = analyze(first, X[:1])
+    unit = analysis.unit(ATTN.format(3, 0))
+    assert (unit.heads, unit.channels, unit.head_dim) == (3, 36, 12)
+    policy = Policy({ATTN.format(3, 0): UnitPolicy("channel", 0.5)})  # 3 -> 1 head
+    second = apply_policy(first, policy, X[:1])
+    attn = second.get_submodule(ATTN.format(3, 0))
+    assert attn.num_heads == 1 and attn.dense_heads == 4
+    assert set(attn.kept_heads) < set(first.get_submodule(ATTN.format(3, 0)).kept_heads)
+    assert second(X).shape == (2, 10)
+    assert _predicted(analysis, policy)[0] == pytest.approx(
+        count_cost(second, X[:1]).effective_flops, rel=1e-6)
+
+
 POLICIES = [
     {ATTN.format(1, 0): UnitPolicy("channel", 0.5), ATTN.format(3, 1): UnitPolicy("channel", 0.6),
      "features.3.0.mlp.0": UnitPolicy("channel", 0.5)},
@@ -139,7 +155,9 @@ def test_swin_heads_prediction_is_the_pruned_models_count(swin, units, round_to)
     pruned = apply_policy(model, policy, X[:1])
     assert pruned(X).shape == (2, 10)
     cost = count_cost(pruned, X[:1])
-    assert _predicted(analysis, policy) == pytest.approx(cost.effective_flops, rel=1e-6)
+    # FLOPs and params both: the bias table, logit scale and cpb_mlp.2 lose the cut heads
+    assert _predicted(analysis, policy) == pytest.approx(
+        (cost.effective_flops, cost.effective_params), rel=1e-6)
     assert cost.flops == pytest.approx(flop_counter_macs(pruned, X[:1]), rel=0.01)
     assert cost.flops < analysis.dense_flops
 
@@ -218,7 +236,8 @@ def test_timm_swin_window_attention_loses_heads_in_place(fused) -> None:
     policy = Policy({**heads, TIMM_ATTN.format(1, 1) + ".qkv": UnitPolicy("unstructured", 0.5)})
     sparse = apply_policy(model, policy, X[:1])
     cost = count_cost(sparse, X[:1])
-    assert _predicted(analysis, policy) == pytest.approx(cost.effective_flops, rel=1e-6)
+    assert _predicted(analysis, policy) == pytest.approx(
+        (cost.effective_flops, cost.effective_params), rel=1e-6)
     assert cost.flops == pytest.approx(flop_counter_macs(sparse, X[:1]), rel=0.01)
     assert float(sparse.get_submodule(TIMM_ATTN.format(1, 1)).qkv.weight_mask.mean()) == 0.5
     space = PruningSpace(None, analysis=analysis, budget=Budget("flops", 0.5),
