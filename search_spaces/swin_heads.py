@@ -43,11 +43,15 @@ def _swin_types() -> tuple[type, ...]:
                  if isinstance(getattr(mod, n, None), type))
 
 
-def _timm_window_type() -> type | None:
+def _timm_window_types() -> tuple[type, ...]:
     # timm stays optional: a model built by timm has imported it already
-    mod = sys.modules.get("timm.models.swin_transformer")
-    found = getattr(mod, "WindowAttention", None) if mod is not None else None
-    return found if isinstance(found, type) else None
+    found = []
+    for mod_name in ("timm.models.swin_transformer", "timm.models.swin_transformer_v2"):
+        mod = sys.modules.get(mod_name)
+        cls = getattr(mod, "WindowAttention", None) if mod is not None else None
+        if isinstance(cls, type):
+            found.append(cls)
+    return tuple(found)
 
 
 def _is_v2(attn: nn.Module) -> bool:
@@ -58,12 +62,13 @@ def swin_attentions(model: nn.Module) -> dict[str, nn.Module]:
     """{name: module} of every torchvision Swin attention (and timm Swin `WindowAttention`,
     `SwinHeadsAttention`) of `model` whose heads can be pruned: more than one head, `qkv`
     rows laid out (3, heads, head_dim) (torchvision's: head_dim = its width / heads)."""
-    tv_types, timm_type = _swin_types(), _timm_window_type()
+    tv_types, timm_types = _swin_types(), _timm_window_types()
     out: dict[str, nn.Module] = {}
     for name, attn in model.named_modules():
         is_tv = type(attn) in tv_types
         # a SwinHeadsAttention (a pruned model analysed again) can lose more heads
-        if not is_tv and type(attn) not in (SwinHeadsAttention, timm_type):
+        if not is_tv and type(attn) not in (SwinHeadsAttention, *timm_types,
+                                            *_TIMM_V2_HEADS.values()):
             continue
         qkv, proj, heads = attn.qkv, attn.proj, attn.num_heads
         inner = proj.in_features
@@ -80,7 +85,7 @@ def swin_parts(attn: nn.Module) -> dict[nn.Module, str]:
     module's own per-head parameters, `proj`'s inputs, V2's last `cpb_mlp` layer."""
     parts = {attn.qkv: "out", attn.proj: "in", attn: "out"}
     if _is_v2(attn):
-        parts[attn.cpb_mlp[2]] = "out"
+        parts[attn.cpb_mlp[-1]] = "out"
     return parts
 
 
@@ -107,6 +112,10 @@ def zero_swin_heads(attn: nn.Module, cut: list[int]) -> None:
     attn.qkv.weight[rows] = 0.0
     if attn.qkv.bias is not None:
         attn.qkv.bias[rows] = 0.0
+    for name in ("q_bias", "v_bias"):  # timm V2 keeps its q and v biases apart
+        bias = getattr(attn, name, None)
+        if isinstance(bias, torch.Tensor):
+            bias[rows[: len(rows) // 3]] = 0.0
     attn.proj.weight[:, rows[: len(rows) // 3]] = 0.0
 
 
@@ -280,24 +289,85 @@ def _sliced_linear(layer: nn.Linear, rows: torch.Tensor | None, cols: torch.Tens
     return new
 
 
+def _sliced_param(param: torch.Tensor, index: torch.Tensor | list[int], dim: int
+                  ) -> nn.Parameter:
+    return nn.Parameter(param.detach().index_select(dim, torch.as_tensor(
+        index, device=param.device)).clone(), requires_grad=param.requires_grad)
+
+
 @torch.no_grad()
 def _cut_timm_window(attn: nn.Module, keep: list[int]) -> None:
-    """A timm `WindowAttention` with only the heads `keep`, in place (its forward reshapes by
-    `num_heads` and infers the head width)."""
+    """A timm `WindowAttention` (V1 or V2) with only the heads `keep`, in place (its forward
+    reshapes by `num_heads` and infers the head width): `qkv` rows, `proj` columns, the per-head
+    bias table (V1), the q / k / v biases, `logit_scale` and last `cpb_mlp` layer (V2)."""
     inner = attn.proj.in_features
     rows = _head_rows(keep, inner // attn.num_heads, inner).to(attn.qkv.weight.device)
+    per_head = rows[: len(rows) // 3]
     attn.qkv = _sliced_linear(attn.qkv, rows, None)
-    attn.proj = _sliced_linear(attn.proj, None, rows[: len(rows) // 3])
-    table = attn.relative_position_bias_table
-    attn.relative_position_bias_table = nn.Parameter(
-        table[:, keep].clone(), requires_grad=table.requires_grad)
+    attn.proj = _sliced_linear(attn.proj, None, per_head)
+    if isinstance(getattr(attn, "relative_position_bias_table", None), torch.Tensor):
+        attn.relative_position_bias_table = _sliced_param(attn.relative_position_bias_table,
+                                                          keep, 1)
+    for name in ("q_bias", "v_bias"):
+        if isinstance(getattr(attn, name, None), torch.Tensor):
+            setattr(attn, name, _sliced_param(getattr(attn, name), per_head, 0))
+    if isinstance(getattr(attn, "k_bias", None), torch.Tensor):  # a buffer of zeros
+        attn.k_bias = attn.k_bias[per_head].clone()
+    if _is_v2(attn):
+        attn.logit_scale = _sliced_param(attn.logit_scale, keep, 0)
+        last = attn.cpb_mlp[-1]
+        attn.cpb_mlp[len(attn.cpb_mlp) - 1] = _sliced_linear(
+            last, torch.as_tensor(keep, device=last.weight.device), None)
+        # its forward reshapes the heads' output by the input width: a subclass's does not
+        attn.__class__ = _timm_v2_heads_class(type(attn))
     attn.num_heads = len(keep)
+
+
+_TIMM_V2_HEADS: dict[type, type] = {}
+
+
+def _timm_v2_heads_class(base: type) -> type:
+    """timm's V2 `WindowAttention` (`base`) with `_timm_v2_forward` (made once per base)."""
+    if base.__name__ == "WindowAttentionHeads":
+        return base
+    if base not in _TIMM_V2_HEADS:
+        _TIMM_V2_HEADS[base] = type("WindowAttentionHeads", (base,), {
+            "forward": _timm_v2_forward, "__module__": __name__,
+            "__doc__": "timm's V2 WindowAttention with fewer heads (prunetune swin_heads)"})
+    return _TIMM_V2_HEADS[base]
+
+
+def _timm_v2_forward(self: nn.Module, x: torch.Tensor, mask: torch.Tensor | None = None
+                     ) -> torch.Tensor:
+    """timm 1.0's V2 `WindowAttention.forward`, its output reshaped by the heads' inner
+    width (num_heads * head_dim) rather than the input width."""
+    batch, n, _ = x.shape
+    if self.q_bias is None:
+        qkv = self.qkv(x)
+    elif self.qkv_bias_separate:
+        qkv = self.qkv(x) + torch.cat((self.q_bias, self.k_bias, self.v_bias))
+    else:
+        qkv = F.linear(x, self.qkv.weight, torch.cat((self.q_bias, self.k_bias, self.v_bias)))
+    q, k, v = qkv.reshape(batch, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+    attn = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
+    attn = attn * torch.clamp(self.logit_scale, max=math.log(1.0 / 0.01)).exp()
+    table = self.cpb_mlp(self.relative_coords_table).view(-1, self.num_heads)
+    area = self.window_size[0] * self.window_size[1]
+    bias = table[self.relative_position_index.view(-1)].view(area, area, -1)
+    attn = attn + 16 * torch.sigmoid(bias.permute(2, 0, 1).contiguous()).unsqueeze(0)
+    if mask is not None:
+        num_win = mask.shape[0]
+        attn = attn.view(-1, num_win, self.num_heads, n, n) + mask.unsqueeze(1).unsqueeze(0)
+        attn = attn.view(-1, self.num_heads, n, n)
+    attn = self.attn_drop(self.softmax(attn))
+    out = (attn @ v).transpose(1, 2).reshape(batch, n, -1)
+    return self.proj_drop(self.proj(out))
 
 
 def replace_swin_heads(model: nn.Module, cuts: dict[str, list[int]]) -> None:
     """Replace each torchvision Swin attention named in `cuts` by a `SwinHeadsAttention`
     without the heads listed; cut a timm `WindowAttention`'s heads in place."""
-    timm_type = _timm_window_type()
+    timm_types = _timm_window_types()
     for name, cut in cuts.items():
         if not cut:
             continue
@@ -305,7 +375,7 @@ def replace_swin_heads(model: nn.Module, cuts: dict[str, list[int]]) -> None:
         parent = model.get_submodule(parent_name) if parent_name else model
         attn = getattr(parent, child)
         keep = [h for h in range(attn.num_heads) if h not in set(cut)]
-        if timm_type is not None and type(attn) is timm_type:
+        if type(attn) in (*timm_types, *_TIMM_V2_HEADS.values()):
             _cut_timm_window(attn, keep)
         else:
             setattr(parent, child, SwinHeadsAttention.from_swin(attn, keep))

@@ -3,7 +3,7 @@
 by `SwinHeadsAttention` with fewer heads and the dense output width; the space's prediction is
 the pruned model's count, and budgets hold by PyTorch's aten-level counter. Small untrained
 Swins at 32 px (two stages of two blocks, so both plain and shifted windows run), swin_t at
-64 px (slow); timm's Swin `WindowAttention`, whose heads are cut in place."""
+64 px (slow); timm's Swin and Swin V2 `WindowAttention`, whose heads are cut in place."""
 
 from __future__ import annotations
 
@@ -197,24 +197,31 @@ def test_baselines_on_a_swin_keep_the_budget(method) -> None:
     assert cut == (method == "uniform")
 
 
-def _timm_swin(fused: bool) -> nn.Module:
+def _timm_swin(kind: str) -> nn.Module:
+    """A small timm Swin: V1 with explicit products (`matmul`) or SDPA, or V2 (`v2`, its q and
+    v biases made non-zero, so that a cut head's zeroed biases matter)."""
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
-    model = timm.create_model("swin_tiny_patch4_window7_224", img_size=32, patch_size=4,
-                              window_size=4, embed_dim=24, depths=(2, 2), num_heads=(2, 4),
-                              num_classes=10, pretrained=False).eval()
+    name = "swinv2_tiny_window8_256" if kind == "v2" else "swin_tiny_patch4_window7_224"
+    model = timm.create_model(name, img_size=32, patch_size=4, window_size=4, embed_dim=24,
+                              depths=(2, 2), num_heads=(2, 4), num_classes=10,
+                              pretrained=False).eval()
     for module in model.modules():
         if hasattr(module, "fused_attn"):  # SDPA or the explicit products
-            module.fused_attn = fused
+            module.fused_attn = kind == "sdpa"
+    with torch.no_grad():
+        for param_name, param in model.named_parameters():
+            if param_name.endswith(("q_bias", "v_bias")):
+                param.normal_(0.0, 0.5)
     return model
 
 
 TIMM_ATTN = "layers.{}.blocks.{}.attn"
 
 
-@pytest.mark.parametrize("fused", [False, True], ids=["matmul", "sdpa"])
-def test_timm_swin_window_attention_loses_heads_in_place(fused) -> None:
-    model = _timm_swin(fused)
+@pytest.mark.parametrize("kind", ["matmul", "sdpa", "v2"])
+def test_timm_swin_window_attention_loses_heads_in_place(kind) -> None:
+    model = _timm_swin(kind)
     analysis = analyze(model, X[:1])
     assert {u.name: (u.heads, u.channels, u.schemes) for u in analysis.units if u.heads} == {
         TIMM_ATTN.format(s, b): (h, 12 * h, ("channel",)) for s, h in ((0, 2), (1, 4))
@@ -224,22 +231,33 @@ def test_timm_swin_window_attention_loses_heads_in_place(fused) -> None:
     policy = Policy({**heads, "layers.0.blocks.0.mlp.fc1": UnitPolicy("channel", 0.5)})
     pruned = apply_policy(model, policy, X[:1])
     attn = pruned.get_submodule(TIMM_ATTN.format(1, 1))
-    assert type(attn) is type(model.get_submodule(TIMM_ATTN.format(1, 1)))
+    assert isinstance(attn, type(model.get_submodule(TIMM_ATTN.format(1, 1))))
     assert attn.num_heads == 1 and tuple(attn.qkv.weight.shape) == (36, 48)
-    assert attn.proj.in_features == 12 and attn.relative_position_bias_table.shape[1] == 1
+    assert attn.proj.in_features == 12
+    if kind == "v2":
+        assert tuple(attn.logit_scale.shape) == (1, 1, 1) and attn.cpb_mlp[-1].out_features == 1
+        assert attn.q_bias.shape == attn.k_bias.shape == attn.v_bias.shape == (12,)
+    else:
+        assert attn.relative_position_bias_table.shape[1] == 1
     out = pruned(X)
     assert out.shape == (2, 10)
+    # the zeroed dense model runs timm's own forward: the pruned one computes the same
     zeroed, inexact = zero_pruned_channels(model, policy, X[:1])
     assert inexact == []
     torch.testing.assert_close(zeroed(X), out, rtol=1e-5, atol=1e-5)
-    # heads and a sparse qkv of the same block: prediction == count == aten count
-    policy = Policy({**heads, TIMM_ATTN.format(1, 1) + ".qkv": UnitPolicy("unstructured", 0.5)})
+    assert [u.heads for u in analyze(pruned, X[:1]).units if u.heads] == [2, 4]
+    # heads and a sparse qkv of the same block (V2 runs its qkv weight through F.linear: it is
+    # in no unit): prediction == count == aten count
+    if kind != "v2":
+        heads[TIMM_ATTN.format(1, 1) + ".qkv"] = UnitPolicy("unstructured", 0.5)
+    policy = Policy(heads)
     sparse = apply_policy(model, policy, X[:1])
     cost = count_cost(sparse, X[:1])
     assert _predicted(analysis, policy) == pytest.approx(
         (cost.effective_flops, cost.effective_params), rel=1e-6)
     assert cost.flops == pytest.approx(flop_counter_macs(sparse, X[:1]), rel=0.01)
-    assert float(sparse.get_submodule(TIMM_ATTN.format(1, 1)).qkv.weight_mask.mean()) == 0.5
+    if kind != "v2":
+        assert float(sparse.get_submodule(TIMM_ATTN.format(1, 1)).qkv.weight_mask.mean()) == 0.5
     space = PruningSpace(None, analysis=analysis, budget=Budget("flops", 0.5),
                          schemes=("channel",), fill_budget=True)
     point = np.random.default_rng(0).random(space.dim)
