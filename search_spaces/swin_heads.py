@@ -337,6 +337,16 @@ def _timm_v2_heads_class(base: type) -> type:
     return _TIMM_V2_HEADS[base]
 
 
+def __getattr__(name: str) -> type:
+    # A pickled model (torch.save of the whole module) names the class by this module: made
+    # on first use, as timm is optional.
+    if name == "WindowAttentionHeads":
+        from timm.models.swin_transformer_v2 import WindowAttention
+
+        return _timm_v2_heads_class(WindowAttention)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _timm_v2_forward(self: nn.Module, x: torch.Tensor, mask: torch.Tensor | None = None
                      ) -> torch.Tensor:
     """timm 1.0's V2 `WindowAttention.forward`, its output reshaped by the heads' inner
