@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -22,6 +24,7 @@ def _bare_python(tmp_path: Path) -> dict[str, str]:
     return {**os.environ, "PYTHON": str(wrapper), "PYTHONPATH": os.pathsep.join(packages)}
 
 
+@pytest.mark.slow  # minutes on 2 cores: `make test-slow` runs it
 def test_gpu_suite_smoke_writes_every_result_and_a_summary(tmp_path: Path) -> None:
     env = _bare_python(tmp_path)
     if subprocess.run([env["PYTHON"], "-c", "import prunetune"], env=env,

@@ -35,6 +35,7 @@ def bench() -> Iterator[Any]:
         ray.shutdown()
 
 
+@pytest.mark.slow  # minutes on 2 cores: `make test-slow` runs it
 def test_peers_smoke_resumes_and_scores_every_tool_by_one_yardstick(bench: Any,
                                                                      tmp_path: Path) -> None:
     out, work = tmp_path / "peers.json", tmp_path / "work"
