@@ -34,8 +34,9 @@ left as it is (counted in `skipped`).
 
 Resumable: every finished piece (the policies, one candidate of one policy, one target) is kept
 in `<work>/proxy_candidates_partial.json`; the result is rewritten after each policy (first
-pass: every candidate but `ft300`, and the target; second pass: `ft300`), marked `complete` at
-the end. Writes
+pass: every candidate but `ft300`, and the target; second pass: `ft300`; third: the first
+`NOISE_POLICIES` targets again under seed 1, the target's own noise), marked `complete` at the
+end. Writes
 benchmarks/results/proxy_candidates.json.
 """
 
@@ -74,6 +75,9 @@ CANDIDATES = (*FIRST, *LAST)
 # step costs more; the per-epoch val accuracy kept shows whether it levelled off), no BatchNorm.
 TARGET = {"epochs": 3, "lr": 0.01, "schedule": "cosine", "warmup_epochs": 0.0, "seed": 0}
 BASELINES = ("uniform", "tp-magnitude", "tp-taylor")
+# The target's own noise: the first policies fine-tuned again under seed 1 (last pass). Their
+# seed-to-seed spread and rank agreement bound what any proxy can reach.
+NOISE_POLICIES = 10
 BOOTSTRAP = 1000
 
 
@@ -243,7 +247,8 @@ def score(s: Setting, policy_dict: dict[str, Any], candidate: str) -> dict[str, 
     return {"accuracy": acc, "seconds": time.perf_counter() - t0, **extra}
 
 
-def target(s: Setting, policy_dict: dict[str, Any]) -> dict[str, Any]:
+def target(s: Setting, policy_dict: dict[str, Any], seed: int = TARGET["seed"]
+           ) -> dict[str, Any]:
     """The policy fine-tuned with the target recipe: val and test accuracy, val curve."""
     from prunetune.search_spaces import Policy
     from prunetune.trainers import prune_and_evaluate
@@ -253,7 +258,7 @@ def target(s: Setting, policy_dict: dict[str, Any]) -> dict[str, Any]:
     ft = s.finetune(s.target_epochs, lr=TARGET["lr"], schedule=TARGET["schedule"],
                     warmup_epochs=TARGET["warmup_epochs"])
     r = prune_and_evaluate(s.dense, Policy.from_dict(policy_dict), s.data, ft,
-                           seed=TARGET["seed"], splits=("val", "test"),
+                           seed=seed, splits=("val", "test"),
                            on_epoch_end=lambda _e, m: curve.append(m["val_accuracy"]))
     return {"val_accuracy": r.scores["val"].accuracy, "test_accuracy": r.scores["test"].accuracy,
             "val_curve": curve, "seconds": time.perf_counter() - t0, **r.cost_metrics()}
@@ -302,8 +307,25 @@ def summary(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
                   "extra_s": float(np.mean(secs) - np.mean(base)) if secs and base else None}
     targets = [r["target"]["seconds"] for r in rows.values() if r.get("target")]
     out["target"] = {"scored": len(targets),
-                     "seconds_per_policy": float(np.mean(targets)) if targets else None}
+                     "seconds_per_policy": float(np.mean(targets)) if targets else None,
+                     "seed_noise": seed_noise(rows)}
     return out
+
+
+def seed_noise(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """How much the target itself moves with the fine-tuning seed, over the policies run
+    under seeds 0 and 1: the standard deviation of one policy's test accuracy, and the rank
+    agreement of the two seeds (the ceiling of any proxy's correlation)."""
+    pairs = [(r["target"]["test_accuracy"], r["target_seed1"]["test_accuracy"])
+             for r in rows.values() if r.get("target") and r.get("target_seed1")]
+    if len(pairs) < 3:
+        return {"n": len(pairs)}
+    a, b = np.array(pairs).T
+    return {"n": len(pairs), "test_sd": float(np.std(a - b, ddof=1) / np.sqrt(2)),
+            "spearman_seed0_seed1": float(stats.spearmanr(a, b).statistic),
+            "kendall_seed0_seed1": float(stats.kendalltau(a, b).statistic),
+            "test_range_seed0": float(np.ptp([r["target"]["test_accuracy"]
+                                              for r in rows.values() if r.get("target")]))}
 
 
 def report(result: dict[str, Any]) -> str:
@@ -320,6 +342,14 @@ def report(result: dict[str, Any]) -> str:
                      f"{t['kendall_tau']:.2f} [{kci[0]:.2f}, {kci[1]:.2f}] | "
                      f"{v.get('spearman_rho', float('nan')):.2f} | "
                      f"{row['seconds_per_policy']:.1f} | {t['n']} |")
+    target = result["candidates"]["target"]
+    noise = target.get("seed_noise", {})
+    lines.append(f"\ntarget: {target['seconds_per_policy'] or 0:.1f} s / policy")
+    if "test_sd" in noise:
+        lines.append(f"target seed noise over {noise['n']} policies: test accuracy sd "
+                     f"{100 * noise['test_sd']:.2f} points (seed 0's range over all policies "
+                     f"{100 * noise['test_range_seed0']:.2f}); Spearman seed 0 vs seed 1 "
+                     f"{noise['spearman_seed0_seed1']:.2f}")
     return "\n".join(lines)
 
 
@@ -378,10 +408,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         row["scores"] = {c: pieces.done[f"score/{label}/{c}"] for c in CANDIDATES
                          if f"score/{label}/{c}" in pieces.done}
         row["target"] = pieces.done.get(f"target/{label}")
+        row["target_seed1"] = pieces.done.get(f"target-seed1/{label}")
     # the cheap candidates and the target of each policy in turn (an interrupted run has a
-    # correlation over the policies it finished), then the longest fidelity
+    # correlation over the policies it finished), then the longest fidelity, then the
+    # target's seed noise
     run(FIRST, True, False)
-    return run(LAST, True, True)
+    run(LAST, True, False)
+    for label in list(rows)[:2 if args.smoke else NOISE_POLICIES]:
+        p = rows[label]["policy"]
+        rows[label]["target_seed1"] = pieces.get(f"target-seed1/{label}",
+                                                 lambda p=p: target(s, p, seed=1))
+    return _result(args, s, rows, True)
 
 
 if __name__ == "__main__":

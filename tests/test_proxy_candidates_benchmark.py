@@ -51,6 +51,10 @@ def test_every_candidate_has_a_correlation_and_a_cost_and_a_rerun_resumes(tmp_pa
         # every policy at the budget (one dimension per unit, filled onto it)
         assert 0.45 <= target["flops_ratio"] <= 0.5 + 1e-6, (label, target["flops_ratio"])
     assert result["candidates"]["ft300"]["extra_s"] > 0  # a fine-tune costs more than none
+    # the target's seed noise: the first two policies fine-tuned again under seed 1
+    assert result["candidates"]["target"]["seed_noise"] == {"n": 2}
+    seeded = [label for label, row in result["rows"].items() if row.get("target_seed1")]
+    assert seeded == list(result["rows"])[:2]
     again = bench.main(["--smoke", "--work", str(work)])
     assert again["rows"] == json.loads(json.dumps(result["rows"]))
     assert "| ft100 |" in bench.report(again)
