@@ -13,6 +13,7 @@ import json
 import os
 import socket
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -40,6 +41,15 @@ def _holder(path: Path) -> dict[str, Any] | None:
     return holder if isinstance(holder, dict) else None
 
 
+def _holder_soon(path: Path, wait_s: float = 3.0) -> dict[str, Any] | None:
+    """The holder's description, waiting a moment for it: a driver that took the lock an
+    instant ago writes it just after (two drivers started together meet in that window)."""
+    deadline = time.monotonic() + wait_s
+    while (holder := _holder(path)) is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return holder
+
+
 def _describe(holder: dict[str, Any] | None) -> str:
     if holder is None:
         return "a driver that has not written its details yet"
@@ -59,7 +69,7 @@ def hold_search_lock(storage: Path, name: str, progress: bool = True) -> Iterato
         lock.acquire(timeout=0)
     except Timeout:
         raise SearchError(
-            f"search {name!r} is already running ({_describe(_holder(holder_file))}; lock "
+            f"search {name!r} is already running ({_describe(_holder_soon(holder_file))}; lock "
             f"{lock_file}): two drivers of one search would run every trial twice. Wait for "
             f"it to end, or stop it (Ctrl-C; --resume continues it), or choose another name "
             f"(--name)") from None

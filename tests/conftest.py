@@ -30,11 +30,14 @@ def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket.socket, "connect", _guarded_connect)
 
 
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path_factory: pytest.TempPathFactory,
-                   monkeypatch: pytest.MonkeyPatch) -> None:
-    # Dense checkpoints made by tests go to a per-session folder, never the user's cache.
-    monkeypatch.setenv("PRUNETUNE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    # Dense checkpoints made by tests go to a per-session folder, never the user's cache; set
+    # for the whole session, so module-scoped fixtures (a store of earlier searches) and the
+    # tests that use them read one cache, not two dense models under one key.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PRUNETUNE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+        yield
 
 
 @pytest.fixture(scope="module", autouse=True)
