@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["HeadsAttention", "cut_heads", "fix_heads", "head_scores", "mha_modules",
+__all__ = ["HeadsAttention", "cut_heads", "fix_heads", "head_scores", "mha_modules", "qkv_rows",
            "packed_head_scores", "replace_mha_heads", "timm_attentions", "zero_mha_heads"]
 
 
@@ -110,7 +110,8 @@ def cut_heads(scores: torch.Tensor, kept: int) -> list[int]:
     return sorted(int(i) for i in torch.argsort(scores.cpu(), stable=True)[:n_cut])
 
 
-def _rows(heads: list[int], head_dim: int, inner: int) -> torch.Tensor:
+def qkv_rows(heads: list[int], head_dim: int, inner: int) -> torch.Tensor:
+    """Indices of heads `heads`' rows in a packed (q, k, v) weight of `inner` rows each."""
     per_head = torch.tensor([h * head_dim + j for h in heads for j in range(head_dim)],
                             dtype=torch.long)
     return torch.cat([per_head + k * inner for k in range(3)])
@@ -123,7 +124,7 @@ def zero_mha_heads(mha: nn.MultiheadAttention, cut: list[int]) -> None:
     computes exactly what the pruned module does."""
     inner = mha.in_proj_weight.shape[0] // 3
     head_dim = inner // mha.num_heads
-    rows = _rows(cut, head_dim, inner)
+    rows = qkv_rows(cut, head_dim, inner)
     mha.in_proj_weight[rows] = 0.0
     if mha.in_proj_bias is not None:
         mha.in_proj_bias[rows] = 0.0
@@ -161,7 +162,7 @@ class HeadsAttention(nn.Module):
         dense = getattr(mha, "dense_heads", mha.num_heads)
         before = getattr(mha, "kept_heads", tuple(range(mha.num_heads)))
         new.kept_heads, new.dense_heads = tuple(before[h] for h in keep), dense
-        rows = _rows(keep, head_dim, inner).to(mha.in_proj_weight.device)
+        rows = qkv_rows(keep, head_dim, inner).to(mha.in_proj_weight.device)
         new.in_proj_weight.copy_(mha.in_proj_weight[rows])
         if new.in_proj_bias is not None:
             new.in_proj_bias.copy_(mha.in_proj_bias[rows])

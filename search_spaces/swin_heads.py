@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .heads import packed_head_scores
+from .heads import packed_head_scores, qkv_rows
 
 __all__ = ["SwinHeadsAttention", "replace_swin_heads", "swin_attentions", "swin_head_scores",
            "swin_parts", "zero_swin_heads"]
@@ -96,19 +96,13 @@ def swin_head_scores(attn: nn.Module) -> torch.Tensor:
     return packed_head_scores(attn.qkv.weight, attn.proj.weight, attn.num_heads)
 
 
-def _head_rows(heads: list[int], head_dim: int, inner: int) -> torch.Tensor:
-    per_head = torch.tensor([h * head_dim + j for h in heads for j in range(head_dim)],
-                            dtype=torch.long)
-    return torch.cat([per_head + k * inner for k in range(3)])
-
-
 @torch.no_grad()
 def zero_swin_heads(attn: nn.Module, cut: list[int]) -> None:
     """Zero, in place, the q, k, v rows (weights and biases) and `proj` columns of heads `cut`.
     Such a head's values are zero, so its output is zero whatever its attention weights (its
     position bias and logit scale): the block computes what the pruned one does."""
     inner = attn.qkv.out_features // 3
-    rows = _head_rows(cut, inner // attn.num_heads, inner)
+    rows = qkv_rows(cut, inner // attn.num_heads, inner)
     attn.qkv.weight[rows] = 0.0
     if attn.qkv.bias is not None:
         attn.qkv.bias[rows] = 0.0
@@ -163,7 +157,7 @@ class SwinHeadsAttention(nn.Module):
         before = getattr(attn, "kept_heads", tuple(range(attn.num_heads)))
         new.kept_heads = tuple(before[h] for h in keep)
         new.dense_heads = getattr(attn, "dense_heads", attn.num_heads)
-        rows = _head_rows(keep, head_dim, inner).to(weight.device)
+        rows = qkv_rows(keep, head_dim, inner).to(weight.device)
         new.qkv.weight.copy_(weight[rows])
         if new.qkv.bias is not None:
             new.qkv.bias.copy_(attn.qkv.bias[rows])
@@ -301,7 +295,7 @@ def _cut_timm_window(attn: nn.Module, keep: list[int]) -> None:
     reshapes by `num_heads` and infers the head width): `qkv` rows, `proj` columns, the per-head
     bias table (V1), the q / k / v biases, `logit_scale` and last `cpb_mlp` layer (V2)."""
     inner = attn.proj.in_features
-    rows = _head_rows(keep, inner // attn.num_heads, inner).to(attn.qkv.weight.device)
+    rows = qkv_rows(keep, inner // attn.num_heads, inner).to(attn.qkv.weight.device)
     per_head = rows[: len(rows) // 3]
     attn.qkv = _sliced_linear(attn.qkv, rows, None)
     attn.proj = _sliced_linear(attn.proj, None, per_head)

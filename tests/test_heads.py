@@ -55,8 +55,8 @@ def tv_vit():
     return model, analyze(model, X[:1])
 
 
-def _predicted(analysis, policy: Policy) -> tuple[float, float]:
-    """The analytic cost model's (effective FLOPs, params) of `policy`."""
+def predicted_cost(analysis, policy: Policy) -> tuple[float, float]:
+    """The analytic cost model's (effective FLOPs, effective params) of `policy`."""
     cm = analysis.cost_model
     ratio, channel = np.zeros(cm.n_units), np.zeros(cm.n_units, dtype=bool)
     row = np.full(cm.n_units, -1)
@@ -152,7 +152,7 @@ def test_heads_policy_prediction_is_the_pruned_models_count(which, units, round_
     policy = Policy(units, round_to=round_to)
     pruned = apply_policy(model, policy, X[:1])
     assert pruned(X).shape == (2, 10)
-    flops, _ = _predicted(analysis, policy)
+    flops, _ = predicted_cost(analysis, policy)
     cost = count_cost(pruned, X[:1])
     assert flops == pytest.approx(cost.effective_flops, rel=1e-9)
     assert cost.flops == pytest.approx(flop_counter_macs(pruned, X[:1]), rel=0.01)
@@ -168,7 +168,7 @@ def test_sparse_schemes_on_qkv_keep_the_heads(timm_vit) -> None:
         assert pruned.blocks[0].attn.num_heads == 3 and tuple(qkv.weight.shape) == (576, 192)
         assert float(qkv.weight_mask.mean()) <= 1 - up.ratio + 1e-6
         assert pruned(X).shape == (2, 10)
-        assert _predicted(analysis, policy)[0] == pytest.approx(
+        assert predicted_cost(analysis, policy)[0] == pytest.approx(
             count_cost(pruned, X[:1]).effective_flops, rel=1e-6)
 
 

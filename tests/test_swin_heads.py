@@ -27,6 +27,8 @@ from prunetune.search_spaces.baselines import baseline_policies
 from prunetune.search_spaces.cost import flop_counter_macs
 from prunetune.search_spaces.swin_heads import SwinHeadsAttention, swin_head_scores
 
+from .test_heads import predicted_cost
+
 X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 ATTN = "features.{}.{}.attn"  # stage 1: 2 heads of 12, stage 3: 4 heads of 12
 
@@ -44,19 +46,6 @@ def _swin(v2: bool) -> nn.Module:
 def swin(request):
     model = _swin(request.param)
     return model, analyze(model, X[:1]), request.param
-
-
-def _predicted(analysis, policy: Policy) -> tuple[float, float]:
-    """The analytic cost model's (effective FLOPs, effective params) of `policy`."""
-    cm = analysis.cost_model
-    ratio, channel = np.zeros(cm.n_units), np.zeros(cm.n_units, dtype=bool)
-    row = np.full(cm.n_units, -1)
-    for i, unit in enumerate(analysis.units):
-        up = policy.units.get(unit.name)
-        if up is not None:
-            ratio[i], channel[i] = up.ratio, up.spec.structural
-            row[i] = -1 if up.spec.structural else cm.keys.index(up.spec.key(up))
-    return cm.evaluate(ratio, channel, row, policy.round_to)
 
 
 def test_each_swin_attention_is_a_heads_unit(swin) -> None:
@@ -134,7 +123,7 @@ def test_a_head_pruned_swin_analysed_again_loses_more_heads(swin) -> None:
     assert attn.num_heads == 1 and attn.dense_heads == 4
     assert set(attn.kept_heads) < set(first.get_submodule(ATTN.format(3, 0)).kept_heads)
     assert second(X).shape == (2, 10)
-    assert _predicted(analysis, policy)[0] == pytest.approx(
+    assert predicted_cost(analysis, policy)[0] == pytest.approx(
         count_cost(second, X[:1]).effective_flops, rel=1e-6)
 
 
@@ -156,7 +145,7 @@ def test_swin_heads_prediction_is_the_pruned_models_count(swin, units, round_to)
     assert pruned(X).shape == (2, 10)
     cost = count_cost(pruned, X[:1])
     # FLOPs and params both: the bias table, logit scale and cpb_mlp.2 lose the cut heads
-    assert _predicted(analysis, policy) == pytest.approx(
+    assert predicted_cost(analysis, policy) == pytest.approx(
         (cost.effective_flops, cost.effective_params), rel=1e-6)
     assert cost.flops == pytest.approx(flop_counter_macs(pruned, X[:1]), rel=0.01)
     assert cost.flops < analysis.dense_flops
@@ -253,7 +242,7 @@ def test_timm_swin_window_attention_loses_heads_in_place(kind) -> None:
     policy = Policy(heads)
     sparse = apply_policy(model, policy, X[:1])
     cost = count_cost(sparse, X[:1])
-    assert _predicted(analysis, policy) == pytest.approx(
+    assert predicted_cost(analysis, policy) == pytest.approx(
         (cost.effective_flops, cost.effective_params), rel=1e-6)
     assert cost.flops == pytest.approx(flop_counter_macs(sparse, X[:1]), rel=0.01)
     if kind != "v2":
