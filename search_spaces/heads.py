@@ -230,8 +230,6 @@ def replace_mha_heads(model: nn.Module, cuts: dict[str, list[int]]) -> None:
     for name, cut in cuts.items():
         if not cut:
             continue
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        mha = getattr(parent, child)
+        mha = model.get_submodule(name)
         keep = [h for h in range(mha.num_heads) if h not in set(cut)]
-        setattr(parent, child, HeadsAttention.from_mha(mha, keep))
+        model.set_submodule(name, HeadsAttention.from_mha(mha, keep))

@@ -375,11 +375,9 @@ def replace_swin_heads(model: nn.Module, cuts: dict[str, list[int]]) -> None:
     for name, cut in cuts.items():
         if not cut:
             continue
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        attn = getattr(parent, child)
+        attn = model.get_submodule(name)
         keep = [h for h in range(attn.num_heads) if h not in set(cut)]
         if type(attn) in (*timm_types, *_TIMM_V2_HEADS.values()):
             _cut_timm_window(attn, keep)
         else:
-            setattr(parent, child, SwinHeadsAttention.from_swin(attn, keep))
+            model.set_submodule(name, SwinHeadsAttention.from_swin(attn, keep))

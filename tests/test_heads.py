@@ -175,19 +175,29 @@ def test_sparse_schemes_on_qkv_keep_the_heads(timm_vit) -> None:
 @pytest.mark.parametrize("which", ["timm", "tv"])
 def test_budget_on_a_vit_holds_by_the_aten_count(which, timm_vit, tv_vit) -> None:
     model, analysis = timm_vit if which == "timm" else tv_vit
-    keep = 0.4
+    assert_channel_budget_holds(model, analysis, keep=0.4, heads_units=2)
+
+
+def assert_channel_budget_holds(model: nn.Module, analysis, keep: float, heads_units: int
+                                ) -> list[nn.Module]:
+    """A channel-only FLOPs budget `keep` on `model`, decoded at full and at random points:
+    each applied policy is within the budget by the aten-level count, the space predicts that
+    count, and its `heads_units` heads units lose heads. The pruned models, for more checks."""
     space = PruningSpace(None, analysis=analysis, budget=Budget("flops", keep),
                          schemes=("channel",), fill_budget=True)
     heads = [u.name for u in space.units if u.heads]
-    assert len(heads) == 2
+    assert len(heads) == heads_units
     rng = np.random.default_rng(0)
+    pruned_models = []
     for point in (np.ones(space.dim), rng.random(space.dim)):
         policy = space.decode(point)
-        measured = flop_counter_macs(apply_policy(model, policy, X[:1]), X[:1])
-        share = measured / analysis.dense_flops
+        pruned = apply_policy(model, policy, X[:1])
+        share = flop_counter_macs(pruned, X[:1]) / analysis.dense_flops
         assert share <= 1.01 * keep
         assert space.cost(point)["flops_share"] == pytest.approx(share, rel=0.01)
         assert any(policy.units[n].ratio > 0 for n in heads)
+        pruned_models.append(pruned)
+    return pruned_models
 
 
 def test_baselines_prune_whole_heads(timm_vit) -> None:

@@ -27,7 +27,7 @@ from prunetune.search_spaces.baselines import baseline_policies
 from prunetune.search_spaces.cost import flop_counter_macs
 from prunetune.search_spaces.swin_heads import SwinHeadsAttention, swin_head_scores
 
-from .test_heads import predicted_cost
+from .test_heads import assert_channel_budget_holds, predicted_cost
 
 X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 ATTN = "features.{}.{}.attn"  # stage 1: 2 heads of 12, stage 3: 4 heads of 12
@@ -153,19 +153,7 @@ def test_swin_heads_prediction_is_the_pruned_models_count(swin, units, round_to)
 
 def test_half_flops_budget_on_a_swin_holds_by_the_aten_count(swin) -> None:
     model, analysis, _ = swin
-    keep = 0.5
-    space = PruningSpace(None, analysis=analysis, budget=Budget("flops", keep),
-                         schemes=("channel",), fill_budget=True)
-    heads = [u.name for u in space.units if u.heads]
-    assert len(heads) == 4
-    rng = np.random.default_rng(0)
-    for point in (np.ones(space.dim), rng.random(space.dim)):
-        policy = space.decode(point)
-        pruned = apply_policy(model, policy, X[:1])
-        share = flop_counter_macs(pruned, X[:1]) / analysis.dense_flops
-        assert share <= 1.01 * keep
-        assert space.cost(point)["flops_share"] == pytest.approx(share, rel=0.01)
-        assert any(policy.units[n].ratio > 0 for n in heads)
+    for pruned in assert_channel_budget_holds(model, analysis, keep=0.5, heads_units=4):
         assert any(isinstance(m, SwinHeadsAttention) for m in pruned.modules())
 
 
