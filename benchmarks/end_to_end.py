@@ -15,8 +15,9 @@ eager PyTorch on one thread). Methods, each a policy at the cell's budget:
   `prunetune baselines` writes), bisected onto the budget;
 - `fastnas`: NVIDIA ModelOpt FastNAS (channel divisor 4, FLOPs constraint; for the latency
   budget, the FLOPs share of the uniform policy there), its kept widths taken as a prunetune
-  policy and projected onto the budget by a per-unit space's decode (the budget holds exactly;
-  the channels kept are chosen by prunetune's magnitude importance);
+  policy and projected onto the budget by a per-unit space's decode, its slack then given
+  back unit by unit (`Cell.onto_budget`: within a channel of the budget, never above; the
+  channels kept are chosen by prunetune's magnitude importance);
 - `rl`: `run_search` of the cell's config with `search.searcher: rl`, everything else default;
 - `prunetune`: `run_search` of the cell's config as it is (no `search` section: the product's
   defaults); its policy is the trial `promote` takes (`registry.choose_trial`).
@@ -44,6 +45,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -119,7 +121,23 @@ class Cell:
         return {k: float(v) for k, v in cost.items() if k.endswith("_share")}
 
     def onto_budget(self, policy: Any) -> Any:
-        return self.ruler.decode(self.ruler.nearest_point(policy))
+        """`policy` at the budget: the ruler's decode scales all ratios together, where units
+        of equal width step a channel at once and can leave a few % of the budget unused;
+        that slack goes back one unit at a time, most pruned first, each to the least ratio
+        that still fits, so the policy ends within a channel of the budget, never above."""
+        ruler, kind = self.ruler, f"{self.cfg.space.budget.kind}_share"
+        keep = self.cfg.space.budget.keep
+        x = np.array(ruler.nearest_point(ruler.decode(ruler.nearest_point(policy))))
+        for i in np.argsort(-x[:ruler.k], kind="stable"):
+            lo, hi = 0.0, float(x[i])  # fits at hi; bisect for the least position that fits
+            for _ in range(30):
+                x[i] = (lo + hi) / 2
+                if ruler.cost(x, project=False)[kind] <= keep:
+                    hi = float(x[i])
+                else:
+                    lo = float(x[i])
+            x[i] = hi
+        return ruler.decode(x)
 
 
 # -- policies -----------------------------------------------------------------------------------

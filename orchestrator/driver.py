@@ -32,6 +32,7 @@ from .stages import (
     stage_done,
     stage_tracker,
 )
+from .tune_logs import drop_state_upload_races
 from .warm_start import SEARCHER_ARTIFACT, History, prior_trials, read_history
 
 if TYPE_CHECKING:
@@ -73,6 +74,7 @@ def _quiet_start_up() -> None:
               "ray.tune": logging.WARNING}
     for name, level in levels.items():
         logging.getLogger(name).setLevel(level)
+    drop_state_upload_races()  # a harmless race's traceback on an interrupt (tune_logs.py)
     # Tune saves its experiment state (trials, searcher) at most this often; its default of
     # 10 s or more leaves a resumed search re-running trials that finished since. A save
     # writes a few hundred KB; one a second costs the driver little.
