@@ -73,3 +73,20 @@ def test_checkpoint_rejects_foreign_and_unsafe_files(tmp_path: Path) -> None:
     # Atomic save leaves no temp files behind.
     save_checkpoint(tmp_path / "ok.pt", {"format": "prunetune-dense/1", "x": torch.ones(2)})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["code.pt", "foreign.pt", "ok.pt"]
+
+
+def test_adamw_trains_and_is_its_own_cache_entry_while_sgd_keeps_the_old_keys() -> None:
+    from prunetune.trainers.pretrain import pretrain_cache_key
+
+    data = load_data(DIGITS)
+    seed_everything(0)
+    model = build_model("resnet20", num_classes=10, in_channels=1)
+    fit(model, data.loader("train"), TrainConfig(optimizer="adamw", epochs=1, lr=2e-3,
+                                                  weight_decay=0.05), progress=False)
+    acc = evaluate(model, data.loader("test")).accuracy
+    assert acc > 0.5, f"one AdamW epoch on digits gave {acc:.3f}; chance is 0.1"
+    model_cfg, data_cfg = ModelConfig(), DataConfig(name="digits")
+    sgd, adamw = (pretrain_cache_key(model_cfg, data_cfg, TrainConfig(epochs=3, optimizer=o))
+                  for o in ("sgd", "adamw"))
+    # the key this config had before the optimizer could be chosen: cached models stay found
+    assert sgd == "e077cc19046b7185" and adamw != sgd

@@ -98,7 +98,9 @@ def pretrain_cache_key(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: 
     # are still found.
     default_task = {"task"} if data_cfg.task == DEFAULT_TASK else set()
     data = data_cfg.model_dump(exclude={"workers", "eval_batch_size"} | default_task)
-    train = train_cfg.model_dump(exclude={"device", "threads"})
+    # Likewise SGD, the default optimizer: checkpoints cached before there was a choice.
+    default_optimizer = {"optimizer"} if train_cfg.optimizer == "sgd" else set()
+    train = train_cfg.model_dump(exclude={"device", "threads"} | default_optimizer)
     model = model_cfg.model_dump(exclude={"checkpoint"})
     return content_hash({"model": model, "data": data, "train": train, "format": CHECKPOINT_FORMAT})
 

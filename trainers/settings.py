@@ -66,7 +66,10 @@ class TrainConfig(BaseModel):
 
     # May be fractional (0.5 trains on half an epoch of batches); 0 trains nothing.
     epochs: float = Field(10, ge=0)
-    lr: float = Field(0.1, gt=0)  # peak learning rate of SGD
+    # SGD with momentum suits CNNs; transformers train far faster with AdamW (decoupled weight
+    # decay, a peak lr near 1e-3). momentum and nesterov apply to SGD only.
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.1, gt=0)  # peak learning rate
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = True
     weight_decay: float = Field(5e-4, ge=0)
