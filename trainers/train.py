@@ -149,9 +149,10 @@ def fit_epochs(cfg: TrainConfig, steps_per_epoch: int) -> int:
 @dataclass(frozen=True)
 class FitResume:
     """Where an interrupted `fit` continues: the epochs it completed and its optimiser's
-    `state_dict()` (SGD's momentum buffers). The learning rate needs no state of its own: it
-    is a function of the step, and the step is `epoch` times the batches per epoch. The
-    model's weights, the RNG states and the loader's generator are the caller's to restore."""
+    `state_dict()` (SGD's momentum buffers, AdamW's moments). The learning rate needs no state
+    of its own: it is a function of the step, and the step is `epoch` times the batches per
+    epoch. The model's weights, the RNG states and the loader's generator are the caller's to
+    restore."""
 
     epoch: int
     optimizer_state: dict[str, Any]
@@ -177,7 +178,8 @@ def fit(
     resume: FitResume | None = None,
     on_checkpoint: EpochCheckpoint | None = None,
 ) -> dict[str, float]:
-    """Train `model` in place with SGD and the configured schedule; returns the last metrics.
+    """Train `model` in place with the configured optimizer and schedule; returns the last
+    metrics.
 
     `teacher` enables distillation (`cfg.kd_alpha > 0`). `after_step(model)` runs after every
     optimiser step (the pruning engine re-applies masks there, so pruned weights stay zero).
