@@ -157,8 +157,9 @@ class SearchConfig(_Section):
     # this space, so another budget or depth of the model works), rl transfers the agent one
     # of them kept, and no searcher re-runs a start policy they ran. [] starts from scratch.
     warm_start: list[str] = Field(default_factory=list)
-    # Trials of the first stage: with `finetune.epochs: 0` (the default) each scores a policy
-    # by its accuracy after BatchNorm calibration alone, in seconds.
+    # Trials of the first stage: with `finetune.epochs: 0` (the default for a model with
+    # BatchNorm) each scores a policy by its accuracy after BatchNorm calibration alone, in
+    # seconds; a model without BatchNorm is fine-tuned a few steps first (fidelity.py).
     trials: int = Field(100, ge=1)
     # The second stage: the best first-stage policies, fine-tuned.
     finalists: FinalistsConfig = Field(default_factory=FinalistsConfig)
@@ -264,8 +265,9 @@ class PrunetuneConfig(BaseModel):
     pretrain: TrainConfig = Field(default_factory=TrainConfig)
     space: SpaceConfig = Field(default_factory=SpaceConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
-    # Fine-tuning of each first-stage trial (epochs 0, the default: none, the policy is scored
-    # after BatchNorm calibration alone), and the recipe finalists fine-tune with.
+    # Fine-tuning of each first-stage trial (epochs unset: none for a model with BatchNorm, the
+    # policy is scored after BatchNorm calibration alone; 100 steps, at most an epoch, for one
+    # without: orchestrator/fidelity.py), and the recipe finalists fine-tune with.
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     latency: LatencyConfig = Field(default_factory=LatencyConfig)
     ray: RayConfig = Field(default_factory=RayConfig)

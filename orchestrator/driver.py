@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from prunetune.errors import SearchError
 
 from .config import PrunetuneConfig
+from .fidelity import first_stage_fidelity
 from .interrupts import keep_sigterm_handler
 from .local_ray import record_local_ray, start_local_ray, stop_leftovers
 from .results import format_table, search_trials
@@ -327,7 +328,8 @@ def _dense_baseline(cfg: PrunetuneConfig, progress: bool) -> DenseBaseline:
                                        backend=cfg.latency.backend,
                                        threads=cfg.latency.threads)
         metrics["dense_latency_ms"] = reference[1]
-    return DenseBaseline(dense, data.example_input(1), val.accuracy, metrics, reference)
+    return DenseBaseline(dense, data.example_input(1), val.accuracy, metrics, reference,
+                         steps_per_epoch=len(data.loader("train")))
 
 
 def _measured_scan(cfg: PrunetuneConfig, dense: DenseBaseline, workdir: Path,
@@ -417,6 +419,7 @@ def _run_locked(cfg: PrunetuneConfig, name: str, storage: Path, resume: bool,
         cfg, workdir, cfg.tracking_uri())
 
     dense = _dense_baseline(cfg, progress)
+    cfg, fidelity = first_stage_fidelity(cfg, dense.result.model, dense.steps_per_epoch)
     if progress and cfg.space.budget is not None and cfg.space.budget.kind == "latency":
         print("[search] latency budget: fitting it from the latency table (measuring missing "
               "layer entries)", flush=True)
@@ -431,6 +434,8 @@ def _run_locked(cfg: PrunetuneConfig, name: str, storage: Path, resume: bool,
               f"{cfg.search.searcher}; dense val accuracy {dense.val_accuracy:.4f}", flush=True)
         print(f"[search] {_schemes_line(space, cfg.space.mapping)}", flush=True)
         print(f"[search] {_latency_line(cfg, space)}", flush=True)
+        if fidelity:
+            print(f"[search] {fidelity}", flush=True)
     prior = _warm_start_line(cfg, history, space, options, progress)
     _init_ray(cfg, progress, workdir)
     table_actor = _hold_latency_actor(cfg, workdir)  # noqa: F841 (held until the search ends)

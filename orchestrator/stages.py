@@ -142,6 +142,7 @@ class DenseBaseline:
     val_accuracy: float
     metrics: dict[str, float]  # val and test accuracy / loss, logged on the parent run
     reference_latency: tuple[str, float] | None = None  # (device, ms): see TrialSetup
+    steps_per_epoch: int = 0  # batches in one epoch of the training split
 
 
 

@@ -90,7 +90,9 @@ class FinetuneConfig(TrainConfig):
     """Fine-tuning of each pruned candidate: `TrainConfig` with the defaults fine-tuning
     wants (the same whether the config's `finetune` section is absent or partly given)."""
 
-    epochs: float = Field(0, ge=0)  # 0 scores the candidate without fine-tuning
+    # 0 scores the candidate without fine-tuning. Left unset in a search's config, the search
+    # chooses: 0 for a model with BatchNorm, a few steps for one without.
+    epochs: float = Field(0, ge=0)
     lr: float = Field(0.01, gt=0)
     warmup_epochs: float = Field(0.0, ge=0)
     # Training images the pruned model's BatchNorm statistics are re-estimated on before it is
