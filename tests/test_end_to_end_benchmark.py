@@ -63,3 +63,23 @@ def test_every_method_lands_on_the_budget_is_fine_tuned_paired_and_timed(local_r
         assert math.isnan(tau) if constant else -1.0 <= tau <= 1.0, (score, tau)
     assert json.loads((work.with_name("work-smoke") / "proxy_correlation.json").read_text())[
         "scored"] == 4
+
+
+def test_the_transformer_cells_search_the_vit_beside_the_free_methods(local_ray,
+                                                                       tmp_path: Path) -> None:
+    """`--transformer --smoke`: the small ViT of examples/e2e-vit.yaml (no BatchNorm, AdamW)
+    through uniform, Torch-Pruning's global pruning and the default search; a method that
+    cannot reach the budget is reported as such instead of ending the run."""
+    e2e = _module("end_to_end")
+    work = tmp_path / "work"
+    result = e2e.main(["--transformer", "--smoke", "--cells", "vit-flops50", "--work", str(work)])
+    cell = result["cells"]["vit-flops50"]
+    assert set(cell["methods"]) | set(cell["unreachable"]) == {
+        m for m in e2e.TRANSFORMER_METHODS if m != "prunetune-flops"}
+    assert "uniform" in cell["methods"] and "prunetune" in cell["methods"]
+    for method, row in cell["methods"].items():
+        assert 0.49 <= row["shares"]["flops_share"] <= 0.5 + 1e-6, (method, row["shares"])
+        assert row["seeds"] == 2
+    for method, why in cell["unreachable"].items():
+        assert "cannot meet budget" in why, (method, why)
+    assert (work.with_name("work-smoke") / "transformer_end_to_end.json").is_file()
