@@ -1,7 +1,7 @@
 """A first-stage proxy for models without BatchNorm (issue 29, Build point 3): which cheap score
 ranks pruned policies of a LayerNorm model (a ViT) as fine-tuning does?
 
-    python benchmarks/proxy_candidates.py [--config examples/e2e-vit.yaml] [--policies 30]
+    python benchmarks/proxy_candidates.py [--config examples/e2e-vit-sgd.yaml] [--policies 30]
     python benchmarks/proxy_candidates.py --report
     python benchmarks/proxy_candidates.py --smoke        # plumbing: a tiny ViT, tiny data
 
@@ -372,7 +372,7 @@ def _result(args: argparse.Namespace, s: Setting, rows: dict[str, Any], complete
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default="examples/e2e-vit.yaml")
+    parser.add_argument("--config", default="examples/e2e-vit-sgd.yaml")
     parser.add_argument("--policies", type=int, default=30)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--work", type=Path, default=default_cache_dir() / "proxy_candidates")
