@@ -229,6 +229,11 @@ def tp_global_policy(space: Any, model: nn.Module, example: torch.Tensor, method
     if method == "tp-taylor" and batch is None:
         raise SpaceError("tp-taylor needs a labelled calibration batch (inputs, labels) for "
                          "its gradients; pass batch= or leave tp-taylor out")
+    if method == "tp-bn-scale" and not any(isinstance(m, nn.modules.batchnorm._BatchNorm)
+                                           for m in model.modules()):
+        raise SpaceError("tp-bn-scale ranks channels by their BatchNorm scales and the model "
+                         "has no BatchNorm; leave tp-bn-scale out (tp-magnitude and "
+                         "tp-taylor rank any model)")
     units = _Units(space)
     model = model.eval()
     grads = _gradients(model, batch) if method == "tp-taylor" else None

@@ -93,6 +93,13 @@ def test_taylor_needs_a_batch_and_tied_scores_are_told():
         tp_global_policy(space, untrained, example, "tp-bn-scale")
     with pytest.raises(SpaceError, match="unknown baseline method"):
         baseline_policies(space, untrained, example, ["random"])
+    no_bn = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.GroupNorm(1, 16),
+                                torch.nn.ReLU(), torch.nn.Conv2d(16, 16, 3),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                torch.nn.Linear(16, 10)).eval()
+    space = PruningSpace(no_bn, example, budget=Budget("flops", 0.7))
+    with pytest.raises(SpaceError, match="the model has no BatchNorm; leave tp-bn-scale out"):
+        tp_global_policy(space, no_bn, example, "tp-bn-scale")
 
 
 def _run(argv):
