@@ -140,7 +140,8 @@ class FinalistsConfig(_Section):
 
 
 class SearchConfig(_Section):
-    # bo | random | same_ratio | rl, or any PolicySearcher subclass as "package.module:Class".
+    # bo | random | same_ratio | rl (experimental: below random search so far), or any
+    # PolicySearcher subclass as "package.module:Class".
     # bo (BOCR with its measured defaults) beat random search at the default trial count
     # (benchmarks/README, search efficiency).
     searcher: str = "bo"

@@ -434,6 +434,9 @@ def _run_locked(cfg: PrunetuneConfig, name: str, storage: Path, resume: bool,
               f"{cfg.search.searcher}; dense val accuracy {dense.val_accuracy:.4f}", flush=True)
         print(f"[search] {_schemes_line(space, cfg.space.mapping)}", flush=True)
         print(f"[search] {_latency_line(cfg, space)}", flush=True)
+        note = searcher_note(cfg.search.searcher)
+        if note:
+            print(f"[search] {note}", flush=True)
         if fidelity:
             print(f"[search] {fidelity}", flush=True)
     prior = _warm_start_line(cfg, history, space, options, progress)
@@ -450,6 +453,15 @@ def _run_locked(cfg: PrunetuneConfig, name: str, storage: Path, resume: bool,
             continue
         run_stage(run, stages, index, resume)
     return _summarise(run, stages)
+
+
+def searcher_note(name: str) -> str | None:
+    """The line a search prints when its searcher is experimental (`PolicySearcher`), else
+    None."""
+    from .searchers import searcher_class
+
+    why = searcher_class(name).experimental
+    return f"note: searcher {name} is experimental: {why}" if why else None
 
 
 def _warm_start_line(cfg: PrunetuneConfig, history: History, space: Any,

@@ -194,3 +194,12 @@ def test_buffer_keeps_raw_rewards_and_states_say_their_version(space: PruningSpa
         _rl(space, action="relative").restore(str(tmp_path / "old.json"))
     with pytest.raises(SearcherError, match="action must be one of"):
         _rl(space, action="logit")
+
+
+def test_a_search_with_rl_says_it_is_experimental_and_the_others_do_not() -> None:
+    from prunetune.orchestrator.driver import searcher_note
+
+    note = searcher_note("rl")
+    assert note is not None and "experimental" in note and "below random search" in note
+    assert "bo is the recommended searcher" in note
+    assert [searcher_note(n) for n in ("bo", "random", "same_ratio")] == [None, None, None]

@@ -180,6 +180,9 @@ class PolicySearcher(Searcher, abc.ABC):
     # to one policy.
     default_groups: ClassVar[int | str | None] = None
     default_fill_budget: ClassVar[bool] = False
+    # Why a searcher is experimental (a search that uses it says so), None when it is not: a
+    # searcher measured below random search stays selectable but never silently.
+    experimental: ClassVar[str | None] = None
 
     def __init__(self, *, space: SearchSpace, metric: str | None = None,
                  mode: str | None = None, seed: int = 0,

@@ -107,6 +107,9 @@ class RLSearcher(PolicySearcher):
     # keeps it from pruning more than it must (measured: benchmarks/README, search
     # efficiency).
     default_fill_budget = True
+    experimental = ("its defaults scored below random search on every model measured so far "
+                    "(ResNet-56, MobileNetV2, VGG-16; benchmarks/README.md, search efficiency); "
+                    "bo is the recommended searcher")
 
     def __init__(self, *, space: SearchSpace, metric: str | None = None,
                  mode: str | None = None,
