@@ -9,7 +9,11 @@ import pytest
 from torch import nn
 
 from prunetune.orchestrator.config import load_config
-from prunetune.orchestrator.fidelity import NO_BATCHNORM_PROXY_STEPS, first_stage_fidelity
+from prunetune.orchestrator.fidelity import (
+    NO_BATCHNORM_FINALIST_FACTOR,
+    NO_BATCHNORM_PROXY_STEPS,
+    first_stage_fidelity,
+)
 
 from .search_helpers import write_config
 
@@ -37,6 +41,23 @@ def test_a_model_without_batchnorm_fine_tunes_a_few_steps_at_most_an_epoch(
     # everything else as it was; the caller's config untouched
     assert chosen.finetune.lr == cfg.finetune.lr and chosen.search == cfg.search
     assert cfg.finetune.epochs == 0
+
+
+def test_its_finalists_fine_tune_longer_than_its_first_stage_unless_set(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "fid-fin", search={"finalists": {"count": 4}})
+    base = load_config(path)
+    cfg = base.model_copy(update={"finetune": type(base.finetune)()})
+    assert "epochs" not in cfg.search.finalists.model_fields_set
+    chosen, line = first_stage_fidelity(cfg, LAYERNORM_MODEL, 94)
+    # one epoch of 94 steps first; the finalists 3x that, not the same epoch again
+    assert chosen.finetune.epochs == 1.0
+    assert chosen.search.finalists.epochs == NO_BATCHNORM_FINALIST_FACTOR * 1.0
+    assert chosen.search.finalists.count == 4 and "the finalists 3 epochs" in line
+    assert cfg.search.finalists.epochs == 1.0  # the caller's config untouched
+    given = load_config(write_config(tmp_path, "fid-fin2",
+                                     search={"finalists": {"count": 4, "epochs": 2}}))
+    given = given.model_copy(update={"finetune": type(given.finetune)()})
+    assert first_stage_fidelity(given, LAYERNORM_MODEL, 94)[0].search.finalists.epochs == 2
 
 
 def test_batchnorm_models_and_a_set_epochs_keep_the_config(tmp_path: Path) -> None:
