@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -294,6 +295,30 @@ def correlations(rows: dict[str, dict[str, Any]], candidate: str, truth: str) ->
             "kendall_p": float(tau.pvalue), **_bootstrap(x, y)}
 
 
+def rho_difference(rows: dict[str, dict[str, Any]], a: str, b: str, truth: str = "test_accuracy",
+                   seed: int = 0) -> dict[str, Any]:
+    """Spearman's rho of candidate `a` minus that of `b` against the target, over the policies
+    both scored, with a 95% interval from resampling those policies (paired: one resample
+    serves both): a difference whose interval holds 0 is a tie."""
+    have = [r for r in rows.values() if a in r["scores"] and b in r["scores"] and r.get("target")]
+    if len(have) < 3:
+        return {"n": len(have)}
+    xa, xb, y = (np.array(v) for v in zip(*[(r["scores"][a]["accuracy"],
+                                             r["scores"][b]["accuracy"], r["target"][truth])
+                                            for r in have], strict=True))
+
+    def rho(x: np.ndarray, t: np.ndarray) -> float:
+        return float(stats.spearmanr(x, t).statistic)
+
+    gen, diffs = np.random.default_rng(seed), []
+    for _ in range(BOOTSTRAP):
+        i = gen.integers(0, len(y), len(y))
+        if min(len(set(xa[i])), len(set(xb[i])), len(set(y[i]))) > 1:
+            diffs.append(rho(xa[i], y[i]) - rho(xb[i], y[i]))
+    ci = [float(np.nanpercentile(diffs, q)) for q in (2.5, 97.5)] if diffs else [math.nan] * 2
+    return {"n": len(have), "difference": rho(xa, y) - rho(xb, y), "ci95": ci}
+
+
 def summary(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Per candidate: its correlations with the target (test, val) and its cost."""
     base = [r["scores"]["none"]["seconds"] for r in rows.values() if "none" in r["scores"]]
@@ -342,6 +367,15 @@ def report(result: dict[str, Any]) -> str:
                      f"{t['kendall_tau']:.2f} [{kci[0]:.2f}, {kci[1]:.2f}] | "
                      f"{v.get('spearman_rho', float('nan')):.2f} | "
                      f"{row['seconds_per_policy']:.1f} | {t['n']} |")
+    lines.append("")
+    for a, b in (("ft100", "none"), ("ft25", "none"), ("ft100", "ft25"), ("ft300", "ft100"),
+                 ("ln", "none")):
+        d = rho_difference(result["rows"], a, b)
+        if "difference" in d:
+            lo, hi = d["ci95"]
+            verdict = "apart" if lo > 0 or hi < 0 else "a tie"  # a nan interval: a tie
+            lines.append(f"Spearman {a} - {b}: {d['difference']:+.2f} [{lo:+.2f}, {hi:+.2f}] "
+                         f"over {d['n']} policies (paired bootstrap; {verdict})")
     target = result["candidates"]["target"]
     noise = target.get("seed_noise", {})
     lines.append(f"\ntarget: {target['seconds_per_policy'] or 0:.1f} s / policy")
