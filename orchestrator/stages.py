@@ -75,6 +75,7 @@ def progress_callback(stage: Stage, tracker: Any) -> Any:
             # Also on resume: count from the trials the tracker (set up first) found finished;
             # a trial Tune runs again after that counts once.
             self.done = {self._name(t) for t in tracker._finished}
+            self.best = tracker.best_finished  # so "best" never drops after a resume
             self.t0 = time.perf_counter()
 
         def _name(self, trial: Any) -> str:

@@ -137,6 +137,7 @@ class MLflowTracker(Callback):
         self._children: dict[str, str] = {}  # trial id -> run id
         self._names: dict[str, str] = {}  # trial id -> run name (`trial-007`)
         self._finished: set[str] = set()  # trial ids whose final result is logged
+        self.best_finished = -math.inf  # the best accuracy among them (progress after resume)
         self._seeds: dict[str, str] = {}  # trial id -> its seed param (which suggestion it is)
         # Child runs an artifact of which the store refused: they stay open until `repair`.
         self._missing: set[str] = set()
@@ -155,7 +156,7 @@ class MLflowTracker(Callback):
         # their defaults so that `--resume` still works after an upgrade.
         self.__dict__.update(journal_dir=None, stage="trial", epochs=None, _names={},
                              _seeds={}, _finished=set(), _missing=set(), _client=None,
-                             _journal=None)
+                             _journal=None, best_finished=-math.inf)
         self.__dict__.update(state)
 
     @property
@@ -236,8 +237,10 @@ class MLflowTracker(Callback):
                           if TAG_TRIAL in r.data.tags}
         self._names = {r.data.tags[TAG_TRIAL]: r.info.run_name for r in children
                        if TAG_TRIAL in r.data.tags}
-        self._finished = {r.data.tags[TAG_TRIAL] for r in children
-                          if r.data.tags.get(TAG_STATUS) == "finished"}
+        finished = [r for r in children if r.data.tags.get(TAG_STATUS) == "finished"]
+        self._finished = {r.data.tags[TAG_TRIAL] for r in finished}
+        self.best_finished = max((r.data.metrics["accuracy"] for r in finished
+                                  if "accuracy" in r.data.metrics), default=-math.inf)
         self._seeds = {r.data.tags[TAG_TRIAL]: r.data.params["seed"] for r in children
                        if TAG_TRIAL in r.data.tags and "seed" in r.data.params}
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -226,9 +227,15 @@ def test_sigterm_ends_a_search_as_ctrl_c_does(to: str, tmp_path: Path) -> None:
     assert "Traceback" not in out and "SIGABRT" not in out and "*** " not in out, out
     client = MlflowClient(cfg.tracking_uri())
     assert find_search(client, "prunetune", "termed").info.status == "KILLED"
+    before = [t.metrics["accuracy"] for t in search_trials(
+        client, find_search(client, "prunetune", "termed")) if "accuracy" in t.metrics]
     done = _run(path, "--resume", cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     _one_run_per_trial(cfg.tracking_uri(), "termed", 6, cfg.storage_dir())
+    # the resumed progress lines' "best" starts from the trials finished before the signal
+    best_after = [float(b) for b in re.findall(r"\(best ([0-9.]+),", done.stdout)]
+    assert before and best_after, (before, done.stdout)
+    assert min(best_after) >= max(before) - 1e-4, (before, best_after)  # printed to 4 places
 
 
 # ---- cluster addresses ----------------------------------------------------------------------
