@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from prunetune.search_spaces import has_batchnorm
+
 from .config import PrunetuneConfig
 
 # Steps of the no-BatchNorm first-stage fine-tune (benchmarks/proxy_candidates.py, `ft100`).
@@ -21,10 +23,6 @@ NO_BATCHNORM_PROXY_STEPS = 100
 # ranks against (3 epochs). At the finalists' default of one epoch they would repeat the first
 # stage's fine-tune exactly (the same steps under the same seed) and tell nothing new.
 NO_BATCHNORM_FINALIST_FACTOR = 3
-
-
-def has_batchnorm(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 def first_stage_fidelity(cfg: PrunetuneConfig, model: nn.Module, steps_per_epoch: int

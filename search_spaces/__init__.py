@@ -3,7 +3,7 @@
 Knows nothing of Ray or MLflow. See docs/CONTRACTS.md for the public API and the mask contract.
 """
 
-from .analysis import ModelAnalysis, PrunableUnit, analyze
+from .analysis import ModelAnalysis, PrunableUnit, analyze, has_batchnorm
 from .apply import apply_policy
 from .clustering import cluster_units
 from .cost import Cost, CostModel, LatencyWeights, count_cost
@@ -73,6 +73,7 @@ __all__ = [
     "from_gemm_view",
     "gemm_view",
     "get_scheme",
+    "has_batchnorm",
     "map_schemes",
     "measured_scores",
     "register_scheme",

@@ -29,7 +29,13 @@ from .policy import Policy, PolicyError, UnitPolicy
 from .schemes import get_scheme, key_scheme, scheme_names, sparse_keys
 from .swin_heads import swin_attentions, swin_parts
 
-__all__ = ["ModelAnalysis", "PrunableUnit", "analyze"]
+__all__ = ["ModelAnalysis", "PrunableUnit", "analyze", "has_batchnorm"]
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    """Whether `model` has a BatchNorm layer (statistics a pruned model can re-estimate, scales
+    Torch-Pruning's BN-scale importance ranks by)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 _OPT = tp.ops.OPTYPE
 _LAYER_TYPES = (_OPT.CONV, _OPT.LINEAR, _OPT.DEPTHWISE_CONV, _OPT.MHA, _OPT.LSTM)

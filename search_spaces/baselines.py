@@ -31,6 +31,7 @@ from torch import nn
 
 from prunetune.errors import BudgetError, SpaceError
 
+from .analysis import has_batchnorm
 from .channel import kept_channels
 from .heads import timm_attentions
 from .policy import Policy, UnitPolicy
@@ -229,8 +230,7 @@ def tp_global_policy(space: Any, model: nn.Module, example: torch.Tensor, method
     if method == "tp-taylor" and batch is None:
         raise SpaceError("tp-taylor needs a labelled calibration batch (inputs, labels) for "
                          "its gradients; pass batch= or leave tp-taylor out")
-    if method == "tp-bn-scale" and not any(isinstance(m, nn.modules.batchnorm._BatchNorm)
-                                           for m in model.modules()):
+    if method == "tp-bn-scale" and not has_batchnorm(model):
         raise SpaceError("tp-bn-scale ranks channels by their BatchNorm scales and the model "
                          "has no BatchNorm; leave tp-bn-scale out (tp-magnitude and "
                          "tp-taylor rank any model)")
