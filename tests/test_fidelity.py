@@ -22,10 +22,11 @@ LAYERNORM_MODEL = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.LayerNorm(32
 BATCHNORM_MODEL = nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU())
 
 
-def _cfg(tmp_path: Path, **finetune: float):  # noqa: ANN202 - a PrunetuneConfig
-    cfg = load_config(write_config(tmp_path, "fid"))
-    return load_config(write_config(tmp_path, "fid", finetune=finetune)) if finetune else \
-        cfg.model_copy(update={"finetune": type(cfg.finetune)()})  # epochs left unset
+def _cfg(tmp_path: Path, search: dict | None = None, **finetune: float):  # noqa: ANN202
+    """The smoke config (a PrunetuneConfig) with `search` merged in and `finetune` as given;
+    without `finetune`, a default section: its epochs left unset."""
+    cfg = load_config(write_config(tmp_path, "fid", search=search or {}, finetune=finetune))
+    return cfg if finetune else cfg.model_copy(update={"finetune": type(cfg.finetune)()})
 
 
 @pytest.mark.parametrize("steps_per_epoch", [94, 400, 7])
@@ -44,9 +45,7 @@ def test_a_model_without_batchnorm_fine_tunes_a_few_steps_at_most_an_epoch(
 
 
 def test_its_finalists_fine_tune_longer_than_its_first_stage_unless_set(tmp_path: Path) -> None:
-    path = write_config(tmp_path, "fid-fin", search={"finalists": {"count": 4}})
-    base = load_config(path)
-    cfg = base.model_copy(update={"finetune": type(base.finetune)()})
+    cfg = _cfg(tmp_path, search={"finalists": {"count": 4}})
     assert "epochs" not in cfg.search.finalists.model_fields_set
     chosen, line = first_stage_fidelity(cfg, LAYERNORM_MODEL, 94)
     # one epoch of 94 steps first; the finalists 3x that, not the same epoch again
@@ -54,9 +53,7 @@ def test_its_finalists_fine_tune_longer_than_its_first_stage_unless_set(tmp_path
     assert chosen.search.finalists.epochs == NO_BATCHNORM_FINALIST_FACTOR * 1.0
     assert chosen.search.finalists.count == 4 and "the finalists 3 epochs" in line
     assert cfg.search.finalists.epochs == 1.0  # the caller's config untouched
-    given = load_config(write_config(tmp_path, "fid-fin2",
-                                     search={"finalists": {"count": 4, "epochs": 2}}))
-    given = given.model_copy(update={"finetune": type(given.finetune)()})
+    given = _cfg(tmp_path, search={"finalists": {"count": 4, "epochs": 2}})
     assert first_stage_fidelity(given, LAYERNORM_MODEL, 94)[0].search.finalists.epochs == 2
 
 
