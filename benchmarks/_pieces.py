@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -64,6 +65,7 @@ def run_or_resume(cfg: Any) -> tuple[Any, float | None]:
     from mlflow.tracking import MlflowClient
 
     from prunetune.orchestrator.driver import run_search
+    from prunetune.orchestrator.interrupts import handle_sigterm_as_interrupt
     from prunetune.orchestrator.results import find_search
 
     client = MlflowClient(cfg.tracking_uri())
@@ -73,7 +75,16 @@ def run_or_resume(cfg: Any) -> tuple[Any, float | None]:
         status = None
     t0 = time.perf_counter()
     if status != "FINISHED":
-        run_search(cfg, resume=status is not None)
+        # SIGTERM (`timeout`, a scheduler) ends the search as Ctrl-C does, Tune saving its
+        # state; Ray's own handler would abort the driver mid-save.
+        handle_sigterm_as_interrupt()
+        try:
+            run_search(cfg, resume=status is not None)
+        except KeyboardInterrupt:
+            print(f"interrupted in search {cfg.name}: run the same benchmark command again to "
+                  "resume it (finished searches and pieces are kept)", file=sys.stderr,
+                  flush=True)
+            raise SystemExit(130) from None
     wall = time.perf_counter() - t0 if status != "FINISHED" else None
     return find_search(client, cfg.tracking.experiment, cfg.name), wall
 

@@ -5,7 +5,10 @@ SIGINT handler in force runs (Ray Tune's during a stage, which stops the trials 
 experiment's state; Python's elsewhere, which raises KeyboardInterrupt), so the search ends the
 same resumable way, and the command exits with its own code (`EXIT_TERMINATED`). `ray.init`
 installs a SIGTERM handler of its own (a bare `sys.exit`, which aborts the driver while Tune's
-threads run): `keep_sigterm_handler` puts ours back after it.
+threads run): `keep_sigterm_handler` puts ours back after it. Tune's `fit` installs a SIGINT
+handler that stops the run it belongs to and leaves it installed after the run ends (a later
+Ctrl-C, or a SIGTERM handled as one, would only be logged and ignored: ray-project/ray#37737):
+`keep_sigint_handler` puts the one in force before back.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
 
-__all__ = ["handle_sigterm_as_interrupt", "keep_sigterm_handler", "terminated"]
+__all__ = ["handle_sigterm_as_interrupt", "keep_sigint_handler", "keep_sigterm_handler",
+           "terminated"]
 
 _received = threading.Event()
 
@@ -52,3 +56,15 @@ def keep_sigterm_handler() -> Iterator[None]:
     finally:
         if main and before is _on_sigterm:
             signal.signal(signal.SIGTERM, before)
+
+
+@contextmanager
+def keep_sigint_handler() -> Iterator[None]:
+    """Restore the SIGINT handler in force before the body (Tune's `fit` leaves its own)."""
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        yield
+    finally:
+        if main and before is not None:
+            signal.signal(signal.SIGINT, before)

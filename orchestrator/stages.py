@@ -24,6 +24,7 @@ from prunetune.errors import SearchError
 from prunetune.files import atomic_write, atomic_write_json
 
 from .config import PrunetuneConfig
+from .interrupts import keep_sigint_handler
 from .results import TAG_STAGE, TrialRecord, latency_share, search_trials, select_finalists
 from .spaces import latency_table_file
 
@@ -488,9 +489,11 @@ def _restored_tuner(run: SearchRun, stage: Stage, path: Path) -> Any:
 
 
 def _fit(run: SearchRun, stage: Stage, index: int, tuner: Any, tracker: Any) -> Any:
-    """`tuner.fit()`, a Ray or Tune failure turned into the search's one-line error."""
+    """`tuner.fit()`, a Ray or Tune failure turned into the search's one-line error; Ctrl-C
+    and SIGTERM work as before once it returns (`keep_sigint_handler`)."""
     try:
-        return tuner.fit()
+        with keep_sigint_handler():
+            return tuner.fit()
     except Exception as err:  # Ray / Tune failures (a worker killed for memory, a lost head)
         tracker.mark_interrupted()
         raise _stage_failed(run, stage, index, err) from err
