@@ -20,12 +20,15 @@ from contextlib import contextmanager
 from types import FrameType
 
 __all__ = ["handle_sigterm_as_interrupt", "keep_sigint_handler", "keep_sigterm_handler",
-           "terminated"]
+           "sigterm_count", "terminated"]
 
 _received = threading.Event()
+_count = 0  # SIGTERMs received: a stage whose trials all ended as one arrived still stops
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    global _count
+    _count += 1
     _received.set()
     handler = signal.getsignal(signal.SIGINT)
     if callable(handler):
@@ -44,6 +47,11 @@ def handle_sigterm_as_interrupt() -> None:
 def terminated() -> bool:
     """Whether the interruption being handled came from SIGTERM."""
     return _received.is_set()
+
+
+def sigterm_count() -> int:
+    """How many SIGTERMs the handler has received in this process."""
+    return _count
 
 
 @contextmanager

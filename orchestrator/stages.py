@@ -24,7 +24,7 @@ from prunetune.errors import SearchError
 from prunetune.files import atomic_write, atomic_write_json
 
 from .config import PrunetuneConfig
-from .interrupts import keep_sigint_handler
+from .interrupts import keep_sigint_handler, sigterm_count
 from .results import TAG_STAGE, TrialRecord, latency_share, search_trials, select_finalists
 from .spaces import latency_table_file
 
@@ -451,6 +451,7 @@ def run_stage(run: SearchRun, stages: list[Stage], index: int, resume: bool) -> 
                                             "fine-tuning" if stage.epochs == 0 else
                                             f", each fine-tuned {stage.epochs:g} epoch(s)"))
         print(f"[search] stage {index + 1}/{len(stages)} ({stage.name}): {what}", flush=True)
+    sigterms = sigterm_count()
     grid = _fit(run, stage, index, tuner, tracker)
     for _ in range(run.cfg.search.max_failures):
         lost = [r for r in grid if r.error is not None and worker_died(r.error)]
@@ -467,9 +468,7 @@ def run_stage(run: SearchRun, stages: list[Stage], index: int, resume: bool) -> 
     # Tune ran the tracker it restored with the experiment when resuming; its kept writes are
     # in the same journal folder, which this one reads.
     settle_tracking(run, stage_tracker(run, stage))
-    if len(grid) < stage.trials or grid.num_terminated + grid.num_errors < len(grid):
-        # Tune returns normally from Ctrl-C after saving its state: the next stage must not
-        # start from a partial one, and the search is not finished.
+    if stage_stopped(grid, stage.trials, sigterms):
         tracker.mark_interrupted()
         if run.progress:
             print(f"[search] {run.name} interrupted in stage {index + 1} ({stage.name}); "
@@ -477,6 +476,15 @@ def run_stage(run: SearchRun, stages: list[Stage], index: int, resume: bool) -> 
                   flush=True)
         raise KeyboardInterrupt
     _repair_stage(run, stage, index)
+
+
+def stage_stopped(grid: Any, trials: int, sigterms_before: int) -> bool:
+    """Whether a stage's Tune run (its ResultGrid) ended before its `trials` did: Tune returns
+    normally from Ctrl-C after saving its state, and the next stage must not start from a
+    partial one. A SIGTERM since the stage began (`sigterm_count()` was `sigterms_before`)
+    stops it even when its last trials ended meanwhile: a scheduler's stop is not lost."""
+    return (len(grid) < trials or grid.num_terminated + grid.num_errors < len(grid)
+            or sigterm_count() > sigterms_before)
 
 
 def _restored_tuner(run: SearchRun, stage: Stage, path: Path) -> Any:

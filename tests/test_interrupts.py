@@ -1,7 +1,8 @@
-"""Ctrl-C and SIGTERM once a search stage has returned. Ray Tune's `fit` installs a SIGINT
-handler that stops its own run and leaves it installed afterwards, so a later Ctrl-C (or a
-SIGTERM handled as one) would be logged and ignored; a stage puts back the handler in force
-before it (`keep_sigint_handler`)."""
+"""Ctrl-C and SIGTERM around a search stage. Ray Tune's `fit` installs a SIGINT handler that
+stops its own run and leaves it installed afterwards, so a later Ctrl-C (or a SIGTERM handled
+as one) would be logged and ignored; a stage puts back the handler in force before it
+(`keep_sigint_handler`). A SIGTERM that lands as a stage's last trials end stops the search
+even though every trial finished (`stage_stopped`)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from pathlib import Path
 import pytest
 from ray import tune
 
-from prunetune.orchestrator.interrupts import handle_sigterm_as_interrupt
-from prunetune.orchestrator.stages import _fit
+from prunetune.orchestrator.interrupts import handle_sigterm_as_interrupt, sigterm_count
+from prunetune.orchestrator.stages import _fit, stage_stopped
 
 
 def _objective(config: dict) -> dict:
@@ -44,10 +45,14 @@ def test_ctrl_c_and_sigterm_interrupt_again_once_a_stage_returns(local_ray, own_
                                                                  tmp_path: Path) -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     handle_sigterm_as_interrupt()
+    sigterms = sigterm_count()
     tuner = tune.Tuner(_objective, param_space={"x": 1},
                        run_config=tune.RunConfig(name="stage", storage_path=str(tmp_path)))
     grid = _fit(None, None, 0, tuner, None)  # the run and stage only name a failure
     assert len(grid) == 1 and grid.num_errors == 0
+    assert not stage_stopped(grid, 1, sigterms) and stage_stopped(grid, 2, sigterms)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert _interrupted_by(signal.SIGINT)
     assert _interrupted_by(signal.SIGTERM)
+    # every trial finished, but a SIGTERM came since the stage began: the search stops
+    assert stage_stopped(grid, 1, sigterms)
