@@ -16,7 +16,7 @@ from __future__ import annotations
 import signal
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from types import FrameType
 
 __all__ = ["handle_sigterm_as_interrupt", "keep_sigint_handler", "keep_sigterm_handler",
@@ -55,24 +55,23 @@ def sigterm_count() -> int:
 
 
 @contextmanager
-def keep_sigterm_handler() -> Iterator[None]:
-    """Restore the SIGTERM handler in force before the body (`ray.init` replaces it)."""
+def _kept_handler(signum: int, *, only: object = None) -> Iterator[None]:
+    """Restore the handler of `signum` in force before the body (main thread only); `only`:
+    restore it only when it is that handler."""
     main = threading.current_thread() is threading.main_thread()
-    before = signal.getsignal(signal.SIGTERM) if main else None
+    before = signal.getsignal(signum) if main else None
     try:
         yield
     finally:
-        if main and before is _on_sigterm:
-            signal.signal(signal.SIGTERM, before)
+        if before is not None and (only is None or before is only):
+            signal.signal(signum, before)
 
 
-@contextmanager
-def keep_sigint_handler() -> Iterator[None]:
+def keep_sigterm_handler() -> AbstractContextManager[None]:
+    """Restore our SIGTERM handler after the body (`ray.init` replaces it)."""
+    return _kept_handler(signal.SIGTERM, only=_on_sigterm)
+
+
+def keep_sigint_handler() -> AbstractContextManager[None]:
     """Restore the SIGINT handler in force before the body (Tune's `fit` leaves its own)."""
-    main = threading.current_thread() is threading.main_thread()
-    before = signal.getsignal(signal.SIGINT) if main else None
-    try:
-        yield
-    finally:
-        if main and before is not None:
-            signal.signal(signal.SIGINT, before)
+    return _kept_handler(signal.SIGINT)
