@@ -26,7 +26,8 @@ eager PyTorch on one thread). Methods, each a policy at the cell's budget:
 Every policy is fine-tuned with one recipe (`RECIPE`) under each seed (data order paired across
 methods by the seed), scored on the full test split; its val curve per epoch is kept to show
 the recipe levelled off. Latency: the dense model and every method's pruned model timed in turn
-in one process (`measured_models_ms`, one thread) at batch 1 and 64. Cost: wall seconds of
+in one process (`measured_models_ms`, one thread) at batch 1 and 64, in `--timing-rounds`
+rounds of fresh models in a new order; speedups are compared round by round. Cost: wall seconds of
 obtaining each policy and CPU-minutes (wall x the cores it held).
 
 `--transformer`: the same two budgets on `examples/e2e-vit.yaml` (a small timm ViT trained with
@@ -44,6 +45,7 @@ import argparse
 import copy
 import json
 import os
+import random
 import statistics
 import sys
 import time
@@ -286,24 +288,37 @@ def fine_tuned(args: argparse.Namespace, cell: Cell, policy: dict[str, Any], see
             **result.cost_metrics(), "wall_s": time.perf_counter() - t0}
 
 
-def timings(cell: Cell, policies: dict[str, Any], batches: list[int], repeats: int
-            ) -> dict[str, Any]:
-    """Median ms of the dense model and each method's pruned model, timed in turn."""
+def timings(cell: Cell, policies: dict[str, Any], batches: list[int], repeats: int,
+            rounds: int) -> dict[str, Any]:
+    """Each model's latency per batch size, timed in `rounds` rounds: every round makes fresh
+    copies of the dense model and each method's pruned model and times them in turn, in a new
+    order, in this process (`measured_models_ms`, one thread). One round alone moved a
+    model's speedup by up to 8% between runs; over rounds neither the machine's drift nor one
+    allocation's luck falls on one model. `ms`: the median over rounds; `ms_rounds`: every
+    round's, for speedups paired by round."""
     from prunetune.kernels import measured_models_ms
     from prunetune.search_spaces import Policy, apply_policy
 
-    names = list(policies)
-    models = [copy.deepcopy(cell.dense.model).eval()] + [
-        apply_policy(cell.dense.model, Policy.from_dict(policies[m]["policy"]),
-                     cell.example).eval() for m in names]
-    out: dict[str, Any] = {}
-    for batch in batches:
-        x = torch.randn(batch, *cell.example.shape[1:], generator=torch.Generator().manual_seed(0))
-        with torch.no_grad():
-            ms = measured_models_ms(models, x, device="cpu", repeats=repeats, bursts=8,
-                                    threads=1)
-        out[str(batch)] = {"dense": ms[0], **dict(zip(names, ms[1:], strict=True))}
-    return {"ms": out, "load_average": os.getloadavg()}
+    names = ["dense", *policies]
+    order_rng = random.Random(0)
+    per_round: dict[str, dict[str, list[float]]] = {
+        str(b): {n: [] for n in names} for b in batches}
+    for _ in range(rounds):
+        order = order_rng.sample(names, len(names))
+        models = [copy.deepcopy(cell.dense.model).eval() if n == "dense" else apply_policy(
+            cell.dense.model, Policy.from_dict(policies[n]["policy"]), cell.example).eval()
+            for n in order]
+        for batch in batches:
+            x = torch.randn(batch, *cell.example.shape[1:],
+                            generator=torch.Generator().manual_seed(0))
+            with torch.no_grad():
+                ms = measured_models_ms(models, x, device="cpu", repeats=repeats, bursts=8,
+                                        threads=1)
+            for n, t in zip(order, ms, strict=True):
+                per_round[str(batch)][n].append(t)
+    return {"ms": {b: {n: statistics.median(v) for n, v in t.items()}
+                   for b, t in per_round.items()},
+            "ms_rounds": per_round, "rounds": rounds, "load_average": os.getloadavg()}
 
 
 # -- summary ------------------------------------------------------------------------------------
@@ -318,10 +333,24 @@ def paired(runs: dict[str, list[dict[str, Any]]], ours: str, theirs: str) -> dic
     error, and whether the lead exceeds 2 standard errors (anything less is a tie)."""
     by_seed = {r["seed"]: r["test_accuracy"] for r in runs[theirs]}
     diffs = [r["test_accuracy"] - by_seed[r["seed"]] for r in runs[ours] if r["seed"] in by_seed]
+    return _verdict(diffs, theirs, "seeds")
+
+
+def paired_speedup(timing: dict[str, Any], ours: str, theirs: str, batch: str = "1"
+                   ) -> dict[str, Any]:
+    """`ours` minus `theirs` in speedup over the dense model, round by round (`timings`)."""
+    r = timing.get("ms_rounds", {}).get(batch, {})
+    if ours not in r or theirs not in r:
+        return {"rounds": 0}
+    diffs = [d / a - d / b for d, a, b in zip(r["dense"], r[ours], r[theirs], strict=True)]
+    return _verdict(diffs, theirs, "rounds")
+
+
+def _verdict(diffs: list[float], theirs: str, unit: str) -> dict[str, Any]:
     if len(diffs) < 2:
-        return {"seeds": len(diffs)}
+        return {unit: len(diffs)}
     mean, se = mean_se(diffs)
-    return {"against": theirs, "seeds": len(diffs), "difference": mean, "se": se,
+    return {"against": theirs, unit: len(diffs), "difference": mean, "se": se,
             "verdict": "win" if mean > 2 * se else "loss" if mean < -2 * se else "tie"}
 
 
@@ -346,8 +375,11 @@ def cell_summary(cell: str, policies: dict[str, Any], runs: dict[str, list[dict[
     if runs.get("prunetune") and runs.get("prunetune-flops"):
         out["latency_vs_flops_budget"] = paired(runs, "prunetune", "prunetune-flops")
     if timing and "prunetune" in rows and "-latency" in cell:
-        b1 = timing["ms"]["1"]
-        out["prunetune_no_slower_b1"] = all(b1["prunetune"] <= b1[m] for m in FREE if m in b1)
+        speed = {m: paired_speedup(timing, "prunetune", m) for m in (*FREE, "prunetune-flops")
+                 if m in rows}
+        out["prunetune_speedup_b1"] = speed  # paired by timing round; "loss": slower
+        out["prunetune_no_slower_b1"] = all(v.get("verdict") != "loss"
+                                            for m, v in speed.items() if m in FREE)
     return out
 
 
@@ -376,6 +408,11 @@ def report(result: dict[str, Any]) -> str:
                 ours = "rl" if key.startswith("rl") else "prunetune"
                 lines.append(f"| {cell} | | **{ours} - {d['against']}** | "
                              f"{d['difference']:+.4f} ± {d['se']:.4f}: {d['verdict']} | | | |")
+        for d in s.get("prunetune_speedup_b1", {}).values():
+            if "difference" in d:
+                lines.append(f"| {cell} | | **prunetune - {d['against']}, speedup b1** | | | "
+                             f"{d['difference']:+.3f}x ± {d['se']:.3f} ({d['rounds']} rounds): "
+                             f"{d['verdict']} | |")
     return "\n".join(lines)
 
 
@@ -397,8 +434,9 @@ def run_cell(args: argparse.Namespace, pieces: Pieces, name: str) -> dict[str, A
             runs.setdefault(m, []).append(pieces.get(
                 f"finetune/{name}/{m}/s{seed}",
                 lambda m=m, seed=seed: fine_tuned(args, cell, policies[m], seed)))
-    timing = pieces.get(f"latency/{name}/{','.join(policies)}",
-                        lambda: timings(cell, policies, args.batches, args.repeats))
+    timing = pieces.get(f"latency/{name}/{','.join(policies)}/rounds{args.timing_rounds}",
+                        lambda: timings(cell, policies, args.batches, args.repeats,
+                                        args.timing_rounds))
     return {"dense": dense_reference(cell), "budget": BUDGETS[name.rsplit("-", 1)[1]],
             **cell_summary(name, policies, runs, timing),
             "policies": {m: p["policy"] for m, p in policies.items()},
@@ -416,6 +454,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 64])
     parser.add_argument("--repeats", type=int, default=40, help="timed runs per model")
+    parser.add_argument("--timing-rounds", type=int, default=6,
+                        help="timing rounds, each with fresh models in a new order")
     parser.add_argument("--work", type=Path, default=None,
                         help="searches' workdir (MLflow store, Tune state) and partial.json")
     parser.add_argument("--smoke", action="store_true")
@@ -432,7 +472,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.smoke:
         args.cells = args.cells or (list(TRANSFORMER_CELLS) if args.transformer else
                                     ["resnet56-flops50", "resnet56-latency60"])
-        args.seeds, args.batches, args.repeats = [0, 1], [1, 4], 8
+        args.seeds, args.batches, args.repeats, args.timing_rounds = [0, 1], [1, 4], 8, 2
         args.work = args.work.with_name(args.work.name + "-smoke")
     args.cells = args.cells or list(TRANSFORMER_CELLS if args.transformer else CNN_CELLS)
     out = args.out or (final_out if not args.smoke else args.work / f"{kind}.json")

@@ -48,6 +48,10 @@ def test_every_method_lands_on_the_budget_is_fine_tuned_paired_and_timed(local_r
     verdict = cell["prunetune_vs_best_free"]
     assert verdict["against"] in e2e.FREE and verdict["verdict"] in ("win", "tie", "loss")
     assert cell["latency_vs_flops_budget"]["against"] == "prunetune-flops"
+    speed = cell["prunetune_speedup_b1"]  # batch-1 speedups paired by timing round
+    assert set(speed) == {m for m in cell["methods"] if m in (*e2e.FREE, "prunetune-flops")}
+    assert all(v["rounds"] == 2 and v["verdict"] in ("win", "tie", "loss")
+               for v in speed.values()), speed
     # resumable: a second run reuses every finished piece, and gives the same figures
     again = e2e.main(["--smoke", "--cells", CELL, "--work", str(work)])
     assert again["cells"][CELL]["runs"] == runs
