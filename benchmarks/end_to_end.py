@@ -27,8 +27,8 @@ Every policy is fine-tuned with one recipe (`RECIPE`) under each seed (data orde
 methods by the seed), scored on the full test split; its val curve per epoch is kept to show
 the recipe levelled off. Latency: the dense model and every method's pruned model timed in turn
 in one process (`measured_models_ms`, one thread) at batch 1 and 64, in `--timing-rounds`
-rounds of fresh models in a new order; speedups are compared round by round. Cost: wall seconds of
-obtaining each policy and CPU-minutes (wall x the cores it held).
+rounds of fresh models in a new order; speedups are compared round by round. Cost: wall
+seconds of obtaining each policy and CPU-minutes (wall x the cores it held).
 
 `--transformer`: the same two budgets on `examples/e2e-vit.yaml` (a small timm ViT trained with
 AdamW, no BatchNorm), methods uniform, tp-magnitude, tp-taylor, prunetune and prunetune-flops;
@@ -301,6 +301,8 @@ def timings(cell: Cell, policies: dict[str, Any], batches: list[int], repeats: i
 
     names = ["dense", *policies]
     order_rng = random.Random(0)
+    inputs = {b: torch.randn(b, *cell.example.shape[1:], generator=torch.Generator().manual_seed(0))
+              for b in batches}
     per_round: dict[str, dict[str, list[float]]] = {
         str(b): {n: [] for n in names} for b in batches}
     for _ in range(rounds):
@@ -308,9 +310,7 @@ def timings(cell: Cell, policies: dict[str, Any], batches: list[int], repeats: i
         models = [copy.deepcopy(cell.dense.model).eval() if n == "dense" else apply_policy(
             cell.dense.model, Policy.from_dict(policies[n]["policy"]), cell.example).eval()
             for n in order]
-        for batch in batches:
-            x = torch.randn(batch, *cell.example.shape[1:],
-                            generator=torch.Generator().manual_seed(0))
+        for batch, x in inputs.items():
             with torch.no_grad():
                 ms = measured_models_ms(models, x, device="cpu", repeats=repeats, bursts=8,
                                         threads=1)

@@ -22,14 +22,15 @@ from types import FrameType
 __all__ = ["handle_sigterm_as_interrupt", "keep_sigint_handler", "keep_sigterm_handler",
            "sigterm_count", "terminated"]
 
-_received = threading.Event()
-_count = 0  # SIGTERMs received: a stage whose trials all ended as one arrived still stops
+# SIGTERMs received in this process, and their count when the handler was last installed:
+# `terminated()` and a stage whose trials all ended as one arrived (`sigterm_count`) read them.
+_count = 0
+_count_at_install = 0
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     global _count
     _count += 1
-    _received.set()
     handler = signal.getsignal(signal.SIGINT)
     if callable(handler):
         handler(signal.SIGINT, frame)
@@ -39,14 +40,15 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 def handle_sigterm_as_interrupt() -> None:
     """From now on SIGTERM runs the SIGINT handler in force (main thread only)."""
+    global _count_at_install
     if threading.current_thread() is threading.main_thread():
-        _received.clear()
+        _count_at_install = _count
         signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 def terminated() -> bool:
     """Whether the interruption being handled came from SIGTERM."""
-    return _received.is_set()
+    return _count > _count_at_install
 
 
 def sigterm_count() -> int:
