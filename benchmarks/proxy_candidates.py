@@ -168,10 +168,18 @@ def recalibrate(pruned: nn.Module, dense: nn.Module, images: torch.Tensor, mode:
 
 # -- the setting -------------------------------------------------------------------------------
 
-class Setting:
-    """The dense model, data, calibration batch and space of the run (built once)."""
+# --smoke: a tiny ViT on a little data (plumbing only)
+VIT_SMOKE = {"model.kwargs": {"img_size": 28, "patch_size": 7, "embed_dim": 32, "depth": 2,
+                              "num_heads": 4, "mlp_ratio": 2.0},
+             "pretrain.epochs": 1, "pretrain.warmup_epochs": 0.0, "data.train_subset": 512,
+             "data.val_subset": 128, "data.test_subset": 128}
 
-    def __init__(self, args: argparse.Namespace) -> None:
+
+class Setting:
+    """The dense model, data, calibration batch and space of the run (built once); `smoke`:
+    the config overrides of a --smoke run."""
+
+    def __init__(self, args: argparse.Namespace, smoke: dict[str, Any] = VIT_SMOKE) -> None:
         from prunetune.orchestrator.config import load_config
         from prunetune.orchestrator.spaces import build_space
         from prunetune.trainers import load_data, pretrain_dense
@@ -179,11 +187,7 @@ class Setting:
 
         overrides: dict[str, Any] = {"pretrain.threads": args.threads}
         if args.smoke:
-            overrides.update({"model.kwargs": {"img_size": 28, "patch_size": 7, "embed_dim": 32,
-                                               "depth": 2, "num_heads": 4, "mlp_ratio": 2.0},
-                              "pretrain.epochs": 1, "pretrain.warmup_epochs": 0.0,
-                              "data.train_subset": 512, "data.val_subset": 128,
-                              "data.test_subset": 128})
+            overrides.update(smoke)
         self.cfg = load_config(ROOT / args.config, overrides)
         self.data = load_data(self.cfg.data)
         self.dense = pretrain_dense(self.cfg.model, self.cfg.data, self.cfg.pretrain,
