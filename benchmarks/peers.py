@@ -4,11 +4,17 @@ and NVIDIA ModelOpt's FastNAS, on the search-efficiency benchmark's proxy object
     python benchmarks/peers.py [--seeds 0 1 2 3 4] [--trials 200]
         [--methods fastnas-div8,fastnas-div4,optuna-tpe,optuna-tpe-raw,optuna-tpe-fill]
         [--report]
+    python benchmarks/peers.py --objective resnet56-converged \
+        --methods optuna-tpe-fill,optuna-gp-fill,optuna-cmaes-fill     # issue 27's fair peers
     python benchmarks/peers.py --smoke --out /tmp/peers-smoke.json   # tiny, ~1 minute
 
-Objective (`search_efficiency.Objective(500, bn_calib=256)`): ResNet-56 pretrained on
-Fashion-MNIST, channel pruning under a 50% FLOPs budget, reward = validation accuracy on 500
-images after BatchNorm re-estimation on 256 training images, no fine-tuning.
+Objective (`--objective`, one of `search_efficiency.OBJECTIVES`; default `resnet56`,
+`Objective(500, bn_calib=256)`): ResNet-56 pretrained on Fashion-MNIST, channel pruning under a
+50% FLOPs budget, reward = validation accuracy on 500 images after BatchNorm re-estimation on
+256 training images, no fine-tuning. `resnet56-converged` / `mobilenetv2-converged`: the
+end-to-end benchmark's dense models (trained to their plateau) at 50% / 30% FLOPs, the reward
+on 3000 validation images, 150 trials; results in `peers_<objective>.json`, prunetune's runs
+read from that objective's search_efficiency file.
 
 - `bo-default`, `rl-default`, `random` (and `-nofill`: the defaults before budget fill was
   on): prunetune's searchers, read (never rerun) from results/search_efficiency.json at
@@ -18,6 +24,8 @@ images after BatchNorm re-estimation on 256 training images, no fine-tuning.
   `tune.uniform(0, 1)` per dimension of the space `random` gets from a config; a trial decodes
   its point with the product's decode (budget projection included), without budget fill;
   `optuna-tpe-fill` the same with `space.budget.fill` (every point decoded onto the budget).
+- `optuna-gp-fill`, `optuna-cmaes-fill`: Optuna's `GPSampler(seed=seed)` and
+  `CmaEsSampler(seed=seed)` (defaults otherwise) in place of TPE, as `optuna-tpe-fill`.
 - `optuna-tpe-raw`: the same over the raw per-unit channel ratios (`tune.uniform(0, 0.8)` per
   prunable unit), what a Tune user writes without prunetune: Optuna sees
   `accuracy - PENALTY * (flops_ratio - keep)` over the budget. For the yardsticks a trial over
@@ -67,7 +75,6 @@ from prunetune.trainers import default_cache_dir  # noqa: E402
 
 RESULTS = BENCH / "results"
 OUT = RESULTS / "peers.json"
-SE_OUT = RESULTS / "search_efficiency.json"
 # What a config gets now; `random` and (-nofill) the searchers without `space.budget.fill`.
 PRUNETUNE_METHODS = ("bo-default", "rl-default", "random-default", "random",
                      "bo-default-nofill", "rl-default-nofill")
@@ -80,12 +87,13 @@ RAW_MAX_RATIO = 0.8  # prunetune's own ratio bounds, (0, 0.8)
 
 @dataclass(frozen=True)
 class Peer:
-    """A peer method: Optuna over "prunetune" (the product's space) or "raw" ratios, or
-    FastNAS with channel choices in multiples of `divisor`."""
+    """A peer method: Optuna (its `sampler`, see `SAMPLERS`) over "prunetune" (the product's
+    space) or "raw" ratios, or FastNAS with channel choices in multiples of `divisor`."""
 
     kind: str  # "optuna" | "fastnas"
     space: str = ""
     divisor: int = 0
+    sampler: str = "tpe"
 
 
 PEERS: dict[str, Peer] = {
@@ -94,7 +102,25 @@ PEERS: dict[str, Peer] = {
     "optuna-tpe": Peer("optuna", space="prunetune"),
     "optuna-tpe-raw": Peer("optuna", space="raw"),
     "optuna-tpe-fill": Peer("optuna", space="prunetune-fill"),
+    # Optuna's other model-based samplers over the same decode with fill (issue 27): its
+    # Gaussian-process BO and CMA-ES (the `cmaes` package)
+    "optuna-gp-fill": Peer("optuna", space="prunetune-fill", sampler="gp"),
+    "optuna-cmaes-fill": Peer("optuna", space="prunetune-fill", sampler="cmaes"),
 }
+# Each sampler as the run records it, and how it is made for a seed (defaults otherwise).
+SAMPLERS = {"tpe": "TPESampler(multivariate=True, seed=seed)",
+            "gp": "GPSampler(seed=seed)",
+            "cmaes": "CmaEsSampler(seed=seed)"}
+
+
+def make_sampler(name: str, seed: int) -> Any:
+    import optuna
+
+    if name == "tpe":
+        return optuna.samplers.TPESampler(multivariate=True, seed=seed)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    return optuna.samplers.CmaEsSampler(seed=seed)
 # prunetune's space for `random`, with `space.budget.fill` pinned: "prunetune" without fill
 # (the default when this benchmark was first run), "prunetune-fill" with it (the default
 # since): a change of the product's default must not change what a method's runs measure.
@@ -104,7 +130,9 @@ SPACE_METHOD = {"prunetune": "random-default-nofill", "prunetune-fill": "random-
 @dataclass(frozen=True)
 class Problem:
     """How a process builds the objective; small and picklable, so Tune ships it to trials.
-    "resnet56": the benchmark's; "smoke": ResNet-20 on scikit-learn digits (the test's)."""
+    A name of `search_efficiency.OBJECTIVES` ("resnet56", the first one; "resnet56-converged",
+    "mobilenetv2-converged": from dense models trained to their plateau); "smoke": ResNet-20
+    on scikit-learn digits (the test's)."""
 
     kind: str = "resnet56"
     val_subset: int = 500
@@ -123,15 +151,16 @@ def build_objective(problem: Problem) -> Any:
     """The problem's `Objective`, cached per process: a reused Tune trial actor keeps the
     dense model and the data between trials instead of rebuilding them."""
     if problem not in _CACHE:
-        from search_efficiency import Objective
+        from search_efficiency import OBJECTIVES, Objective
 
         torch.set_num_threads(1)  # one core per process on the shared machine
-        if problem.kind == "resnet56":
-            _CACHE[problem] = Objective(problem.val_subset, bn_calib=problem.bn_calib)
-        elif problem.kind == "smoke":
+        if problem.kind == "smoke":
             _CACHE[problem] = _smoke_objective(Objective, problem)
         else:
-            raise ValueError(f"unknown problem kind {problem.kind!r}")
+            spec = OBJECTIVES[problem.kind]
+            _CACHE[problem] = Objective(problem.val_subset, bn_calib=problem.bn_calib,
+                                        model=spec.model, budget=spec.budget, data=spec.data,
+                                        pretrain=spec.pretrain)
         _BUILDS[0] += 1
     return _CACHE[problem]
 
@@ -155,7 +184,8 @@ def _smoke_objective(objective_cls: type, problem: Problem) -> Any:
     obj = objective_cls.__new__(objective_cls)
     data_cfg = DataConfig(name="digits", batch_size=64, val_subset=problem.val_subset)
     obj.model, obj.budget = ModelConfig(name="resnet20"), Budget(kind="flops", keep=0.5)
-    pre = pretrain_dense(obj.model, data_cfg, TrainConfig(epochs=2, lr=0.05), progress=False)
+    obj.data_cfg, obj.pretrain_cfg = data_cfg, TrainConfig(epochs=2, lr=0.05)
+    pre = pretrain_dense(obj.model, data_cfg, obj.pretrain_cfg, progress=False)
     obj.pretrain_metrics, obj.dense = pre.metrics, pre.model.eval()
     obj.data = load_data(data_cfg)
     obj.proxy = FinetuneConfig(epochs=0, bn_calibration=problem.bn_calib, device="cpu")
@@ -287,14 +317,14 @@ def run_optuna(method: str, seed: int, trials: int, problem: Problem, dim: int, 
 
     peer = PEERS[method]
     # Without the trial count: a longer run continues a shorter one's checkpoint.
-    config = {"peer": asdict(peer), "penalty": PENALTY,
-              "sampler": "TPESampler(multivariate=True, seed=seed)", "optuna": optuna.__version__,
-              "ray": ray.__version__, "problem": asdict(problem)}
+    # A TPE peer's record as before there was a choice of sampler: its checkpoints stay valid.
+    described = {k: v for k, v in asdict(peer).items() if k != "sampler" or v != "tpe"}
+    config = {"peer": described, "penalty": PENALTY, "sampler": SAMPLERS[peer.sampler],
+              "optuna": optuna.__version__, "ray": ray.__version__, "problem": asdict(problem)}
     tag = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
     part = work / f"{method}-{tag}-seed{seed}.json"
     searcher = OptunaSearch(OptunaSearch.convert_search_space(param_space(peer.space, dim)),
-                            metric="score", mode="max",
-                            sampler=optuna.samplers.TPESampler(multivariate=True, seed=seed))
+                            metric="score", mode="max", sampler=make_sampler(peer.sampler, seed))
     run: dict[str, Any] = {"method": method, "seed": seed, "config": config, "trials": trials,
                            "rewards": [], "score": [], "accuracy": [], "flops_ratio": [],
                            "eval_s": [], "trial_s": [], "trial_pid": [], "wall_s": 0.0,
@@ -504,14 +534,22 @@ def _run_all(args: argparse.Namespace, problem: Problem, methods: list[str]) -> 
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from search_efficiency import OBJECTIVES
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--objective", choices=sorted(OBJECTIVES), default="resnet56",
+                        help="the pruning problem (search_efficiency.py's objectives)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
-    parser.add_argument("--trials", type=int, default=None, help="evaluations per Optuna run")
+    parser.add_argument("--trials", type=int, default=None,
+                        help="evaluations per Optuna run (default: the objective's, 200 or 150)")
     parser.add_argument("--methods", default=",".join(PEERS),
                         help=f"comma-separated, from {', '.join(PEERS)}")
-    parser.add_argument("--out", type=Path, default=OUT)
-    parser.add_argument("--prunetune-from", type=Path, default=SE_OUT,
-                        help="search_efficiency results holding prunetune's runs")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results file (default: peers.json for resnet56, else "
+                             "peers_<objective>.json)")
+    parser.add_argument("--prunetune-from", type=Path, default=None,
+                        help="search_efficiency results holding prunetune's runs (default: "
+                             "the objective's)")
     parser.add_argument("--work", type=Path, default=default_cache_dir() / "peers",
                         help="checkpoints of runs in progress")
     parser.add_argument("--report", action="store_true",
@@ -522,13 +560,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if unknown := [m for m in methods if m not in PEERS]:
         parser.error(f"unknown method(s) {unknown}; choose from {', '.join(PEERS)}")
-    problem = Problem("smoke", 300, 64) if args.smoke else Problem()
+    spec = OBJECTIVES[args.objective]
+    problem = (Problem("smoke", 300, 64) if args.smoke
+               else Problem(args.objective, spec.val_subset))
     args.seeds = args.seeds or ([0] if args.smoke else [0, 1, 2, 3, 4])
-    args.trials = args.trials or (8 if args.smoke else 200)
+    args.trials = args.trials or (8 if args.smoke else spec.trials)
+    args.out = args.out or (OUT if args.objective == "resnet56" else
+                            RESULTS / f"peers_{args.objective.replace('-', '_')}.json")
     if args.smoke:
         args.work = args.work / "smoke"
-        if args.prunetune_from == SE_OUT:  # not ResNet-56's: the smoke makes its own
-            args.prunetune_from = args.work / f"search_efficiency-smoke-t{args.trials}.json"
+        # not an objective's: the smoke makes its own
+        args.prunetune_from = args.prunetune_from or (
+            args.work / f"search_efficiency-smoke-t{args.trials}.json")
+    args.prunetune_from = args.prunetune_from or spec.out
+    if args.objective != "resnet56":  # the first objective's runs in progress stay where they are
+        args.work = args.work / args.objective
     if not args.report:
         _run_all(args, problem, methods)
     if not args.out.is_file():

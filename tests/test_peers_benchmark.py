@@ -40,7 +40,8 @@ def test_peers_smoke_resumes_and_scores_every_tool_by_one_yardstick(bench: Any,
                                                                      tmp_path: Path) -> None:
     out, work = tmp_path / "peers.json", tmp_path / "work"
     args = ["--smoke", "--out", str(out), "--work", str(work),
-            "--methods", "fastnas-div8,optuna-tpe,optuna-tpe-raw,optuna-tpe-fill"]
+            "--methods", "fastnas-div8,optuna-tpe,optuna-tpe-raw,optuna-tpe-fill,"
+                         "optuna-gp-fill,optuna-cmaes-fill"]
     bench.main([*args, "--trials", "4"])
     # A longer run continues the checkpointed one: the pickled OptunaSearch held all 4 trials.
     res = bench.main([*args, "--trials", "6"])
@@ -48,7 +49,12 @@ def test_peers_smoke_resumes_and_scores_every_tool_by_one_yardstick(bench: Any,
     assert saved["summary"] == res["summary"]
 
     runs = {r["method"]: r for r in saved["runs"]}
-    assert set(runs) == {"optuna-tpe", "optuna-tpe-raw", "optuna-tpe-fill"}
+    assert set(runs) == {"optuna-tpe", "optuna-tpe-raw", "optuna-tpe-fill", "optuna-gp-fill",
+                         "optuna-cmaes-fill"}
+    assert {m: r["config"]["sampler"].split("(")[0] for m, r in runs.items()} == {
+        "optuna-tpe": "TPESampler", "optuna-tpe-raw": "TPESampler",
+        "optuna-tpe-fill": "TPESampler", "optuna-gp-fill": "GPSampler",
+        "optuna-cmaes-fill": "CmaEsSampler"}
     for run in runs.values():
         assert run["seed"] == 0 and len(run["rewards"]) == 6 and run["resumed_at"] == [4]
         assert run["optuna_trials_in_study"] == 6
@@ -58,7 +64,8 @@ def test_peers_smoke_resumes_and_scores_every_tool_by_one_yardstick(bench: Any,
     tpe = runs["optuna-tpe"]  # prunetune's space: the decode projects onto the budget
     assert all(r is not None for r in tpe["rewards"]) and max(tpe["flops_ratio"]) <= keep + 1e-9
     # with `space.budget.fill` every decoded point lies on the budget, without it not
-    assert min(runs["optuna-tpe-fill"]["flops_ratio"]) > keep - 0.05
+    for method in ("optuna-tpe-fill", "optuna-gp-fill", "optuna-cmaes-fill"):
+        assert min(runs[method]["flops_ratio"]) > keep - 0.05, method
     assert min(tpe["flops_ratio"]) < keep - 0.05
     raw = runs["optuna-tpe-raw"]  # raw ratios: over the budget is no result, and penalised
     for reward, acc, flops, score in zip(raw["rewards"], raw["accuracy"], raw["flops_ratio"],
