@@ -219,6 +219,10 @@ for _name in ("random", "bo", "rl"):
                                               overrides={"space.budget.fill": True})
     METHODS[f"{_name}-default-nofill"] = Method(_name, "defaults",
                                                 overrides={"space.budget.fill": False})
+# rl's defaults with random search's own points as its warm-up episodes (issue 27: a warm-up
+# that is not random actions clipped by the action wall)
+METHODS["rl-default-spacewarmup"] = Method(
+    "rl", "defaults", overrides={"search.searcher_options": {"warmup_from": "space"}})
 DEFAULT_METHODS = ("random", "uniform", "bo-full", "bo-clustered", "bo-rollback")
 # The methods drawn solid in the plot (the others: earlier schedules and variants, kept).
 MAIN_METHODS = {*DEFAULT_METHODS, "rl", "rl-transfer", "rl-transfer-budget", "random-default",
@@ -335,6 +339,11 @@ def _locked(path: Path) -> FileLock:
     return FileLock(path.with_name(f".{path.name}.lock"))
 
 
+# Searcher options added after runs were made, at the default that keeps what those runs did:
+# left out of a method's definition, so the runs stay current.
+UNCHANGED_BEHAVIOUR = {("warmup_from", "'actions'")}
+
+
 def method_config(method: str) -> dict[str, Any]:
     """What defines a method's runs; a run made with another definition is redone. For the
     product's defaults that is what they resolve to now (grouping, budget fill, the
@@ -354,7 +363,8 @@ def method_config(method: str) -> dict[str, Any]:
     groups, fill = space_defaults(cfg)
     params = inspect.signature(searcher_class(m.searcher).__init__).parameters
     defaults = {k: repr(p.default) for k, p in params.items()
-                if p.kind is inspect.Parameter.KEYWORD_ONLY and k not in ("space", "seed")}
+                if p.kind is inspect.Parameter.KEYWORD_ONLY and k not in ("space", "seed")
+                and (k, repr(p.default)) not in UNCHANGED_BEHAVIOUR}
     if m.searcher == "bo":
         defaults["rollback_schedule"] = repr(asdict(RollbackSchedule()))
     return {"searcher": m.searcher, "grouping": "defaults", "overrides": m.overrides,

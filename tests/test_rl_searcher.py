@@ -203,3 +203,23 @@ def test_a_search_with_rl_says_it_is_experimental_and_the_others_do_not() -> Non
     assert note is not None and "experimental" in note and "below random search" in note
     assert "bo is the recommended searcher" in note
     assert [searcher_note(n) for n in ("bo", "random", "same_ratio")] == [None, None, None]
+
+
+def test_a_space_warmup_runs_random_searchs_own_points_and_learns_from_them(
+        space: PruningSpace) -> None:
+    rl = _rl(space, seed=3, warmup=4, warmup_from="space")
+    rnd = make_searcher("random", space=space, metric="accuracy", mode="max", seed=3)
+    for i in range(4):  # the same generator, the same draws: the same policies
+        a, b = rl.suggest(f"t{i}"), rnd.suggest(f"t{i}")
+        assert a["policy"] == b["policy"]
+        rl.on_trial_complete(f"t{i}", {"accuracy": _reward(a["x"]), "final": True})
+    assert rl.agent.buffer.size == 4 * space.k  # every warm-up episode's steps, learned from
+    after = rl.suggest("t4")  # the actor's own episode: no longer random search's
+    assert after["policy"] != rnd.suggest("t4")["policy"]
+    assert space.cost(after["x"], project=False)["flops"] <= (
+        KEEP * space.analysis.dense_flops * (1 + 1e-9))
+
+
+def test_an_unknown_warmup_is_refused(space: PruningSpace) -> None:
+    with pytest.raises(SearcherError, match="warmup_from must be one of actions, space"):
+        _rl(space, warmup_from="sobol")

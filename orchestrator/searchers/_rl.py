@@ -28,6 +28,10 @@ its reward, so several episodes can be in flight for concurrent trials: each is 
 when suggested and learned from when it finishes. A start policy (`start_policies`, e.g. the
 free baselines) is an episode too: the actions that walk to its point (`_action_to`), stored in
 the replay buffer when its trial ends and counted in the warm-up, in place of random episodes.
+The warm-up's own episodes (`warmup`, 20) are AMC's uniform random actions held above the wall
+(`warmup_from="actions"`, the default), or random search's points, uniform in the space and
+decoded onto the budget, walked to as a start policy is (`warmup_from="space"`): the former
+prune the later layers hardest, whatever the earlier ones left.
 
 Transfer ("Boosting the convergence of RL-based auto-pruning using historical data"):
 `warm_start` names the saved state of an earlier RL search (same or another model, another
@@ -80,6 +84,11 @@ _FLOPS, _PARAMS = STEP_FEATURES.index("flops_share"), STEP_FEATURES.index("param
 _PROFILE_BINS = 8  # the assistant's view of an episode: mean action per depth bin, + FLOPs
 _REWARDS = ("metric", "error_log_flops")
 _ACTIONS = ("relative", "absolute")
+# Warm-up episodes: "actions", AMC's uniform random actions, each held above the action wall
+# (the later layers of an episode take what the earlier ones left: its points are not random
+# search's); "space", random search's own points (uniform in the space's bounds, decoded onto
+# the budget as the random searcher's are), walked to as a start policy is.
+_WARMUPS = ("actions", "space")
 
 
 def load_searcher_state(path: str | Path) -> dict[str, Any]:
@@ -121,6 +130,7 @@ class RLSearcher(PolicySearcher):
                  updates_per_episode: int | None = None, warm_start: str | None = None,
                  transfer_delta: float = 0.2, critic_pretrain: int = 200,
                  screen: int | str = "auto", action: str = "absolute",
+                 warmup_from: str = "actions",
                  lr_actor: float = 1e-3, lr_critic: float = 2e-3,
                  threads: int | None = 1,
                  learn_from_stopped: bool = False,
@@ -142,7 +152,11 @@ class RLSearcher(PolicySearcher):
             raise SearcherError(f"screen must be 'auto' or an integer >= 1, got {screen!r}")
         if action not in _ACTIONS:
             raise SearcherError(f"action must be one of {', '.join(_ACTIONS)}, got {action!r}")
+        if warmup_from not in _WARMUPS:
+            raise SearcherError(f"warmup_from must be one of {', '.join(_WARMUPS)}, got "
+                                f"{warmup_from!r}")
         self.reward, self.warmup, self.action = reward, warmup, action
+        self.warmup_from = warmup_from
         if not 0.0 <= min_delta <= init_delta:
             raise SearcherError(f"min_delta must be in [0, init_delta={init_delta}], got "
                                 f"{min_delta}")
@@ -202,7 +216,7 @@ class RLSearcher(PolicySearcher):
         if target is not None:
             x[sp.k:] = target[sp.k:]
         states, actions, prev = [], [], 0.0
-        random_phase = not self.warm_started and self.n_suggested < self.warmup
+        random_phase = self._random_phase()
         delta = self._delta()
         for t in range(sp.k):
             span = max(hi[t] - lo[t], 1e-12)
@@ -256,7 +270,14 @@ class RLSearcher(PolicySearcher):
         self._walks[trial_id] = walk
         return np.asarray(walk["x"])
 
+    def _random_phase(self) -> bool:
+        return not self.warm_started and self.n_suggested < self.warmup
+
     def _propose(self, trial_id: str) -> np.ndarray:
+        if self.warmup_from == "space" and self._random_phase():
+            lo, hi = (np.asarray(b, dtype=float) for b in self.space.bounds)
+            point = lo + (hi - lo) * self._rng.random(self.space.dim)
+            return self._start(trial_id, self.space.nearest_point(self.space.decode(point)))
         n = self.screen if self._assistant is not None else 1
         with torch_threads(self.threads):
             walks = [self._walk(explore=True) for _ in range(n)]
