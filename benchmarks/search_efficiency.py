@@ -223,6 +223,9 @@ for _name in ("random", "bo", "rl"):
 # that is not random actions clipped by the action wall)
 METHODS["rl-default-spacewarmup"] = Method(
     "rl", "defaults", overrides={"search.searcher_options": {"warmup_from": "space"}})
+# and with AutoSculpt's graph-network state (issue 27: an option only with a measured gain)
+METHODS["rl-default-gnn"] = Method("rl", "defaults",
+                                   overrides={"search.searcher_options": {"gnn": True}})
 DEFAULT_METHODS = ("random", "uniform", "bo-full", "bo-clustered", "bo-rollback")
 # The methods drawn solid in the plot (the others: earlier schedules and variants, kept).
 MAIN_METHODS = {*DEFAULT_METHODS, "rl", "rl-transfer", "rl-transfer-budget", "random-default",
