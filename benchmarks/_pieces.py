@@ -4,6 +4,7 @@ the state of the code a result came from."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -17,6 +18,27 @@ from typing import Any
 from _machine import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def benchmark_args(doc: str, argv: list[str] | None, work: Path,
+                   add: Callable[[argparse.ArgumentParser], None]) -> argparse.Namespace:
+    """A resumable benchmark's arguments: its own (`add`), then `--work` (where its finished
+    pieces are kept; a --smoke run's in `<work>-smoke`), `--smoke` and `--report`."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    add(parser)
+    parser.add_argument("--work", type=Path, default=work)
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--report", action="store_true")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.work = args.work.with_name(args.work.name + "-smoke")
+    return args
+
+
+def print_report(out: Path, report: Callable[[dict[str, Any]], str]) -> dict[str, Any]:
+    """--report: the table `report` makes of the committed result file `out`."""
+    print(report(json.loads(out.read_text())))
+    return {}
 
 
 class Pieces:

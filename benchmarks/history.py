@@ -40,7 +40,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine_info, write_result
-from _pieces import code_version, run_or_resume
+from _pieces import benchmark_args, code_version, print_report, run_or_resume
 
 from prunetune.trainers import default_cache_dir
 
@@ -190,20 +190,17 @@ def report(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--searchers", nargs="+", default=["bo", "rl"], choices=["bo", "rl"])
-    parser.add_argument("--trials", type=int, default=100)
-    parser.add_argument("--work", type=Path, default=default_cache_dir() / "history")
-    parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--report", action="store_true")
-    args = parser.parse_args(argv)
+    def own(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+        parser.add_argument("--searchers", nargs="+", default=["bo", "rl"],
+                            choices=["bo", "rl"])
+        parser.add_argument("--trials", type=int, default=100)
+
+    args = benchmark_args(__doc__, argv, default_cache_dir() / "history", own)
     if args.report:
-        print(report(json.loads(OUT.read_text())))
-        return {}
+        return print_report(OUT, report)
     if args.smoke:
         args.seeds, args.trials = args.seeds[:1], 5
-        args.work = args.work.with_name(args.work.name + "-smoke")
     problems = Problems(args)
     rows: dict[str, dict[int, list[float]]] = {}
 

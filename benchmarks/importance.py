@@ -29,7 +29,6 @@ criterion per policy could buy: the maximum of noisy scores). Resumable (finishe
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -40,7 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine_info, write_result
-from _pieces import Pieces, code_version
+from _pieces import Pieces, benchmark_args, code_version, print_report
 from proxy_candidates import Setting, make_policies
 
 from prunetune.search_spaces.graph import IMPORTANCES
@@ -119,19 +118,16 @@ def report(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default="examples/e2e-resnet56.yaml")
-    parser.add_argument("--policies", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--work", type=Path, default=default_cache_dir() / "importance")
-    parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--report", action="store_true")
-    args = parser.parse_args(argv)
+    def own(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--config", default="examples/e2e-resnet56.yaml")
+        parser.add_argument("--policies", type=int, default=8)
+        parser.add_argument("--threads", type=int, default=1)
+
+    args = benchmark_args(__doc__, argv, default_cache_dir() / "importance", own)
     if args.report:
-        print(report(json.loads(OUT.read_text())))
-        return {}
+        return print_report(OUT, report)
     if args.smoke:
-        args.policies, args.work = 4, args.work.with_name(args.work.name + "-smoke")
+        args.policies = 4
     torch.set_num_threads(args.threads)
     s = Setting(args, smoke=RESNET_SMOKE)
     steps = {fid: (max(1, k // 25) if args.smoke else k) for fid, k in FIDELITIES.items()}

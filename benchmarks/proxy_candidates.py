@@ -43,7 +43,6 @@ benchmarks/results/proxy_candidates.json.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -58,7 +57,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine_info, write_result
-from _pieces import Pieces, code_version
+from _pieces import Pieces, benchmark_args, code_version, print_report
 
 from prunetune.trainers import default_cache_dir
 
@@ -409,19 +408,16 @@ def _result(args: argparse.Namespace, s: Setting, rows: dict[str, Any], complete
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default="examples/e2e-vit-sgd.yaml")
-    parser.add_argument("--policies", type=int, default=30)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--work", type=Path, default=default_cache_dir() / "proxy_candidates")
-    parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--report", action="store_true")
-    args = parser.parse_args(argv)
+    def own(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--config", default="examples/e2e-vit-sgd.yaml")
+        parser.add_argument("--policies", type=int, default=30)
+        parser.add_argument("--threads", type=int, default=1)
+
+    args = benchmark_args(__doc__, argv, default_cache_dir() / "proxy_candidates", own)
     if args.report:
-        print(report(json.loads(OUT.read_text())))
-        return {}
+        return print_report(OUT, report)
     if args.smoke:
-        args.policies, args.work = 4, args.work.with_name(args.work.name + "-smoke")
+        args.policies = 4
     torch.set_num_threads(args.threads)
     s = Setting(args)
     pieces = Pieces(args.work / "proxy_candidates_partial.json",

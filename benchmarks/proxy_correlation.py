@@ -27,7 +27,6 @@ pieces in `<work>/proxy_partial.json`). Writes benchmarks/results/proxy_correlat
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,14 @@ from scipy import stats
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import end_to_end as e2e
 from _machine import machine_info, write_result
-from _pieces import Pieces, code_version, run_or_resume, trial_policy
+from _pieces import (
+    Pieces,
+    benchmark_args,
+    code_version,
+    print_report,
+    run_or_resume,
+    trial_policy,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "proxy_correlation.json"
@@ -137,18 +143,15 @@ def report(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cell", default="resnet56-flops50", choices=e2e.CELLS)
-    parser.add_argument("--policies", type=int, default=30)
-    parser.add_argument("--work", type=Path, default=e2e.default_cache_dir() / "end_to_end")
-    parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--report", action="store_true")
-    args = parser.parse_args(argv)
+    def own(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--cell", default="resnet56-flops50", choices=e2e.CELLS)
+        parser.add_argument("--policies", type=int, default=30)
+
+    args = benchmark_args(__doc__, argv, e2e.default_cache_dir() / "end_to_end", own)
     if args.report:
-        print(report(json.loads(OUT.read_text())))
-        return {}
+        return print_report(OUT, report)
     if args.smoke:
-        args.policies, args.work = 4, args.work.with_name(args.work.name + "-smoke")
+        args.policies = 4
     torch.set_num_threads(e2e.RECIPE["threads"])
     cell = e2e.Cell(args, args.cell)
     cfg = e2e.cell_config(args, args.cell, "prunetune")
