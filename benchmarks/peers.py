@@ -107,20 +107,24 @@ PEERS: dict[str, Peer] = {
     "optuna-gp-fill": Peer("optuna", space="prunetune-fill", sampler="gp"),
     "optuna-cmaes-fill": Peer("optuna", space="prunetune-fill", sampler="cmaes"),
 }
-# Each sampler as the run records it, and how it is made for a seed (defaults otherwise).
-SAMPLERS = {"tpe": "TPESampler(multivariate=True, seed=seed)",
-            "gp": "GPSampler(seed=seed)",
-            "cmaes": "CmaEsSampler(seed=seed)"}
+# Each sampler: its class in `optuna.samplers` and the arguments it gets besides the seed
+# (defaults otherwise).
+SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {"tpe": ("TPESampler", {"multivariate": True}),
+                                                   "gp": ("GPSampler", {}),
+                                                   "cmaes": ("CmaEsSampler", {})}
+
+
+def sampler_record(name: str) -> str:
+    """The sampler as a run records it: `TPESampler(multivariate=True, seed=seed)`."""
+    cls, kwargs = SAMPLERS[name]
+    return f"{cls}({''.join(f'{k}={v!r}, ' for k, v in kwargs.items())}seed=seed)"
 
 
 def make_sampler(name: str, seed: int) -> Any:
     import optuna
 
-    if name == "tpe":
-        return optuna.samplers.TPESampler(multivariate=True, seed=seed)
-    if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed)
-    return optuna.samplers.CmaEsSampler(seed=seed)
+    cls, kwargs = SAMPLERS[name]
+    return getattr(optuna.samplers, cls)(seed=seed, **kwargs)
 # prunetune's space for `random`, with `space.budget.fill` pinned: "prunetune" without fill
 # (the default when this benchmark was first run), "prunetune-fill" with it (the default
 # since): a change of the product's default must not change what a method's runs measure.
@@ -319,7 +323,7 @@ def run_optuna(method: str, seed: int, trials: int, problem: Problem, dim: int, 
     # Without the trial count: a longer run continues a shorter one's checkpoint.
     # A TPE peer's record as before there was a choice of sampler: its checkpoints stay valid.
     described = {k: v for k, v in asdict(peer).items() if k != "sampler" or v != "tpe"}
-    config = {"peer": described, "penalty": PENALTY, "sampler": SAMPLERS[peer.sampler],
+    config = {"peer": described, "penalty": PENALTY, "sampler": sampler_record(peer.sampler),
               "optuna": optuna.__version__, "ray": ray.__version__, "problem": asdict(problem)}
     tag = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
     part = work / f"{method}-{tag}-seed{seed}.json"
@@ -573,8 +577,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.prunetune_from = args.prunetune_from or (
             args.work / f"search_efficiency-smoke-t{args.trials}.json")
     args.prunetune_from = args.prunetune_from or spec.out
-    if args.objective != "resnet56":  # the first objective's runs in progress stay where they are
-        args.work = args.work / args.objective
     if not args.report:
         _run_all(args, problem, methods)
     if not args.out.is_file():
