@@ -12,11 +12,11 @@ from typing import Any
 import numpy as np
 
 
-def _best_so_far(rewards: list[float]) -> np.ndarray:
+def best_so_far(rewards: list[float]) -> np.ndarray:
     return np.maximum.accumulate(np.asarray(rewards, dtype=float))
 
 
-def _first_reach(curve: np.ndarray, target: float) -> int | None:
+def first_reach(curve: np.ndarray, target: float) -> int | None:
     """The trial (1-based) at which a best-so-far curve first reaches `target`, or None."""
     hit = np.nonzero(curve >= target)[0]
     return int(hit[0]) + 1 if len(hit) else None
@@ -80,7 +80,7 @@ def _method_summary(seeds: dict[int, dict], trials: int,
     order = sorted(seeds)
     finals = [max(seeds[s]["rewards"][:trials]) for s in order]
     paired = [s for s in order if s in random_best]
-    reach = [_first_reach(_best_so_far(seeds[s]["rewards"][:trials]), random_best[s])
+    reach = [first_reach(best_so_far(seeds[s]["rewards"][:trials]), random_best[s])
              for s in paired]
     times = np.concatenate([np.asarray(seeds[s]["suggest_s"][:trials]) for s in order])
     cpu = np.concatenate([np.asarray(seeds[s].get("suggest_cpu_s", [])[:trials])
@@ -178,12 +178,12 @@ def transfer_speedup(plain: dict[int, dict], transfer: dict[int, dict],
     and `own_best` (each run against 99% of its own final best; this one also rewards a
     search that stops improving early)."""
     def reach(curve: np.ndarray, target: float) -> int:
-        return _first_reach(curve, target) or trials
+        return first_reach(curve, target) or trials
 
     seeds = sorted(set(plain) & set(transfer))
     if not seeds:
         return {"seeds": [], "speedup": None}
-    curves = {name: {seed: _best_so_far(runs[seed]["rewards"][:trials]) for seed in seeds}
+    curves = {name: {seed: best_so_far(runs[seed]["rewards"][:trials]) for seed in seeds}
               for name, runs in (("rl", plain), ("transfer", transfer))}
     rows = []
     for seed in seeds:
@@ -218,7 +218,7 @@ def plot(runs: list[dict[str, Any]], trials: int, objective: dict[str, Any], pat
     fig, ax = plt.subplots(figsize=(9.5, 5.2))
     colours = plt.get_cmap("tab20").colors
     for i, method in enumerate(methods):
-        curves = [_best_so_far(r["rewards"][:trials]) for r in runs
+        curves = [best_so_far(r["rewards"][:trials]) for r in runs
                   if r["method"] == method and len(r["rewards"]) >= trials]
         if not curves:
             continue
@@ -262,7 +262,7 @@ def _dress(ax: Any, objective: dict[str, Any], xlabel: str, title_tail: str) -> 
 
 def gap_curve(rewards: list[float | None]) -> np.ndarray:
     """Best so far, a trial without a result counting as -inf."""
-    return _best_so_far([-np.inf if r is None else r for r in rewards])
+    return best_so_far([-np.inf if r is None else r for r in rewards])
 
 
 def single_result_run(method: str, evaluations: int, reward: float,
@@ -311,7 +311,7 @@ def _peer_reach(runs: list[dict[str, Any]], peer: list[dict[str, Any]]) -> dict[
         if not np.isfinite(target):
             continue
         per_seed.append({"seed": r["seed"], "target": target,
-                         "evaluations": _first_reach(gap_curve(r["rewards"]), target)})
+                         "evaluations": first_reach(gap_curve(r["rewards"]), target)})
     return {"per_seed": per_seed,
             "median": _median_reach([p["evaluations"] for p in per_seed]),
             "reached": f"{sum(p['evaluations'] is not None for p in per_seed)}/{len(per_seed)}"}

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _efficiency_report import best_so_far, first_reach
 from _machine import machine_info, write_result
 from _pieces import benchmark_args, code_version, print_report, run_or_resume
 
@@ -135,9 +136,7 @@ def trial_rewards(cfg: Any) -> list[float]:
 
 def trials_to_reach(rewards: list[float], target: float) -> int | None:
     """The first trial (1-based) whose running best reaches `target`; None if none does."""
-    best = np.maximum.accumulate(rewards)
-    hit = np.nonzero(best >= target - 1e-12)[0]
-    return int(hit[0]) + 1 if len(hit) else None
+    return first_reach(best_so_far(rewards), target - 1e-12)
 
 
 # -- the report --------------------------------------------------------------------------------
