@@ -15,15 +15,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _machine import write_result
+from _machine import restore_dense_models, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
+# Finished pieces of benchmarks that run for many sessions, committed between them: a machine
+# may start with an empty cache, and the pieces (policies, accuracies, timings) stand alone.
+PROGRESS = ROOT / "benchmarks" / "progress"
 
 
 def benchmark_args(doc: str, argv: list[str] | None, work: Path,
                    add: Callable[[argparse.ArgumentParser], None]) -> argparse.Namespace:
     """A resumable benchmark's arguments: its own (`add`), then `--work` (where its finished
-    pieces are kept; a --smoke run's in `<work>-smoke`), `--smoke` and `--report`."""
+    pieces are kept; a --smoke run's in `<work>-smoke`), `--smoke` and `--report`. The committed
+    dense models are put in the cache first (`restore_dense_models`)."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     add(parser)
     parser.add_argument("--work", type=Path, default=work)
@@ -32,6 +36,7 @@ def benchmark_args(doc: str, argv: list[str] | None, work: Path,
     args = parser.parse_args(argv)
     if args.smoke:
         args.work = args.work.with_name(args.work.name + "-smoke")
+    restore_dense_models()
     return args
 
 

@@ -35,8 +35,9 @@ AdamW, no BatchNorm), methods uniform, tp-magnitude, tp-taylor, prunetune and pr
 writes benchmarks/results/transformer_end_to_end.json, its work under `transformer_end_to_end`.
 
 Resumable: every finished piece (a policy, a fine-tune, a timing) is kept in
-`<work>/partial.json`; searches live in `<work>` (MLflow store, Tune state), a finished one is
-reused and an interrupted one resumed. Writes benchmarks/results/end_to_end.json.
+`benchmarks/progress/end_to_end.json` (committed between sessions: a machine may start with an
+empty cache); searches live in `<work>` (MLflow store, Tune state), a finished one is reused and
+an interrupted one resumed. Writes benchmarks/results/end_to_end.json.
 """
 
 from __future__ import annotations
@@ -56,8 +57,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import machine_info, write_result
-from _pieces import Pieces, code_version, run_or_resume
+from _machine import machine_info, restore_dense_models, write_result
+from _pieces import PROGRESS, Pieces, code_version, run_or_resume
 
 from prunetune.trainers import default_cache_dir
 
@@ -457,11 +458,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--timing-rounds", type=int, default=6,
                         help="timing rounds, each with fresh models in a new order")
     parser.add_argument("--work", type=Path, default=None,
-                        help="searches' workdir (MLflow store, Tune state) and partial.json")
+                        help="searches' workdir (MLflow store, Tune state)")
+    parser.add_argument("--pieces", type=Path, default=None,
+                        help="finished pieces (default: benchmarks/progress/<kind>.json, to be "
+                             "committed, so a new machine resumes; --smoke: in --work)")
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--report", action="store_true", help="print the README table and stop")
     args = parser.parse_args(argv)
+    restore_dense_models()
     kind = "transformer_end_to_end" if args.transformer else "end_to_end"
     final_out = TRANSFORMER_OUT if args.transformer else OUT
     if args.report:
@@ -479,7 +484,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(RECIPE["threads"])
     settings = {"recipe": RECIPE, "smoke": args.smoke, "work": str(args.work),
                 "repeats": args.repeats, "batches": args.batches}
-    pieces = Pieces(args.work / "partial.json", settings)
+    pieces = Pieces(args.pieces or (args.work / "partial.json" if args.smoke else
+                                    PROGRESS / f"{kind}.json"), settings)
     result: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
     if result.get("settings") != settings:
         result = {}

@@ -40,7 +40,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _efficiency_report import best_so_far, first_reach
-from _machine import machine_info, write_result
+from _machine import keep_dense_model, machine_info, write_result
 from _pieces import benchmark_args, code_version, print_report, run_or_resume
 
 from prunetune.trainers import default_cache_dir
@@ -88,8 +88,11 @@ class Problems:
                 cfg.model.name = model
             for field, value in sections.items():
                 setattr(cfg, field, type(getattr(cfg, field)).model_validate(value))
-            self._checkpoints[key] = str(pretrain_dense(
-                cfg.model, cfg.data, cfg.pretrain, cache_dir=cfg.cache_dir).checkpoint_path)
+            path = pretrain_dense(cfg.model, cfg.data, cfg.pretrain,
+                                  cache_dir=cfg.cache_dir).checkpoint_path
+            if not self.args.smoke:  # the sources' dense models: committed, as the target's
+                keep_dense_model(path)
+            self._checkpoints[key] = str(path)
         return self._checkpoints[key]
 
     def config(self, name: str, searcher: str, seed: int, warm_start: str | None) -> Any:

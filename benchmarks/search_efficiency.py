@@ -56,7 +56,7 @@ from _efficiency_report import (
     plot,
     summarise,
 )
-from _machine import machine_info
+from _machine import machine_info, restore_dense_models
 
 from prunetune.files import atomic_write_json
 from prunetune.orchestrator.config import PrunetuneConfig
@@ -579,6 +579,7 @@ def main() -> None:
                         help="run only the searcher-cost check at d = 60 with this many trials "
                              "(writes search_efficiency_suggest_cost.json)")
     args = parser.parse_args()
+    restore_dense_models()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
