@@ -344,7 +344,10 @@ def _locked(path: Path) -> FileLock:
 
 # Searcher options added after runs were made, at the default that keeps what those runs did:
 # left out of a method's definition, so the runs stay current.
-UNCHANGED_BEHAVIOUR = {("warmup_from", "'actions'")}
+# learn_from_stopped: these runs report every trial as finished; start_policies: the searcher
+# alone, as every run here is (the product's path gives it the free baselines).
+UNCHANGED_BEHAVIOUR = {("warmup_from", "'actions'"), ("learn_from_stopped", "False"),
+                       ("start_policies", "None")}
 
 
 def method_config(method: str) -> dict[str, Any]:
