@@ -102,6 +102,9 @@ class Method:
     grouping: str
     options: dict[str, Any] = field(default_factory=dict)
     overrides: dict[str, Any] = field(default_factory=dict)
+    # with "defaults": the searcher runs the config's `search.start_from` baselines first, as
+    # in `prunetune search` (without it, the searcher alone from its own first points)
+    start: bool = False
 
 
 # The RL searcher's transfer sources: an RL search of SOURCE_TRIALS episodes (seed
@@ -156,13 +159,16 @@ for _name in ("random", "bo", "rl"):
                                               overrides={"space.budget.fill": True})
     METHODS[f"{_name}-default-nofill"] = Method(_name, "defaults",
                                                 overrides={"space.budget.fill": False})
-# rl's defaults with random search's own points as its warm-up episodes (issue 27: a warm-up
-# that is not random actions clipped by the action wall)
-METHODS["rl-default-spacewarmup"] = Method(
-    "rl", "defaults", overrides={"search.searcher_options": {"warmup_from": "space"}})
+    # exactly what `prunetune search` runs: the defaults, the free baselines first
+    METHODS[f"{_name}-default-start"] = Method(_name, "defaults", start=True)
+# rl's defaults (baselines first) with random search's own points as its warm-up episodes
+# (issue 27: a warm-up that is not random actions clipped by the action wall)
+METHODS["rl-default-start-spacewarmup"] = Method(
+    "rl", "defaults", overrides={"search.searcher_options": {"warmup_from": "space"}},
+    start=True)
 # and with AutoSculpt's graph-network state (issue 27: an option only with a measured gain)
-METHODS["rl-default-gnn"] = Method("rl", "defaults",
-                                   overrides={"search.searcher_options": {"gnn": True}})
+METHODS["rl-default-start-gnn"] = Method(
+    "rl", "defaults", overrides={"search.searcher_options": {"gnn": True}}, start=True)
 DEFAULT_METHODS = ("random", "uniform", "bo-full", "bo-clustered", "bo-rollback")
 # The methods drawn solid in the plot (the others: earlier schedules and variants, kept).
 MAIN_METHODS = {*DEFAULT_METHODS, "rl", "rl-transfer", "rl-transfer-budget", "random-default",

@@ -77,7 +77,8 @@ RESULTS = BENCH / "results"
 OUT = RESULTS / "peers.json"
 # What a config gets now; `random` and (-nofill) the searchers without `space.budget.fill`.
 PRUNETUNE_METHODS = ("bo-default", "rl-default", "random-default", "random",
-                     "bo-default-nofill", "rl-default-nofill")
+                     "bo-default-nofill", "rl-default-nofill", "bo-default-start",
+                     "rl-default-start", "random-default-start")
 # Penalty per unit of FLOPs ratio over the budget in optuna-tpe-raw's score: 1% over costs 0.1
 # accuracy, so any policy more than ~8% over scores below every feasible one (>= chance, 0.1),
 # while those just over still rank among themselves and steer TPE to the boundary.
@@ -481,14 +482,15 @@ def report(out: Path, prunetune_from: Path, trials: int) -> dict[str, Any]:
 
 
 def _smoke_prunetune(obj: Any, path: Path, seeds: list[int], trials: int, work: Path) -> None:
-    """The smoke test's prunetune runs (bo and random, the product's searchers through
-    search_efficiency's own loop) on the smoke objective, in search_efficiency's format."""
+    """The smoke test's prunetune runs (bo alone and as `prunetune search` runs it, from the
+    free baselines, and random; through search_efficiency's own loop) on the smoke
+    objective, in search_efficiency's format."""
     from search_efficiency import run_one
 
     if path.is_file():
         return
     runs = [run_one(obj, m, s, trials, work / "prunetune") for s in seeds
-            for m in ("bo-default", "random")]
+            for m in ("bo-default", "bo-default-start", "random")]
     _write_json(path, {"objective": _describe(obj), "runs": runs})
 
 

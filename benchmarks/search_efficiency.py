@@ -79,6 +79,7 @@ from prunetune.files import atomic_write_json
 from prunetune.orchestrator.config import PrunetuneConfig
 from prunetune.orchestrator.searchers import make_searcher
 from prunetune.orchestrator.spaces import space_from_analysis
+from prunetune.orchestrator.stages import baseline_start_policies
 from prunetune.search_spaces import Budget, Policy, PruningSpace, analyze
 from prunetune.trainers import (
     DataConfig,
@@ -233,9 +234,12 @@ def method_config(method: str) -> dict[str, Any]:
                 and (k, repr(p.default)) not in UNCHANGED_BEHAVIOUR}
     if m.searcher == "bo":
         defaults["rollback_schedule"] = repr(asdict(RollbackSchedule()))
-    return {"searcher": m.searcher, "grouping": "defaults", "overrides": m.overrides,
-            "groups": groups, "auto_floor_30_units": auto_floor(30), "fill_budget": fill,
-            "searcher_defaults": defaults, "options": cfg.search.searcher_options}
+    out = {"searcher": m.searcher, "grouping": "defaults", "overrides": m.overrides,
+           "groups": groups, "auto_floor_30_units": auto_floor(30), "fill_budget": fill,
+           "searcher_defaults": defaults, "options": cfg.search.searcher_options}
+    if m.start:  # runs of the searcher alone have no such key
+        out["start_from"] = list(cfg.search.start_from)
+    return out
 
 
 def _finished(out: Path, method: str, seed: int, trials: int) -> bool:
@@ -361,13 +365,18 @@ def run_one(obj: Objective, method: str, seed: int, trials: int, work: Path,
         recipe = {k: v for k, v in options.items() if k != "warm_start"}
         path, source = source_search(options["warm_start"].split(":", 1)[1], obj, work, recipe)
         options["warm_start"] = str(path)
+    starts: dict[str, Any] = {}
     if m.grouping == "defaults":  # what `prunetune search` builds from the config
         space, cfg = obj.default_space(m)
         options = dict(cfg.search.searcher_options)
+        if m.start:
+            starts = baseline_start_policies(list(cfg.search.start_from), space,
+                                             lambda: (obj.dense, obj.example), obj.data_cfg,
+                                             print)
     else:
         space = obj.space(m.grouping)
     searcher = make_searcher(m.searcher, space=space, metric="accuracy", mode="max", seed=seed,
-                             options=options)
+                             options=options, start_policies=starts)
     config = method_config(method)
     tag = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
     part = work / f"{method}-{tag}-seed{seed}.json"
@@ -393,6 +402,8 @@ def run_one(obj: Objective, method: str, seed: int, trials: int, work: Path,
             raise RuntimeError(f"{method} returned no suggestion for trial {i}")
         reward, flops = obj.evaluate(cfg["policy"])
         searcher.on_trial_complete(tid, {"accuracy": reward, "final": True})
+        if cfg.get("start_from"):  # a free baseline, run verbatim: which trial it was
+            run.setdefault("start_trials", {})[cfg["start_from"]] = i
         run["rewards"].append(reward)
         run["flops_ratio"].append(flops)
         run["dim"].append(cfg["dim"])

@@ -14,9 +14,10 @@ import os
 import re
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ray.tune.search import Searcher
 
@@ -28,7 +29,14 @@ from .interrupts import keep_sigint_handler, sigterm_count
 from .results import TAG_STAGE, TrialRecord, latency_share, search_trials, select_finalists
 from .spaces import latency_table_file
 
+if TYPE_CHECKING:
+    from torch import nn
+
+    from prunetune.search_spaces import PruningSpace
+    from prunetune.trainers import DataConfig
+
 __all__ = ["FINALIST_SUFFIX", "DenseBaseline", "FinalistSearcher", "SearchRun", "Stage",
+           "baseline_start_policies",
            "journal_dir", "progress_callback", "run_stage", "search_stages", "settle_tracking",
            "stage_done", "stage_results", "stage_tracker", "start_policies", "trial_dirname"]
 
@@ -276,29 +284,40 @@ def _searcher(run: SearchRun) -> Any:
 
 def start_policies(run: SearchRun) -> dict[str, Any]:
     """The `search.start_from` baselines at the space's budget, by method, for the first
-    stage's searcher to run first; one line printed per baseline. None without a budget (they
-    are defined by one); a method that cannot give one here (no channel unit, an unreachable
-    budget, a model Torch-Pruning cannot prune) is skipped with its reason."""
+    stage's searcher to run first; one line printed per baseline (`baseline_start_policies`)."""
+    say = (lambda line: print(f"[search] {line}", flush=True)) if run.progress else (
+        lambda line: None)
+    return baseline_start_policies(list(run.cfg.search.start_from), run.space,
+                                   lambda: (run.dense.result.model, run.dense.example),
+                                   run.cfg.data, say)
+
+
+def baseline_start_policies(methods: list[str], space: PruningSpace,
+                            dense: Callable[[], tuple[nn.Module, Any]], data_cfg: DataConfig,
+                            say: Callable[[str], None]) -> dict[str, Any]:
+    """`methods`' baseline policies (`search.start_from`) at `space`'s budget, by method, each
+    described by a call of `say`. None without a budget (they are defined by one); a method
+    that cannot give one here (no channel unit, an unreachable budget, a model Torch-Pruning
+    cannot prune) is skipped with its reason. `dense()`: the dense model and an example
+    input, asked for only when a baseline is computed; tp-taylor's gradients come from one
+    batch of `data_cfg`'s training split."""
     from prunetune.errors import SpaceError
     from prunetune.search_spaces.baselines import baseline_policies, taylor_batch
     from prunetune.trainers import load_data
 
-    methods = list(run.cfg.search.start_from)
-    say = (lambda line: print(f"[search] {line}", flush=True)) if run.progress else (
-        lambda line: None)
     if not methods:
         return {}
-    if run.space.budget is None:
+    if space.budget is None:
         say(f"start_from {', '.join(methods)}: skipped, the baselines are defined by a budget "
             "and space.budget is not set; the searcher starts from its own points")
         return {}
-    batch = (taylor_batch(load_data(run.cfg.data).loader("train")) if "tp-taylor" in methods
+    batch = (taylor_batch(load_data(data_cfg).loader("train")) if "tp-taylor" in methods
              else None)
     out = {}
+    model, example = dense()
     for method in methods:
         try:
-            [b] = baseline_policies(run.space, run.dense.result.model, run.dense.example,
-                                    [method], batch=batch)
+            [b] = baseline_policies(space, model, example, [method], batch=batch)
         except SpaceError as err:  # BudgetError among them
             say(f"start_from {method}: skipped ({err})")
             continue

@@ -87,6 +87,13 @@ def test_peers_smoke_resumes_and_scores_every_tool_by_one_yardstick(bench: Any,
     source = saved["prunetune"]["source"]
     assert "search_efficiency" in source and saved["prunetune"]["runs"]
     assert all(r["source"] == source for r in saved["prunetune"]["runs"])
+    # bo as `prunetune search` runs it: the free baselines are its first trials, verbatim
+    ours = {r["method"]: r for r in json.loads(Path(source).read_text())["runs"]}
+    assert ours["bo-default-start"]["start_trials"] == {"uniform": 0, "tp-magnitude": 1,
+                                                        "tp-bn-scale": 2}
+    assert "start_trials" not in ours["bo-default"]
+    assert ours["bo-default-start"]["config"]["start_from"] == ["uniform", "tp-magnitude",
+                                                               "tp-bn-scale"]
     assert summary["methods"]["bo-default"]["budget_violations"] == 0
     assert summary["methods"]["optuna-tpe-raw"]["budget_violations"] == sum(
         r is None for r in raw["rewards"])
