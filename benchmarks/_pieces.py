@@ -91,8 +91,9 @@ def run_or_resume(cfg: Any) -> tuple[Any, float | None]:
     interrupted, reuse it when finished: (its parent run, the seconds it ran now or None)."""
     from mlflow.tracking import MlflowClient
 
+    from prunetune.errors import EXIT_INTERRUPTED, EXIT_TERMINATED
     from prunetune.orchestrator.driver import run_search
-    from prunetune.orchestrator.interrupts import handle_sigterm_as_interrupt
+    from prunetune.orchestrator.interrupts import handle_sigterm_as_interrupt, terminated
     from prunetune.orchestrator.results import find_search
 
     client = MlflowClient(cfg.tracking_uri())
@@ -111,7 +112,8 @@ def run_or_resume(cfg: Any) -> tuple[Any, float | None]:
             print(f"interrupted in search {cfg.name}: run the same benchmark command again to "
                   "resume it (finished searches and pieces are kept)", file=sys.stderr,
                   flush=True)
-            raise SystemExit(130) from None
+            # the product's exit codes: 143 for SIGTERM, 130 for Ctrl-C
+            raise SystemExit(EXIT_TERMINATED if terminated() else EXIT_INTERRUPTED) from None
     wall = time.perf_counter() - t0 if status != "FINISHED" else None
     return find_search(client, cfg.tracking.experiment, cfg.name), wall
 
