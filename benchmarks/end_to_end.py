@@ -466,12 +466,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--report", action="store_true", help="print the README table and stop")
     args = parser.parse_args(argv)
-    restore_dense_models()
     kind = "transformer_end_to_end" if args.transformer else "end_to_end"
     final_out = TRANSFORMER_OUT if args.transformer else OUT
     if args.report:
         print(report(json.loads((args.out or final_out).read_text())))
         return {}
+    restore_dense_models()
     args.work = args.work or default_cache_dir() / kind
     args.methods = args.methods or list(TRANSFORMER_METHODS if args.transformer else METHODS)
     if args.smoke:

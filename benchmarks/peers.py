@@ -66,7 +66,7 @@ from _efficiency_report import (  # noqa: E402
     plot_peers,
     single_result_run,
 )
-from _machine import machine_info, restore_dense_models  # noqa: E402
+from _machine import machine_info  # noqa: E402
 from _peers_fastnas import fastnas_space, run_fastnas  # noqa: E402
 
 from prunetune.files import atomic_write_json  # noqa: E402
@@ -563,7 +563,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--smoke", action="store_true",
                         help="ResNet-20 on digits, 1 seed, 8 evaluations (the test)")
     args = parser.parse_args(argv)
-    restore_dense_models()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if unknown := [m for m in methods if m not in PEERS]:
         parser.error(f"unknown method(s) {unknown}; choose from {', '.join(PEERS)}")

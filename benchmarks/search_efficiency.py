@@ -110,6 +110,7 @@ class Objective:
                  ) -> None:
         self.model, self.budget = model, budget
         self.data_cfg, self.pretrain_cfg = data, pretrain
+        restore_dense_models()  # a new machine's empty cache: the committed dense models
         pre = pretrain_dense(model, data, pretrain)
         self.pretrain_metrics = pre.metrics
         self.dense = pre.model.eval()
@@ -453,7 +454,6 @@ def main() -> None:
                         help="run only the searcher-cost check at d = 60 with this many trials "
                              "(writes search_efficiency_suggest_cost.json)")
     args = parser.parse_args()
-    restore_dense_models()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
