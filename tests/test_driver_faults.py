@@ -34,19 +34,23 @@ from .test_faults import _wait_for
 from .test_registry import free_port
 
 CLI = [sys.executable, "-m", "prunetune.orchestrator.cli", "search"]
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def _env() -> dict[str, str]:
+    # Read when a process starts, not at import: conftest's private PRUNETUNE_CACHE is set
+    # after collection, and a copy taken at import sends the CLI's dense models to the user's
+    # cache.
+    return {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
 def _start(path: Path, *flags: str, cwd: Path) -> subprocess.Popen:
     """`prunetune search` in a process group of its own (with the Ray it starts)."""
-    return subprocess.Popen([*CLI, str(path), *flags], env=ENV, cwd=cwd, text=True,
+    return subprocess.Popen([*CLI, str(path), *flags], env=_env(), cwd=cwd, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
 
 
 def _run(path: Path, *flags: str, cwd: Path, timeout: float = 600,
          env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, str(path), *flags], env=env or ENV, cwd=cwd, text=True,
+    return subprocess.run([*CLI, str(path), *flags], env=env or _env(), cwd=cwd, text=True,
                           capture_output=True, timeout=timeout)
 
 
@@ -278,7 +282,7 @@ def ray_head() -> Iterator[str]:
 @pytest.mark.slow
 def test_address_auto_says_which_cluster_it_joined(ray_head: str, tmp_path: Path) -> None:
     path = write_config(tmp_path, "joined", search={"trials": 2, "max_concurrent": 1})
-    env = {**ENV, "RAY_ADDRESS": ray_head, "RAY_AUTH_MODE": "token"}
+    env = {**_env(), "RAY_ADDRESS": ray_head, "RAY_AUTH_MODE": "token"}
     done = _run(path, "--address", "auto", cwd=tmp_path, env=env)
     out = done.stdout + done.stderr
     assert done.returncode == 0, out
