@@ -486,7 +486,7 @@ def _summarise(run: SearchRun, stages: list[Stage]) -> SearchSummary:
     settle_tracking(run, tracker)
     from mlflow.exceptions import MlflowException
 
-    from .tracking import tracking_failed
+    from .mlflow_params import tracking_failed
 
     try:
         parent = tracker.find_search()

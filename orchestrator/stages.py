@@ -426,7 +426,7 @@ def _repair_stage(run: SearchRun, stage: Stage, index: int) -> None:
         _, policies = stage_results(run, stage)
         repaired = tracker.repair(policies)
     except Exception as err:  # MlflowException, OSError: whatever the store raises
-        from .tracking import tracking_failed
+        from .mlflow_params import tracking_failed
 
         try:
             tracker.mark_interrupted()

@@ -34,6 +34,8 @@ from .test_faults import _wait_for
 from .test_registry import free_port
 
 CLI = [sys.executable, "-m", "prunetune.orchestrator.cli", "search"]
+
+
 def _env() -> dict[str, str]:
     # Read when a process starts, not at import: conftest's private PRUNETUNE_CACHE is set
     # after collection, and a copy taken at import sends the CLI's dense models to the user's
